@@ -1,0 +1,50 @@
+"""Entry point of the `depthlab` command.
+
+Each command module registers its subcommands with `register(subparsers)` and sets `func` on its parser;
+`main` parses and calls it. Errors meant for the user (`DepthlabError`) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from depthlab import __version__
+from depthlab.errors import DepthlabError
+
+# Command modules under depthlab.cli, in the order their commands appear in --help.
+COMMAND_MODULES = ["data"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="depthlab",
+        description="Deep and narrow, or shallow and wide? Train residual CNNs that trade depth for width "
+        "at equal parameters, by the thousand, and compare them with proper statistics.",
+    )
+    parser.add_argument("--version", action="version", version=f"depthlab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"depthlab.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DepthlabError as err:
+        print(f"depthlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("depthlab: interrupted; everything finished so far is saved.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
