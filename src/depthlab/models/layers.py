@@ -1,0 +1,128 @@
+"""The building blocks, written once for a pack of M models held side by side.
+
+Layout: a pack's activations are (B, M·C, H, W): model m owns channels [m·C, (m+1)·C) and sees its own B samples.
+Convolutions are grouped by model (groups=M), BatchNorm's per-channel statistics are therefore per model, and
+every parameter has the model index as its leading (outermost) block, so `tensor.view(M, -1)[m]` is model m.
+A pack of one is the ordinary model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_norm(kind: str, channels: int, group_size: int) -> nn.Module:
+    """Norm over `channels` (M·stuff). `group_size` keeps GroupNorm groups inside one branch of one model."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        groups = max(1, channels // group_size)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+def gn_group_size(channels: int) -> int:
+    """Channels per GroupNorm group for a branch of `channels` hidden channels (8 groups when it divides)."""
+    for groups in (8, 4, 2, 1):
+        if channels % groups == 0:
+            return channels // groups
+    return channels
+
+
+def make_act(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "gelu": nn.GELU(), "identity": nn.Identity()}[kind]
+
+
+class ResidualLayer(nn.Module):
+    """x + Σ_b s_b·F_b(x) for `branches` branches F_b(x) = conv_k(act(norm(conv_k(x)))), as ONE broad layer.
+
+    The branches' first convolutions are stacked into one conv from C to branches·hidden channels, and the sum of
+    their last convolutions is one conv from branches·hidden back to C (a sum over branches is a convolution
+    over the concatenated channels). branches = 1 is a block of the deep stack. Hidden channels are ordered
+    [model][branch][hidden], so branch b of model m is a contiguous slice (see `depthlab.models.rewire`).
+
+    The branch scale s_b = λ·α_b: λ is fixed per model (a buffer, so a pack may mix λ values); α_b exists when the
+    scale is learnable (ReZero/SkipInit, initialised 0) or under Fixup (initialised 1). When α exists it is
+    applied to the hidden channels before the last conv, which is exact because that conv is linear.
+    """
+
+    def __init__(self, *, models: int, width: int, branches: int, hidden: int, kernel: int, norm: str, act: str,
+                 scale: float, learnable: bool, alpha_init: float = 0.0):
+        super().__init__()
+        self.models, self.width, self.branches, self.hidden, self.kernel = models, width, branches, hidden, kernel
+        inner = models * branches * hidden
+        bias = norm == "none"
+        self.conv1 = nn.Conv2d(models * width, inner, kernel, padding=kernel // 2, groups=models, bias=bias)
+        self.norm = make_norm(norm, inner, gn_group_size(hidden))
+        self.act = make_act(act)
+        self.conv2 = nn.Conv2d(inner, models * width, kernel, padding=kernel // 2, groups=models, bias=False)
+        # The last conv's bias is kept per branch so that every topology has the same parameters.
+        self.bias2 = nn.Parameter(torch.zeros(models, branches, width)) if bias else None
+        if bias:
+            bound = 1 / math.sqrt(hidden * kernel * kernel)  # nn.Conv2d's default, fan-in of one branch
+            nn.init.uniform_(self.bias2, -bound, bound)
+        self.register_buffer("scale", torch.full((models,), float(scale)))
+        self.alpha = nn.Parameter(torch.full((models, branches), float(alpha_init))) if learnable else None
+
+    def branch_scales(self) -> torch.Tensor:
+        """s[m, b] = λ_m·α_mb (M × branches)."""
+        s = self.scale[:, None].expand(self.models, self.branches)
+        return s * self.alpha if self.alpha is not None else s
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ_b s_b·F_b(x), without the skip."""
+        h = self.act(self.norm(self.conv1(x)))
+        if self.alpha is not None:
+            s = self.branch_scales()
+            h = h * s.repeat_interleave(self.hidden, dim=1).reshape(1, -1, 1, 1).to(h.dtype)
+            y = self.conv2(h)
+            if self.bias2 is not None:
+                y = y + (s[:, :, None] * self.bias2).sum(1).reshape(1, -1, 1, 1).to(y.dtype)
+            return y
+        y = self.conv2(h)
+        if self.bias2 is not None:
+            y = y + self.bias2.sum(1).reshape(1, -1, 1, 1).to(y.dtype)
+        return y * self.scale.repeat_interleave(self.width).reshape(1, -1, 1, 1).to(y.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x)
+
+
+class ChannelAffine(nn.Module):
+    """y = x·weight + bias per channel: what an eval-mode BatchNorm becomes when it cannot be folded further."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", bias.detach().clone())
+
+    def forward(self, x):
+        return x * self.weight.reshape(1, -1, 1, 1).to(x.dtype) + self.bias.reshape(1, -1, 1, 1).to(x.dtype)
+
+
+class PackedHead(nn.Module):
+    """norm → act → (global average pool | flatten) → one linear classifier per model."""
+
+    def __init__(self, *, models: int, width: int, classes: int, kind: str, feature_size: int, norm: str, act: str):
+        super().__init__()
+        self.models, self.kind = models, kind
+        self.norm = make_norm(norm, models * width, gn_group_size(width))
+        self.act = make_act(act)
+        features = width if kind == "gap" else width * feature_size * feature_size
+        bound = 1 / math.sqrt(features)  # nn.Linear's default initialisation
+        self.weight = nn.Parameter(torch.empty(models, classes, features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(models, classes).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm(x))
+        batch = x.shape[0]
+        if self.kind == "gap":
+            features = x.mean(dim=(2, 3)).reshape(batch, self.models, -1)
+        else:
+            features = x.reshape(batch, self.models, -1)
+        logits = torch.einsum("bmf,mkf->mbk", features, self.weight.to(features.dtype))
+        return logits + self.bias[:, None, :].to(logits.dtype)

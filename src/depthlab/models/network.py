@@ -1,0 +1,84 @@
+"""`ResidualNet`: stem → residual layers wired by the topology → head, for a pack of M models (M = 1: one model)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from depthlab.models.layers import PackedHead, ResidualLayer
+from depthlab.models.spec import ModelSpec
+
+
+class ResidualNet(nn.Module):
+    """Input (B, C_in, H, W) → logits (B, classes) for one model; (M, B, C_in, H, W) → (M, B, classes) for a pack."""
+
+    def __init__(self, spec: ModelSpec, models: int = 1):
+        super().__init__()
+        self.spec, self.models = spec, models
+        c = spec.width
+        self.stem = nn.Conv2d(models * spec.in_channels, models * c, 3, stride=spec.stem_stride, padding=1,
+                              groups=models, bias=spec.norm == "none")
+        self.layers = nn.ModuleList(
+            ResidualLayer(models=models, width=c, branches=spec.branches_per_stage, hidden=spec.hidden_channels,
+                          kernel=spec.kernel, norm=spec.norm, act=spec.act, scale=spec.scale,
+                          learnable=spec.learnable_scale, alpha_init=spec.alpha_init)
+            for _ in range(spec.stages)
+        )
+        self.head = PackedHead(models=models, width=c, classes=spec.num_classes, kind=spec.head,
+                               feature_size=spec.feature_size, norm=spec.norm, act=spec.act)
+        if spec.init == "fixup":
+            fixup_init(self)
+
+    def to_packed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, B, C, H, W) → (B, M·C, H, W)."""
+        m, b, c, h, w = x.shape
+        if m != self.models:
+            raise ValueError(f"input holds {m} models' batches; this pack has {self.models}")
+        return x.transpose(0, 1).reshape(b, m * c, h, w)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last layer, in the packed layout (B, M·C, H', W')."""
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.dim() == 4
+        if single:
+            if self.models != 1:
+                raise ValueError(f"a pack of {self.models} models takes (M, B, C, H, W) input")
+            x = x.unsqueeze(0)
+        logits = self.head(self.features(self.to_packed_input(x)))
+        return logits[0] if single else logits
+
+
+def fixup_init(net: ResidualNet) -> None:
+    """Fixup (Zhang et al., 2019) for branches of two convolutions: the first He-initialised and scaled by
+    n^(-1/2), the last zero, the classifier zero, the per-block multiplier α at 1. Fixup's scalar biases are
+    subsumed by the per-channel convolution biases that every layer carries when norm is none."""
+    n = net.spec.blocks
+    for layer in net.layers:
+        nn.init.kaiming_normal_(layer.conv1.weight, mode="fan_in", nonlinearity="relu")
+        with torch.no_grad():
+            layer.conv1.weight.mul_(n ** -0.5)
+            nn.init.zeros_(layer.conv2.weight)
+            for bias in (layer.conv1.bias, layer.bias2):
+                if bias is not None:
+                    nn.init.zeros_(bias)
+    nn.init.zeros_(net.head.weight)
+    nn.init.zeros_(net.head.bias)
+    if net.stem.bias is not None:
+        nn.init.zeros_(net.stem.bias)
+
+
+def build(spec: ModelSpec, seed: int | None = None, models: int = 1) -> ResidualNet:
+    """Build the network of `spec` (a pack of `models` copies of its shape). With a seed, the initial weights
+    depend only on it (the global RNG is left untouched)."""
+    if seed is None:
+        return ResidualNet(spec, models)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ResidualNet(spec, models)

@@ -1,0 +1,144 @@
+"""`ModelSpec`: the typed, validated description of one residual CNN.
+
+A network is "a stack of layers of the same dimension": a 3x3 stem to width C, then n residual blocks of width C,
+then a head. The blocks are wired by `topology`:
+
+- ``sequential``: x_i = x_{i-1} + λ·F_i(x_{i-1})          (deep)
+- ``parallel``:   y   = x + λ·Σ_i F_i(x)                  (shallow; one broad layer)
+- ``groups:g``:   g stages in sequence, each a parallel layer of n/g branches (g = n is sequential, g = 1 parallel)
+
+Every topology with the same (C, n, k, hidden) has exactly the same parameters and FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
+
+from depthlab.errors import SpecError
+
+NORMS = ("batch", "group", "none")
+ACTS = ("relu", "gelu", "identity")
+HEADS = ("gap", "flatten")
+INITS = ("default", "fixup", "skipinit")
+RESIDUAL_SCALES = ("1", "1/sqrt(n)", "1/n", "learnable", "<number>")
+TOPOLOGIES = "sequential, parallel or groups:g with g dividing blocks"
+
+_GROUPS = re.compile(r"^groups:(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    width: int = 16                  # C: channels of the residual stream
+    blocks: int = 2                  # n: residual blocks (branches)
+    kernel: int = 3                  # k: odd kernel size of both convolutions of a branch
+    hidden: int | None = None        # hidden channels of a branch (default: width)
+    topology: str = "sequential"
+    residual_scale: str | float = "1"
+    norm: str = "batch"
+    head: str = "gap"
+    act: str = "relu"
+    init: str = "default"
+    stem_stride: int = 1
+    in_channels: int = 1
+    num_classes: int = 10
+    input_size: int = 28
+
+    def __post_init__(self):
+        for name in ("width", "blocks", "in_channels", "num_classes", "input_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(name, value, "a positive integer")
+        if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden < 1):
+            raise SpecError("hidden", self.hidden, "a positive integer or null (= width)")
+        if not isinstance(self.kernel, int) or self.kernel % 2 == 0 or not 1 <= self.kernel <= 31:
+            raise SpecError("kernel", self.kernel, "an odd integer from 1 to 31")
+        if self.norm not in NORMS:
+            raise SpecError("norm", self.norm, ", ".join(NORMS))
+        if self.act not in ACTS:
+            raise SpecError("act", self.act, ", ".join(ACTS))
+        if self.head not in HEADS:
+            raise SpecError("head", self.head, ", ".join(HEADS))
+        if self.init not in INITS:
+            raise SpecError("init", self.init, ", ".join(INITS))
+        if self.stem_stride not in (1, 2):
+            raise SpecError("stem_stride", self.stem_stride, "1 or 2")
+        self.stages  # validates topology
+        self.scale  # validates residual_scale
+        if self.init == "fixup" and self.residual_scale == "learnable":
+            raise SpecError("init", self.init, "default or skipinit when residual_scale is learnable "
+                            "(fixup zeroes the last conv; a zero scale on top would leave no gradient)")
+
+    @property
+    def hidden_channels(self) -> int:
+        return self.hidden or self.width
+
+    @property
+    def stages(self) -> int:
+        """g: the number of layers in sequence (each holds blocks/g parallel branches)."""
+        if self.topology == "sequential":
+            return self.blocks
+        if self.topology == "parallel":
+            return 1
+        match = _GROUPS.match(str(self.topology))
+        if match and int(match.group(1)) >= 1 and self.blocks % int(match.group(1)) == 0:
+            return int(match.group(1))
+        raise SpecError("topology", self.topology, f"{TOPOLOGIES} (blocks={self.blocks})")
+
+    @property
+    def branches_per_stage(self) -> int:
+        return self.blocks // self.stages
+
+    @property
+    def learnable_scale(self) -> bool:
+        """Whether each block carries a trainable multiplier α (ReZero/SkipInit/Fixup style)."""
+        return self.residual_scale == "learnable" or self.init in ("skipinit", "fixup")
+
+    @property
+    def scale(self) -> float:
+        """The fixed λ (1.0 when the scale is learnable: then α alone scales the branch)."""
+        rule, n = self.residual_scale, self.blocks
+        if isinstance(rule, bool):
+            raise SpecError("residual_scale", rule, ", ".join(RESIDUAL_SCALES))
+        if isinstance(rule, (int, float)):
+            if not math.isfinite(rule):
+                raise SpecError("residual_scale", rule, ", ".join(RESIDUAL_SCALES))
+            return float(rule)
+        rule = str(rule).replace(" ", "")
+        if rule in ("1", "learnable"):
+            return 1.0
+        if rule == "1/sqrt(n)":
+            return 1.0 / math.sqrt(n)
+        if rule == "1/n":
+            return 1.0 / n
+        try:
+            value = float(rule)
+        except ValueError:
+            raise SpecError("residual_scale", self.residual_scale, ", ".join(RESIDUAL_SCALES)) from None
+        if not math.isfinite(value):
+            raise SpecError("residual_scale", self.residual_scale, ", ".join(RESIDUAL_SCALES))
+        return value
+
+    @property
+    def alpha_init(self) -> float:
+        return 1.0 if self.init == "fixup" else 0.0
+
+    @property
+    def feature_size(self) -> int:
+        """Spatial size after the stem (3x3, padding 1, stride s)."""
+        return (self.input_size - 1) // self.stem_stride + 1
+
+    def replace(self, **changes) -> "ModelSpec":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSpec":
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise SpecError(key, values[key], "a ModelSpec field: " + ", ".join(sorted(known)))
+        return cls(**values)

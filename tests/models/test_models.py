@@ -1,0 +1,203 @@
+"""The mathematics of the model family: fused == per-branch, topologies agree on shared weights, packs == models."""
+
+import pytest
+import torch
+from torch import nn
+
+from depthlab.errors import SpecError
+from depthlab.models import (ModelSpec, branch_output, build, flops, fuse_for_inference, pack, param_count,
+                             parallel_from_sequential, q_ratio, receptive_field, regroup, spec_params, unpack)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def randomise(model, seed=0):
+    """Non-trivial values everywhere (norm affines, running stats, α), so no test passes on zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha") or "norm" in name or name.endswith("bias2"):
+                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
+    return model
+
+
+NORMS = [("batch", "1/sqrt(n)"), ("group", "learnable"), ("none", "1/n"), ("none", "learnable")]
+
+
+@pytest.mark.parametrize("norm,scale", NORMS)
+@pytest.mark.parametrize("train", [True, False])
+def test_parallel_fused_equals_branch_by_branch(norm, scale, train):
+    spec = ModelSpec(width=6, blocks=4, kernel=3, hidden=8, topology="parallel", norm=norm, residual_scale=scale)
+    model = randomise(build(spec, seed=1).double(), seed=2).train(train)
+    for models in (1, 3):
+        net = model if models == 1 else randomise(pack([build(spec, seed=s).double() for s in range(3)]))
+        net.train(train)
+        x = torch.randn(5, models * 6, 9, 9, dtype=torch.float64)
+        layer = net.layers[0]
+        fused = layer(x)
+        reference = x + sum(branch_output(layer, b, x) for b in range(4))
+        assert rel_err(fused, reference) < 1e-10
+
+
+@pytest.mark.parametrize("norm,scale", NORMS)
+def test_topologies_agree_on_the_same_weights(norm, scale):
+    spec = ModelSpec(width=4, blocks=4, kernel=5, topology="sequential", norm=norm, residual_scale=scale,
+                     in_channels=2, input_size=12)
+    seq = randomise(build(spec, seed=3).double(), seed=4).eval()
+    x = torch.randn(3, 2, 12, 12, dtype=torch.float64)
+    # sequential == an explicit loop over blocks, each computed from its own slices
+    h = seq.stem(x)
+    for layer in seq.layers:
+        h = h + branch_output(layer, 0, h)
+    assert rel_err(seq(x), seq.head(h)) < 1e-10
+    # groups:n is the sequential network; groups:1 is the parallel one
+    assert rel_err(regroup(seq, "groups:4")(x), seq(x)) < 1e-10
+    par = parallel_from_sequential(seq)
+    stem = seq.stem(x)
+    shallow = stem + sum(branch_output(layer, 0, stem) for layer in seq.layers)
+    assert rel_err(par(x), seq.head(shallow)) < 1e-10
+    assert rel_err(regroup(par, "groups:1")(x), par(x)) < 1e-10
+    # groups:2: two stages, each the sum of two of the deep network's blocks
+    mid = regroup(seq, "groups:2")
+    h = stem + branch_output(seq.layers[0], 0, stem) + branch_output(seq.layers[1], 0, stem)
+    h = h + branch_output(seq.layers[2], 0, h) + branch_output(seq.layers[3], 0, h)
+    assert rel_err(mid(x), seq.head(h)) < 1e-10
+    # and back: parallel → sequential restores the original
+    assert rel_err(regroup(par, "sequential")(x), seq(x)) < 1e-12
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_equal_parameters_and_flops_across_topologies(head, norm):
+    counts, flop_counts = set(), set()
+    for topology in ("sequential", "parallel", "groups:2", "groups:4"):
+        spec = ModelSpec(width=8, blocks=8, kernel=3, hidden=12, topology=topology, head=head, norm=norm,
+                         stem_stride=2, input_size=28)
+        model = build(spec)
+        assert param_count(model) == spec_params(spec)
+        counts.add(param_count(model))
+        measured = count_flops(model, spec)
+        assert measured == flops(spec)
+        flop_counts.add(measured)
+    assert len(counts) == 1 and len(flop_counts) == 1
+
+
+def count_flops(model, spec):
+    """2 × multiply-accumulates, counted from the convolutions' output shapes and the classifier's weights."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        total += 2 * output[0].numel() * module.in_channels // module.groups * module.kernel_size[0] ** 2
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model(torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size))
+    for h in handles:
+        h.remove()
+    return total + 2 * model.head.weight.numel()
+
+
+@pytest.mark.parametrize("topology,norm,scale", [("sequential", "batch", "1"), ("parallel", "batch", "1/n"),
+                                                 ("groups:2", "group", "1"), ("sequential", "none", "learnable")])
+def test_pack_equals_separate_models(topology, norm, scale):
+    spec = ModelSpec(width=8, blocks=4, kernel=3, topology=topology, norm=norm, residual_scale=scale,
+                     head="flatten" if norm == "group" else "gap", input_size=10)
+    singles = [randomise(build(spec, seed=s), seed=s) for s in range(3)]
+    packed = pack([build(spec, seed=s) for s in range(3)])
+    packed.load_state_dict(pack(singles).state_dict())
+    xs = torch.randn(3, 4, 1, 10, 10)
+    targets = torch.randint(0, 10, (3, 4))
+    out = packed(xs)
+    loss = sum(nn.functional.cross_entropy(out[m], targets[m]) for m in range(3))
+    loss.backward()
+    for m, single in enumerate(singles):
+        o = single(xs[m])
+        nn.functional.cross_entropy(o, targets[m]).backward()
+        assert rel_err(out[m], o) < 1e-6
+        for (name, p_pack), (_, p_single) in zip(packed.named_parameters(), single.named_parameters()):
+            g = p_pack.grad.reshape(3, -1)[m]
+            assert rel_err(g, p_single.grad.reshape(-1)) < 1e-5, name
+    if norm == "batch":
+        for m, (unpacked, single) in enumerate(zip(unpack(packed), singles)):
+            for (name, b1), (_, b2) in zip(unpacked.named_buffers(), single.named_buffers()):
+                assert torch.allclose(b1.float(), b2.float(), rtol=1e-6, atol=1e-7), name
+
+
+def test_pack_unpack_roundtrip():
+    spec = ModelSpec(width=4, blocks=2)
+    models = [randomise(build(spec, seed=s), s) for s in range(4)]
+    for a, b in zip(models, unpack(pack(models))):
+        for t1, t2 in zip(a.state_dict().values(), b.state_dict().values()):
+            assert torch.equal(t1, t2)
+    with pytest.raises(ValueError):
+        pack([build(spec), build(spec.replace(width=8))])
+
+
+@pytest.mark.parametrize("topology", ["sequential", "parallel"])
+def test_fuse_for_inference_matches_eval(topology):
+    spec = ModelSpec(width=8, blocks=3, topology=topology, kernel=5, norm="batch", residual_scale="1/sqrt(n)")
+    model = randomise(build(spec, seed=0).double(), seed=5).eval()
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    assert rel_err(fused(x), model(x)) < 1e-10
+
+
+@pytest.mark.parametrize("rule", [dict(residual_scale="learnable"), dict(init="skipinit")])
+def test_learnable_scale_starts_as_identity(rule):
+    spec = ModelSpec(width=8, blocks=5, topology="sequential", **rule)
+    model = build(spec, seed=0)
+    x = torch.randn(2, 8, 28, 28)
+    for layer in model.layers:
+        assert torch.equal(layer(x), x)
+        assert layer.alpha.requires_grad and float(layer.alpha.detach().abs().sum()) == 0.0
+    # ... and the gradient of α is not zero, so training moves it
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert any(float(layer.alpha.grad.abs().sum()) > 0 for layer in model.layers)
+
+
+def test_fixup_initialisation():
+    spec = ModelSpec(width=8, blocks=16, norm="none", init="fixup")
+    model = build(spec, seed=0)
+    assert float(model(torch.randn(3, 1, 28, 28)).detach().abs().sum()) == 0.0  # zero classifier
+    for layer in model.layers:
+        assert float(layer.conv2.weight.abs().sum()) == 0.0
+        std = float(layer.conv1.weight.std())
+        expected = (2 / (8 * 9)) ** 0.5 * 16 ** -0.5
+        assert abs(std - expected) / expected < 0.2
+
+
+def test_receptive_field_matches_gradient_support():
+    for topology in ("sequential", "parallel", "groups:2"):
+        spec = ModelSpec(width=2, blocks=4, kernel=3, topology=topology, norm="none", act="identity",
+                         input_size=31)
+        model = build(spec, seed=0).double()
+        x = torch.randn(1, 1, 31, 31, dtype=torch.float64, requires_grad=True)
+        model.features(x)[0, :, 15, 15].sum().backward()
+        rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
+        assert int(rows.max() - rows.min() + 1) == receptive_field(spec)
+    assert receptive_field(ModelSpec(blocks=8, kernel=3)) == 3 + 8 * 4
+    assert receptive_field(ModelSpec(blocks=8, kernel=3, topology="parallel")) == 3 + 4
+
+
+def test_q_ratio():
+    spec = ModelSpec(width=16, blocks=2)
+    assert q_ratio(spec, 60000) == pytest.approx(60000 * 10 / spec_params(spec))
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("kernel", 4, "odd"), ("kernel", 33, "odd"), ("topology", "groups:3", "groups:g"), ("norm", "layer", "batch"),
+    ("act", "tanh", "relu"), ("head", "mlp", "gap"), ("init", "xavier", "fixup"), ("residual_scale", "1/m", "1/n"),
+    ("width", 0, "positive"), ("stem_stride", 3, "1 or 2"),
+])
+def test_invalid_specs_name_field_and_allowed_values(field, value, allowed):
+    with pytest.raises(SpecError) as info:
+        ModelSpec(blocks=4, **{field: value})
+    assert info.value.field == field and allowed in str(info.value) and field in str(info.value)
