@@ -1,0 +1,75 @@
+"""`depthlab run`: train a sweep (a YAML spec or a preset) into a results store, then print the comparison."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from depthlab.sweep.spec import PRESETS
+from depthlab.sweep.store import DEFAULT_STORE
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="train a sweep (spec file or preset) into a results store",
+        description="Train every run of a sweep that the store does not hold yet, a pack of same-shape models at a "
+        "time, then print the deep-vs-shallow comparison. Safe to stop and restart: finished runs are kept and "
+        "never trained twice; interrupted ones restart. Several `depthlab run` processes may share one store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("spec", nargs="?", default="demo",
+                   help=f"a YAML sweep spec, or a preset: {', '.join(PRESETS)}")
+    p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results file (created if missing)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--limit", type=int, default=None, help="train at most N runs in this invocation")
+    p.add_argument("--dry-run", action="store_true", help="print the number of runs and packs; train nothing")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
+    p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
+    p.add_argument("--max-pack", type=int, default=None, help="at most this many models per pack")
+    p.add_argument("--compile", action="store_true", help="torch.compile each pack (CUDA; slower to start)")
+    p.add_argument("--save-weights", action="store_true",
+                   help="keep each trained model's weights next to the store (STORE.weights/RUN_ID.pt)")
+    p.add_argument("--data-root", default=None, help="dataset directory (default: $DEPTHLAB_DATA or "
+                   "~/.cache/depthlab); CIFAR-10 is read from here")
+    p.add_argument("--no-compare", action="store_true", help="do not print the comparison at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args) -> int:
+    from depthlab.sweep.runner import plan, resolve_device, run_sweep
+    from depthlab.sweep.spec import load_spec
+    from depthlab.sweep.store import Store
+
+    spec = load_spec(args.spec)
+    device = resolve_device(args.device)
+    if args.dry_run:
+        store = Store(args.store) if os.path.exists(args.store) else None
+        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False)
+        if store is not None:
+            store.close()
+        print(f"sweep {spec.name}: {the_plan.total} runs, {the_plan.finished} already finished in {args.store}, "
+              f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} (dry run: nothing trained)")
+        return 0
+    if args.backend == "ray":
+        from depthlab.sweep.ray_backend import run_sweep_ray
+        summary = run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
+                                address=args.ray_address, data_root=args.data_root, progress=not args.quiet)
+    else:
+        summary = run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
+                            compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
+                            progress=not args.quiet)
+    trained = summary["trained"]
+    counts = summary["counts"]
+    print(f"sweep {spec.name}: trained {sum(trained.values())} runs in {summary['seconds']:.1f} s on "
+          f"{summary['device']} ({trained.get('done', 0)} done, {trained.get('diverged', 0)} diverged, "
+          f"{trained.get('failed', 0)} failed); store {args.store}: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if not args.no_compare and counts.get("done", 0):
+        from depthlab.analysis.compare import compare_report, format_report
+        store = Store(args.store)
+        records = store.records(sweep=spec.name)
+        store.close()
+        print()
+        print(format_report(compare_report(records)))
+    return 0

@@ -1,0 +1,134 @@
+"""`RunConfig`: one training run, as a flat record of model, training and data fields.
+
+The flat dict (`to_dict`) is what the store hashes into a run id, so every field that changes a result is here,
+and nothing else is. Validation happens on construction: a bad value names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from depthlab.errors import SpecError
+from depthlab.models import ModelSpec
+
+# (channels, size, classes, horizontal flip is valid) of the built-in datasets; synthetic mirrors MNIST's shape.
+DATASET_SHAPES = {"mnist": (1, 28, 10, False), "cifar10": (3, 32, 10, True), "synthetic": (1, 28, 10, True)}
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
+SCHEDULES = ("constant", "cosine", "linear")
+AUGMENTS = ("none", "translate", "flip", "translate+flip")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data
+    dataset: str = "mnist"
+    train_subset: int | None = None      # first K training examples (a fixed order), None = all
+    val_split: int | float = 5000        # validation examples carved from train (count or fraction)
+    test_subset: int | None = None       # evaluate on the first K test examples only, None = all
+    # model (see depthlab.models.ModelSpec)
+    topology: str = "sequential"
+    blocks: int = 2
+    width: int = 16
+    kernel: int = 3
+    hidden: int | None = None
+    norm: str = "batch"
+    act: str = "relu"
+    head: str = "gap"
+    init: str = "default"
+    residual_scale: str | float = "1"
+    stem_stride: int = 1
+    # training
+    optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
+    lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 5
+    schedule: str = "cosine"
+    augment: str = "none"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dataset not in DATASET_SHAPES:
+            raise SpecError("dataset", self.dataset, ", ".join(DATASET_SHAPES))
+        if self.optimizer not in OPTIMIZERS:
+            raise SpecError("optimizer", self.optimizer, ", ".join(OPTIMIZERS))
+        if self.schedule not in SCHEDULES:
+            raise SpecError("schedule", self.schedule, ", ".join(SCHEDULES))
+        if self.augment not in AUGMENTS:
+            raise SpecError("augment", self.augment, ", ".join(AUGMENTS))
+        if "flip" in self.augment and not DATASET_SHAPES[self.dataset][3]:
+            raise SpecError("augment", self.augment, f"none or translate for {self.dataset} (flipping digits "
+                            "changes their meaning)")
+        for name in ("batch_size", "epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise SpecError(name, value, "a positive integer")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise SpecError("seed", self.seed, "a non-negative integer")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise SpecError(name, value, "a positive integer or null (all)")
+        if not isinstance(self.val_split, (int, float)) or isinstance(self.val_split, bool) or self.val_split < 0 \
+                or (isinstance(self.val_split, float) and self.val_split >= 1):
+            raise SpecError("val_split", self.val_split, "a count (integer ≥ 0) or a fraction in [0, 1)")
+        if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
+            raise SpecError("lr", self.lr, "a positive number or null (the optimizer's default)")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise SpecError("weight_decay", self.weight_decay, "a number ≥ 0")
+        self.model_spec()  # validates the model fields
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def translate(self) -> int:
+        """Padding (pixels) of the random-translation augmentation; 0 when off."""
+        return (2 if DATASET_SHAPES[self.dataset][1] <= 28 else 4) if "translate" in self.augment else 0
+
+    @property
+    def flip(self) -> bool:
+        return "flip" in self.augment
+
+    def model_spec(self, in_channels: int | None = None, input_size: int | None = None,
+                   num_classes: int | None = None) -> ModelSpec:
+        channels, size, classes, _ = DATASET_SHAPES[self.dataset]
+        return ModelSpec(width=self.width, blocks=self.blocks, kernel=self.kernel, hidden=self.hidden,
+                         topology=self.topology, residual_scale=self.residual_scale, norm=self.norm, head=self.head,
+                         act=self.act, init=self.init, stem_stride=self.stem_stride,
+                         in_channels=in_channels or channels, input_size=input_size or size,
+                         num_classes=num_classes or classes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        allowed = field_names()
+        for key in values:
+            if key not in allowed:
+                raise SpecError(key, values[key], "a run field: " + ", ".join(allowed))
+        return cls(**values)
+
+    def pack_key(self) -> tuple:
+        """Runs with equal keys share a network shape and a training loop, so they can train as one pack.
+        Per-model within a pack: seed (weights and data order), lr, weight decay and augmentation."""
+        values = self.to_dict()
+        for per_model in ("seed", "lr", "weight_decay", "augment"):
+            values.pop(per_model)
+        return tuple(sorted((k, str(v)) for k, v in values.items()))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

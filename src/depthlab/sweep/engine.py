@@ -1,0 +1,227 @@
+"""The engine: trains a pack of runs that share a network shape as ONE module.
+
+Each model of the pack keeps its own seed (initial weights and data order), learning rate, weight decay and
+augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
+on. On CUDA the forward runs under bf16 autocast with channels_last weights (optionally `torch.compile`d); on the
+CPU it is plain float32, which is what the tests check against one-model-at-a-time training.
+
+Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
+augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split. Final metrics
+(`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from depthlab import __version__
+from depthlab.models import build, pack, param_count, q_ratio, spec_params, unpack
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.optim import PackedOptimizer
+
+EVAL_BATCH = 1000
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    status: str                      # done | diverged | failed
+    final: dict
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+    params: int = 0
+    q: float = 0.0
+    env: dict = field(default_factory=dict)
+    error: str | None = None
+    state_dict: dict | None = None   # the trained single model's weights (CPU), when asked for
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at `progress` ∈ [0, 1) of training."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1 - progress
+    return 1.0
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment(device: torch.device, pack_size: int, amp: bool, compiled: bool) -> dict:
+    return {"depthlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "host": socket.gethostname(), "device": describe_device(device),
+            "pack_size": pack_size, "amp": "bf16" if amp else "off", "compile": compiled}
+
+
+def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, amp: bool) -> int:
+    """Rough training memory of one model of a pack: the activations autograd keeps for a batch, plus
+    parameters, gradients and optimizer state. Used to choose pack sizes; an OOM still splits the pack."""
+    spec = config.model_spec(in_channels=in_channels, input_size=input_size)
+    hw = spec.feature_size ** 2
+    per_block = 3 * spec.hidden_channels + 2 * spec.width        # conv1 out, norm out, act out, conv2 out, sum
+    activations = (spec.width * 2 + spec.blocks * per_block) * hw + in_channels * input_size ** 2
+    element = 2 if amp else 4
+    return int(1.5 * config.batch_size * activations * element + 16 * spec_params(spec))
+
+
+def evaluate(net, x, y, mean, std, models: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model mean loss and accuracy over (x, y), every model seeing the same examples (eval mode)."""
+    from depthlab.data import eval_batches
+
+    net.eval()
+    loss_sum = torch.zeros(models, device=x.device)
+    correct = torch.zeros(models, device=x.device)
+    count = 0
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        for xb, yb in eval_batches(x, y, EVAL_BATCH, mean, std):
+            b = yb.shape[0]
+            out = net(xb.unsqueeze(0).expand(models, *xb.shape)).float()
+            loss_sum += F.cross_entropy(out.reshape(models * b, -1), yb.repeat(models), reduction="none") \
+                .view(models, b).sum(1)
+            correct += (out.argmax(-1) == yb).float().sum(1)
+            count += b
+    net.train()
+    if count == 0:
+        nan = torch.full((models,), float("nan"), device=x.device)
+        return nan, nan
+    return loss_sum / count, correct / count
+
+
+def _finite_params(net, models: int) -> torch.Tensor:
+    ok = torch.ones(models, dtype=torch.bool, device=next(net.parameters()).device)
+    for p in net.parameters():
+        ok &= torch.isfinite(p.detach().reshape(models, -1)).all(1)
+    return ok
+
+
+def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool = False,
+               on_epoch=None, keep_weights: bool = False, amp: bool | None = None) -> list[RunResult]:
+    """Train `configs` (one pack key) together on `dataset` (a `depthlab.data.Dataset` already on `device`).
+
+    `on_epoch(i, metrics)` is called after every epoch for the i-th config (a heartbeat for the store)."""
+    from depthlab.data import DeviceBatches
+
+    keys = {c.pack_key() for c in configs}
+    if len(keys) != 1:
+        raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
+    device = torch.device(device)
+    amp = (device.type == "cuda") if amp is None else amp
+    c0, models = configs[0], len(configs)
+    spec = c0.model_spec(in_channels=dataset.in_channels, input_size=dataset.input_size,
+                         num_classes=dataset.num_classes)
+    start = time.perf_counter()
+    net = pack([build(spec, seed=c.seed) for c in configs]).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if compile else net
+    optimizer = PackedOptimizer(net, models, kind=c0.optimizer, lr=[c.learning_rate for c in configs],
+                                weight_decay=[float(c.weight_decay) for c in configs])
+    batches = DeviceBatches(dataset.train_x, dataset.train_y, batch_size=c0.batch_size,
+                            seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
+                            translate=[c.translate for c in configs], flip=[c.flip for c in configs])
+    steps_total = max(1, c0.epochs * len(batches))
+    alive = torch.ones(models, dtype=torch.bool, device=device)
+    histories: list[list[dict]] = [[] for _ in configs]
+    step = 0
+    for epoch in range(c0.epochs):
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros(models, device=device)
+        correct = torch.zeros(models, device=device)
+        seen = 0
+        for xb, yb, _ in batches.epoch(epoch):
+            b = yb.shape[1]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = forward(xb)
+            losses = F.cross_entropy(out.float().reshape(models * b, -1), yb.reshape(-1), reduction="none") \
+                .view(models, b).mean(1)
+            alive &= torch.isfinite(losses)
+            # where, not multiply: a diverged model's NaN must not reach the sum (NaN·0 is NaN)
+            torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+            optimizer.step(lr_factor(c0.schedule, step / steps_total), active=alive)
+            optimizer.zero_grad()
+            step += 1
+            with torch.no_grad():
+                loss_sum += losses.detach()
+                correct += (out.argmax(-1) == yb).float().mean(1)
+            seen += 1
+        alive &= _finite_params(net, models)
+        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models, amp)
+        seconds = time.perf_counter() - epoch_start
+        train_loss, train_acc = (loss_sum / max(seen, 1)).tolist(), (correct / max(seen, 1)).tolist()
+        val_loss, val_acc, alive_list = val_loss.tolist(), val_acc.tolist(), alive.tolist()
+        for i in range(models):
+            if not alive_list[i] and histories[i] and histories[i][-1].get("diverged"):
+                continue  # already recorded as diverged
+            metrics = {"epoch": epoch + 1, "train_loss": _clean(train_loss[i]), "train_acc": train_acc[i],
+                       "val_loss": _clean(val_loss[i]), "val_acc": _clean(val_acc[i]), "seconds": seconds}
+            if not alive_list[i]:
+                metrics["diverged"] = True
+            histories[i].append(metrics)
+            if on_epoch is not None:
+                on_epoch(i, metrics)
+        if not any(alive_list):
+            break
+    finals = {"val": (val_loss, val_acc)}  # the last epoch's validation pass saw the final weights already
+    for split, (x, y) in {"train": (dataset.train_x, dataset.train_y), "test": (dataset.test_x, dataset.test_y)}.items():
+        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp)
+        finals[split] = (loss.tolist(), acc.tolist())
+    seconds = time.perf_counter() - start
+    env = environment(device, models, amp, compile)
+    params = param_count(net) // models
+    q = q_ratio(spec, int(dataset.train_x.shape[0]))
+    singles = unpack(net.float()) if keep_weights else None
+    alive_list = alive.tolist()
+    results = []
+    for i, config in enumerate(configs):
+        final = {}
+        for split, (losses, accs) in finals.items():
+            final[f"{split}_loss"], final[f"{split}_acc"] = _clean(losses[i]), _clean(accs[i])
+        diverged = not alive_list[i] or final["train_loss"] is None
+        results.append(RunResult(
+            config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
+            seconds=seconds, params=params, q=q, env=env,
+            error="loss became NaN/inf; training of this model stopped" if diverged else None,
+            state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
+    return results
+
+
+def _clean(value: float) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, **kwargs) -> list[RunResult]:
+    """`train_pack`, halving the pack and retrying when it runs out of memory; a single model that does not fit
+    is returned as `failed` with the error. `on_split(sizes)` reports each split."""
+    try:
+        return train_pack(configs, dataset, **kwargs)
+    except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
+        if not is_out_of_memory(err):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(configs) == 1:
+            return [RunResult(config=configs[0], status="failed", final={}, error=f"out of memory: {err}")]
+        half = len(configs) // 2
+        if on_split is not None:
+            on_split((half, len(configs) - half))
+        return (train_pack_splitting(configs[:half], dataset, on_split=on_split, **kwargs)
+                + train_pack_splitting(configs[half:], dataset, on_split=on_split, **kwargs))

@@ -1,0 +1,66 @@
+"""A small fused optimizer for packs: every model keeps its own learning rate and weight decay.
+
+Each packed parameter is viewed as (M, -1) — row m is model m (see `depthlab.models.layers`) — so per-model
+hyper-parameters are (M, 1) column vectors and one update serves the whole pack. A model that has diverged is
+frozen with `torch.where` (a multiplication by 0 would keep its NaNs alive in the arithmetic).
+
+- adam: AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
+- sgd:  SGD with Nesterov momentum, L2 weight decay added to the gradient.
+Weight decay applies to convolution and classifier weights only, not to norms, biases or branch scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def decays(name: str) -> bool:
+    return name.endswith("conv1.weight") or name.endswith("conv2.weight") or name in ("stem.weight", "head.weight")
+
+
+class PackedOptimizer:
+    def __init__(self, model: nn.Module, models: int, *, kind: str, lr, weight_decay, momentum: float = 0.9,
+                 betas=(0.9, 0.999), eps: float = 1e-8):
+        self.models, self.kind, self.momentum, self.betas, self.eps = models, kind, momentum, betas, eps
+        ref = next(model.parameters())
+        self.lr = torch.as_tensor(lr, dtype=torch.float32, device=ref.device).reshape(models, 1)
+        wd = torch.as_tensor(weight_decay, dtype=torch.float32, device=ref.device).reshape(models, 1)
+        self.params = [(p, wd if decays(name) else torch.zeros_like(wd))
+                       for name, p in model.named_parameters() if p.requires_grad]
+        self.state = [{} for _ in self.params]
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        for p, _ in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr_factor: float = 1.0, active: torch.Tensor | None = None) -> None:
+        """One update; `active` (M bools) freezes the models that are False."""
+        self.steps += 1
+        lr = self.lr * lr_factor
+        keep = None if active is None else active.reshape(self.models, 1)
+        for (p, wd), state in zip(self.params, self.state):
+            if p.grad is None:
+                continue
+            w = p.view(self.models, -1)
+            g = p.grad.reshape(self.models, -1).float()
+            if self.kind == "adam":
+                b1, b2 = self.betas
+                m = state.setdefault("m", torch.zeros_like(g))
+                v = state.setdefault("v", torch.zeros_like(g))
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                m_hat = m / (1 - b1 ** self.steps)
+                v_hat = v / (1 - b2 ** self.steps)
+                update = m_hat / (v_hat.sqrt() + self.eps) + wd * w.float()
+            else:
+                g = g + wd * w.float()
+                buf = state.setdefault("buf", torch.zeros_like(g))
+                buf.mul_(self.momentum).add_(g)
+                update = g + self.momentum * buf
+            new = w.float() - lr * update
+            if keep is not None:
+                new = torch.where(keep, new, w.float())
+            w.copy_(new.to(w.dtype))

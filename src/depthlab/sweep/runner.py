@@ -1,0 +1,156 @@
+"""The sweep runner: spec → runs in the store → packs → engine → results in the store.
+
+Every run is added to the store as `pending` first. A runner then repeatedly claims a pack (only runs still
+pending are claimed, so two runners never train one run), trains it, and writes each run's result in its own
+transaction. A killed runner's runs are reclaimed by the next one (`Store.reclaim_stale`): nothing finished is
+trained twice or lost; what was interrupted restarts from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.engine import RunResult, train_pack_splitting
+from depthlab.sweep.packs import make_packs
+from depthlab.sweep.spec import SweepSpec
+from depthlab.sweep.store import Store, owner_token, run_id
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from depthlab.errors import SpecError
+        raise SpecError("--device", name, "auto or cpu (no CUDA device is visible here)")
+    return torch.device(name)
+
+
+@dataclass
+class SweepPlan:
+    total: int            # runs in the spec
+    finished: int         # already done/diverged/failed in the store
+    todo: list            # RunConfigs still to train (pending or interrupted)
+    packs: list           # todo grouped into packs
+
+
+class DataCache:
+    """Datasets loaded once per runner and kept on the device (as uint8)."""
+
+    def __init__(self, device: torch.device, root=None):
+        self.device, self.root, self._cache = device, root, {}
+
+    def get(self, config: RunConfig):
+        from depthlab.data import load
+
+        key = (config.dataset, config.val_split, config.train_subset, config.test_subset)
+        if key not in self._cache:
+            data = load(config.dataset, val_split=config.val_split, train_subset=config.train_subset,
+                        device=self.device, root=self.root)
+            if config.test_subset is not None:
+                data = dataclasses.replace(data, test_x=data.test_x[:config.test_subset],
+                                           test_y=data.test_y[:config.test_subset])
+            self._cache[key] = data
+        return self._cache[key]
+
+
+def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
+         max_pack: int | None = None, add: bool = True) -> SweepPlan:
+    """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first."""
+    configs = spec.configs()
+    if add and store is not None:
+        store.add_runs([c.to_dict() for c in configs], sweep=spec.name)
+    status = {r["run_id"]: r["status"] for r in store.records()} if store is not None else {}
+    todo = [c for c in configs if status.get(run_id(c.to_dict()), "pending") in ("pending", "running")]
+    finished = len(configs) - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack))
+
+
+def weights_dir(store_path) -> Path:
+    return Path(f"{store_path}.weights")
+
+
+def save_weights(store_path, rid: str, result: RunResult) -> None:
+    folder = weights_dir(store_path)
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f"{rid}.pt.tmp"
+    torch.save({"config": result.config.to_dict(), "state_dict": result.state_dict}, tmp)
+    tmp.replace(folder / f"{rid}.pt")
+
+
+def record(store: Store, owner: str, result: RunResult, store_path=None) -> None:
+    rid = run_id(result.config.to_dict())
+    if result.state_dict is not None and store_path is not None:
+        save_weights(store_path, rid, result)
+    store.finish(rid, owner, status=result.status, final=result.final, history=result.history,
+                 params=result.params, q=result.q, seconds=result.seconds, env=result.env, error=result.error)
+
+
+def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
+              compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
+              log=None) -> dict:
+    """Train every unfinished run of `spec` into the store at `store_path`. Returns a summary dict."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    device = resolve_device(device) if isinstance(device, str) else device
+    store = Store(store_path)
+    reclaimed = store.reclaim_stale()
+    if reclaimed:
+        log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
+    the_plan = plan(spec, store, device, limit, max_pack)
+    owner = owner_token()
+    data = DataCache(device, data_root)
+    trained = {"done": 0, "diverged": 0, "failed": 0}
+    bar = tqdm(total=len(the_plan.todo), unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               desc=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)")
+    started = time.perf_counter()
+    try:
+        for pack_configs in the_plan.packs:
+            ids = [run_id(c.to_dict()) for c in pack_configs]
+            claimed = set(store.claim(ids, owner))
+            pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
+            if not pack_configs:
+                bar.update(len(ids))
+                continue
+            pack_ids = [run_id(c.to_dict()) for c in pack_configs]
+            dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
+            try:
+                results = train_pack_splitting(
+                    pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
+                    on_epoch=lambda i, metrics: store.record_epoch(pack_ids[i], owner, metrics),
+                    on_split=lambda sizes: log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"))
+            except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
+                if getattr(err, "fatal", False) or isinstance(err, KeyboardInterrupt):
+                    raise
+                message = f"{type(err).__name__}: {err}"
+                log(f"pack of {len(pack_configs)} failed: {message}")
+                for rid in pack_ids:
+                    store.fail(rid, owner, message + "\n" + traceback.format_exc(limit=5))
+                trained["failed"] += len(pack_ids)
+                bar.update(len(ids))
+                continue
+            for result in results:
+                record(store, owner, result, store_path if save_weights else None)
+                trained[result.status] = trained.get(result.status, 0) + 1
+            bar.update(len(ids))
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(runs_per_s=f"{sum(trained.values()) / elapsed:.2f}", diverged=trained["diverged"])
+    except BaseException:
+        store.release([run_id(c.to_dict()) for c in the_plan.todo], owner)
+        raise
+    finally:
+        bar.close()
+    counts = store.counts(spec.name)
+    store.close()
+    return {"sweep": spec.name, "total": the_plan.total, "trained": trained, "counts": counts,
+            "seconds": time.perf_counter() - started, "device": str(device)}
+

@@ -1,0 +1,107 @@
+"""The packed engine trains every model exactly as it would be trained alone."""
+
+import math
+
+import pytest
+import torch
+
+from depthlab.data import load
+from depthlab.sweep import engine
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.engine import train_pack, train_pack_splitting
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load("synthetic", val_split=64, n_train=320, n_test=64, shape=(1, 12, 12))
+
+
+def config(**fields):
+    base = dict(dataset="synthetic", val_split=64, width=4, blocks=2, kernel=3, batch_size=32, epochs=2,
+                schedule="cosine")
+    return RunConfig(**{**base, **fields})
+
+
+def assert_same_run(a, b, rtol=1e-4):
+    assert a.status == b.status
+    for key, value in a.final.items():
+        assert value == pytest.approx(b.final[key], rel=rtol, abs=1e-6), key
+    for key, tensor in a.state_dict.items():
+        if tensor.dtype.is_floating_point:
+            assert torch.allclose(tensor, b.state_dict[key], rtol=rtol, atol=1e-5), key
+
+
+@pytest.mark.parametrize("fields", [
+    dict(topology="sequential", optimizer="adam", norm="batch"),
+    dict(topology="parallel", optimizer="sgd", norm="none", residual_scale="learnable"),
+])
+def test_packed_training_equals_one_by_one(data, fields):
+    configs = [config(seed=0, lr=0.003, **fields), config(seed=1, lr=0.01, weight_decay=1e-3, **fields),
+               config(seed=2, augment="translate", **fields)]
+    packed = train_pack(configs, data, keep_weights=True)
+    for c, result in zip(configs, packed):
+        alone = train_pack([c], data, keep_weights=True)[0]
+        assert_same_run(result, alone)
+    # and the models really differ from each other (own seed, own hyper-parameters)
+    assert packed[0].final["train_loss"] != packed[1].final["train_loss"]
+    assert len(packed[0].history) == 2 and packed[0].history[-1]["epoch"] == 2
+
+
+def test_training_learns(data):
+    result = train_pack([config(epochs=6, lr=0.01, width=8)], data)[0]
+    assert result.status == "done"
+    assert result.final["train_acc"] > 0.5 and result.final["train_loss"] < math.log(10)
+
+
+def test_forced_nan_is_diverged_and_pack_mates_carry_on(data):
+    fields = dict(optimizer="sgd", norm="none", residual_scale="1", epochs=2)
+    sane, wild = config(seed=0, lr=0.01, **fields), config(seed=1, lr=1e12, **fields)
+    results = train_pack([sane, wild], data, keep_weights=True)
+    assert results[1].status == "diverged" and "NaN" in results[1].error
+    assert results[1].history[-1].get("diverged")
+    assert results[0].status == "done"
+    assert_same_run(results[0], train_pack([sane], data, keep_weights=True)[0])
+
+
+def test_out_of_memory_splits_the_pack(data, monkeypatch):
+    real = engine.train_pack
+    sizes = []
+
+    def fake_train_pack(configs, dataset, **kwargs):
+        sizes.append(len(configs))
+        if len(configs) > 1:  # pretend only one model fits at a time
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(configs, dataset, **kwargs)
+
+    monkeypatch.setattr(engine, "train_pack", fake_train_pack)
+    splits = []
+    configs = [config(seed=s, epochs=1) for s in range(3)]
+    results = train_pack_splitting(configs, data, on_split=splits.append)
+    assert [r.config.seed for r in results] == [0, 1, 2] and all(r.status == "done" for r in results)
+    assert splits == [(1, 2), (1, 1)] and sizes == [3, 1, 2, 1, 1]
+
+
+def test_a_model_that_never_fits_is_failed_not_lost(data, monkeypatch):
+    def always_oom(configs, dataset, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+
+    monkeypatch.setattr(engine, "train_pack", always_oom)
+    results = train_pack_splitting([config(seed=0), config(seed=1)], data)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert "out of memory" in results[0].error
+
+
+def test_other_errors_are_not_mistaken_for_oom(data, monkeypatch):
+    monkeypatch.setattr(engine, "train_pack", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
+    with pytest.raises(ValueError):
+        train_pack_splitting([config()], data)
+
+
+def test_mixed_pack_keys_are_refused(data):
+    with pytest.raises(ValueError, match="pack key"):
+        train_pack([config(width=4), config(width=8)], data)
+
+
+def test_lr_schedules():
+    assert engine.lr_factor("cosine", 0.0) == 1.0 and engine.lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert engine.lr_factor("linear", 0.25) == 0.75 and engine.lr_factor("constant", 0.9) == 1.0

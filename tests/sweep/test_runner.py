@@ -1,0 +1,121 @@
+"""The sweep runner against a real store and real `depthlab run` processes: resume after SIGKILL, concurrency."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from depthlab.cli.main import main
+from depthlab.sweep.runner import run_sweep
+from depthlab.sweep.spec import SweepSpec
+from depthlab.sweep.store import Store
+
+SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 256,
+                                     "test_subset": 64, "width": 4, "stem_stride": 2,
+                                     "batch_size": 32, "epochs": 2},
+        "grid": {"topology": ["sequential", "parallel"], "seed": [0, 1, 2]}}
+
+
+def write_spec(tmp_path, **changes):
+    spec = json.loads(json.dumps(SPEC))
+    spec["defaults"].update(changes)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def depthlab(*args):
+    return [sys.executable, "-m", "depthlab.cli.main", *map(str, args)]
+
+
+def finished(store_path):
+    store = Store(store_path)
+    try:
+        return [r for r in store.records() if r["status"] in ("done", "diverged", "failed")]
+    finally:
+        store.close()
+
+
+def test_run_in_process_then_nothing_left(tmp_path):
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict(SPEC)
+    summary = run_sweep(spec, store, device="cpu", progress=False)
+    assert summary["trained"]["done"] == 6 and summary["counts"]["done"] == 6
+    again = run_sweep(spec, store, device="cpu", progress=False)
+    assert sum(again["trained"].values()) == 0
+    records = Store(store).records()
+    assert all(r["params"] > 0 and r["q"] > 0 and r["env"]["torch"] and len(r["history"]) == 2 for r in records)
+
+
+def test_dry_run_trains_nothing(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--dry-run", "--max-pack", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs" in out and "4 packs" in out and "nothing trained" in out
+    assert not store.exists()
+
+
+def test_limit_trains_at_most_n(tmp_path):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--limit", "2", "--max-pack", "1",
+                 "--quiet", "--no-compare"]) == 0
+    assert len(finished(store)) == 2
+
+
+def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
+    spec = write_spec(tmp_path, epochs=3)
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--quiet", "--no-compare"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not store.exists() or len(finished(store)) < 2):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["run_id"]: r for r in finished(store)}
+    assert 2 <= len(before) < 6, "the kill should land mid-sweep"
+    subprocess.run(depthlab("run", spec, "--store", store, "--quiet", "--no-compare"), check=True, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    after = {r["run_id"]: r for r in Store(store).records()}
+    assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
+    for rid, record in before.items():  # finished before the kill: kept, never trained again
+        assert after[rid]["seconds"] == record["seconds"] and after[rid]["attempts"] == 1
+    assert any(r["attempts"] == 2 for r in after.values()) or len(before) == 6
+
+
+def test_two_runners_never_train_the_same_run(tmp_path):
+    spec = write_spec(tmp_path)
+    store = tmp_path / "s.sqlite"
+    Store(store).close()  # both start against an existing store
+    procs = [subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--quiet",
+                                       "--no-compare"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    records = Store(store).records()
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert all(r["attempts"] == 1 for r in records)  # each claimed (hence trained) exactly once
+    owners = {r["env"]["host"] for r in records}
+    assert len(owners) == 1
+
+
+def test_cli_run_prints_comparison(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 6 runs" in out and "parallel" in out and "Q band" in out
+
+
+def test_missing_dataset_stops_with_clear_error_and_keeps_runs_pending(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DEPTHLAB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("DEPTHLAB_CIFAR10_URL", "http://127.0.0.1:9/none.tar.gz")
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(write_spec(tmp_path, dataset="cifar10")), "--store", str(store), "--quiet"]) == 2
+    assert "cifar" in capsys.readouterr().err.lower()
+    assert Store(store).counts()["pending"] == 6
