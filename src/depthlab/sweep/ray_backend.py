@@ -1,0 +1,107 @@
+"""The Ray backend: packs trained as Ray tasks (one GPU, or one CPU core, each), for many GPUs or machines.
+
+The driver owns the store: it claims a pack, submits it, keeps its runs' heartbeats fresh while the task runs,
+and records the results it gets back, so workers need no access to the SQLite file and the store's guarantees
+(no run trained twice, nothing finished lost) hold exactly as with the local backend.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from depthlab.errors import DepthlabError
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.runner import plan, record
+from depthlab.sweep.spec import SweepSpec
+from depthlab.sweep.store import Store, owner_token, run_id
+
+_DATA = {}  # per worker process: datasets already loaded onto its device
+
+
+def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int):
+    """Body of the Ray task: load (or reuse) the dataset, train the pack, return the results."""
+    from depthlab.sweep.engine import train_pack_splitting
+    from depthlab.sweep.runner import DataCache
+
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads)
+    configs = [RunConfig.from_dict(c) for c in config_dicts]
+    cache = _DATA.setdefault((device, str(data_root)), DataCache(torch.device(device), data_root))
+    return train_pack_splitting(configs, cache.get(configs[0]), device=device)
+
+
+def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
+                  data_root=None, progress=True, num_cpus=None, log=None) -> dict:
+    try:
+        import ray
+    except ImportError:
+        raise DepthlabError("the ray backend needs Ray: pip install 'depthlab[ray]'") from None
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    resources = ray.cluster_resources()
+    if device == "auto":
+        device = "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
+    if device == "cuda" and resources.get("GPU", 0) < 1:
+        raise DepthlabError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
+    slots = int(resources.get("GPU", 1)) if device == "cuda" else max(1, int(resources.get("CPU", 1)))
+    task = ray.remote(num_gpus=1 if device == "cuda" else 0, num_cpus=1, max_retries=0)(_train_task)
+
+    store = Store(store_path)
+    store.reclaim_stale()
+    # pack sizes are planned for the workers' device, which the driver may not have
+    the_plan = plan(spec, store, torch.device("cpu"), limit, max_pack)
+    owner = owner_token()
+    pending = list(the_plan.packs)
+    in_flight: dict = {}  # ray ObjectRef -> run ids
+    trained = {"done": 0, "diverged": 0, "failed": 0}
+    bar = tqdm(total=len(the_plan.todo), unit="run", disable=not progress, file=sys.stderr,
+               desc=f"{spec.name} on ray ({slots} {device} slots)")
+    started = time.perf_counter()
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < slots:
+                configs = pending.pop(0)
+                ids = [run_id(c.to_dict()) for c in configs]
+                claimed = set(store.claim(ids, owner))
+                configs = [c for c, i in zip(configs, ids) if i in claimed]
+                bar.update(len(ids) - len(configs))
+                if configs:
+                    ref = task.remote([c.to_dict() for c in configs], device, data_root, 1)
+                    in_flight[ref] = [run_id(c.to_dict()) for c in configs]
+            if not in_flight:
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30)
+            store.heartbeat([i for ids in in_flight.values() for i in ids], owner)
+            for ref in ready:
+                ids = in_flight.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except Exception as err:  # noqa: BLE001 - a failed task fails its runs, the sweep goes on
+                    for rid in ids:
+                        store.fail(rid, owner, f"ray task failed: {err}")
+                    trained["failed"] += len(ids)
+                    log(f"pack of {len(ids)} failed on ray: {err}")
+                else:
+                    for result in results:
+                        record(store, owner, result)
+                        trained[result.status] = trained.get(result.status, 0) + 1
+                bar.update(len(ids))
+    except BaseException:
+        store.release([i for ids in in_flight.values() for i in ids], owner)
+        raise
+    finally:
+        bar.close()
+        if started_here:
+            ray.shutdown()
+    counts = store.counts(spec.name)
+    store.close()
+    return {"sweep": spec.name, "total": the_plan.total, "trained": trained, "counts": counts,
+            "seconds": time.perf_counter() - started, "device": f"{device} via ray ({slots} slots)"}
+
