@@ -105,3 +105,16 @@ def test_mixed_pack_keys_are_refused(data):
 def test_lr_schedules():
     assert engine.lr_factor("cosine", 0.0) == 1.0 and engine.lr_factor("cosine", 0.5) == pytest.approx(0.5)
     assert engine.lr_factor("linear", 0.25) == 0.75 and engine.lr_factor("constant", 0.9) == 1.0
+
+
+def test_cuda_code_path_runs_on_cpu(data):
+    """bf16 autocast and channels_last (the CUDA settings) on the CPU: same training, bf16-close results."""
+    configs = [config(seed=0, epochs=2), config(seed=1, epochs=2)]
+    fast = train_pack(configs, data, amp=True, channels_last=True, keep_weights=True)
+    plain = train_pack(configs, data, keep_weights=True)
+    for a, b in zip(fast, plain):
+        assert a.status == "done" and a.env["amp"] == "bf16"
+        assert a.final["train_loss"] == pytest.approx(b.final["train_loss"], rel=0.05)
+    exact = train_pack(configs, data, channels_last=True, keep_weights=True)
+    for a, b in zip(exact, plain):
+        assert_same_run(a, b)

@@ -107,10 +107,12 @@ def _finite_params(net, models: int) -> torch.Tensor:
 
 
 def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool = False,
-               on_epoch=None, keep_weights: bool = False, amp: bool | None = None) -> list[RunResult]:
+               on_epoch=None, keep_weights: bool = False, amp: bool | None = None,
+               channels_last: bool | None = None) -> list[RunResult]:
     """Train `configs` (one pack key) together on `dataset` (a `depthlab.data.Dataset` already on `device`).
 
-    `on_epoch(i, metrics)` is called after every epoch for the i-th config (a heartbeat for the store)."""
+    `on_epoch(i, metrics)` is called after every epoch for the i-th config (a heartbeat for the store).
+    `amp` (bf16 autocast) and `channels_last` default to on for CUDA and off elsewhere; both run on the CPU too."""
     from depthlab.data import DeviceBatches
 
     keys = {c.pack_key() for c in configs}
@@ -123,8 +125,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
                          num_classes=dataset.num_classes)
     start = time.perf_counter()
     net = pack([build(spec, seed=c.seed) for c in configs]).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1)
+    net.channels_last = (device.type == "cuda") if channels_last is None else channels_last
     forward = torch.compile(net) if compile else net
     optimizer = PackedOptimizer(net, models, kind=c0.optimizer, lr=[c.learning_rate for c in configs],
                                 weight_decay=[float(c.weight_decay) for c in configs])
