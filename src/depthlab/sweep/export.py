@@ -1,0 +1,111 @@
+"""Export store records as one flat table (CSV, JSON or Parquet): the result columns, then every config field
+that varies across the records (the constant ones say nothing about the comparison)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from contextlib import contextmanager
+
+from depthlab.errors import DepthlabError, SpecError
+from depthlab.sweep.store import config_of
+
+RESULT_FIELDS = [
+    "run_id", "dataset", "topology", "blocks", "width", "kernel", "params", "q", "status",
+    "train_loss", "val_loss", "train_acc", "val_acc", "test_loss", "test_acc", "epochs", "seconds",
+]
+FORMATS = ("csv", "json", "parquet")
+
+
+def _key(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def varied_fields(records: list[dict]) -> list[str]:
+    """Config keys whose value differs across the records (a key missing from some counts as None), sorted."""
+    configs = [config_of(r) for r in records]
+    keys = set().union(*configs) if configs else set()
+    return sorted(k for k in keys if len({_key(c.get(k)) for c in configs}) > 1)
+
+
+def _cell(value):
+    """A table cell: a scalar or None (non-finite floats -> None; lists and dicts -> their JSON)."""
+    if hasattr(value, "tolist"):  # numpy values
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _columns(records: list[dict]) -> list[str]:
+    # a varied config key that is also a result column (e.g. `epochs`) shows the record's value
+    return RESULT_FIELDS + [k for k in varied_fields(records) if k not in RESULT_FIELDS]
+
+
+def flat_table(records: list[dict]) -> list[dict]:
+    """One row per record: RESULT_FIELDS, then the varied config fields, in that order."""
+    extra = _columns(records)[len(RESULT_FIELDS):]
+    rows = []
+    for rec in records:
+        cfg = config_of(rec)
+        row = {f: _cell(rec.get(f)) for f in RESULT_FIELDS}
+        row.update({k: _cell(cfg.get(k)) for k in extra})
+        rows.append(row)
+    return rows
+
+
+@contextmanager
+def _opened(out):
+    if out == "-":
+        yield sys.stdout
+        return
+    try:
+        f = open(out, "w", newline="", encoding="utf-8")
+    except OSError as err:
+        raise DepthlabError(f"cannot write {out}: {err.strerror}") from err
+    with f:
+        yield f
+
+
+def _arrow_column(values: list):
+    """Parquet wants one type per column; a mixed one (residual_scale: "1/n" and 0.5) becomes text."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int, float} or len(kinds) <= 1:
+        return values
+    return [None if v is None else str(v) for v in values]
+
+
+def write_results(records: list[dict], fmt: str = "csv", out="-") -> int:
+    """Write the flat table of `records` to `out` (a path, or "-" for stdout). Returns the number of rows."""
+    if fmt not in FORMATS:
+        raise SpecError("format", fmt, ", ".join(FORMATS))
+    columns, rows = _columns(records), flat_table(records)
+    if fmt == "parquet":
+        if out == "-":
+            raise DepthlabError("parquet is binary and needs a file: pass --out FILE.parquet")
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as err:
+            raise DepthlabError(
+                "writing parquet needs pyarrow: pip install 'depthlab[parquet]' (or use --format csv/json)"
+            ) from err
+        table = pa.table({c: pa.array(_arrow_column([r[c] for r in rows])) for c in columns})
+        try:
+            pq.write_table(table, str(out))
+        except OSError as err:
+            raise DepthlabError(f"cannot write {out}: {err}") from err
+        return len(rows)
+    with _opened(str(out) if out != "-" else out) as f:
+        if fmt == "csv":
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            json.dump(rows, f, indent=2, allow_nan=False)
+            f.write("\n")
+    return len(rows)

@@ -1,0 +1,308 @@
+"""The paired comparison, on hand-made records whose answer is known."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from depthlab.errors import SpecError
+from depthlab.analysis.compare import (
+    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, pair_records, paired, q_band, tost_p,
+)
+from depthlab.sweep.store import Store
+
+
+def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, **extra):
+    """A flat record like Store.records() gives (without the "config" key: pairing must work from flat keys)."""
+    r = dict(dataset=dataset, topology=topology, blocks=4, width=8, kernel=3, head=head, seed=i, **extra)
+    r.update(run_id=f"{topology}-{dataset}-{head}-{i}", status=status, params=1000, q=q,
+             val_loss=loss, train_loss=None if loss is None else loss / 2,
+             val_acc=acc, train_acc=acc, test_loss=None, test_acc=None, epochs=3, seconds=1.0)
+    return r
+
+
+def pairs(seq_losses, par_losses, start=0, **kw):
+    out = []
+    for i, (s, p) in enumerate(zip(seq_losses, par_losses), start):
+        out += [run(i, "sequential", s, **kw), run(i, "parallel", p, **kw)]
+    return out
+
+
+def group(result, dataset="mnist", band="all", by_value=None):
+    for g in result["groups"]:
+        if g["dataset"] == dataset and g["q_band"] == band and g.get("by_value", None) == by_value:
+            return g
+    raise KeyError((dataset, band, by_value))
+
+
+RNG = np.random.default_rng(12345)
+BASE = 1.0 + RNG.normal(0, 0.2, 20)  # run-to-run spread that pairing removes
+NOISE = RNG.normal(0, 0.01, 20)
+
+
+# -- bands --------------------------------------------------------------------------------------------------------
+
+
+def test_q_band_edges():
+    assert BAND_LABELS == ["[0,1)", "[1,3)", "[3,10)", "[10,inf)"]
+    cases = {0: "[0,1)", 0.999: "[0,1)", 1: "[1,3)", 2.999: "[1,3)", 3: "[3,10)", 9.99: "[3,10)", 10: "[10,inf)",
+             1e9: "[10,inf)", math.inf: "[10,inf)", None: "n/a", float("nan"): "n/a"}
+    for q, band in cases.items():
+        assert q_band(q) == band, q
+    with pytest.raises(ValueError):
+        q_band(-1)
+
+
+def test_band_table_exact():
+    records = [
+        run(0, "sequential", 1.0, q=0.5), run(1, "sequential", 2.0, q=0.5),
+        run(2, "sequential", 4.0, q=1.0),  # q = 1 is in [1,3)
+        run(3, "sequential", None, q=0.5, status="diverged"),  # not done: not in the table
+        run(0, "parallel", 3.0, q=0.5, acc=0.5),
+        run(0, "groups:2", 5.0, q=0.5),
+        run(0, "sequential", 7.0, q=20, dataset="cifar10", acc=0.25), run(1, "sequential", 9.0, q=20, dataset="cifar10", acc=0.75),
+    ]
+    rows = band_table(records)
+    assert [(r["dataset"], r["topology"], r["q_band"], r["n"]) for r in rows] == [
+        ("cifar10", "sequential", "[10,inf)", 2),
+        ("mnist", "sequential", "[0,1)", 2), ("mnist", "sequential", "[1,3)", 1),
+        ("mnist", "parallel", "[0,1)", 1), ("mnist", "groups:2", "[0,1)", 1),
+    ]
+    c, s01, s13, p01, _ = rows
+    assert c["val_loss_mean"] == 8.0 and c["val_loss_std"] == pytest.approx(math.sqrt(2))
+    assert c["train_loss_mean"] == 4.0 and c["val_acc_mean"] == 0.5 and c["train_acc_mean"] == 0.5
+    assert s01["val_loss_mean"] == 1.5 and s01["val_loss_std"] == pytest.approx(math.sqrt(0.5))
+    assert s01["train_loss_mean"] == 0.75 and s01["val_acc_mean"] is None
+    assert s13["val_loss_mean"] == 4.0 and s13["val_loss_std"] is None
+    assert p01["val_loss_mean"] == 3.0 and p01["val_acc_mean"] == 0.5
+
+
+# -- verdicts -----------------------------------------------------------------------------------------------------
+
+
+def test_parallel_clearly_better():
+    seq = BASE
+    par = BASE - 0.1 + NOISE
+    res = paired(pairs(seq, par))
+    g = group(res)
+    d = par - seq
+    assert g["n_pairs"] == 20 and g["mean"] == pytest.approx(d.mean()) and g["median"] == pytest.approx(np.median(d))
+    assert g["ci_high"] < 0 and g["ci_low"] < d.mean() < g["ci_high"]
+    assert (g["wins_parallel"], g["wins_sequential"], g["ties"]) == (20, 0, 0)
+    assert g["margin"] == pytest.approx(0.05 * np.concatenate([seq, par]).mean(), rel=1e-2)
+    assert g["tost_p"] > 0.05  # a 0.1 gap is not within a ~0.05 margin
+    assert g["verdict"] == "parallel better"
+    assert res["margin"] is None and res["margin_rule"].startswith("relative 5% of mean")
+    assert res["difference"] == "parallel - sequential" and res["pairs"]["n_pairs"] == 20
+
+
+def test_sequential_clearly_better():
+    g = group(paired(pairs(BASE, BASE + 0.1 + NOISE)))
+    assert g["ci_low"] > 0 and (g["wins_parallel"], g["wins_sequential"]) == (0, 20)
+    assert g["verdict"] == "sequential better"
+
+
+def test_tiny_differences_are_equivalent():
+    x = np.array([0.001, -0.001] * 10)
+    g = group(paired(pairs(1 + x, 1 - x)))  # pooled mean exactly 1 -> margin 0.05
+    assert g["margin"] == 0.05 and g["mean"] == pytest.approx(0, abs=1e-12)
+    assert g["ci_low"] < 0 < g["ci_high"]
+    assert g["tost_p"] < 1e-10
+    assert g["verdict"] == "equivalent within ±0.05"
+
+
+def test_given_margin_is_absolute_and_stated():
+    res = paired(pairs(BASE, BASE - 0.1 + NOISE), margin=0.2)
+    g = group(res)
+    assert g["margin"] == 0.2 and res["margin"] == 0.2 and res["margin_rule"] == "absolute 0.2 (given)"
+    assert g["verdict"] == "equivalent within ±0.2"  # equivalence is judged first
+    with pytest.raises(SpecError, match="margin"):
+        paired(pairs(BASE, BASE), margin=0)
+
+
+def test_accuracy_higher_is_better():
+    records = []
+    for i in range(10):
+        records += [run(i, "sequential", 1.0, acc=0.80 + i / 100), run(i, "parallel", 1.0, acc=0.85 + i / 100)]
+    res = paired(records, metric="val_acc")
+    g = group(res)
+    assert res["higher_is_better"] and res["margin_rule"] == "absolute 0.01 (accuracy default)"
+    assert g["margin"] == 0.01 and g["mean"] == pytest.approx(0.05) and g["ci_low"] == pytest.approx(0.05)
+    assert (g["wins_parallel"], g["wins_sequential"]) == (10, 0)
+    assert g["verdict"] == "parallel better"
+
+
+def test_fewer_than_three_pairs_is_inconclusive():
+    g = group(paired(pairs([1.0, 1.0], [0.5, 0.6])))
+    assert g["n_pairs"] == 2 and g["mean"] == pytest.approx(-0.45) and g["wins_parallel"] == 2
+    assert g["ci_low"] is None and g["ci_high"] is None and g["tost_p"] is None
+    assert g["verdict"] == "inconclusive"
+
+
+def test_noisy_differences_are_inconclusive():
+    d = RNG.normal(0, 0.5, 20)
+    g = group(paired(pairs(BASE, BASE + d - d.mean() + 0.01)))
+    assert g["ci_low"] < 0 < g["ci_high"] and g["tost_p"] > 0.05
+    assert g["verdict"] == "inconclusive"
+
+
+# -- the statistics themselves ------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_is_seeded_and_covers_the_mean():
+    d = np.random.default_rng(0).normal(0.3, 1.0, 200)
+    ci = bootstrap_ci(d, seed=3)
+    assert ci == bootstrap_ci(d, seed=3)  # deterministic for a seed
+    assert ci != bootstrap_ci(d, seed=4)
+    assert ci[0] < 0.3 < ci[1] and ci[0] < d.mean() < ci[1]
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))  # the normal-theory CI, which it should approximate
+    assert ci[1] - ci[0] == pytest.approx(2 * half, rel=0.1)
+    assert ci[0] == pytest.approx(d.mean() - half, abs=0.03)
+    # large n is resampled in chunks: still the same interval
+    big = np.random.default_rng(8).normal(-1.0, 1.0, 3000)
+    lo, hi = bootstrap_ci(big, n_boot=2000)
+    assert lo < big.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * big.std(ddof=1) / math.sqrt(3000), rel=0.1)
+    # paired() reports the same seeded CI
+    g = group(paired(pairs(BASE, BASE + d[:20]), seed=3))
+    assert (g["ci_low"], g["ci_high"]) == pytest.approx(bootstrap_ci(d[:20], seed=3))
+
+
+def test_bootstrap_ci_coverage_is_about_95_percent():
+    rng = np.random.default_rng(2024)
+    covered = sum(lo < 0.3 < hi for lo, hi in (bootstrap_ci(rng.normal(0.3, 1.0, 30), n_boot=1000, seed=k)
+                                                for k in range(300)))
+    assert 0.88 <= covered / 300 <= 0.99  # percentile CIs run a little narrow at n = 30
+
+
+def test_tost_matches_two_one_sided_scipy_tests():
+    d = np.random.default_rng(1).normal(0.01, 0.05, 30)
+    for margin in (0.02, 0.05, 0.1):
+        lower = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+        upper = stats.ttest_1samp(d, margin, alternative="less").pvalue
+        assert tost_p(d, margin) == pytest.approx(max(lower, upper), rel=1e-9)
+    g = group(paired(pairs(BASE[:20], BASE[:20] + d[:20]), margin=0.05))
+    manual = max(stats.ttest_1samp(d[:20], -0.05, alternative="greater").pvalue,
+                 stats.ttest_1samp(d[:20], 0.05, alternative="less").pvalue)
+    assert g["tost_p"] == pytest.approx(manual, rel=1e-6)
+    assert tost_p(np.full(5, 0.01), 0.05) == 0.0 and tost_p(np.full(5, 0.1), 0.05) == 1.0  # no spread
+
+
+# -- grouping, pairing, exclusions --------------------------------------------------------------------------------
+
+
+def test_groups_by_dataset_and_q_band():
+    records = (pairs(BASE[:5], BASE[:5] - 0.1, q=1.0) + pairs(BASE[5:9], BASE[5:9] - 0.1, start=5, q=0.5)
+               + pairs(BASE[:3], BASE[:3] + 0.2, dataset="cifar10", q=50))
+    res = paired(records)
+    assert [(g["dataset"], g["q_band"], g["n_pairs"]) for g in res["groups"]] == [
+        ("cifar10", "all", 3), ("cifar10", "[10,inf)", 3),
+        ("mnist", "all", 9), ("mnist", "[0,1)", 4), ("mnist", "[1,3)", 5),
+    ]
+    assert group(res, "cifar10")["verdict"] == "sequential better"
+    assert group(res, "mnist", "[1,3)")["mean"] == pytest.approx(-0.1)
+
+
+def test_by_splits_and_can_flip_the_verdict():
+    records = (pairs(BASE[:10], BASE[:10] - 0.3 + NOISE[:10], head="gap")
+               + pairs(BASE[10:], BASE[10:] + 0.3 + NOISE[10:], head="flatten"))
+    res = paired(records, by="head")
+    assert res["by"] == "head"
+    assert group(res, by_value="gap")["verdict"] == "parallel better"
+    assert group(res, by_value="flatten")["verdict"] == "sequential better"
+    overall = group(res, by_value="all")
+    assert overall["n_pairs"] == 20 and overall["verdict"] == "inconclusive"
+    assert group(res, band="[3,10)", by_value="gap")["n_pairs"] == 10
+    # head values sorted, "all" first
+    assert [g["by_value"] for g in res["groups"] if g["q_band"] == "all"] == ["all", "flatten", "gap"]
+
+
+def test_by_must_be_a_varied_config_field():
+    records = pairs(BASE[:4], BASE[:4], head="gap")
+    with pytest.raises(SpecError, match=r"by: got 'head'; allowed: seed"):  # head does not vary here
+        paired(records, by="head")
+    with pytest.raises(SpecError, match=r"by: got 'val_loss'"):
+        paired(records, by="val_loss")
+    with pytest.raises(SpecError, match="topology"):
+        paired(records, by="topology")
+
+
+def test_diverged_and_failed_pairs_are_counted_and_excluded():
+    records = pairs(BASE[:10], BASE[:10] - 0.1)
+    records += [run(20, "sequential", 1.0), run(20, "parallel", None, status="diverged"),
+                run(21, "sequential", 1.0), run(21, "parallel", None, status="diverged"),
+                run(22, "sequential", None, status="failed"), run(22, "parallel", 0.1),
+                run(23, "sequential", None, status="diverged"), run(23, "parallel", None, status="diverged"),
+                run(24, "sequential", 1.0), run(24, "parallel", None, status="pending"),
+                run(25, "sequential", 1.0), run(25, "parallel", None),  # done but no val_loss
+                run(26, "sequential", 1.0),  # no partner
+                run(0, "groups:2", 1.0)]  # not a seq/par topology: ignored
+    res = paired(records)
+    g = group(res)
+    assert g["n_pairs"] == 10 and g["mean"] == pytest.approx(-0.1)
+    assert g["n_excluded"] == 4
+    assert g["diverged"] == {"sequential": 1, "parallel": 3} and g["failed"] == {"sequential": 1, "parallel": 0}
+    assert g["n_unfinished"] == 1 and g["n_missing"] == 1
+    p = res["pairs"]
+    assert (p["n_found"], p["n_pairs"], p["n_excluded"], p["n_unpaired"], p["n_duplicate"]) == (16, 10, 4, 1, 0)
+
+
+def test_duplicates_are_skipped_and_counted():
+    records = pairs(BASE[:3], BASE[:3] - 0.1)
+    dup = run(0, "parallel", 0.0)
+    dup["run_id"] = "copy"
+    pairs_, info = pair_records(records + [dup])
+    assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3}
+    assert [(s["seed"], p["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
+
+
+def test_pairs_from_a_store_use_the_config(tmp_path):
+    """A diverged run records fewer epochs than planned; pairing must still use the config (epochs planned)."""
+    store = Store(tmp_path / "s.sqlite")
+    configs = [dict(dataset="mnist", topology=t, blocks=2, width=4, kernel=3, epochs=3, seed=s)
+               for s in range(4) for t in ("sequential", "parallel")]
+    ids = store.add_runs(configs)
+    store.claim(ids, "me:1:x")
+    for k, rid in enumerate(ids):
+        diverged = k == 1
+        loss = 1.0 if k % 2 == 0 else 0.8 + k / 1000
+        store.finish(rid, "me:1:x", status="diverged" if diverged else "done",
+                     final=dict(val_loss=float("nan") if diverged else loss, train_loss=loss),
+                     history=[{}] if diverged else [{}, {}, {}], params=100, q=2.0, seconds=1.0, env={})
+    records = store.records()
+    store.close()
+    res = paired(records)
+    assert res["pairs"]["n_found"] == 4 and res["pairs"]["n_excluded"] == 1
+    assert res["pairs"]["diverged"] == {"sequential": 0, "parallel": 1}
+    assert group(res)["n_pairs"] == 3 and group(res, band="[1,3)")["n_pairs"] == 3
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+
+
+def test_compare_report_and_text():
+    records = (pairs(BASE[:10], BASE[:10] - 0.1 + NOISE[:10], head="gap")
+               + pairs(BASE[10:], BASE[10:] + 0.1 + NOISE[10:], head="flatten"))
+    records[1].update(status="diverged", val_loss=float("nan"), train_loss=float("inf"))
+    report = compare_report(records, by="head")
+    text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+    assert json.loads(text) == report
+    assert set(report["paired"]) == {"val_loss", "train_loss", "val_acc"}
+    assert report["counts"] == {"pending": 0, "running": 0, "done": 39, "diverged": 1, "failed": 0}
+    assert report["band_table"] == band_table(records)
+
+    out = format_report(report)
+    assert "parallel better" in out and "sequential better" in out and "inconclusive" in out
+    assert "diverged: sequential 0, parallel 1" in out and "relative 5% of mean" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("dataset  Q band  head"))
+    col = lines[header].index("verdict")
+    body = lines[header + 2: header + 2 + len(report["paired"]["val_loss"]["groups"])]
+    assert body and all(line[col - 2:col] == "  " and line[col] != " " for line in body)  # aligned column
+    assert lines[header + 1].startswith("-------")
+
+
+def test_bad_metric():
+    with pytest.raises(SpecError, match="metric: got 'loss'"):
+        paired(pairs(BASE[:3], BASE[:3]), metric="loss")

@@ -1,0 +1,100 @@
+"""Exporting store records as a flat table."""
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from depthlab.errors import DepthlabError, SpecError
+from depthlab.sweep.export import RESULT_FIELDS, flat_table, varied_fields, write_results
+from depthlab.sweep.store import Store
+
+
+def rec(**kw):
+    r = dict(run_id="r", dataset="mnist", topology="sequential", blocks=2, width=8, kernel=3, head="gap",
+             residual_scale="1", seed=0, params=10, q=1.5, status="done", train_loss=0.1, val_loss=0.2,
+             train_acc=0.9, val_acc=0.8, test_loss=None, test_acc=None, epochs=3, seconds=1.0, history=[],
+             env={}, error=None, attempts=1, sweep="")
+    r.update(kw)
+    return r
+
+
+RECORDS = [
+    rec(run_id="a"),
+    rec(run_id="b", topology="parallel", residual_scale=0.5, val_loss=float("nan")),
+    rec(run_id="c", seed=1, residual_scale="1/n", extra_flag=True),
+]
+
+
+def test_varied_fields():
+    # result fields (status, losses, ...) are not config; a key missing somewhere counts as varied
+    assert varied_fields(RECORDS) == ["extra_flag", "residual_scale", "seed", "topology"]
+    assert varied_fields(RECORDS[:1]) == []
+    assert varied_fields([]) == []
+
+
+def test_flat_table_columns_and_values():
+    rows = flat_table(RECORDS)
+    assert list(rows[0]) == RESULT_FIELDS + ["extra_flag", "residual_scale", "seed"]  # topology already there
+    assert rows[1]["val_loss"] is None  # NaN -> None
+    assert [r["residual_scale"] for r in rows] == ["1", 0.5, "1/n"]
+    assert [r["extra_flag"] for r in rows] == [None, None, True]
+    assert flat_table([]) == []
+
+
+def test_csv_to_file_and_json_to_stdout(tmp_path, capsys):
+    out = tmp_path / "runs.csv"
+    assert write_results(RECORDS, "csv", out) == 3
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == RESULT_FIELDS + ["extra_flag", "residual_scale", "seed"]
+    assert rows[0]["train_loss"] == "0.1" and rows[1]["val_loss"] == "" and rows[2]["residual_scale"] == "1/n"
+
+    write_results(RECORDS, "json", "-")
+    data = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in data] == ["a", "b", "c"] and data[1]["val_loss"] is None
+
+
+def test_parquet_round_trip_with_mixed_types(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "runs.parquet"
+    write_results(RECORDS, "parquet", out)
+    table = pq.read_table(out).to_pylist()
+    assert [r["run_id"] for r in table] == ["a", "b", "c"]
+    assert [r["residual_scale"] for r in table] == ["1", "0.5", "1/n"]  # a mixed column is stored as text
+    assert table[0]["q"] == 1.5 and table[1]["val_loss"] is None and table[0]["test_acc"] is None
+
+
+def test_parquet_errors(tmp_path, monkeypatch):
+    with pytest.raises(DepthlabError, match="needs a file"):
+        write_results(RECORDS, "parquet", "-")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    with pytest.raises(DepthlabError, match="pip install 'depthlab\\[parquet\\]'"):
+        write_results(RECORDS, "parquet", tmp_path / "x.parquet")
+
+
+def test_bad_format_and_bad_path(tmp_path):
+    with pytest.raises(SpecError, match="format: got 'xlsx'; allowed: csv, json, parquet"):
+        write_results(RECORDS, "xlsx", "-")
+    with pytest.raises(DepthlabError, match="cannot write"):
+        write_results(RECORDS, "csv", tmp_path / "missing" / "dir" / "x.csv")
+
+
+def test_records_from_a_store(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    configs = [dict(dataset="mnist", topology=t, blocks=4, width=8, kernel=3, epochs=5, seed=0)
+               for t in ("sequential", "parallel")]
+    a, b = store.add_runs(configs)
+    store.claim([a], "me:1:x")
+    store.finish(a, "me:1:x", status="done", final=dict(val_loss=0.3), history=[{}, {}], params=99, q=4.0,
+                 seconds=2.0, env={})
+    rows = flat_table(store.records())
+    store.close()
+    assert list(rows[0]) == RESULT_FIELDS  # only topology varies, and it is a result column already
+    assert rows[0]["epochs"] == 2 and rows[1]["epochs"] == 0  # recorded epochs, not the planned 5
+    assert (rows[0]["status"], rows[0]["params"], rows[0]["val_loss"]) == ("done", 99, 0.3)
+    assert rows[1]["status"] == "pending" and rows[1]["val_loss"] is None
+    buf = io.StringIO()
+    csv.writer(buf).writerow(rows[0].values())  # plain scalars only

@@ -1,0 +1,295 @@
+"""The results store: ids, the run life cycle, and the guarantees the sweep runner relies on, tested with real
+processes (concurrent claims, SIGKILL, dead owners)."""
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from depthlab.errors import DepthlabError
+from depthlab.sweep.store import STATUSES, Store, config_of, owner_token, run_id
+
+FINAL = dict(train_loss=0.5, val_loss=0.6, train_acc=0.8, val_acc=0.75, test_loss=0.61, test_acc=0.74)
+
+
+def cfg(i, **kw):
+    c = dict(dataset="synthetic", topology="sequential", blocks=2, width=8, kernel=3, lr=0.01, seed=i, epochs=3)
+    c.update(kw)
+    return c
+
+
+def finish(store, rid, owner, status="done", **kw):
+    args = dict(status=status, final=FINAL, history=[{"epoch": 0}, {"epoch": 1}], params=123, q=2.5, seconds=1.5,
+                env={"torch": "2.13.0"})
+    args.update(kw)
+    return store.finish(rid, owner, **args)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "s.sqlite")
+    yield s
+    s.close()
+
+
+def _set(store_path, rid, **cols):
+    """Edit a row behind the store's back (to fake an old heartbeat or a foreign owner)."""
+    con = sqlite3.connect(store_path)
+    con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in cols)} WHERE run_id = ?", (*cols.values(), rid))
+    con.commit()
+    con.close()
+
+
+# -- ids ----------------------------------------------------------------------------------------------------------
+
+
+def test_run_id_is_sha256_of_canonical_json():
+    c = {"width": 8, "lr": 0.1, "dataset": "mnist", "hidden": None}
+    text = '{"dataset":"mnist","hidden":null,"lr":0.1,"width":8}'
+    assert run_id(c) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert run_id(dict(reversed(list(c.items())))) == run_id(c)  # key order does not matter
+    assert len(run_id(c)) == 16 and int(run_id(c), 16) >= 0
+    assert run_id({"lr": 1.0}) != run_id({"lr": 1})  # floats as repr: 1.0 is not 1
+    assert run_id({"lr": 1e-3}) == hashlib.sha256(b'{"lr":0.001}').hexdigest()[:16]
+
+
+def test_owner_token_names_host_and_pid():
+    host, pid, token = owner_token().rsplit(":", 2)
+    assert host == socket.gethostname() and int(pid) == os.getpid() and len(token) == 8
+    assert owner_token() != owner_token()
+
+
+# -- life cycle ---------------------------------------------------------------------------------------------------
+
+
+def test_add_runs_is_idempotent_and_keeps_order(store):
+    configs = [cfg(i) for i in range(5)]
+    ids = store.add_runs(configs, sweep="a")
+    assert ids == [run_id(c) for c in configs]
+    assert store.add_runs(configs[::-1], sweep="b") == ids[::-1]
+    assert store.counts() == {"pending": 5, "running": 0, "done": 0, "diverged": 0, "failed": 0}
+    assert [r["run_id"] for r in store.records()] == ids
+    assert {r["sweep"] for r in store.records()} == {"a"}  # the first sweep keeps its runs
+    assert store.counts(sweep="b") == dict.fromkeys(STATUSES, 0)
+    assert store.sweeps() == ["a"]
+
+
+def test_full_life_cycle_and_records(store):
+    configs = [cfg(0), cfg(1, topology="parallel", epochs=5)]
+    a, b = store.add_runs(configs, sweep="s1")
+    me = owner_token()
+    assert store.claim([a, b], me) == [a, b]
+    assert store.claim([a, b], "other:1:x") == []
+    assert store.record_epoch(a, me, {"epoch": 0, "train_loss": float("nan")})
+    assert store.record_epoch(a, me, {"epoch": 1, "train_loss": 0.4})
+    assert not store.record_epoch(a, "other:1:x", {"epoch": 2})
+    running = store.records(status="running")
+    assert [r["epochs"] for r in running] == [2, 0]
+    assert running[0]["history"] == [{"epoch": 0, "train_loss": None}, {"epoch": 1, "train_loss": 0.4}]
+
+    final = dict(FINAL, val_loss=float("nan"), test_loss=None, test_acc=float("inf"), best_epoch=1)
+    assert finish(store, a, me, final=final)
+    assert not finish(store, a, me)  # not running any more
+    assert store.fail(b, me, "CUDA error: boom")
+
+    ra, rb = store.records()
+    assert ra["status"] == "done"
+    for k, v in configs[0].items():
+        if k != "epochs":
+            assert ra[k] == v
+    assert ra["config"] == configs[0] and config_of(ra) == configs[0]
+    assert (ra["run_id"], ra["sweep"], ra["params"], ra["q"], ra["seconds"]) == (a, "s1", 123, 2.5, 1.5)
+    assert ra["train_loss"] == 0.5 and ra["val_loss"] is None and ra["test_loss"] is None and ra["test_acc"] is None
+    assert ra["best_epoch"] == 1  # extra final metrics are kept
+    assert ra["epochs"] == 2 and ra["history"] == [{"epoch": 0}, {"epoch": 1}]  # finish's history is the record
+    assert ra["env"] == {"torch": "2.13.0"} and ra["error"] is None and ra["attempts"] == 1
+    assert rb["status"] == "failed" and rb["error"] == "CUDA error: boom" and rb["epochs"] == 0
+    assert rb["config"]["epochs"] == 5  # the planned epochs stay in the config
+    assert store.counts() == {"pending": 0, "running": 0, "done": 1, "diverged": 0, "failed": 1}
+    assert [r["run_id"] for r in store.records(status="failed")] == [b]
+    assert store.records(status=["done", "failed"], sweep="s1") == [ra, rb]
+    json.dumps(store.records(), allow_nan=False)  # strict JSON throughout
+
+
+def test_finish_only_by_the_running_owner(store):
+    (a,) = store.add_runs([cfg(0)])
+    assert not finish(store, a, "me:1:x")  # pending
+    store.claim([a], "me:1:x")
+    assert not finish(store, a, "thief:2:y")
+    assert not store.fail(a, "thief:2:y", "no")
+    assert store.counts()["running"] == 1
+    with pytest.raises(ValueError, match="status"):
+        finish(store, a, "me:1:x", status="pending")
+    assert finish(store, a, "me:1:x", status="diverged", final=dict.fromkeys(FINAL, float("nan")))
+    (r,) = store.records(status="diverged")
+    assert all(r[k] is None for k in FINAL)
+
+
+def test_release_heartbeat_and_reclaim_attempts(store, tmp_path):
+    ids = store.add_runs([cfg(i) for i in range(3)])
+    me = owner_token()
+    store.claim(ids, me)
+    store.record_epoch(ids[0], me, {"epoch": 0})
+    store.release(ids[:2], "someone:else:1")  # not theirs: no effect
+    assert store.counts()["running"] == 3
+    store.release(ids[:2], me)
+    assert store.counts() == {"pending": 2, "running": 1, "done": 0, "diverged": 0, "failed": 0}
+    assert store.claim(ids, me) == ids[:2]
+    recs = {r["run_id"]: r for r in store.records()}
+    assert recs[ids[0]]["attempts"] == 2 and recs[ids[0]]["history"] == []  # a new attempt starts afresh
+    _set(tmp_path / "s.sqlite", ids[2], heartbeat_at=0.0)
+    store.heartbeat(ids, me)
+    beats = {r["run_id"]: r["heartbeat_at"] for r in store.running()}
+    assert all(b > time.time() - 60 for b in beats.values())
+    assert {r["owner"] for r in store.running()} == {me}
+    with pytest.raises(DepthlabError, match="status"):
+        store.records(status="finished")
+
+
+def test_not_a_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("this is not sqlite " * 100)
+    with pytest.raises(DepthlabError, match="notes.sqlite"):
+        Store(bad)
+
+
+def test_wal_mode(store):
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60000
+
+
+# -- dead owners --------------------------------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # exited and reaped: the pid names no process now
+    return proc.pid
+
+
+def test_reclaim_stale(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = Store(path, stale_after=600)
+    host = socket.gethostname()
+    ids = store.add_runs([cfg(i) for i in range(6)])
+    owners = {
+        ids[0]: f"{host}:{dead_pid()}:aa",  # this host, dead pid -> reclaimed
+        ids[1]: f"{host}:{os.getpid()}:bb",  # this host, alive (with an ancient heartbeat) -> kept
+        ids[2]: "elsewhere-node-7:4242:cc",  # other host, stale heartbeat -> reclaimed
+        ids[3]: "elsewhere-node-7:4243:dd",  # other host, fresh heartbeat -> kept
+        ids[4]: "garbage-owner",  # unparseable, stale -> reclaimed
+        ids[5]: f"{host}:{dead_pid()}:ee",  # finished by a dead owner -> never reset
+    }
+    for rid, owner in owners.items():
+        assert store.claim([rid], owner) == [rid]
+    assert finish(store, ids[5], owners[ids[5]])
+    for rid in (ids[1], ids[2], ids[4]):
+        _set(path, rid, heartbeat_at=time.time() - 10_000)
+    assert store.reclaim_stale() == 3
+    status = {r["run_id"]: r["status"] for r in store.records()}
+    assert [status[i] for i in ids] == ["pending", "running", "pending", "running", "pending", "done"]
+    assert store.reclaim_stale() == 0
+    # a reclaimed run can be claimed again, and its attempts show it
+    assert store.claim([ids[0]], owner_token()) == [ids[0]]
+    assert {r["run_id"]: r["attempts"] for r in store.records()}[ids[0]] == 2
+    store.close()
+
+
+# -- concurrency and crashes (real processes) ---------------------------------------------------------------------
+
+
+def _claim_worker(path, ids, rounds, barrier, out):
+    """Claim `ids` a few at a time; in every round but the last give them back. Report the claims per round."""
+    store = Store(path)
+    owner = owner_token()
+    per_round = []
+    barrier.wait()  # start together, so the two processes really contend
+    for r in range(rounds):
+        got = []
+        for i in range(0, len(ids), 3):
+            got += store.claim(ids[i:i + 3], owner)
+        if r < rounds - 1:
+            store.release(got, owner)
+        per_round.append(got)
+    store.close()
+    out.put((owner, per_round))
+
+
+def test_concurrent_claims_never_overlap(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    store = Store(path)
+    ids = store.add_runs([cfg(i) for i in range(300)])
+    ctx = mp.get_context("spawn")
+    out, barrier = ctx.Queue(), ctx.Barrier(2)
+    # both start on the same 200 ids in the same order, so the two processes race for the same rows at once
+    lists = [ids[:250], ids[:200] + ids[250:]]
+    procs = [ctx.Process(target=_claim_worker, args=(path, lst, 4, barrier, out)) for lst in lists]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    # after the last round (no release) every id is held once: the two final claim lists are disjoint, cover all
+    # ids, and agree with the owners the store names
+    finals = {owner: rounds[-1] for owner, rounds in results.items()}
+    a, b = finals.values()
+    assert not set(a) & set(b), "an id was claimed by both processes"
+    assert len(a) == len(set(a)) and len(b) == len(set(b))
+    assert set(a) | set(b) == set(ids)
+    assert {r["run_id"]: r["owner"] for r in store.running()} == {i: o for o, got in finals.items() for i in got}
+    # every claim the processes saw is one the store counted, and no other
+    handed = {}
+    for rounds in results.values():
+        for got in rounds:
+            for i in got:
+                handed[i] = handed.get(i, 0) + 1
+    assert {r["run_id"]: r["attempts"] for r in store.records()} == handed
+    store.close()
+
+
+def _finish_forever(path, ids):
+    """Claim and finish runs one by one until killed."""
+    store = Store(path)
+    owner = owner_token()
+    for rid in ids:
+        if store.claim([rid], owner):
+            store.record_epoch(rid, owner, {"epoch": 0})
+            finish(store, rid, owner)
+    time.sleep(60)
+
+
+def test_sigkill_loses_nothing_finished(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    store = Store(path)
+    ids = store.add_runs([cfg(i) for i in range(2000)])
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_finish_forever, args=(path, ids))
+    proc.start()
+    deadline = time.time() + 30
+    while store.counts()["done"] < 20 and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-flight: between, or inside, transactions
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    done_before = {r["run_id"] for r in store.records(status="done")}
+    assert len(done_before) >= 20
+    reopened = Store(path)
+    assert reopened._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    done = reopened.records(status="done")
+    assert {r["run_id"] for r in done} >= done_before
+    assert all(r["val_loss"] == FINAL["val_loss"] and r["epochs"] == 2 for r in done)  # each finish is whole
+    assert reopened.reclaim_stale() <= 1  # at most the one it had claimed but not finished
+    assert reopened.counts()["running"] == 0
+    counts = reopened.counts()
+    assert counts["pending"] + counts["done"] == len(ids)
+    reopened.close()
+    store.close()
