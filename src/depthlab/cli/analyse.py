@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from depthlab.errors import DepthlabError
 
@@ -127,6 +128,7 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default="mnist",
                    help="inputs: a depthlab dataset (mnist, cifar10, synthetic) or 'random' (Gaussian)")
     p.add_argument("--batch", type=int, default=32, help="number of inputs")
+    _store_options(p)
     _common(p)
     p.set_defaults(func=cmd_expand)
 
@@ -143,6 +145,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-order", type=int, default=None, help="highest order computed (default: n)")
     p.add_argument("--dataset", default="mnist", help="inputs: a depthlab dataset or 'random' (Gaussian)")
     p.add_argument("--batch", type=int, default=32, help="number of inputs")
+    _store_options(p)
     _common(p)
     p.set_defaults(func=cmd_paths)
 
@@ -175,6 +178,7 @@ def register(subparsers) -> None:
         "and loss against the intact network.")
     _training_options(p)
     p.add_argument("--no-plain", action="store_true", help="skip the plain-network contrast")
+    _store_options(p)
     _common(p)
     p.set_defaults(func=cmd_lesion)
 
@@ -189,8 +193,15 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-epochs", type=float, default=0, help="epochs of fine-tuning the converted network")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="do not re-estimate BatchNorm statistics after the conversion")
+    _store_options(p)
     _common(p)
     p.set_defaults(func=cmd_convert)
+
+
+def _store_options(p):
+    p.add_argument("--store", default=None, help="results store holding a trained run (with --run)")
+    p.add_argument("--run", default=None, help="analyse this trained run of --store (its id or a unique prefix; "
+                   "needs weights kept by `depthlab run --save-weights`) instead of a fresh model")
 
 
 def _training_options(p):
@@ -217,14 +228,25 @@ def cmd_expand(args) -> int:
 
     from depthlab.analysis.expansion import expand_table
 
-    inputs, classes = _inputs(args)
-    spec = _spec(args, inputs, classes)
-    rows = expand_table(spec, inputs.to(torch.float64), scales=args.scales, depths=args.depths or [args.blocks],
+    if args.run:
+        from depthlab.analysis.expansion import SUMMARY_KEYS, expansion_terms
+
+        data, spec, model, _ = _from_store(args)
+        inputs = data["test_x"][:args.batch]
+        terms = expansion_terms(model.double(), inputs.to(torch.float64))
+        rows = [{"scale": str(spec.residual_scale), "blocks": spec.blocks, "lambda": spec.scale,
+                 **{k: terms[k] for k in SUMMARY_KEYS}}]
+    else:
+        inputs, classes = _inputs(args)
+        spec = _spec(args, inputs, classes)
+        rows = None
+    rows = rows or expand_table(spec, inputs.to(torch.float64), scales=args.scales, depths=args.depths or [args.blocks],
                         seed=args.seed, progress=_progress(args))
     if args.json:
         _print_json({"spec": spec.to_dict(), "batch": len(inputs), "rows": rows})
         return 0
-    print(f"residual expansion of fresh sequential models (width {spec.width}, kernel {spec.kernel}, norm "
+    kind = f"trained run {args.run}" if args.run else "fresh sequential models"
+    print(f"residual expansion of {kind} (width {spec.width}, kernel {spec.kernel}, norm "
           f"{spec.norm} in eval mode, act {spec.act}) on {len(inputs)} {args.dataset} inputs, float64")
     print("norms: per-example L2, RMS over the batch; err_k = ||x_n - (x + T1 + ... + Tk)|| / ||x_n||\n")
     headers = ["scale", "n", "lambda", "|x|", "|x_n|", "|T1|", "|T2|", "err_0", "err_1", "err_2",
@@ -241,14 +263,18 @@ def cmd_paths(args) -> int:
     from depthlab.analysis.expansion import path_contributions
     from depthlab.models import build
 
-    inputs, classes = _inputs(args)
-    spec = _spec(args, inputs, classes, residual_scale=args.scale)
-    model = build(spec, seed=args.seed).double()
+    if args.run:
+        data, spec, model, _ = _from_store(args)
+        inputs, model = data["test_x"][:args.batch], model.double()
+    else:
+        inputs, classes = _inputs(args)
+        spec = _spec(args, inputs, classes, residual_scale=args.scale)
+        model = build(spec, seed=args.seed).double()
     result = path_contributions(model, inputs.to(torch.float64), args.max_order)
     if args.json:
         _print_json({"spec": spec.to_dict(), **result})
         return 0
-    print(f"paths of a fresh sequential model of {spec.blocks} blocks (lambda {spec.scale:.4g}, act {spec.act}, "
+    print(f"paths of {'trained run ' + args.run if args.run else 'a fresh sequential model'} of {spec.blocks} blocks (lambda {spec.scale:.4g}, act {spec.act}, "
           f"norm {spec.norm}) on {len(inputs)} {args.dataset} inputs")
     print(f"{result['note']}\n")
     print(table(["order k", "paths C(n,k)", "share of paths", "|term_k|", "err through k", "logit err through k"],
@@ -284,6 +310,32 @@ def cmd_signal(args) -> int:
     return 0
 
 
+def _from_store(args):
+    """The trained run --run of --store, with its data normalised exactly as in training:
+    (data, spec, model, summary) like `_train_model`."""
+    from depthlab.data import load, normalise
+    from depthlab.sweep.store import DEFAULT_STORE
+    from depthlab.sweep.weights import load_trained
+
+    store = args.store or DEFAULT_STORE
+    model, config, rid = load_trained(store, args.run)
+    ds = load(config.dataset, val_split=config.val_split, train_subset=config.train_subset)
+    n_test = getattr(args, "test_subset", None) or getattr(args, "batch", None)
+    test_x, test_y = ds.test_x[:n_test], ds.test_y[:n_test]
+    data = {"train_x": normalise(ds.train_x, ds.mean, ds.std).float(), "train_y": ds.train_y.long(),
+            "test_x": normalise(test_x, ds.mean, ds.std).float(), "test_y": test_y.long(),
+            "num_classes": ds.num_classes}
+    summary = {"run_id": rid, "diverged": False, "final_train_loss": float("nan"), "from_store": str(store)}
+    args.dataset, args.epochs = config.dataset, config.epochs  # what the printed summaries describe
+    print(f"trained run {rid} from {store}: {config.topology}, {config.blocks} blocks, width {config.width}, "
+          f"{config.dataset}, {config.epochs} epochs", file=sys.stderr)
+    return data, model.spec, model, summary
+
+
+def _model_for(args):
+    return _from_store(args) if args.run else _train_model(args)
+
+
 def _train_model(args):
     """Load the data and train the sequential model of the arguments; (data, spec, model, train summary)."""
     from depthlab.analysis.trainer import load_tensors, train
@@ -303,7 +355,7 @@ def cmd_lesion(args) -> int:
     from depthlab.analysis.trainer import train
     from depthlab.models import build
 
-    data, spec, model, summary = _train_model(args)
+    data, spec, model, summary = _model_for(args)
     studies = {"residual": (lesion_study(model, data["test_x"], data["test_y"], progress=_progress(args)), summary)}
     if not args.no_plain:
         plain = PlainNet(build(spec, seed=args.seed))
@@ -339,7 +391,7 @@ def cmd_lesion(args) -> int:
 def cmd_convert(args) -> int:
     from depthlab.analysis.convert import deep_to_shallow
 
-    data, spec, model, summary = _train_model(args)
+    data, spec, model, summary = _model_for(args)
     _, report = deep_to_shallow(model, data["test_x"], data["test_y"], data["train_x"], data["train_y"],
                                 finetune_epochs=args.finetune_epochs, recalibrate=not args.no_recalibrate,
                                 progress=_progress(args), batch_size=args.batch_size, lr=args.lr, seed=args.seed)

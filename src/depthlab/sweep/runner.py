@@ -13,7 +13,6 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -23,6 +22,7 @@ from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import make_packs
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token, run_id
+from depthlab.sweep import weights
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,22 +76,10 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack))
 
 
-def weights_dir(store_path) -> Path:
-    return Path(f"{store_path}.weights")
-
-
-def save_weights(store_path, rid: str, result: RunResult) -> None:
-    folder = weights_dir(store_path)
-    folder.mkdir(exist_ok=True)
-    tmp = folder / f"{rid}.pt.tmp"
-    torch.save({"config": result.config.to_dict(), "state_dict": result.state_dict}, tmp)
-    tmp.replace(folder / f"{rid}.pt")
-
-
 def record(store: Store, owner: str, result: RunResult, store_path=None) -> None:
     rid = run_id(result.config.to_dict())
     if result.state_dict is not None and store_path is not None:
-        save_weights(store_path, rid, result)
+        weights.save_weights(store_path, rid, result.config, result.state_dict)
     store.finish(rid, owner, status=result.status, final=result.final, history=result.history,
                  params=result.params, q=result.q, seconds=result.seconds, env=result.env, error=result.error)
 
