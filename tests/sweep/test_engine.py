@@ -118,3 +118,18 @@ def test_cuda_code_path_runs_on_cpu(data):
     exact = train_pack(configs, data, channels_last=True, keep_weights=True)
     for a, b in zip(exact, plain):
         assert_same_run(a, b)
+
+
+def test_geometric_complexity_is_recorded_per_model(data):
+    from depthlab.analysis.complexity import geometric_complexity
+    from depthlab.data import normalise
+    from depthlab.models import build
+
+    configs = [config(seed=0, epochs=1), config(seed=1, epochs=1, lr=0.01)]
+    results = train_pack(configs, data, keep_weights=True)
+    for c, r in zip(configs, results):
+        model = build(c.model_spec(1, 12, 10))
+        model.load_state_dict(r.state_dict)
+        x = normalise(data.train_x[:engine.COMPLEXITY_EXAMPLES], data.mean, data.std)
+        assert r.final["geometric_complexity"] == pytest.approx(geometric_complexity(model, x), rel=1e-4)
+    assert results[0].final["geometric_complexity"] != results[1].final["geometric_complexity"]

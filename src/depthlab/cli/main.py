@@ -14,7 +14,7 @@ from depthlab import __version__
 from depthlab.errors import DepthlabError
 
 # Command modules under depthlab.cli, in the order their commands appear in --help.
-COMMAND_MODULES = ["data", "run", "results", "analyse"]
+COMMAND_MODULES = ["data", "run", "results", "report", "analyse"]
 
 
 def build_parser() -> argparse.ArgumentParser:

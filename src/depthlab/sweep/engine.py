@@ -7,7 +7,8 @@ CPU it is plain float32, which is what the tests check against one-model-at-a-ti
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
 augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split. Final metrics
-(`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training.
+(`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training,
+and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from depthlab.sweep.config import RunConfig
 from depthlab.sweep.optim import PackedOptimizer
 
 EVAL_BATCH = 1000
+COMPLEXITY_EXAMPLES = 128  # training examples over which the geometric complexity is averaged
 
 
 @dataclass
@@ -97,6 +99,22 @@ def evaluate(net, x, y, mean, std, models: int, amp: bool) -> tuple[torch.Tensor
         nan = torch.full((models,), float("nan"), device=x.device)
         return nan, nan
     return loss_sum / count, correct / count
+
+
+def geometric_complexity(net, x, mean, std, models: int) -> torch.Tensor:
+    """Per model: mean over the examples `x` of ‖∂logits/∂input‖_F² (eval mode, float32), one backward pass per
+    class. Each model's logits depend only on its own copy of the input, so one pass serves the whole pack."""
+    from depthlab.data import normalise
+
+    net.eval()
+    inputs = normalise(x, mean, std).unsqueeze(0).repeat(models, 1, 1, 1, 1).requires_grad_(True)
+    logits = net(inputs)
+    total = torch.zeros(models, device=x.device)
+    for k in range(logits.shape[-1]):
+        (grad,) = torch.autograd.grad(logits[..., k].sum(), inputs, retain_graph=k < logits.shape[-1] - 1)
+        total += grad.pow(2).flatten(1).sum(1)
+    net.train()
+    return total / x.shape[0]
 
 
 def _finite_params(net, models: int) -> torch.Tensor:
@@ -179,6 +197,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
     for split, (x, y) in {"train": (dataset.train_x, dataset.train_y), "test": (dataset.test_x, dataset.test_y)}.items():
         loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp)
         finals[split] = (loss.tolist(), acc.tolist())
+    complexity = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
+                                      models).tolist()
     seconds = time.perf_counter() - start
     env = environment(device, models, amp, compile)
     params = param_count(net) // models
@@ -190,6 +210,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
         final = {}
         for split, (losses, accs) in finals.items():
             final[f"{split}_loss"], final[f"{split}_acc"] = _clean(losses[i]), _clean(accs[i])
+        final["geometric_complexity"] = _clean(complexity[i])
         diverged = not alive_list[i] or final["train_loss"] is None
         results.append(RunResult(
             config=config, status="diverged" if diverged else "done", final=final, history=histories[i],

@@ -1,0 +1,92 @@
+"""Commands that draw the results: `report` (one self-contained HTML page) and `plot` (one figure, PNG or SVG)."""
+
+from __future__ import annotations
+
+import argparse
+
+# The figure kinds of `depthlab plot`; the same as depthlab.report.plots.KINDS (a test checks), listed here so
+# that building the parser does not import matplotlib.
+PLOT_KINDS = ("scatter-val", "scatter-train", "loss-vs-q", "curves", "winrate")
+STORE_HELP = "results store (SQLite file; default: %(default)s)"
+
+
+def cmd_report(args) -> int:
+    from depthlab.report.html import write_report
+
+    out = write_report(args.store, args.out, sweep=args.sweep, runs=args.runs, title=args.title,
+                       margin=args.margin)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from depthlab.report.html import load_records
+    from depthlab.report.plots import figure, image_format, save
+
+    out = args.out or f"{args.kind}.png"
+    image_format(out)  # a bad file name fails before the store is read
+    records = load_records(args.store, args.sweep)
+    save(figure(args.kind, records, args.runs), out)  # NoData is a DepthlabError: printed as one line
+    print(f"wrote {out}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def register(subparsers) -> None:
+    from depthlab.sweep.store import DEFAULT_STORE
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "report", help="write the sweep report: one self-contained HTML file", formatter_class=fmt,
+        description="Write one HTML file (no network needed to open it: CSS and figures inline) with the sweep's\n"
+        "summary, the headline verdicts, the Q-band table and the paired comparison of `depthlab compare`,\n"
+        "scatters of sequential vs parallel final losses per pair, loss against Q, learning curves, the\n"
+        "parallel win rate over blocks x width, and a sortable table of every run.\n\n"
+        "example:\n  depthlab report --store runs.sqlite --out report.html",
+    )
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
+    p.add_argument("--out", default="report.html", metavar="FILE", help="output file (default: %(default)s)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--runs", type=_positive_int, default=8, metavar="N",
+                   help="at most N runs in the learning curves: the pairs that differ most (default: %(default)s)")
+    p.add_argument("--title", help="page title (default: 'depthlab report: ' + sweep or store name)")
+    p.add_argument("--margin", type=_positive_float, metavar="M",
+                   help="equivalence margin of the paired comparison, as in `depthlab compare --margin`")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser(
+        "plot", help="write one figure of the report as PNG or SVG", formatter_class=fmt,
+        description="Write one figure, for a paper or slides:\n"
+        "  scatter-val    sequential vs parallel final validation loss, one point per matched pair\n"
+        "  scatter-train  the same for the training loss\n"
+        "  loss-vs-q      final validation loss against Q, both topologies\n"
+        "  curves         validation loss per epoch of the pairs that differ most (--runs N)\n"
+        "  winrate        share of pairs where parallel has the lower validation loss, blocks x width\n"
+        "The format follows the --out extension (.png or .svg).",
+    )
+    p.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
+    p.add_argument("--out", metavar="FILE", help="output .png or .svg (default: KIND.png)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--runs", type=_positive_int, default=8, metavar="N",
+                   help="for curves: at most N runs (default: %(default)s)")
+    p.set_defaults(func=cmd_plot)
