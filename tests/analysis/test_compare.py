@@ -253,7 +253,7 @@ def test_duplicates_are_skipped_and_counted():
     dup = run(0, "parallel", 0.0)
     dup["run_id"] = "copy"
     pairs_, info = pair_records(records + [dup])
-    assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3}
+    assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3, "n_identical": 0}
     assert [(s["seed"], p["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
 
 
@@ -306,3 +306,11 @@ def test_compare_report_and_text():
 def test_bad_metric():
     with pytest.raises(SpecError, match="metric: got 'loss'"):
         paired(pairs(BASE[:3], BASE[:3]), metric="loss")
+
+
+def test_one_block_pairs_are_identical_networks_and_left_out():
+    records = pairs(BASE[:3], BASE[:3] - 0.1)
+    for r in records[:2]:  # the seed-0 pair has one block: the same network wired "two ways"
+        r["blocks"] = 1
+    pairs_, info = pair_records(records)
+    assert len(pairs_) == 2 and info["n_identical"] == 2

@@ -14,7 +14,7 @@ TINY = {
     "name": "tiny",
     "defaults": {"dataset": "synthetic", "train_subset": 256, "test_subset": 64, "val_split": 64, "width": 4,
                  "stem_stride": 2, "batch_size": 32, "epochs": 2},
-    "grid": {"blocks": [1, 2], "topology": ["sequential", "parallel"], "seed": [0, 1, 2]},
+    "grid": {"blocks": [2, 3], "topology": ["sequential", "parallel"], "seed": [0, 1, 2]},
 }
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_SWEEP = "<b>x</b>"

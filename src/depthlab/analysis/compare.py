@@ -99,8 +99,9 @@ def band_table(records: list[dict]) -> list[dict]:
 
 def pair_records(records: list[dict]) -> tuple[list[tuple[dict, dict]], dict]:
     """(sequential, parallel) pairs of records whose configs are identical except `topology`, in record
-    order, and {"n_unpaired", "n_duplicate"}: runs without a partner, and runs skipped because their key held
-    more than one run of a topology (no one-to-one pairing is then justified). Other topologies are ignored."""
+    order, and {"n_unpaired", "n_duplicate", "n_identical"}: runs without a partner, runs skipped because their
+    key held more than one run of a topology (no one-to-one pairing is then justified), and runs of one-block
+    pairs, left out because with one block both wirings are the same network. Other topologies are ignored."""
     buckets: dict[str, dict[str, list]] = {}
     for rec in records:
         cfg = config_of(rec)
@@ -109,16 +110,18 @@ def pair_records(records: list[dict]) -> tuple[list[tuple[dict, dict]], dict]:
             continue
         key = canonical_json({k: v for k, v in cfg.items() if k != "topology"})
         buckets.setdefault(key, {t: [] for t in TOPOLOGIES})[topology].append(rec)
-    pairs, unpaired, duplicate = [], 0, 0
+    pairs, unpaired, duplicate, identical = [], 0, 0, 0
     for bucket in buckets.values():
         seq, par = bucket["sequential"], bucket["parallel"]
-        if len(seq) == 1 and len(par) == 1:
+        if len(seq) == 1 and len(par) == 1 and config_of(seq[0]).get("blocks") == 1:
+            identical += 2  # one block: both wirings are the same network, d = 0 says nothing
+        elif len(seq) == 1 and len(par) == 1:
             pairs.append((seq[0], par[0]))
         elif len(seq) > 1 or len(par) > 1:
             duplicate += len(seq) + len(par)
         else:
             unpaired += len(seq) + len(par)
-    return pairs, {"n_unpaired": unpaired, "n_duplicate": duplicate}
+    return pairs, {"n_unpaired": unpaired, "n_duplicate": duplicate, "n_identical": identical}
 
 
 def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
@@ -379,7 +382,8 @@ def format_report(report: dict) -> str:
             f"or failed run (diverged: sequential {p['diverged']['sequential']}, parallel "
             f"{p['diverged']['parallel']}; failed: sequential {p['failed']['sequential']}, parallel "
             f"{p['failed']['parallel']}); {p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
-            f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates",
+            f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates; "
+            f"{p['n_identical']} runs of one-block pairs (identical wirings) left out",
         ]
         headers = ["dataset", "Q band"] + ([by] if by else []) + [
             "pairs", "excl", "mean d", "median d", "CI", "wins par/seq/tie", "margin", "TOST p", "verdict"]

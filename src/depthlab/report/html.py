@@ -278,7 +278,8 @@ def _paired_section(compare: dict) -> str:
             f'{esc(p["diverged"]["sequential"])}, parallel {esc(p["diverged"]["parallel"])}; failed: sequential '
             f'{esc(p["failed"]["sequential"])}, parallel {esc(p["failed"]["parallel"])}); {esc(p["n_unfinished"])} '
             f'unfinished; {esc(p["n_missing"])} missing {esc(metric)}; {esc(p["n_unpaired"])} runs without partner; '
-            f'{esc(p["n_duplicate"])} in ambiguous duplicates.</p>')
+            f'{esc(p["n_duplicate"])} in ambiguous duplicates; {esc(p["n_identical"])} runs of one-block pairs '
+            f'(identical wirings) left out.</p>')
         headers = ["dataset", "Q band"] + ([by] if by else []) + [
             "pairs", "excl", "mean d", "median d", "CI", "wins par/seq/tie", "margin", "TOST p", "verdict"]
         rows = []
