@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from depthlab.errors import SpecError
-from depthlab.models import (ModelSpec, branch_output, build, flops, fuse_for_inference, pack, param_count,
+from depthlab.models import (ModelSpec, ResidualNet, branch_output, build, flops, fuse_for_inference, pack, param_count,
                              parallel_from_sequential, q_ratio, receptive_field, regroup, spec_params, unpack)
 
 
@@ -201,3 +201,25 @@ def test_invalid_specs_name_field_and_allowed_values(field, value, allowed):
     with pytest.raises(SpecError) as info:
         ModelSpec(blocks=4, **{field: value})
     assert info.value.field == field and allowed in str(info.value) and field in str(info.value)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_one_seed_gives_the_same_blocks_in_every_topology(norm):
+    """A sequential/parallel pair of one seed differs in its wiring alone (same blocks, same initial values)."""
+    spec = ModelSpec(width=4, blocks=8, kernel=3, norm=norm, input_size=12)
+    seq = build(spec, seed=7)
+    x = torch.randn(2, 1, 12, 12)
+    for topology in ("parallel", "groups:2", "groups:4"):
+        other = build(spec.replace(topology=topology), seed=7)
+        assert torch.allclose(regroup(seq, topology).eval()(x), other.eval()(x))
+
+
+def test_branch_initialisation_does_not_depend_on_the_topology():
+    """Each branch's last conv starts with the fan-in of one branch, not of the broad layer."""
+    spec = ModelSpec(width=16, blocks=8, kernel=3)
+    stds = {}
+    for topology in ("sequential", "parallel"):
+        torch.manual_seed(0)
+        net = ResidualNet(spec.replace(topology=topology))  # the raw constructor, without build's rewiring
+        stds[topology] = torch.cat([layer.conv2.weight.flatten() for layer in net.layers]).std().item()
+    assert stds["parallel"] == pytest.approx(stds["sequential"], rel=0.05)

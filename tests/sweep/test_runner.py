@@ -119,3 +119,50 @@ def test_missing_dataset_stops_with_clear_error_and_keeps_runs_pending(tmp_path,
     assert main(["run", str(write_spec(tmp_path, dataset="cifar10")), "--store", str(store), "--quiet"]) == 2
     assert "cifar" in capsys.readouterr().err.lower()
     assert Store(store).counts()["pending"] == 6
+
+
+def test_failed_runs_are_retried_on_request(tmp_path, monkeypatch):
+    from depthlab.sweep import engine
+
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict(SPEC)
+    real = engine.train_pack
+    monkeypatch.setattr(engine, "train_pack", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken")))
+    summary = run_sweep(spec, store, device="cpu", progress=False, max_pack=3)
+    assert summary["counts"]["failed"] == 6
+    assert "broken" in Store(store).records()[0]["error"]
+    monkeypatch.setattr(engine, "train_pack", real)
+    assert sum(run_sweep(spec, store, device="cpu", progress=False)["trained"].values()) == 0  # failed stays
+    summary = run_sweep(spec, store, device="cpu", progress=False, retry_failed=True)
+    assert summary["counts"]["done"] == 6
+
+
+def test_a_broken_device_stops_the_sweep_and_keeps_runs_pending(tmp_path, monkeypatch):
+    from depthlab.sweep import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(engine, "train_pack", broken)
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run_sweep(SweepSpec.from_dict(SPEC), store, device="cpu", progress=False)
+    assert Store(store).counts()["pending"] == 6
+
+
+def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
+    from depthlab.sweep.runner import Heartbeat
+    from depthlab.sweep.store import owner_token
+
+    store = Store(tmp_path / "s.sqlite")
+    ids = store.add_runs([{"a": 1}])
+    owner = owner_token()
+    store.claim(ids, owner)
+    before = store.running()[0]
+    beat = Heartbeat(store, owner, every=0.05)
+    beat.ids = ids
+    time.sleep(0.3)
+    beat.stop()
+    after = store.running()[0]
+    key = next(k for k in after if "heartbeat" in k)
+    assert after[key] > before[key]

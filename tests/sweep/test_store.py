@@ -182,7 +182,7 @@ def test_reclaim_stale(tmp_path):
     ids = store.add_runs([cfg(i) for i in range(6)])
     owners = {
         ids[0]: f"{host}:{dead_pid()}:aa",  # this host, dead pid -> reclaimed
-        ids[1]: f"{host}:{os.getpid()}:bb",  # this host, alive (with an ancient heartbeat) -> kept
+        ids[1]: owner_token(),  # this process, alive (with an ancient heartbeat) -> kept
         ids[2]: "elsewhere-node-7:4242:cc",  # other host, stale heartbeat -> reclaimed
         ids[3]: "elsewhere-node-7:4243:dd",  # other host, fresh heartbeat -> kept
         ids[4]: "garbage-owner",  # unparseable, stale -> reclaimed
@@ -293,3 +293,24 @@ def test_sigkill_loses_nothing_finished(tmp_path):
     assert counts["pending"] + counts["done"] == len(ids)
     reopened.close()
     store.close()
+
+
+def test_a_dead_process_with_our_pid_is_reclaimed(tmp_path):
+    """An earlier process that had this pid (a restarted container) died holding a claim: reclaim it."""
+    store = Store(tmp_path / "s.sqlite")
+    ids = store.add_runs([cfg(0), cfg(1)])
+    store.claim([ids[0]], f"{socket.gethostname()}:{os.getpid()}:0ld0ld00")
+    store.claim([ids[1]], owner_token())
+    assert store.reclaim_stale() == 1
+    assert {r["run_id"]: r["status"] for r in store.records()} == {ids[0]: "pending", ids[1]: "running"}
+
+
+def test_retry_puts_failed_runs_back(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    ids = store.add_runs([cfg(0), cfg(1)])
+    owner = owner_token()
+    store.claim(ids, owner)
+    store.fail(ids[0], owner, "boom")
+    assert finish(store, ids[1], owner)
+    assert store.retry(ids) == 1
+    assert [r["status"] for r in store.records()] == ["pending", "done"]

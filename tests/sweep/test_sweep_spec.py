@@ -24,7 +24,7 @@ def test_paper_preset_has_6912_runs_and_is_valid():
 
 
 def test_demo_and_smoke_presets():
-    assert len(load_spec("demo").configs()) == 12
+    assert len(load_spec("demo").configs()) == 20
     assert len(load_spec("smoke").configs()) == 4
 
 
@@ -38,6 +38,14 @@ def test_grid_runs_and_exclude():
     configs = spec.configs()
     assert len(configs) == 12 + 24 - 6
     assert all(c.width == 4 and c.dataset == "synthetic" for c in configs)
+
+
+def test_exclude_matches_fields_left_at_their_defaults():
+    spec = SweepSpec.from_dict({"name": "t", "grid": {"norm": ["batch", "none"], "kernel": [3, 4]},
+                                "exclude": [{"norm": "batch"}, {"kernel": 4}]})
+    assert [(c.norm, c.kernel) for c in spec.configs()] == [("none", 3)]  # the invalid kernel 4 is excluded
+    assert SweepSpec.from_dict({"name": "t", "grid": {"seed": [0, 1]},
+                                "exclude": [{"head": "gap"}]}).configs() == []  # gap is the default head
 
 
 def test_duplicates_are_removed():

@@ -31,18 +31,24 @@ def register(subparsers) -> None:
                    help="keep each trained model's weights next to the store (STORE.weights/RUN_ID.pt)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: $DEPTHLAB_DATA or "
                    "~/.cache/depthlab); CIFAR-10 is read from here")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="train the spec's failed runs again (diverged runs stay: divergence is a result)")
     p.add_argument("--no-compare", action="store_true", help="do not print the comparison at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_command)
 
 
 def run_command(args) -> int:
+    import torch
+
     from depthlab.sweep.runner import plan, resolve_device, run_sweep
     from depthlab.sweep.spec import load_spec
     from depthlab.sweep.store import Store
 
     spec = load_spec(args.spec)
-    device = resolve_device(args.device)
+    # with Ray the device is the workers', which this machine may not have
+    device = resolve_device(args.device) if args.backend == "local" else torch.device(
+        "cuda" if args.device == "cuda" else "cpu")
     if args.dry_run:
         store = Store(args.store) if os.path.exists(args.store) else None
         the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False)
@@ -54,11 +60,13 @@ def run_command(args) -> int:
     if args.backend == "ray":
         from depthlab.sweep.ray_backend import run_sweep_ray
         summary = run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
-                                address=args.ray_address, data_root=args.data_root, progress=not args.quiet)
+                                address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
+                                compile=args.compile, save_weights=args.save_weights,
+                                retry_failed=args.retry_failed)
     else:
         summary = run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                             compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
-                            progress=not args.quiet)
+                            progress=not args.quiet, retry_failed=args.retry_failed)
     trained = summary["trained"]
     counts = summary["counts"]
     print(f"sweep {spec.name}: trained {sum(trained.values())} runs in {summary['seconds']:.1f} s on "

@@ -60,10 +60,13 @@ class ResidualLayer(nn.Module):
         self.norm = make_norm(norm, inner, gn_group_size(hidden))
         self.act = make_act(act)
         self.conv2 = nn.Conv2d(inner, models * width, kernel, padding=kernel // 2, groups=models, bias=False)
+        # nn.Conv2d's default initialisation, U(±1/√fan-in), with the fan-in of ONE branch: the broad conv's own
+        # fan-in (branches·hidden·k²) would start a parallel network's branches √n smaller than the deep ones.
+        bound = 1 / math.sqrt(hidden * kernel * kernel)
+        nn.init.uniform_(self.conv2.weight, -bound, bound)
         # The last conv's bias is kept per branch so that every topology has the same parameters.
         self.bias2 = nn.Parameter(torch.zeros(models, branches, width)) if bias else None
         if bias:
-            bound = 1 / math.sqrt(hidden * kernel * kernel)  # nn.Conv2d's default, fan-in of one branch
             nn.init.uniform_(self.bias2, -bound, bound)
         self.register_buffer("scale", torch.full((models,), float(scale)))
         self.alpha = nn.Parameter(torch.full((models, branches), float(alpha_init))) if learnable else None

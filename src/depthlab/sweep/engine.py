@@ -2,7 +2,7 @@
 
 Each model of the pack keeps its own seed (initial weights and data order), learning rate, weight decay and
 augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
-on. On CUDA the forward runs under bf16 autocast with channels_last weights (optionally `torch.compile`d); on the
+on. On CUDA the forward runs under bf16 autocast with channels_last activations (optionally `torch.compile`d); on the
 CPU it is plain float32, which is what the tests check against one-model-at-a-time training.
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
@@ -13,6 +13,7 @@ and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import platform
@@ -78,7 +79,8 @@ def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, amp: b
     return int(1.5 * config.batch_size * activations * element + 16 * spec_params(spec))
 
 
-def evaluate(net, x, y, mean, std, models: int, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(net, x, y, mean, std, models: int, amp: bool, batch_size: int = EVAL_BATCH) \
+        -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model mean loss and accuracy over (x, y), every model seeing the same examples (eval mode)."""
     from depthlab.data import eval_batches
 
@@ -87,7 +89,7 @@ def evaluate(net, x, y, mean, std, models: int, amp: bool) -> tuple[torch.Tensor
     correct = torch.zeros(models, device=x.device)
     count = 0
     with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        for xb, yb in eval_batches(x, y, EVAL_BATCH, mean, std):
+        for xb, yb in eval_batches(x, y, batch_size, mean, std):
             b = yb.shape[0]
             out = net(xb.unsqueeze(0).expand(models, *xb.shape)).float()
             loss_sum += F.cross_entropy(out.reshape(models * b, -1), yb.repeat(models), reduction="none") \
@@ -101,18 +103,21 @@ def evaluate(net, x, y, mean, std, models: int, amp: bool) -> tuple[torch.Tensor
     return loss_sum / count, correct / count
 
 
-def geometric_complexity(net, x, mean, std, models: int) -> torch.Tensor:
+def geometric_complexity(net, x, mean, std, models: int, batch_size: int = COMPLEXITY_EXAMPLES) -> torch.Tensor:
     """Per model: mean over the examples `x` of ‖∂logits/∂input‖_F² (eval mode, float32), one backward pass per
     class. Each model's logits depend only on its own copy of the input, so one pass serves the whole pack."""
     from depthlab.data import normalise
 
     net.eval()
-    inputs = normalise(x, mean, std).unsqueeze(0).repeat(models, 1, 1, 1, 1).requires_grad_(True)
-    logits = net(inputs)
     total = torch.zeros(models, device=x.device)
-    for k in range(logits.shape[-1]):
-        (grad,) = torch.autograd.grad(logits[..., k].sum(), inputs, retain_graph=k < logits.shape[-1] - 1)
-        total += grad.pow(2).flatten(1).sum(1)
+    for start in range(0, x.shape[0], batch_size):
+        chunk = normalise(x[start:start + batch_size], mean, std)
+        inputs = chunk.unsqueeze(0).repeat(models, 1, 1, 1, 1).requires_grad_(True)
+        logits = net(inputs)
+        for k in range(logits.shape[-1]):
+            (grad,) = torch.autograd.grad(logits[..., k].sum(), inputs, retain_graph=k < logits.shape[-1] - 1)
+            total += grad.pow(2).flatten(1).sum(1)
+        del logits, inputs
     net.train()
     return total / x.shape[0]
 
@@ -152,6 +157,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
                             seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
                             translate=[c.translate for c in configs], flip=[c.flip for c in configs])
     steps_total = max(1, c0.epochs * len(batches))
+    # evaluation keeps no graph: a few training batches' worth of examples fit wherever training fits
+    eval_batch = min(EVAL_BATCH, 4 * c0.batch_size)
     alive = torch.ones(models, dtype=torch.bool, device=device)
     histories: list[list[dict]] = [[] for _ in configs]
     step = 0
@@ -177,7 +184,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
                 correct += (out.argmax(-1) == yb).float().mean(1)
             seen += 1
         alive &= _finite_params(net, models)
-        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models, amp)
+        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models, amp,
+                                     eval_batch)
         seconds = time.perf_counter() - epoch_start
         train_loss, train_acc = (loss_sum / max(seen, 1)).tolist(), (correct / max(seen, 1)).tolist()
         val_loss, val_acc, alive_list = val_loss.tolist(), val_acc.tolist(), alive.tolist()
@@ -195,10 +203,11 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
             break
     finals = {"val": (val_loss, val_acc)}  # the last epoch's validation pass saw the final weights already
     for split, (x, y) in {"train": (dataset.train_x, dataset.train_y), "test": (dataset.test_x, dataset.test_y)}.items():
-        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp)
+        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp, eval_batch)
         finals[split] = (loss.tolist(), acc.tolist())
+    # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
     complexity = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
-                                      models).tolist()
+                                      models, batch_size=max(1, c0.batch_size // 2)).tolist()
     seconds = time.perf_counter() - start
     env = environment(device, models, amp, compile)
     params = param_count(net) // models
@@ -212,6 +221,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
             final[f"{split}_loss"], final[f"{split}_acc"] = _clean(losses[i]), _clean(accs[i])
         final["geometric_complexity"] = _clean(complexity[i])
         diverged = not alive_list[i] or final["train_loss"] is None
+        if diverged:  # a NaN network's argmax "accuracy" is meaningless
+            final = {key: None for key in final}
         results.append(RunResult(
             config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
             seconds=seconds, params=params, q=q, env=env,
@@ -228,23 +239,31 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(err, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "can't allocate memory", "cublas_status_alloc_failed"))
 
 
-def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, **kwargs) -> list[RunResult]:
+def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, on_epoch=None,
+                         **kwargs) -> list[RunResult]:
     """`train_pack`, halving the pack and retrying when it runs out of memory; a single model that does not fit
-    is returned as `failed` with the error. `on_split(sizes)` reports each split."""
+    is returned as `failed` with the error. `on_split(sizes)` reports each split; `on_epoch(i, metrics)` keeps
+    indexing the configs as given, whichever half trains them."""
     try:
-        return train_pack(configs, dataset, **kwargs)
+        return train_pack(configs, dataset, on_epoch=on_epoch, **kwargs)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_out_of_memory(err):
             raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(configs) == 1:
-            return [RunResult(config=configs[0], status="failed", final={}, error=f"out of memory: {err}")]
-        half = len(configs) // 2
-        if on_split is not None:
-            on_split((half, len(configs) - half))
-        return (train_pack_splitting(configs[:half], dataset, on_split=on_split, **kwargs)
-                + train_pack_splitting(configs[half:], dataset, on_split=on_split, **kwargs))
+        message = f"out of memory: {err}"
+    # Retry outside the except block: the exception's traceback holds the failed pack's frames (its network,
+    # optimizer state and activations), which must be freed before the halves are tried.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if len(configs) == 1:
+        return [RunResult(config=configs[0], status="failed", final={}, error=message)]
+    half = len(configs) // 2
+    if on_split is not None:
+        on_split((half, len(configs) - half))
+    second_on_epoch = None if on_epoch is None else (lambda i, metrics: on_epoch(i + half, metrics))
+    return (train_pack_splitting(configs[:half], dataset, on_split=on_split, on_epoch=on_epoch, **kwargs)
+            + train_pack_splitting(configs[half:], dataset, on_split=on_split, on_epoch=second_on_epoch, **kwargs))

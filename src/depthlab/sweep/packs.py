@@ -14,6 +14,8 @@ GPU_MEMORY_FRACTION = 0.6
 def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = None) -> int:
     """How many models of `config`'s shape fit in one pack on `device`, from a memory estimate."""
     channels, size, _, _ = DATASET_SHAPES[config.dataset]
+    if device.type == "meta":  # planned for a device elsewhere (e.g. Ray workers): only the caller's limit
+        return max(1, limit or CPU_MAX_PACK)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         fit = int(free * GPU_MEMORY_FRACTION // bytes_per_model(config, channels, size, amp=True))

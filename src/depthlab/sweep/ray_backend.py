@@ -20,9 +20,11 @@ from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token, run_id
 
 _DATA = {}  # per worker process: datasets already loaded onto its device
+RAY_GPU_MAX_PACK = 64
 
 
-def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int):
+def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int, compile: bool = False,
+                keep_weights: bool = False):
     """Body of the Ray task: load (or reuse) the dataset, train the pack, return the results."""
     from depthlab.sweep.engine import train_pack_splitting
     from depthlab.sweep.runner import DataCache
@@ -31,11 +33,13 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
         torch.set_num_threads(cpu_threads)
     configs = [RunConfig.from_dict(c) for c in config_dicts]
     cache = _DATA.setdefault((device, str(data_root)), DataCache(torch.device(device), data_root))
-    return train_pack_splitting(configs, cache.get(configs[0]), device=device)
+    return train_pack_splitting(configs, cache.get(configs[0]), device=device, compile=compile,
+                                keep_weights=keep_weights)
 
 
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
-                  data_root=None, progress=True, num_cpus=None, log=None) -> dict:
+                  data_root=None, progress=True, num_cpus=None, compile=False, save_weights=False,
+                  retry_failed=False, log=None) -> dict:
     try:
         import ray
     except ImportError:
@@ -55,8 +59,12 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
 
     store = Store(store_path)
     store.reclaim_stale()
-    # pack sizes are planned for the workers' device, which the driver may not have
-    the_plan = plan(spec, store, torch.device("cpu"), limit, max_pack)
+    # Pack sizes are planned for the workers' device, which the driver may not have: on GPU workers a fixed cap
+    # (an out-of-memory error still splits a pack on the worker), on CPU workers the CPU cap.
+    if device == "cuda" and max_pack is None:
+        max_pack = RAY_GPU_MAX_PACK
+    the_plan = plan(spec, store, torch.device("cpu") if device == "cpu" else torch.device("meta"), limit,
+                    max_pack, retry_failed=retry_failed)
     owner = owner_token()
     pending = list(the_plan.packs)
     in_flight: dict = {}  # ray ObjectRef -> run ids
@@ -73,7 +81,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                 configs = [c for c, i in zip(configs, ids) if i in claimed]
                 bar.update(len(ids) - len(configs))
                 if configs:
-                    ref = task.remote([c.to_dict() for c in configs], device, data_root, 1)
+                    ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights)
                     in_flight[ref] = [run_id(c.to_dict()) for c in configs]
             if not in_flight:
                 continue
@@ -90,8 +98,8 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                     log(f"pack of {len(ids)} failed on ray: {err}")
                 else:
                     for result in results:
-                        record(store, owner, result)
-                        trained[result.status] = trained.get(result.status, 0) + 1
+                        if record(store, owner, result, store_path if save_weights else None):
+                            trained[result.status] = trained.get(result.status, 0) + 1
                 bar.update(len(ids))
     except BaseException:
         store.release([i for ids in in_flight.values() for i in ids], owner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -63,11 +64,14 @@ class DataCache:
 
 
 def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
-         max_pack: int | None = None, add: bool = True) -> SweepPlan:
-    """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first."""
+         max_pack: int | None = None, add: bool = True, retry_failed: bool = False) -> SweepPlan:
+    """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
+    (and, with `retry_failed`, its failed runs are put back to pending)."""
     configs = spec.configs()
     if add and store is not None:
-        store.add_runs([c.to_dict() for c in configs], sweep=spec.name)
+        ids = store.add_runs([c.to_dict() for c in configs], sweep=spec.name)
+        if retry_failed:
+            store.retry(ids)
     status = {r["run_id"]: r["status"] for r in store.records()} if store is not None else {}
     todo = [c for c in configs if status.get(run_id(c.to_dict()), "pending") in ("pending", "running")]
     finished = len(configs) - len(todo)
@@ -76,17 +80,54 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack))
 
 
-def record(store: Store, owner: str, result: RunResult, store_path=None) -> None:
+def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool:
+    """Write a result; False (and nothing written) when the run is no longer this owner's."""
     rid = run_id(result.config.to_dict())
-    if result.state_dict is not None and store_path is not None:
+    written = store.finish(rid, owner, status=result.status, final=result.final, history=result.history,
+                           params=result.params, q=result.q, seconds=result.seconds, env=result.env,
+                           error=result.error)
+    if written and result.state_dict is not None and store_path is not None:
         weights.save_weights(store_path, rid, result.config, result.state_dict)
-    store.finish(rid, owner, status=result.status, final=result.final, history=result.history,
-                 params=result.params, q=result.q, seconds=result.seconds, env=result.env, error=result.error)
+    return written
+
+
+def is_device_error(err: BaseException) -> bool:
+    """A broken accelerator (illegal address, device-side assert, cuDNN/cuBLAS failure): every later pack would
+    fail the same way, so the sweep stops and the runs go back to pending instead of being marked failed."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(err, accelerator_error):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        marker in text for marker in ("CUDA error", "CUDNN_STATUS", "cuDNN error", "CUBLAS_STATUS", "device-side"))
+
+
+class Heartbeat:
+    """Keeps the claimed runs' heartbeats fresh while a pack trains (epochs can outlast the stale timeout)."""
+
+    def __init__(self, store: Store, owner: str, every: float = 60.0):
+        self.store, self.owner, self.every = store, owner, every
+        self.ids: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self):
+        while not self._stop.wait(self.every):
+            if self.ids:
+                try:
+                    self.store.heartbeat(list(self.ids), self.owner)
+                except Exception:  # noqa: BLE001 - a missed beat is retried at the next tick
+                    pass
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
-              log=None) -> dict:
+              retry_failed: bool = False, log=None) -> dict:
     """Train every unfinished run of `spec` into the store at `store_path`. Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device) if isinstance(device, str) else device
@@ -94,13 +135,14 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     reclaimed = store.reclaim_stale()
     if reclaimed:
         log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
-    the_plan = plan(spec, store, device, limit, max_pack)
+    the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed)
     owner = owner_token()
     data = DataCache(device, data_root)
     trained = {"done": 0, "diverged": 0, "failed": 0}
     bar = tqdm(total=len(the_plan.todo), unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                desc=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)")
     started = time.perf_counter()
+    heartbeat = Heartbeat(store, owner)
     try:
         for pack_configs in the_plan.packs:
             ids = [run_id(c.to_dict()) for c in pack_configs]
@@ -110,6 +152,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                 bar.update(len(ids))
                 continue
             pack_ids = [run_id(c.to_dict()) for c in pack_configs]
+            heartbeat.ids = pack_ids
             dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
             try:
                 results = train_pack_splitting(
@@ -117,7 +160,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                     on_epoch=lambda i, metrics: store.record_epoch(pack_ids[i], owner, metrics),
                     on_split=lambda sizes: log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"))
             except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
-                if getattr(err, "fatal", False) or isinstance(err, KeyboardInterrupt):
+                if is_device_error(err):
                     raise
                 message = f"{type(err).__name__}: {err}"
                 log(f"pack of {len(pack_configs)} failed: {message}")
@@ -126,9 +169,12 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                 trained["failed"] += len(pack_ids)
                 bar.update(len(ids))
                 continue
+            heartbeat.ids = []
             for result in results:
-                record(store, owner, result, store_path if save_weights else None)
-                trained[result.status] = trained.get(result.status, 0) + 1
+                if record(store, owner, result, store_path if save_weights else None):
+                    trained[result.status] = trained.get(result.status, 0) + 1
+                else:
+                    log(f"run {run_id(result.config.to_dict())} was reclaimed by another runner; result dropped")
             bar.update(len(ids))
             elapsed = time.perf_counter() - started
             bar.set_postfix(runs_per_s=f"{sum(trained.values()) / elapsed:.2f}", diverged=trained["diverged"])
@@ -136,6 +182,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
         store.release([run_id(c.to_dict()) for c in the_plan.todo], owner)
         raise
     finally:
+        heartbeat.stop()
         bar.close()
     counts = store.counts(spec.name)
     store.close()

@@ -59,18 +59,23 @@ class SweepSpec:
             values = [v if isinstance(v, list) else [v] for v in sub.values()]
             for combo in itertools.product(*values):
                 fields_ = {**self.defaults, **dict(zip(keys, combo))}
-                if any(all(fields_.get(k) == v for k, v in ex.items()) for ex in self.exclude):
-                    continue
                 try:
                     config = RunConfig.from_dict(fields_)
                 except SpecError as err:
+                    if self._excluded(fields_):
+                        continue  # an excluded combination need not be valid
                     raise SpecError(err.field, err.value, f"{err.allowed} (in sweep '{self.name}', run "
                                     f"{_short(fields_)})") from None
+                if self._excluded(config.to_dict()):  # matched on full configs: defaults count too
+                    continue
                 key = run_id(config.to_dict())
                 if key not in seen:
                     seen.add(key)
                     out.append(config)
         return out
+
+    def _excluded(self, values: dict) -> bool:
+        return any(all(values.get(k) == v for k, v in ex.items()) for ex in self.exclude)
 
 
 def _check_fields(where: str, values) -> None:

@@ -100,9 +100,14 @@ def run_id(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
 
 
+_OWN_TOKENS: set[str] = set()  # the owner tokens this process has handed out
+
+
 def owner_token() -> str:
     """Who holds a claim: host, pid (so a dead owner on this host can be detected) and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    _OWN_TOKENS.add(token)
+    return token
 
 
 def config_of(record: dict) -> dict:
@@ -145,6 +150,10 @@ def _owner_dead(owner: str | None, last_beat: float | None, stale_after: float, 
     if len(parts) == 3 and parts[1].isdigit():
         host, pid = parts[0], int(parts[1])
     if host == socket.gethostname():
+        if pid == os.getpid():
+            # our own pid: alive only if this process made the token; otherwise an earlier process that had
+            # the same pid (a restarted container often gets the same one) died holding the claim
+            return owner not in _OWN_TOKENS
         return not _pid_alive(pid)
     # another host (or an owner we cannot parse): only the heartbeat tells
     return last_beat is None or now - last_beat > stale_after
@@ -264,6 +273,13 @@ class Store:
                 "AND status = 'running'",
                 [(rid, owner) for rid in run_ids],
             )
+
+    def retry(self, run_ids: list[str], statuses=("failed",)) -> int:
+        """Put finished runs with one of `statuses` back to pending (e.g. failed ones after a fix)."""
+        marks = ",".join("?" * len(statuses))
+        with self._tx() as c:
+            return sum(c.execute(f"UPDATE runs SET status = 'pending', owner = NULL WHERE run_id = ? AND status IN "
+                                 f"({marks})", (rid, *statuses)).rowcount for rid in run_ids)
 
     def record_epoch(self, run_id: str, owner: str, metrics: dict) -> bool:
         """Append one epoch's metrics to the run's history (also a heartbeat). False if not running by owner."""
