@@ -38,6 +38,8 @@ def assert_same_run(a, b, rtol=1e-4, atol=1e-5):
 def test_packed_training_equals_one_by_one(data, fields):
     configs = [config(seed=0, lr=0.003, **fields), config(seed=1, lr=0.01, weight_decay=1e-3, **fields),
                config(seed=2, augment="translate", **fields)]
+    if fields.get("residual_scale") != "learnable":  # a fixed λ is per model too
+        configs.append(config(seed=3, **{**fields, "residual_scale": "1/n"}))
     packed = train_pack(configs, data, keep_weights=True)
     for c, result in zip(configs, packed):
         alone = train_pack([c], data, keep_weights=True)[0]

@@ -101,6 +101,7 @@ def test_packs_group_runs_by_shape_and_training_loop():
 
 def test_pack_key_ignores_only_per_model_fields():
     a = RunConfig(seed=0, lr=0.1, weight_decay=0.0, augment="none")
-    b = RunConfig(seed=3, lr=0.2, weight_decay=1e-4, augment="translate")
+    b = RunConfig(seed=3, lr=0.2, weight_decay=1e-4, augment="translate", residual_scale="1/n")
     assert a.pack_key() == b.pack_key()
     assert a.pack_key() != RunConfig(batch_size=64).pack_key()
+    assert a.pack_key() != RunConfig(residual_scale="learnable").pack_key()

@@ -12,13 +12,13 @@ from depthlab.models.network import ResidualNet
 
 
 def pack(models: list[ResidualNet]) -> ResidualNet:
-    """One module computing every model of the list at once (all must share a spec)."""
+    """One module computing every model of the list at once (all must share a shape: a spec up to a fixed λ)."""
     if not models:
         raise ValueError("pack() needs at least one model")
     spec = models[0].spec
     for other in models[1:]:
-        if other.spec != spec:
-            raise ValueError(f"pack() needs models of one spec; got {spec} and {other.spec}")
+        if _shape(other.spec) != _shape(spec):
+            raise ValueError(f"pack() needs models of one shape; got {spec} and {other.spec}")
     ref = models[0]
     packed = ResidualNet(spec, models=sum(m.models for m in models)).to(
         device=next(ref.parameters()).device, dtype=next(ref.parameters()).dtype)
@@ -32,6 +32,12 @@ def pack(models: list[ResidualNet]) -> ResidualNet:
     packed.load_state_dict(merged)
     packed.train(ref.training)
     return packed
+
+
+def _shape(spec):
+    """A spec up to its fixed residual scale λ, which lives in a per-model buffer and so may differ in a pack
+    (the pack's spec is its first model's; each model's λ is in `layer.scale`)."""
+    return spec.replace(residual_scale="learnable" if spec.residual_scale == "learnable" else 1.0)
 
 
 def unpack(packed: ResidualNet) -> list[ResidualNet]:

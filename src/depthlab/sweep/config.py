@@ -115,10 +115,12 @@ class RunConfig:
 
     def pack_key(self) -> tuple:
         """Runs with equal keys share a network shape and a training loop, so they can train as one pack.
-        Per-model within a pack: seed (weights and data order), lr, weight decay and augmentation."""
+        Per-model within a pack: seed (weights and data order), lr, weight decay, augmentation and a fixed
+        residual scale λ (a per-model buffer); a learnable scale is a parameter, so it is part of the shape."""
         values = self.to_dict()
         for per_model in ("seed", "lr", "weight_decay", "augment"):
             values.pop(per_model)
+        values["residual_scale"] = "learnable" if self.residual_scale == "learnable" else "fixed"
         return tuple(sorted((k, str(v)) for k, v in values.items()))
 
 

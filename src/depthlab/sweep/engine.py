@@ -147,7 +147,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
     spec = c0.model_spec(in_channels=dataset.in_channels, input_size=dataset.input_size,
                          num_classes=dataset.num_classes)
     start = time.perf_counter()
-    net = pack([build(spec, seed=c.seed) for c in configs]).to(device)
+    shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
+    net = pack([build(c.model_spec(**shape), seed=c.seed) for c in configs]).to(device)  # each with its own λ
     # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1)
     net.channels_last = (device.type == "cuda") if channels_last is None else channels_last
     forward = torch.compile(net) if compile else net
