@@ -8,13 +8,6 @@ from depthlab.analysis.complexity import geometric_complexity
 from depthlab.models import ModelSpec, build
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_linear_model_is_the_squared_frobenius_norm_of_w():
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from depthlab.errors import DepthlabError
 from depthlab.models import ModelSpec, build, pack, parallel_from_sequential
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add synchronisation (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()

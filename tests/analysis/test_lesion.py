@@ -14,13 +14,6 @@ from depthlab.errors import DepthlabError
 from depthlab.models import ModelSpec, block_weights, build, locate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def spec_of(**changes):
     values = dict(width=8, blocks=6, kernel=3, norm="batch", in_channels=1, input_size=8, num_classes=4)

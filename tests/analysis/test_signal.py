@@ -10,13 +10,6 @@ import depthlab.cli.main as cli_main
 from depthlab.analysis.signal import example_rms, signal_growth
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_example_rms():
     t = torch.ones(3, 2, 4, 4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from depthlab.cli.args import positive_float, positive_int
+
 # The figure kinds of `depthlab plot`; the same as depthlab.report.plots.KINDS (a test checks), listed here so
 # that building the parser does not import matplotlib.
 PLOT_KINDS = ("scatter-val", "scatter-train", "loss-vs-q", "curves", "winrate")
@@ -31,24 +33,6 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -66,10 +50,10 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--out", default="report.html", metavar="FILE", help="output file (default: %(default)s)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
-    p.add_argument("--runs", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=8, metavar="N",
                    help="at most N runs in the learning curves: the pairs that differ most (default: %(default)s)")
     p.add_argument("--title", help="page title (default: 'depthlab report: ' + sweep or store name)")
-    p.add_argument("--margin", type=_positive_float, metavar="M",
+    p.add_argument("--margin", type=positive_float, metavar="M",
                    help="equivalence margin of the paired comparison, as in `depthlab compare --margin`")
     p.set_defaults(func=cmd_report)
 
@@ -87,6 +71,6 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--out", metavar="FILE", help="output .png or .svg (default: KIND.png)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
-    p.add_argument("--runs", type=_positive_int, default=8, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=8, metavar="N",
                    help="for curves: at most N runs (default: %(default)s)")
     p.set_defaults(func=cmd_plot)

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+from depthlab.cli.args import positive_float
 from depthlab.errors import DepthlabError
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
@@ -80,15 +81,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
 
 def register(subparsers) -> None:
     from depthlab.sweep.export import FORMATS
@@ -131,7 +123,7 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--metric", action="append", choices=METRICS,
                    help="metric to compare; repeat for several (default: val_loss, train_loss, val_acc)")
-    p.add_argument("--margin", type=_positive_float, metavar="M",
+    p.add_argument("--margin", type=positive_float, metavar="M",
                    help="equivalence margin, absolute in the metric's units (default: see above)")
     p.add_argument("--by", metavar="FIELD", help="also split every group by this config field (e.g. head, norm)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
