@@ -11,3 +11,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _randomise_bn(model, seed=0):
+    """Non-trivial BatchNorm affines and running statistics, so eval-mode BN is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if "norm." in name and t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
+    return model
+
+
+@pytest.fixture
+def randomise_bn():
+    return _randomise_bn

@@ -30,18 +30,9 @@ def inputs(seed=0, batch=6):
     return torch.randn(batch, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
-def randomise_bn(model, seed=0):
-    """Non-trivial BatchNorm affines and running statistics, so eval-mode BN is not the identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if "norm." in name and t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
-    return model
-
 
 @pytest.mark.parametrize("norm,scale", [("none", "1"), ("none", "1/sqrt(n)"), ("batch", "1"), ("none", "learnable")])
-def test_orders_sum_to_the_stream_for_affine_branches(norm, scale):
+def test_orders_sum_to_the_stream_for_affine_branches(norm, scale, randomise_bn):
     model = randomise_bn(build(spec_of(act="identity", norm=norm, blocks=5, residual_scale=scale), seed=1).double())
     if model.layers[0].alpha is not None:  # learnable α starts at 0: make the branches count
         with torch.no_grad():

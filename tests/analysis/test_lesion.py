@@ -30,18 +30,10 @@ def pattern_task(n, seed, classes=4, size=8):
     return templates[y] + 0.5 * torch.randn(n, 1, size, size, generator=g), y
 
 
-def randomise_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if "norm." in name and t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5)
-    return model
-
 
 @pytest.mark.parametrize("topology", ["sequential", "parallel", "groups:2"])
 @pytest.mark.parametrize("norm", ["batch", "none"])
-def test_lesion_deletes_exactly_that_block_and_restores_it(topology, norm):
+def test_lesion_deletes_exactly_that_block_and_restores_it(topology, norm, randomise_bn):
     model = randomise_bn(build(spec_of(topology=topology, norm=norm, blocks=4), seed=1).double()).eval()
     x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -63,7 +55,7 @@ def test_lesion_deletes_exactly_that_block_and_restores_it(topology, norm):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_lesion_of_a_zero_branch_changes_nothing():
+def test_lesion_of_a_zero_branch_changes_nothing(randomise_bn):
     model = randomise_bn(build(spec_of(blocks=4), seed=2).double()).eval()
     with torch.no_grad():
         block_weights(*locate(model, 1))["conv2.weight"].zero_()

@@ -23,7 +23,7 @@ import numpy as np
 
 from depthlab.errors import SpecError
 from depthlab.sweep.export import varied_fields
-from depthlab.sweep.store import METRICS, STATUSES, canonical_json, config_of
+from depthlab.sweep.store import METRICS, STATUSES, canonical_json, config_of, finite
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
 BAND_LABELS = [f"[{lo:g},{hi:g})" for lo, hi in Q_BANDS]  # "[0,1)", "[1,3)", "[3,10)", "[10,inf)"
@@ -47,14 +47,6 @@ def q_band(q) -> str:
         if lo <= q < hi:
             return label
     return BAND_LABELS[-1]  # q = inf
-
-
-def _num(value):
-    """A metric value as a float, or None when missing or not finite."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _band_order(label: str) -> int:
@@ -89,7 +81,7 @@ def band_table(records: list[dict]) -> list[dict]:
     for key in sorted(groups, key=lambda k: (k[0], _topology_order(k[1]), _band_order(k[2]))):
         row = dict(zip(("dataset", "topology", "q_band"), key), n=len(groups[key]))
         for m in BAND_METRICS:
-            values = [v for v in (_num(r.get(m)) for r in groups[key]) if v is not None]
+            values = [v for v in (finite(r.get(m)) for r in groups[key]) if v is not None]
             row[f"{m}_mean"] = _mean(values)
             if m.endswith("_loss"):
                 row[f"{m}_std"] = _std(values)
@@ -222,7 +214,7 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     for seq, par in pairs:
         cfg = config_of(seq)
         statuses = (seq.get("status"), par.get("status"))
-        values = (_num(seq.get(metric)), _num(par.get(metric)))
+        values = (finite(seq.get(metric)), finite(par.get(metric)))
         if any(s in ("diverged", "failed") for s in statuses):
             state = "excluded"
         elif statuses != ("done", "done"):

@@ -22,6 +22,7 @@ from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band
 from depthlab.errors import DepthlabError
 from depthlab.sweep.export import varied_fields
 from depthlab.sweep.store import config_of
+from depthlab.sweep.store import finite as store_finite
 
 # One colour per wiring, the same in every figure.
 TOPOLOGY_COLORS = {"sequential": "#1f5fa8", "parallel": "#e07b00"}
@@ -44,13 +45,10 @@ def _text(value) -> str:
 
 def finite(value):
     """A value as a float, or None when missing, not a number, or not finite."""
-    if value is None:
-        return None
     try:
-        value = float(value)
+        return store_finite(value)
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
 
 
 def _wide_range(values) -> bool:

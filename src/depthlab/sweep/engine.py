@@ -28,6 +28,7 @@ from depthlab import __version__
 from depthlab.models import build, pack, param_count, q_ratio, spec_params, unpack
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.optim import PackedOptimizer
+from depthlab.sweep.store import finite
 
 EVAL_BATCH = 1000
 COMPLEXITY_EXAMPLES = 128  # training examples over which the geometric complexity is averaged
@@ -193,8 +194,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
         for i in range(models):
             if not alive_list[i] and histories[i] and histories[i][-1].get("diverged"):
                 continue  # already recorded as diverged
-            metrics = {"epoch": epoch + 1, "train_loss": _clean(train_loss[i]), "train_acc": train_acc[i],
-                       "val_loss": _clean(val_loss[i]), "val_acc": _clean(val_acc[i]), "seconds": seconds}
+            metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i],
+                       "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), "seconds": seconds}
             if not alive_list[i]:
                 metrics["diverged"] = True
             histories[i].append(metrics)
@@ -219,8 +220,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
     for i, config in enumerate(configs):
         final = {}
         for split, (losses, accs) in finals.items():
-            final[f"{split}_loss"], final[f"{split}_acc"] = _clean(losses[i]), _clean(accs[i])
-        final["geometric_complexity"] = _clean(complexity[i])
+            final[f"{split}_loss"], final[f"{split}_acc"] = finite(losses[i]), finite(accs[i])
+        final["geometric_complexity"] = finite(complexity[i])
         diverged = not alive_list[i] or final["train_loss"] is None
         if diverged:  # a NaN network's argmax "accuracy" is meaningless
             final = {key: None for key in final}
@@ -230,10 +231,6 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
             state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
     return results
-
-
-def _clean(value: float) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -118,8 +118,8 @@ def config_of(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in RECORD_FIELDS and k != "config"}
 
 
-def _metric(value):
-    """A final metric as stored: None, NaN and inf become NULL."""
+def finite(value):
+    """A metric as a float, or None when missing, NaN or infinite (stored as NULL; strict JSON has no NaN)."""
     if value is None:
         return None
     value = float(value)
@@ -312,9 +312,9 @@ class Store:
                 f"error = ? WHERE run_id = ? AND owner = ? AND status = 'running'",
                 (
                     status, time.time(), _dumps(list(history or [])),
-                    *(_metric(final.get(m)) for m in METRICS),
+                    *(finite(final.get(m)) for m in METRICS),
                     _dumps(extra) if extra else None,
-                    None if params is None else int(params), _metric(q), _metric(seconds),
+                    None if params is None else int(params), finite(q), finite(seconds),
                     _dumps(env or {}), error, run_id, owner,
                 ),
             )
