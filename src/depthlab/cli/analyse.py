@@ -371,11 +371,10 @@ def cmd_lesion(args) -> int:
     print(f"lesions: sequential network of {spec.blocks} blocks (width {spec.width}, norm {spec.norm}, scale "
           f"{spec.residual_scale}) trained on {len(data['train_x'])} {args.dataset} examples for {args.epochs} "
           f"epochs; test accuracy on {len(data['test_x'])} examples with each block deleted\n")
-    headers, body = ["deleted block"], []
-    for name, (study, s) in studies.items():
-        headers += [f"{name} acc", f"{name} loss"]
+    headers = ["deleted block"]
     rows = [["none (intact)"]] + [[str(i)] for i in range(spec.blocks)]
     for name, (study, s) in studies.items():
+        headers += [f"{name} acc", f"{name} loss"]
         rows[0] += [study["intact"]["accuracy"], study["intact"]["loss"]]
         for i, r in enumerate(study["lesions"]):
             rows[i + 1] += [r["accuracy"], r["loss"]]

@@ -17,7 +17,6 @@ from typing import Callable
 import torch
 
 from depthlab.data import cifar, mnist, synthetic
-from depthlab.data.download import default_data_dir  # noqa: F401  (re-exported)
 from depthlab.errors import DataError, SpecError
 
 # Fixed seeds: the validation set and the subset order never depend on anything but the dataset size.
