@@ -55,6 +55,22 @@ def test_training_learns(data):
     assert result.final["train_acc"] > 0.5 and result.final["train_loss"] < math.log(10)
 
 
+def test_training_time_is_recorded_apart_from_evaluation(data, monkeypatch):
+    slow_evaluation = engine.evaluate
+
+    def evaluate(*args, **kwargs):  # evaluation made measurably slow: it must not count as training time
+        import time
+        time.sleep(0.2)
+        return slow_evaluation(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    result = train_pack([config(seed=0), config(seed=1)], data)[0]
+    epochs = result.history
+    assert all(0 < e["train_seconds"] < e["seconds"] - 0.19 for e in epochs)  # each epoch's validation excluded
+    assert result.train_seconds == pytest.approx(sum(e["train_seconds"] for e in epochs))
+    assert result.train_seconds < result.seconds - 3 * 0.19  # and so are the final train and test passes
+
+
 def test_forced_nan_is_diverged_and_pack_mates_carry_on(data):
     fields = dict(optimizer="sgd", norm="none", residual_scale="1", epochs=2)
     sane, wild = config(seed=0, lr=0.01, **fields), config(seed=1, lr=1e12, **fields)

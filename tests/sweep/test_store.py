@@ -166,6 +166,33 @@ def test_wal_mode(store):
     assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 60000
 
 
+@pytest.mark.parametrize("schema", ["CREATE TABLE photos (id INTEGER, path TEXT)",
+                                    "CREATE TABLE runs (id INTEGER, name TEXT)"])
+def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path, schema):
+    path = tmp_path / "other.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(schema)
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(DepthlabError, match="not a depthlab results store"):
+        Store(path)
+    assert path.read_bytes() == before  # no table added, journal mode unchanged
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()
+
+
+def test_existing_refuses_a_missing_file_and_reopens_a_store(tmp_path):
+    with pytest.raises(DepthlabError, match="no results store"):
+        Store.existing(tmp_path / "missing.sqlite")
+    assert not (tmp_path / "missing.sqlite").exists()
+    with Store(tmp_path / "s.sqlite") as s:
+        s.add_runs([cfg(1)])
+    with Store.existing(tmp_path / "s.sqlite") as s:  # a store that exists (with runs) is ours
+        assert s.counts()["pending"] == 1
+
+
 # -- dead owners --------------------------------------------------------------------------------------------------
 
 

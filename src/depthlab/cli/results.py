@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 from depthlab.cli.args import positive_float
@@ -17,11 +16,7 @@ def _open_store(path: str):
     """The existing store at `path` (these commands only read: a missing file is the user's mistake)."""
     from depthlab.sweep.store import Store
 
-    if not os.path.isfile(path):
-        raise DepthlabError(
-            f"no results store at {path!r}; start a sweep first with `depthlab run`, or point to one with --store FILE"
-        )
-    return Store(path)
+    return Store.existing(path)
 
 
 def cmd_status(args) -> int:

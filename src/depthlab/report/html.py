@@ -420,10 +420,7 @@ def build_report(records: list[dict], title: str = "depthlab report", compare: d
 def load_records(store_path, sweep: str | None = None) -> list[dict]:
     """The records of an existing store (of one sweep when given); a missing store or no runs is an error."""
     store_path = os.fspath(store_path)
-    if not os.path.isfile(store_path):
-        raise DepthlabError(f"no results store at {store_path!r}; start a sweep first with `depthlab run`, "
-                            "or point to one with --store FILE")
-    with Store(store_path) as store:
+    with Store.existing(store_path) as store:
         records = store.records(sweep=sweep)
         sweeps = store.sweeps()
     if not records:

@@ -6,7 +6,8 @@ on. On CUDA the forward runs under bf16 autocast with channels_last activations 
 CPU it is plain float32, which is what the tests check against one-model-at-a-time training.
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
-augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split. Final metrics
+augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split; `seconds` is the
+epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded). Final metrics
 (`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training,
 and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples.
 """
@@ -40,7 +41,8 @@ class RunResult:
     status: str                      # done | diverged | failed
     final: dict
     history: list = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0             # the whole pack's wall time: training, evaluation, complexity
+    train_seconds: float = 0.0       # the pack's time in training steps alone (what throughput is judged on)
     params: int = 0
     q: float = 0.0
     env: dict = field(default_factory=dict)
@@ -55,6 +57,12 @@ def lr_factor(schedule: str, progress: float) -> float:
     if schedule == "linear":
         return 1 - progress
     return 1.0
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock reading covers it (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def describe_device(device: torch.device) -> str:
@@ -144,6 +152,10 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     device = torch.device(device)
     amp = (device.type == "cuda") if amp is None else amp
+    if device.type == "cuda":
+        # every step of a pack has the same shapes: let cuDNN time its algorithms once and keep the fastest
+        # (grouped convolutions in particular vary widely between algorithms)
+        torch.backends.cudnn.benchmark = True
     c0, models = configs[0], len(configs)
     spec = c0.model_spec(in_channels=dataset.in_channels, input_size=dataset.input_size,
                          num_classes=dataset.num_classes)
@@ -163,7 +175,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
     eval_batch = min(EVAL_BATCH, 4 * c0.batch_size)
     alive = torch.ones(models, dtype=torch.bool, device=device)
     histories: list[list[dict]] = [[] for _ in configs]
-    step = 0
+    step, train_seconds = 0, 0.0
     for epoch in range(c0.epochs):
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros(models, device=device)
@@ -185,6 +197,9 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
                 loss_sum += losses.detach()
                 correct += (out.argmax(-1) == yb).float().mean(1)
             seen += 1
+        synchronize(device)
+        epoch_train_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_train_seconds
         alive &= _finite_params(net, models)
         val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models, amp,
                                      eval_batch)
@@ -195,7 +210,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
             if not alive_list[i] and histories[i] and histories[i][-1].get("diverged"):
                 continue  # already recorded as diverged
             metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i],
-                       "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), "seconds": seconds}
+                       "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), "seconds": seconds,
+                       "train_seconds": epoch_train_seconds}
             if not alive_list[i]:
                 metrics["diverged"] = True
             histories[i].append(metrics)
@@ -227,7 +243,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool
             final = {key: None for key in final}
         results.append(RunResult(
             config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
-            seconds=seconds, params=params, q=q, env=env,
+            seconds=seconds, train_seconds=train_seconds, params=params, q=q, env=env,
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
             state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
     return results

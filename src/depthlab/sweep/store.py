@@ -1,7 +1,8 @@
 """The results store: one SQLite file, one row per run, keyed by a hash of the run's config.
 
-Several processes (on one host or, through a shared file system, several) share one store. The guarantees the
-sweep runner relies on:
+Several processes on one host share one store (SQLite's WAL mode needs a local file system: to spread a sweep
+over several hosts, use the Ray backend, whose driver alone touches the store). The guarantees the sweep runner
+relies on:
 
 - every state change is its own committed transaction, so a process killed at any moment (SIGKILL included)
   loses nothing it had already finished;
@@ -170,6 +171,7 @@ class Store:
             # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 60000")
+            self._refuse_foreign()  # before anything below changes the file
             self._conn.execute("PRAGMA journal_mode = WAL")
             # In WAL mode NORMAL survives any process crash; only a power cut may lose the last commits.
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -179,7 +181,30 @@ class Store:
         except sqlite3.DatabaseError as err:
             raise DepthlabError(f"{self.path}: cannot open as a depthlab results store ({err})") from err
 
+    @classmethod
+    def existing(cls, path, **kwargs) -> "Store":
+        """The store at `path`, which must exist (for commands that only read: a missing file is a mistake)."""
+        if not os.path.isfile(path):
+            raise DepthlabError(f"no results store at {os.fspath(path)!r}; start a sweep first with `depthlab run`, "
+                                "or point to one with --store FILE")
+        return cls(path, **kwargs)
+
     # -- plumbing -------------------------------------------------------------------------------------------
+
+    def _refuse_foreign(self) -> None:
+        """Refuse an SQLite file that holds other tables, or a `runs` table of another shape: writing our
+        schema (or WAL mode) into somebody else's database would change it."""
+        tables = sorted(r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+        if not tables:
+            return  # a new, empty file
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        missing = sorted({"run_id", "config", "status", "history", "final", *METRICS} - columns)
+        if "runs" not in tables or missing:
+            what = f"tables: {', '.join(tables)}" if "runs" not in tables else f"its runs table lacks {', '.join(missing)}"
+            self._conn.close()
+            raise DepthlabError(f"{self.path}: an SQLite database, but not a depthlab results store ({what}); "
+                                "point --store to a depthlab store or to a new file")
 
     @contextmanager
     def _tx(self):

@@ -1,0 +1,62 @@
+"""The benchmarks run end to end at toy sizes and print their ratios (speed itself is never asserted here)."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ratios(text: str, label: str) -> list[float]:
+    """Every "<number>x" on the lines that start with `label`."""
+    lines = [line for line in text.splitlines() if line.startswith(label)]
+    return [float(x) for line in lines for x in re.findall(r"(\d+\.\d+)x", line)]
+
+
+def test_parallel_latency_prints_a_ratio_per_depth_and_batch(capsys):
+    bench("parallel_latency").main(["--device", "cpu", "--blocks", "2,4", "--batches", "1,8", "--width", "8",
+                                    "--size", "8", "--repeats", "2"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["2"], ["4"])]
+    assert [(r[0], r[1]) for r in rows] == [("2", "1"), ("2", "8"), ("4", "1"), ("4", "8")]
+    assert all(float(r[-1]) > 0 for r in rows)  # seq/par
+
+
+def test_sweep_throughput_prints_both_ratios(capsys):
+    bench("sweep_throughput").main(["--set", "mnist", "--device", "cpu", "--seeds", "1", "--subset", "256",
+                                    "--samples", "256", "--test", "32"])
+    out = capsys.readouterr().out
+    assert "8 configs (1 per shape) in 8 packs" in out
+    training = ratios(out, "ratio packed/baseline")
+    assert len(training) == 2 and all(r > 0 for r in training)
+    rows = {label: line.split()[-3:] for line in out.splitlines()
+            for label in ("baseline", "packed: training", "packed: with evaluation") if line.strip().startswith(label)}
+    assert len(rows) == 3 and all(float(v) > 0 for row in rows.values() for v in row)
+
+
+def test_large_set_uses_cifar_shaped_images_when_cifar10_is_absent(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEPTHLAB_DATA", str(tmp_path))  # an empty data home: no CIFAR-10 here
+    module = bench("sweep_throughput")
+    data = module.load_data("cifar10", 64, "cpu", None, n_test=8)
+    assert data.name == "synthetic" and tuple(data.train_x.shape) == (64, 3, 32, 32) and len(data.test_x) == 8
+    assert data.num_classes == 10
+
+
+@pytest.mark.parametrize("name", ["mnist", "large"])
+def test_sets_match_their_targets(name):
+    configs = bench("sweep_throughput").configs_for(name, seeds=1, samples=256, dataset_size=256)
+    if name == "mnist":  # the issue's MNIST-size configs: width ≤ 32, blocks ≤ 4
+        assert all(c.width <= 32 and c.blocks <= 4 for c in configs)
+    else:  # the largest shapes of the paper grid
+        from depthlab.sweep.spec import load_spec
+        paper = load_spec("paper").configs()
+        assert {(c.width, c.blocks, c.kernel) for c in configs} == {
+            (max(c.width for c in paper), max(c.blocks for c in paper), max(c.kernel for c in paper))}
