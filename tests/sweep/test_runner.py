@@ -60,6 +60,15 @@ def test_dry_run_trains_nothing(tmp_path, capsys):
     assert not store.exists()
 
 
+def test_set_overrides_fields_of_every_run(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--set", "width=2", "--set", "seed=[0]",
+                 "--quiet", "--no-compare"]) == 0
+    assert "sweep tiny[width=2,seed=[0]]: trained 2 runs" in capsys.readouterr().out
+    records = Store(store).records()
+    assert {(r["width"], r["seed"], r["sweep"]) for r in records} == {(2, 0, "tiny[width=2,seed=[0]]")}
+
+
 def test_limit_trains_at_most_n(tmp_path):
     store = tmp_path / "s.sqlite"
     assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--limit", "2", "--max-pack", "1",

@@ -5,7 +5,7 @@ import pytest
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.packs import make_packs
-from depthlab.sweep.spec import SweepSpec, load_spec
+from depthlab.sweep.spec import SweepSpec, load_spec, parse_overrides
 
 
 def test_paper_preset_has_6912_runs_and_is_valid():
@@ -88,6 +88,36 @@ def test_examples_are_valid_specs():
     assert examples, "examples/ holds documented specs"
     for path in examples:
         assert load_spec(path).configs(), path
+
+
+def test_overrides_give_a_field_one_value_in_every_run_or_vary_it():
+    spec = load_spec("examples/normfree_depth.yaml")
+    assert {c.width for c in spec.configs()} == {16} and {c.norm for c in spec.configs()} == {"none", "batch"}
+    small = spec.with_overrides(parse_overrides(["width=8", "epochs=2"]))
+    assert small.name == "normfree-depth[width=8,epochs=2]"
+    assert len(small.configs()) == 54 and {(c.width, c.epochs) for c in small.configs()} == {(8, 2)}
+    # a field the spec's runs vary is replaced there too; duplicates that result are dropped
+    bn_only = spec.with_overrides({"norm": "batch", "init": "default", "residual_scale": "1"})
+    assert {(c.norm, c.init, c.residual_scale) for c in bn_only.configs()} == {("batch", "default", "1")}
+    assert len(bn_only.configs()) == 9  # 3 depths x 3 seeds
+    # a list becomes the field's grid axis
+    deeper = spec.with_overrides(parse_overrides(["blocks=[2, 4]"]))
+    assert {c.blocks for c in deeper.configs()} == {2, 4} and len(deeper.configs()) == 36
+    assert spec.with_overrides({}) is spec
+
+
+@pytest.mark.parametrize("items, field", [(["widht=8"], "widht"), (["width"], "--set"), (["=3"], "--set"),
+                                          (["width=[1"], "--set width")])
+def test_bad_overrides_name_the_field(items, field):
+    with pytest.raises(SpecError) as err:
+        load_spec("demo").with_overrides(parse_overrides(items))
+    assert field in err.value.field
+
+
+def test_overridden_values_are_validated():
+    with pytest.raises(SpecError, match="odd integer") as err:
+        load_spec("demo").with_overrides({"kernel": 4}).configs()
+    assert err.value.field == "kernel"
 
 
 def test_packs_group_runs_by_shape_and_training_loop():

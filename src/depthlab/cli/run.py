@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("spec", nargs="?", default="demo",
                    help=f"a YAML sweep spec, or a preset: {', '.join(PRESETS)}")
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results file (created if missing)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="give FIELD this value in every run (repeatable; a list such as blocks=[2,4] varies it); "
+                   "the sweep is named with its overrides")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--limit", type=int, default=None, help="train at most N runs in this invocation")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and packs; train nothing")
@@ -42,10 +45,10 @@ def run_command(args) -> int:
     import torch
 
     from depthlab.sweep.runner import plan, resolve_device, run_sweep
-    from depthlab.sweep.spec import load_spec
+    from depthlab.sweep.spec import load_spec, parse_overrides
     from depthlab.sweep.store import Store
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec).with_overrides(parse_overrides(args.overrides))
     # with Ray the device is the workers', which this machine may not have
     device = resolve_device(args.device) if args.backend == "local" else torch.device(
         "cuda" if args.device == "cuda" else "cpu")

@@ -74,8 +74,39 @@ class SweepSpec:
                     out.append(config)
         return out
 
+    def with_overrides(self, overrides: dict) -> "SweepSpec":
+        """A copy in which each field of `overrides` takes the given value in every run: a scalar replaces the
+        field in defaults, grid and runs alike; a list becomes the field's grid axis. The name records the
+        overrides, so that the overridden sweep's runs are compared among themselves in a shared store."""
+        _check_fields("--set", overrides)
+        if not overrides:
+            return self
+        defaults, grid = dict(self.defaults), dict(self.grid)
+        runs = [{k: v for k, v in sub.items() if k not in overrides} for sub in self.runs]
+        for key, value in overrides.items():
+            defaults.pop(key, None)
+            grid.pop(key, None)
+            (grid if isinstance(value, list) else defaults)[key] = value
+        suffix = ",".join(f"{k}={v}" for k, v in overrides.items()).replace(" ", "")
+        return SweepSpec(name=f"{self.name}[{suffix}]", description=self.description, defaults=defaults,
+                         grid=grid, runs=runs, exclude=list(self.exclude))
+
     def _excluded(self, values: dict) -> bool:
         return any(all(values.get(k) == v for k, v in ex.items()) for ex in self.exclude)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["width=8", "blocks=[2, 4]"] -> {"width": 8, "blocks": [2, 4]}; values are read as YAML."""
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("--set", item, "FIELD=VALUE, e.g. width=8 or blocks=[2,4]")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise SpecError(f"--set {key.strip()}", text, f"a YAML value ({err.problem})") from None
+    return out
 
 
 def _check_fields(where: str, values) -> None:
