@@ -11,10 +11,10 @@ import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 from depthlab.errors import DepthlabError
 from depthlab.sweep.config import RunConfig
+from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.runner import plan, record
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token, run_id
@@ -35,6 +35,10 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
     cache = _DATA.setdefault((device, str(data_root)), DataCache(torch.device(device), data_root))
     return train_pack_splitting(configs, cache.get(configs[0]), device=device, compile=compile,
                                 keep_weights=keep_weights)
+
+
+def in_flight_ids(in_flight: dict) -> list[str]:
+    return [run_id(c.to_dict()) for configs in in_flight.values() for c in configs]
 
 
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
@@ -67,10 +71,9 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                     max_pack, retry_failed=retry_failed)
     owner = owner_token()
     pending = list(the_plan.packs)
-    in_flight: dict = {}  # ray ObjectRef -> run ids
+    in_flight: dict = {}  # ray ObjectRef -> the pack's configs
     trained = {"done": 0, "diverged": 0, "failed": 0}
-    bar = tqdm(total=len(the_plan.todo), unit="run", disable=not progress, file=sys.stderr,
-               desc=f"{spec.name} on ray ({slots} {device} slots)")
+    bar = SweepProgress(the_plan.todo, f"{spec.name} on ray ({slots} {device} slots)", enabled=progress)
     started = time.perf_counter()
     try:
         while pending or in_flight:
@@ -78,31 +81,34 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                 configs = pending.pop(0)
                 ids = [run_id(c.to_dict()) for c in configs]
                 claimed = set(store.claim(ids, owner))
+                for config, i in zip(configs, ids):
+                    if i not in claimed:  # another runner has it
+                        bar.finished(config, "elsewhere")
                 configs = [c for c, i in zip(configs, ids) if i in claimed]
-                bar.update(len(ids) - len(configs))
                 if configs:
                     ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights)
-                    in_flight[ref] = [run_id(c.to_dict()) for c in configs]
+                    in_flight[ref] = configs
             if not in_flight:
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30)
-            store.heartbeat([i for ids in in_flight.values() for i in ids], owner)
+            store.heartbeat(in_flight_ids(in_flight), owner)
             for ref in ready:
-                ids = in_flight.pop(ref)
+                configs = in_flight.pop(ref)
                 try:
                     results = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - a failed task fails its runs, the sweep goes on
-                    for rid in ids:
-                        store.fail(rid, owner, f"ray task failed: {err}")
-                    trained["failed"] += len(ids)
-                    log(f"pack of {len(ids)} failed on ray: {err}")
+                    for config in configs:
+                        store.fail(run_id(config.to_dict()), owner, f"ray task failed: {err}")
+                        bar.finished(config, "failed")
+                    trained["failed"] += len(configs)
+                    log(f"pack of {len(configs)} failed on ray: {err}")
                 else:
                     for result in results:
                         if record(store, owner, result, store_path if save_weights else None):
                             trained[result.status] = trained.get(result.status, 0) + 1
-                bar.update(len(ids))
+                        bar.finished(result.config, result.status)
     except BaseException:
-        store.release([i for ids in in_flight.values() for i in ids], owner)
+        store.release(in_flight_ids(in_flight), owner)
         raise
     finally:
         bar.close()

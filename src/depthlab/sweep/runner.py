@@ -16,11 +16,11 @@ import traceback
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import make_packs
+from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token, run_id
 from depthlab.sweep import weights
@@ -139,17 +139,19 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     owner = owner_token()
     data = DataCache(device, data_root)
     trained = {"done": 0, "diverged": 0, "failed": 0}
-    bar = tqdm(total=len(the_plan.todo), unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               desc=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)")
+    bar = SweepProgress(the_plan.todo, f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)",
+                        enabled=progress)
     started = time.perf_counter()
     heartbeat = Heartbeat(store, owner)
     try:
         for pack_configs in the_plan.packs:
             ids = [run_id(c.to_dict()) for c in pack_configs]
             claimed = set(store.claim(ids, owner))
+            for config, i in zip(pack_configs, ids):
+                if i not in claimed:  # another runner has it
+                    bar.finished(config, "elsewhere")
             pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
             if not pack_configs:
-                bar.update(len(ids))
                 continue
             pack_ids = [run_id(c.to_dict()) for c in pack_configs]
             heartbeat.ids = pack_ids
@@ -157,7 +159,8 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
             try:
                 results = train_pack_splitting(
                     pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
-                    on_epoch=lambda i, metrics: store.record_epoch(pack_ids[i], owner, metrics),
+                    on_epoch=lambda i, metrics: (store.record_epoch(pack_ids[i], owner, metrics),
+                                                 bar.epoch(pack_configs[i])),
                     on_split=lambda sizes: log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"))
             except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
                 if is_device_error(err):
@@ -167,7 +170,8 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                 for rid in pack_ids:
                     store.fail(rid, owner, message + "\n" + traceback.format_exc(limit=5))
                 trained["failed"] += len(pack_ids)
-                bar.update(len(ids))
+                for config in pack_configs:
+                    bar.finished(config, "failed")
                 continue
             heartbeat.ids = []
             for result in results:
@@ -175,9 +179,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                     trained[result.status] = trained.get(result.status, 0) + 1
                 else:
                     log(f"run {run_id(result.config.to_dict())} was reclaimed by another runner; result dropped")
-            bar.update(len(ids))
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(runs_per_s=f"{sum(trained.values()) / elapsed:.2f}", diverged=trained["diverged"])
+                bar.finished(result.config, result.status)
     except BaseException:
         store.release([run_id(c.to_dict()) for c in the_plan.todo], owner)
         raise

@@ -1,0 +1,85 @@
+"""The sweep's progress bar: runs done / total, runs/s, and an ETA that weighs every run by its cost.
+
+A sweep over depth mixes runs whose costs differ a hundredfold (256 blocks against 2), so an ETA from runs/s
+alone is wrong by that much whenever the cheap runs come first. Here the bar fills by estimated training FLOPs
+(forward FLOPs × 3 × examples × epochs), credited epoch by epoch where the backend reports epochs, and the ETA is
+the elapsed time scaled by the work still to do.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+from depthlab.models import flops
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.store import run_id
+
+BAR = "{desc}: {percentage:3.0f}%|{bar}|"  # the run counts and the ETA follow (see SweepProgress._refresh)
+# Training examples of the built-in datasets before a validation split (synthetic: its loader's default).
+TRAIN_EXAMPLES = {"mnist": 60_000, "cifar10": 50_000, "synthetic": 1_024}
+
+
+def training_examples(config: RunConfig) -> int:
+    """How many examples a run trains on, from its config alone (no dataset is loaded)."""
+    total = TRAIN_EXAMPLES[config.dataset]
+    val = round(config.val_split * total) if isinstance(config.val_split, float) else config.val_split
+    left = max(1, total - val)
+    return min(left, config.train_subset) if config.train_subset is not None else left
+
+
+def run_cost(config: RunConfig) -> float:
+    """Estimated training FLOPs of a run (forward and backward: 3 × forward, per example per epoch)."""
+    return 3.0 * flops(config.model_spec()) * training_examples(config) * config.epochs
+
+
+class SweepProgress:
+    """tqdm over a sweep's runs, filled by cost. `epoch(config)` credits one epoch of a run, `finished(config)`
+    the rest of it (and counts the run); `diverged` is shown next to the counts."""
+
+    def __init__(self, configs: list[RunConfig], desc: str, *, enabled: bool = True, file=None):
+        self.cost = {run_id(c.to_dict()): run_cost(c) for c in configs}
+        self.credited = dict.fromkeys(self.cost, 0.0)
+        self.runs, self.done, self.diverged = len(configs), 0, 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc=desc, disable=not enabled,
+                        file=file or sys.stderr, dynamic_ncols=True, bar_format=BAR)
+        self._refresh()
+
+    def _credit(self, key: str, amount: float) -> None:
+        amount = min(amount, self.cost[key] - self.credited[key])
+        self.credited[key] += amount
+        self.bar.update(amount)
+
+    def epoch(self, config: RunConfig) -> None:
+        self._credit(run_id(config.to_dict()), self.cost[run_id(config.to_dict())] / config.epochs)
+        self._refresh()
+
+    def finished(self, config: RunConfig, status: str = "done") -> None:
+        key = run_id(config.to_dict())
+        self._credit(key, self.cost[key])
+        self.done += 1
+        self.diverged += status == "diverged"
+        self._refresh()
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far, or None before any work is credited."""
+        work_done = sum(self.credited.values())
+        if work_done <= 0:
+            return None
+        return (time.perf_counter() - self.started) * (sum(self.cost.values()) - work_done) / work_done
+
+    def _refresh(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        eta = self.eta()
+        status = (f"{self.done}/{self.runs} runs, {tqdm.format_interval(elapsed)} elapsed, ETA "
+                  f"{'?' if eta is None else tqdm.format_interval(eta)}, {self.done / max(elapsed, 1e-9):.2f} runs/s, "
+                  f"{self.diverged} diverged")
+        # the status goes into the format itself: tqdm's own postfix would be printed after a stray ", "
+        self.bar.bar_format = BAR + " " + status.replace("{", "{{").replace("}", "}}")
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
