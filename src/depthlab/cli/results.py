@@ -58,23 +58,38 @@ def cmd_results(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from depthlab.analysis.compare import DEFAULT_METRICS, compare_report, format_report
-
+def _sweep_records(args) -> list[dict]:
+    """The records of `--store` (of `--sweep` when given); none is an error."""
     with _open_store(args.store) as store:
         records = store.records(sweep=args.sweep)
     if not records:
         where = f" in sweep {args.sweep!r}" if args.sweep else ""
         raise DepthlabError(f"the store {args.store!r} holds no runs{where}; start a sweep with `depthlab run`")
+    return records
+
+
+def _print(result: dict, as_json: bool, as_text) -> int:
+    print(json.dumps(result, indent=2, allow_nan=False) if as_json else as_text(result), end="\n" if as_json else "")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from depthlab.analysis.compare import DEFAULT_METRICS, compare_report, format_report
+
+    records = _sweep_records(args)
     metrics = args.metric or list(DEFAULT_METRICS)
     report = compare_report(records, margin=args.margin, by=args.by, metrics=metrics, alpha=args.alpha,
                             n_boot=args.n_boot, seed=args.seed)
-    if args.json:
-        print(json.dumps(report, indent=2, allow_nan=False))
-    else:
-        print(format_report(report), end="")
-    return 0
+    return _print(report, args.json, format_report)
 
+
+def cmd_summary(args) -> int:
+    from depthlab.analysis.summary import DEFAULT_SUMMARY_METRICS, format_summary, summarise
+
+    records = _sweep_records(args)
+    by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
+    summary = summarise(records, by=by, metrics=args.metric or DEFAULT_SUMMARY_METRICS)
+    return _print(summary, args.json, format_summary)
 
 
 def register(subparsers) -> None:
@@ -127,3 +142,21 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of tables")
     p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "summary", help="outcomes grouped by config fields: runs trained, diverged, mean ± std metrics",
+        formatter_class=fmt,
+        description="Group the runs by config fields (default: every field that varies, except seed) and print\n"
+        "per group the runs by status and the mean ± std of each metric over its done runs: which settings\n"
+        "train, which diverge, how well.\n\nexamples:\n"
+        "  depthlab summary --store normfree.sqlite\n"
+        "  depthlab summary --by blocks,residual_scale --metric val_acc",
+    )
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
+    p.add_argument("--by", metavar="FIELD[,FIELD...]", help="group by these config fields (default: the varied "
+                   "ones except seed)")
+    p.add_argument("--metric", action="append", choices=METRICS,
+                   help="metric to average; repeat for several (default: train_loss, val_loss, val_acc)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_summary)
