@@ -45,3 +45,21 @@ def test_bar_fills_by_cost_epoch_by_epoch_and_counts_runs():
     assert bar.bar.n == pytest.approx(run_cost(shallow) + run_cost(deep)) and bar.eta() == 0
     bar.close()
     assert "2/2 runs" in out.getvalue() and "1 diverged" in out.getvalue()
+
+
+def test_restarted_runs_give_back_their_credit_and_runs_taken_elsewhere_leave_the_totals():
+    a, b, c = config(seed=0), config(seed=1), config(seed=2, blocks=8)
+    out = io.StringIO()
+    bar = SweepProgress([a, b, c], "sweep", file=out)
+    bar.epoch(a), bar.epoch(b)
+    bar.restart([a, b])  # the pack ran out of memory and is split: both start over
+    assert bar.bar.n == pytest.approx(0) and bar.eta() is None
+    bar.elsewhere(c)  # another runner holds c
+    assert bar.bar.total == pytest.approx(run_cost(a) + run_cost(b)) and bar.runs == 2
+    bar.finished(a), bar.finished(b)
+    assert bar.bar.n == pytest.approx(bar.bar.total) and bar.eta() == 0
+    bar.close()
+    assert "2/2 runs" in out.getvalue() and "1 taken by other runners" in out.getvalue()
+    everything_elsewhere = SweepProgress([a], "sweep", file=io.StringIO())
+    everything_elsewhere.elsewhere(a)
+    everything_elsewhere.close()

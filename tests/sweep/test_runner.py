@@ -69,6 +69,14 @@ def test_set_overrides_fields_of_every_run(tmp_path, capsys):
     assert {(r["width"], r["seed"], r["sweep"]) for r in records} == {(2, 0, "tiny[width=2,seed=[0]]")}
 
 
+def test_a_spec_without_runs_is_an_error(tmp_path, capsys):
+    spec = dict(SPEC, exclude=[{"dataset": "synthetic"}])
+    path = tmp_path / "none.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--store", str(tmp_path / "s.sqlite"), "--quiet"]) != 0
+    assert "has no runs" in capsys.readouterr().err
+
+
 def test_limit_trains_at_most_n(tmp_path):
     store = tmp_path / "s.sqlite"
     assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--limit", "2", "--max-pack", "1",

@@ -77,9 +77,9 @@ def test_add_runs_is_idempotent_and_keeps_order(store):
     assert store.add_runs(configs[::-1], sweep="b") == ids[::-1]
     assert store.counts() == {"pending": 5, "running": 0, "done": 0, "diverged": 0, "failed": 0}
     assert [r["run_id"] for r in store.records()] == ids
-    assert {r["sweep"] for r in store.records()} == {"a"}  # the first sweep keeps its runs
-    assert store.counts(sweep="b") == dict.fromkeys(STATUSES, 0)
-    assert store.sweeps() == ["a"]
+    assert {r["sweep"] for r in store.records()} == {"a"}  # a run's own sweep is the first that added it
+    assert store.counts(sweep="b") == {**dict.fromkeys(STATUSES, 0), "pending": 5}  # and b lists them too
+    assert store.sweeps() == ["a", "b"]
 
 
 def test_full_life_cycle_and_records(store):
@@ -191,6 +191,30 @@ def test_existing_refuses_a_missing_file_and_reopens_a_store(tmp_path):
         s.add_runs([cfg(1)])
     with Store.existing(tmp_path / "s.sqlite") as s:  # a store that exists (with runs) is ours
         assert s.counts()["pending"] == 1
+
+
+def test_a_run_shared_by_two_sweeps_belongs_to_both_and_is_stored_once(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as s:
+        first = s.add_runs([cfg(1), cfg(2)], sweep="first")
+        second = s.add_runs([cfg(2), cfg(3)], sweep="second")  # cfg(2) is in both
+        assert first[1] == second[0]
+        owner = owner_token()
+        s.claim([first[1]], owner)
+        finish(s, first[1], owner)
+        assert s.sweeps() == ["first", "second"]
+        assert [r["seed"] for r in s.records(sweep="second")] == [2, 3]
+        assert {r["sweep"] for r in s.records(sweep="second")} == {"second"}
+        assert s.counts("second")["done"] == 1 and s.counts("first")["done"] == 1
+        assert sum(s.counts().values()) == 3  # stored and trained once
+    # a store written before sweeps could share runs: the links are rebuilt from each run's first sweep
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE sweep_runs")
+    con.commit()
+    con.close()
+    with Store(path) as s:
+        assert s.sweeps() == ["first", "second"]
+        assert [r["seed"] for r in s.records(sweep="second")] == [3]
 
 
 # -- dead owners --------------------------------------------------------------------------------------------------

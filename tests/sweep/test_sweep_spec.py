@@ -106,8 +106,27 @@ def test_overrides_give_a_field_one_value_in_every_run_or_vary_it():
     assert spec.with_overrides({}) is spec
 
 
+def test_each_residual_scale_has_one_spelling_so_equal_runs_share_an_id():
+    from depthlab.sweep.store import run_id
+    ids = {run_id(RunConfig(residual_scale=v).to_dict()) for v in (1, 1.0, "1", "1.0", " 1 ")}
+    assert len(ids) == 1 and RunConfig(residual_scale=1).residual_scale == "1"
+    assert RunConfig(residual_scale="1/ sqrt(n)").residual_scale == "1/sqrt(n)"
+    assert RunConfig(residual_scale="0.5").residual_scale == RunConfig(residual_scale=0.5).residual_scale == 0.5
+    # numbers in one spelling too: 0 and 0.0 weight decay, lr 1 and 1.0, val_split 0 and 0.0 are one run
+    assert run_id(RunConfig(weight_decay=0, lr=1).to_dict()) == run_id(RunConfig(weight_decay=0.0, lr=1.0).to_dict())
+    assert RunConfig(val_split=0.0).val_split == 0 and RunConfig(val_split=0.1).val_split == 0.1
+    assert parse_overrides(["lr=1e-3", "weight_decay=5e-4"]) == {"lr": 0.001, "weight_decay": 0.0005}
+    # so an override read as the integer 1 names the spec's own runs
+    spec = load_spec("examples/normfree_depth.yaml")
+    ours = {run_id(c.to_dict()) for c in spec.configs()}
+    bn = spec.with_overrides(parse_overrides(["norm=batch", "init=default", "residual_scale=1",
+                                              "weight_decay=0", "lr=1e-3"]))
+    assert {run_id(c.to_dict()) for c in bn.configs()} <= ours
+
+
 @pytest.mark.parametrize("items, field", [(["widht=8"], "widht"), (["width"], "--set"), (["=3"], "--set"),
-                                          (["width=[1"], "--set width")])
+                                          (["width=[1"], "--set width"),
+                                          (["seed=[]"], "--set seed"), (["width=8", "width=16"], "--set width")])
 def test_bad_overrides_name_the_field(items, field):
     with pytest.raises(SpecError) as err:
         load_spec("demo").with_overrides(parse_overrides(items))

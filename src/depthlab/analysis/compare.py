@@ -61,11 +61,13 @@ def _topology_order(topology: str):
     return (3, 0, topology)
 
 
-def _mean(values):
+def mean_or_none(values):
+    """The mean of a list of floats, None for an empty one."""
     return float(np.mean(values)) if values else None
 
 
-def _std(values):
+def std_or_none(values):
+    """The sample standard deviation (ddof 1), None for fewer than two values."""
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
@@ -82,9 +84,9 @@ def band_table(records: list[dict]) -> list[dict]:
         row = dict(zip(("dataset", "topology", "q_band"), key), n=len(groups[key]))
         for m in BAND_METRICS:
             values = [v for v in (finite(r.get(m)) for r in groups[key]) if v is not None]
-            row[f"{m}_mean"] = _mean(values)
+            row[f"{m}_mean"] = mean_or_none(values)
             if m.endswith("_loss"):
-                row[f"{m}_std"] = _std(values)
+                row[f"{m}_std"] = std_or_none(values)
         rows.append(row)
     return rows
 
@@ -260,7 +262,7 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
         slices = [(ALL, None)]
         if by:
             values = {i["by"]: i["by_value"] for i in in_dataset}
-            slices += [(k, values[k]) for k in sorted(values, key=lambda k: _value_order(values[k]))]
+            slices += [(k, values[k]) for k in sorted(values, key=lambda k: value_order(values[k]))]
         for band in bands:
             for key, value in slices:
                 sel = [i for i in in_dataset if band in (ALL, i["band"]) and key in (ALL, i["by"])]
@@ -278,7 +280,8 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     ))
 
 
-def _value_order(value):
+def value_order(value):
+    """A sort key for config values of mixed types: numbers by value, then strings, then anything else."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, float(value), "")
     if isinstance(value, str):

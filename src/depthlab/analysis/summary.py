@@ -8,7 +8,7 @@ default the groups are every varied config field except `seed`.
 
 from __future__ import annotations
 
-from depthlab.analysis.compare import _mean, _std, _value_order
+from depthlab.analysis.compare import mean_or_none, std_or_none, value_order
 from depthlab.errors import SpecError
 from depthlab.sweep.export import varied_fields
 from depthlab.sweep.store import METRICS, STATUSES, config_of, finite
@@ -37,14 +37,14 @@ def summarise(records: list[dict], by: list[str] | None = None, metrics=DEFAULT_
         cfg = config_of(rec)
         groups.setdefault(tuple(cfg.get(f) for f in by), []).append(rec)
     rows = []
-    for key in sorted(groups, key=lambda k: tuple(_value_order(v) for v in k)):
+    for key in sorted(groups, key=lambda k: tuple(value_order(v) for v in k)):
         runs = groups[key]
         row = dict(zip(by, key), runs=len(runs))
         row.update({s: sum(r.get("status") == s for r in runs) for s in STATUSES})
         done = [r for r in runs if r.get("status") == "done"]
         for metric in metrics:
             values = [v for v in (finite(r.get(metric)) for r in done) if v is not None]
-            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean(values), _std(values)
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_or_none(values), std_or_none(values)
         rows.append(row)
     return {"by": by, "metrics": list(metrics), "rows": rows}
 

@@ -1,4 +1,5 @@
-"""Commands that read the results store: `status`, `results` (export) and `compare` (the statistics)."""
+"""Commands that read the results store: `status`, `results` (export), `compare` (the paired statistics) and
+`summary` (outcomes per group of settings)."""
 
 from __future__ import annotations
 

@@ -79,6 +79,14 @@ class RunConfig:
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise SpecError("weight_decay", self.weight_decay, "a number ≥ 0")
         self.model_spec()  # validates the model fields
+        # One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
+        # which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1").
+        object.__setattr__(self, "residual_scale", canonical_scale(self.residual_scale))
+        object.__setattr__(self, "weight_decay", float(self.weight_decay))
+        if self.lr is not None:
+            object.__setattr__(self, "lr", float(self.lr))
+        if self.val_split == 0:
+            object.__setattr__(self, "val_split", 0)  # 0.0 (a fraction) and 0 (a count) both carve nothing
 
     @property
     def learning_rate(self) -> float:
@@ -122,6 +130,18 @@ class RunConfig:
             values.pop(per_model)
         values["residual_scale"] = "learnable" if self.residual_scale == "learnable" else "fixed"
         return tuple(sorted((k, str(v)) for k, v in values.items()))
+
+
+def canonical_scale(value):
+    """A valid residual_scale in one spelling: a rule ("1", "1/sqrt(n)", "1/n", "learnable", spaces removed),
+    or a number as a float; any spelling of 1 (1, 1.0, "1.0") is the rule "1"."""
+    if isinstance(value, str):
+        rule = value.replace(" ", "")
+        if rule in ("1", "1/sqrt(n)", "1/n", "learnable"):
+            return rule
+        value = float(rule)
+    value = float(value)
+    return "1" if value == 1.0 else value
 
 
 def field_names() -> list[str]:

@@ -7,7 +7,8 @@ CPU it is plain float32, which is what the tests check against one-model-at-a-ti
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
 augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split; `seconds` is the
-epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded). Final metrics
+epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded), both
+for the whole pack (every model of a pack reports the same times: sum over packs, not over runs). Final metrics
 (`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training,
 and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples.
 """
@@ -20,6 +21,7 @@ import os
 import platform
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -138,24 +140,38 @@ def _finite_params(net, models: int) -> torch.Tensor:
     return ok
 
 
-def train_pack(configs: list[RunConfig], dataset, *, device="cpu", compile: bool = False,
-               on_epoch=None, keep_weights: bool = False, amp: bool | None = None,
-               channels_last: bool | None = None) -> list[RunResult]:
+@contextmanager
+def cudnn_autotuning(device: torch.device):
+    """cuDNN benchmark mode while a pack trains on CUDA, restored afterwards. Every step of a pack has the same
+    shapes, so timing the algorithms once pays off (grouped convolutions vary widely between them)."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> list[RunResult]:
     """Train `configs` (one pack key) together on `dataset` (a `depthlab.data.Dataset` already on `device`).
 
-    `on_epoch(i, metrics)` is called after every epoch for the i-th config (a heartbeat for the store).
-    `amp` (bf16 autocast) and `channels_last` default to on for CUDA and off elsewhere; both run on the CPU too."""
+    Keywords: `compile`; `on_epoch(i, metrics)`, called after every epoch for the i-th config (a heartbeat for
+    the store); `keep_weights`; `amp` (bf16 autocast) and `channels_last`, on by default for CUDA and off
+    elsewhere (both run on the CPU too)."""
+    device = torch.device(device)
+    with cudnn_autotuning(device):
+        return _train_pack(configs, dataset, device=device, **kwargs)
+
+
+def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
+                on_epoch=None, keep_weights: bool = False, amp: bool | None = None,
+                channels_last: bool | None = None) -> list[RunResult]:
     from depthlab.data import DeviceBatches
 
     keys = {c.pack_key() for c in configs}
     if len(keys) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
-    device = torch.device(device)
     amp = (device.type == "cuda") if amp is None else amp
-    if device.type == "cuda":
-        # every step of a pack has the same shapes: let cuDNN time its algorithms once and keep the fastest
-        # (grouped convolutions in particular vary widely between algorithms)
-        torch.backends.cudnn.benchmark = True
     c0, models = configs[0], len(configs)
     spec = c0.model_spec(in_channels=dataset.in_channels, input_size=dataset.input_size,
                          num_classes=dataset.num_classes)

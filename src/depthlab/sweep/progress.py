@@ -37,12 +37,13 @@ def run_cost(config: RunConfig) -> float:
 
 class SweepProgress:
     """tqdm over a sweep's runs, filled by cost. `epoch(config)` credits one epoch of a run, `finished(config)`
-    the rest of it (and counts the run); `diverged` is shown next to the counts."""
+    the rest of it (and counts the run), `restart(configs)` takes back what runs that start over had earned (a
+    pack split after running out of memory), and `elsewhere(config)` drops a run that another runner holds."""
 
     def __init__(self, configs: list[RunConfig], desc: str, *, enabled: bool = True, file=None):
         self.cost = {run_id(c.to_dict()): run_cost(c) for c in configs}
         self.credited = dict.fromkeys(self.cost, 0.0)
-        self.runs, self.done, self.diverged = len(configs), 0, 0
+        self.runs, self.done, self.diverged, self.taken = len(configs), 0, 0, 0
         self.started = time.perf_counter()
         self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc=desc, disable=not enabled,
                         file=file or sys.stderr, dynamic_ncols=True, bar_format=BAR)
@@ -64,6 +65,23 @@ class SweepProgress:
         self.diverged += status == "diverged"
         self._refresh()
 
+    def restart(self, configs: list[RunConfig]) -> None:
+        for config in configs:
+            key = run_id(config.to_dict())
+            self.bar.n -= self.credited[key]
+            self.credited[key] = 0.0
+        self._refresh()
+
+    def elsewhere(self, config: RunConfig) -> None:
+        """Another runner trains this run: neither its count nor its cost is this runner's."""
+        key = run_id(config.to_dict())
+        self.bar.n -= self.credited[key]
+        self.bar.total = max(self.bar.total - self.cost[key], 1e-9)  # tqdm divides by it
+        self.cost[key] = self.credited[key] = 0.0
+        self.runs -= 1
+        self.taken += 1
+        self._refresh()
+
     def eta(self) -> float | None:
         """Seconds left at the rate so far, or None before any work is credited."""
         work_done = sum(self.credited.values())
@@ -76,7 +94,7 @@ class SweepProgress:
         eta = self.eta()
         status = (f"{self.done}/{self.runs} runs, {tqdm.format_interval(elapsed)} elapsed, ETA "
                   f"{'?' if eta is None else tqdm.format_interval(eta)}, {self.done / max(elapsed, 1e-9):.2f} runs/s, "
-                  f"{self.diverged} diverged")
+                  f"{self.diverged} diverged" + (f", {self.taken} taken by other runners" if self.taken else ""))
         # the status goes into the format itself: tqdm's own postfix would be printed after a stray ", "
         self.bar.bar_format = BAR + " " + status.replace("{", "{{").replace("}", "}}")
         self.bar.refresh()

@@ -83,7 +83,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                 claimed = set(store.claim(ids, owner))
                 for config, i in zip(configs, ids):
                     if i not in claimed:  # another runner has it
-                        bar.finished(config, "elsewhere")
+                        bar.elsewhere(config)
                 configs = [c for c, i in zip(configs, ids) if i in claimed]
                 if configs:
                     ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights)

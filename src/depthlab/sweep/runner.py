@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import make_packs
@@ -30,7 +31,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from depthlab.errors import SpecError
         raise SpecError("--device", name, "auto or cpu (no CUDA device is visible here)")
     return torch.device(name)
 
@@ -68,6 +68,8 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
     (and, with `retry_failed`, its failed runs are put back to pending)."""
     configs = spec.configs()
+    if not configs:
+        raise DepthlabError(f"sweep {spec.name!r} has no runs: its grid is empty or `exclude` removes every run")
     if add and store is not None:
         ids = store.add_runs([c.to_dict() for c in configs], sweep=spec.name)
         if retry_failed:
@@ -149,7 +151,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
             claimed = set(store.claim(ids, owner))
             for config, i in zip(pack_configs, ids):
                 if i not in claimed:  # another runner has it
-                    bar.finished(config, "elsewhere")
+                    bar.elsewhere(config)
             pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
             if not pack_configs:
                 continue
@@ -161,7 +163,8 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                     pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
                     on_epoch=lambda i, metrics: (store.record_epoch(pack_ids[i], owner, metrics),
                                                  bar.epoch(pack_configs[i])),
-                    on_split=lambda sizes: log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"))
+                    on_split=lambda sizes: (log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"),
+                                            bar.restart(pack_configs)))
             except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
                 if is_device_error(err):
                     raise

@@ -102,10 +102,21 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise SpecError("--set", item, "FIELD=VALUE, e.g. width=8 or blocks=[2,4]")
+        key = key.strip()
+        if key in out:
+            raise SpecError(f"--set {key}", item, f"one --set per field ({key} is already {out[key]!r})")
         try:
-            out[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise SpecError(f"--set {key.strip()}", text, f"a YAML value ({err.problem})") from None
+            raise SpecError(f"--set {key}", text, f"a YAML value ({err.problem})") from None
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if value == []:
+            raise SpecError(f"--set {key}", text, "a value, or a non-empty list of values")
+        out[key] = value
     return out
 
 

@@ -63,6 +63,14 @@ _SCHEMA = (
         error        TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS runs_status ON runs (status, sweep)",
+    # A run belongs to every sweep that lists it (two specs may share runs; a run is trained once): runs.sweep
+    # keeps the first sweep's name, this table all of them. The backfill covers stores written before it existed.
+    """CREATE TABLE IF NOT EXISTS sweep_runs (
+        sweep  TEXT NOT NULL,
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        PRIMARY KEY (sweep, run_id)
+    )""",
+    "INSERT OR IGNORE INTO sweep_runs (sweep, run_id) SELECT sweep, run_id FROM runs ORDER BY rowid",
 )
 
 
@@ -238,7 +246,8 @@ class Store:
     # -- writing --------------------------------------------------------------------------------------------
 
     def add_runs(self, configs: list[dict], sweep: str = "") -> list[str]:
-        """Add pending runs; a run already present (any status, any sweep) is left alone. Returns their ids."""
+        """Add pending runs to `sweep`; a run already present (any status) is left as it is and only joins the
+        sweep, so it is never trained twice. Returns their ids."""
         ids = [run_id(c) for c in configs]
         now = time.time()
         with self._tx() as c:
@@ -246,6 +255,7 @@ class Store:
                 "INSERT OR IGNORE INTO runs (run_id, sweep, config, created_at) VALUES (?, ?, ?, ?)",
                 [(i, sweep, canonical_json(cfg), now) for i, cfg in zip(ids, configs)],
             )
+            c.executemany("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) VALUES (?, ?)", [(sweep, i) for i in ids])
         return ids
 
     def reclaim_stale(self) -> int:
@@ -367,13 +377,14 @@ class Store:
             clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
             params += statuses
         if sweep is not None:
-            clauses.append("sweep = ?")
+            clauses.append("run_id IN (SELECT run_id FROM sweep_runs WHERE sweep = ?)")
             params.append(sweep)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def records(self, *, status=None, sweep=None) -> list[dict]:
         """One flat dict per run, in insertion order: every config key, then the RECORD_FIELDS (which shadow
-        config keys of the same name), plus "config" (the config as given) and any extra final metrics."""
+        config keys of the same name), plus "config" (the config as given) and any extra final metrics. With
+        `sweep`, the runs that sweep lists (shared runs included), each record's "sweep" being that sweep."""
         where, params = self._where(status, sweep)
         out = []
         for row in self._query(f"SELECT * FROM runs{where} ORDER BY rowid", params):
@@ -381,7 +392,7 @@ class Store:
             history = json.loads(row["history"])
             rec = dict(config)
             rec.update(
-                run_id=row["run_id"], sweep=row["sweep"], status=row["status"], params=row["params"], q=row["q"],
+                run_id=row["run_id"], sweep=row["sweep"] if sweep is None else sweep, status=row["status"], params=row["params"], q=row["q"],
                 **{m: row[m] for m in METRICS},
                 epochs=len(history), seconds=row["seconds"], history=history,
                 env=json.loads(row["env"]) if row["env"] else {}, error=row["error"], attempts=row["attempts"],
@@ -402,7 +413,7 @@ class Store:
 
     def sweeps(self) -> list[str]:
         """Sweep names in the order they were first added."""
-        rows = self._query("SELECT sweep, MIN(rowid) AS first FROM runs GROUP BY sweep ORDER BY first")
+        rows = self._query("SELECT sweep, MIN(rowid) AS first FROM sweep_runs GROUP BY sweep ORDER BY first")
         return [r["sweep"] for r in rows]
 
     def running(self) -> list[dict]:
