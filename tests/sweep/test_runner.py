@@ -105,6 +105,24 @@ def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
     assert any(r["attempts"] == 2 for r in after.values()) or len(before) == 6
 
 
+def test_sigterm_releases_the_held_runs_and_keeps_the_finished(tmp_path):
+    spec = write_spec(tmp_path, epochs=3)
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--quiet", "--no-compare"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not store.exists() or len(finished(store)) < 2):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated; everything finished so far is saved" in err.decode()
+    records = Store(store).records()
+    done = [r for r in records if r["status"] == "done"]
+    assert 2 <= len(done) < 6, "the signal should land mid-sweep"
+    # nothing is left 'running' for a reclaim to find: the runner put its claims back itself
+    assert {r["status"] for r in records} == {"done", "pending"}
+
+
 def test_two_runners_never_train_the_same_run(tmp_path):
     spec = write_spec(tmp_path)
     store = tmp_path / "s.sqlite"

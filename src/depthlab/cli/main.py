@@ -2,13 +2,17 @@
 
 Each command module registers its subcommands with `register(subparsers)` and sets `func` on its parser;
 `main` parses and calls it. Errors meant for the user (`DepthlabError`) print one clear line and exit 2.
+Ctrl-C and SIGTERM (a batch scheduler's or `kill`'s stop) unwind the same way: a sweep releases the runs it
+holds, so a restart trains them at once, and everything finished is already in the store.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from depthlab import __version__
 from depthlab.errors import DepthlabError
@@ -30,20 +34,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except DepthlabError as err:
         print(f"depthlab: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("depthlab: interrupted; everything finished so far is saved.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"depthlab: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; everything finished "
+              "so far is saved.", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
