@@ -19,23 +19,19 @@ import time
 import torch
 
 from depthlab.models import ModelSpec, build, flops, fuse_for_inference, param_count
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from depthlab.sweep.engine import synchronize
 
 
 def latency(model, x, repeats: int, device) -> float:
     with torch.inference_mode():
         for _ in range(3):
             model(x)
-        sync(device)
+        synchronize(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             model(x)
-            sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

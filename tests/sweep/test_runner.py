@@ -84,14 +84,20 @@ def test_limit_trains_at_most_n(tmp_path):
     assert len(finished(store)) == 2
 
 
-def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
-    spec = write_spec(tmp_path, epochs=3)
-    store = tmp_path / "s.sqlite"
+def run_until_two_finished(spec, store, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """A real `depthlab run` (packs of one, 6 runs), returned once 2 of its runs are finished."""
     proc = subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--quiet", "--no-compare"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not store.exists() or len(finished(store)) < 2):
         time.sleep(0.2)
+    return proc
+
+
+def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
+    spec = write_spec(tmp_path, epochs=3)
+    store = tmp_path / "s.sqlite"
+    proc = run_until_two_finished(spec, store)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {r["run_id"]: r for r in finished(store)}
@@ -108,11 +114,7 @@ def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
 def test_sigterm_releases_the_held_runs_and_keeps_the_finished(tmp_path):
     spec = write_spec(tmp_path, epochs=3)
     store = tmp_path / "s.sqlite"
-    proc = subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--quiet", "--no-compare"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not store.exists() or len(finished(store)) < 2):
-        time.sleep(0.2)
+    proc = run_until_two_finished(spec, store, stderr=subprocess.PIPE)
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated; everything finished so far is saved" in err.decode()

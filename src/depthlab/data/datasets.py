@@ -104,6 +104,17 @@ def loader_options(name: str) -> list[str]:
     return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+def validation_count(n: int, val_split) -> int:
+    """How many of n train examples `val_split` (a count, or a fraction in (0, 1)) carves off for validation."""
+    if isinstance(val_split, bool) or not isinstance(val_split, Real):
+        raise SpecError("val_split", val_split, "a count (int >= 0) or a fraction in (0, 1)")
+    if not isinstance(val_split, Integral):
+        if val_split != 0 and not 0 < val_split < 1:
+            raise SpecError("val_split", val_split, "a fraction in (0, 1), or a count")
+        return round(val_split * n)
+    return int(val_split)
+
+
 def split_indices(n: int, val_split=0, train_subset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(validation indices, train indices) into n train examples, both sorted.
 
@@ -111,14 +122,7 @@ def split_indices(n: int, val_split=0, train_subset: int | None = None) -> tuple
     same n and n_val), and the train subset is the first K of the rest (same K, same examples; a larger K adds
     examples to a smaller one's).
     """
-    if isinstance(val_split, bool) or not isinstance(val_split, Real):
-        raise SpecError("val_split", val_split, "a count (int >= 0) or a fraction in (0, 1)")
-    if not isinstance(val_split, Integral):
-        if val_split != 0 and not 0 < val_split < 1:
-            raise SpecError("val_split", val_split, "a fraction in (0, 1), or a count")
-        n_val = round(val_split * n)
-    else:
-        n_val = int(val_split)
+    n_val = validation_count(n, val_split)
     if not 0 <= n_val < n:
         raise SpecError("val_split", val_split, f"0 to {n - 1} examples (of {n} train examples)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))

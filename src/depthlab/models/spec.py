@@ -22,7 +22,8 @@ NORMS = ("batch", "group", "none")
 ACTS = ("relu", "gelu", "identity")
 HEADS = ("gap", "flatten")
 INITS = ("default", "fixup", "skipinit")
-RESIDUAL_SCALES = ("1", "1/sqrt(n)", "1/n", "learnable", "<number>")
+SCALE_RULES = ("1", "1/sqrt(n)", "1/n", "learnable")  # residual_scale by name (spaces ignored), or a number
+RESIDUAL_SCALES = (*SCALE_RULES, "<number>")
 TOPOLOGIES = "sequential, parallel or groups:g with g dividing blocks"
 
 _GROUPS = re.compile(r"^groups:(\d+)$")

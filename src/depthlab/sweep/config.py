@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
+from depthlab.models.spec import SCALE_RULES
 
 # (channels, size, classes, horizontal flip is valid) of the built-in datasets; synthetic mirrors MNIST's shape.
 DATASET_SHAPES = {"mnist": (1, 28, 10, False), "cifar10": (3, 32, 10, True), "synthetic": (1, 28, 10, True)}
@@ -133,11 +134,11 @@ class RunConfig:
 
 
 def canonical_scale(value):
-    """A valid residual_scale in one spelling: a rule ("1", "1/sqrt(n)", "1/n", "learnable", spaces removed),
-    or a number as a float; any spelling of 1 (1, 1.0, "1.0") is the rule "1"."""
+    """A valid residual_scale in one spelling: a rule of `SCALE_RULES` (spaces removed), or a number as a float;
+    any spelling of 1 (1, 1.0, "1.0") is the rule "1"."""
     if isinstance(value, str):
         rule = value.replace(" ", "")
-        if rule in ("1", "1/sqrt(n)", "1/n", "learnable"):
+        if rule in SCALE_RULES:
             return rule
         value = float(rule)
     value = float(value)

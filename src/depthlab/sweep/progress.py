@@ -13,6 +13,7 @@ import time
 
 from tqdm import tqdm
 
+from depthlab.data.datasets import validation_count
 from depthlab.models import flops
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.store import run_id
@@ -25,8 +26,7 @@ TRAIN_EXAMPLES = {"mnist": 60_000, "cifar10": 50_000, "synthetic": 1_024}
 def training_examples(config: RunConfig) -> int:
     """How many examples a run trains on, from its config alone (no dataset is loaded)."""
     total = TRAIN_EXAMPLES[config.dataset]
-    val = round(config.val_split * total) if isinstance(config.val_split, float) else config.val_split
-    left = max(1, total - val)
+    left = max(1, total - validation_count(total, config.val_split))
     return min(left, config.train_subset) if config.train_subset is not None else left
 
 
@@ -43,19 +43,22 @@ class SweepProgress:
     def __init__(self, configs: list[RunConfig], desc: str, *, enabled: bool = True, file=None):
         self.cost = {run_id(c.to_dict()): run_cost(c) for c in configs}
         self.credited = dict.fromkeys(self.cost, 0.0)
+        self.work_total, self.work_done = sum(self.cost.values()), 0.0  # the sums of cost and credited
         self.runs, self.done, self.diverged, self.taken = len(configs), 0, 0, 0
         self.started = time.perf_counter()
-        self.bar = tqdm(total=sum(self.cost.values()) or 1.0, desc=desc, disable=not enabled,
+        self.bar = tqdm(total=self.work_total or 1.0, desc=desc, disable=not enabled,
                         file=file or sys.stderr, dynamic_ncols=True, bar_format=BAR)
         self._refresh()
 
     def _credit(self, key: str, amount: float) -> None:
-        amount = min(amount, self.cost[key] - self.credited[key])
+        """Credit `amount` more of run `key` (a negative amount takes credit back), within [0, its cost]."""
+        amount = max(-self.credited[key], min(amount, self.cost[key] - self.credited[key]))
         self.credited[key] += amount
-        self.bar.update(amount)
+        self.work_done += amount
 
     def epoch(self, config: RunConfig) -> None:
-        self._credit(run_id(config.to_dict()), self.cost[run_id(config.to_dict())] / config.epochs)
+        key = run_id(config.to_dict())
+        self._credit(key, self.cost[key] / config.epochs)
         self._refresh()
 
     def finished(self, config: RunConfig, status: str = "done") -> None:
@@ -68,26 +71,24 @@ class SweepProgress:
     def restart(self, configs: list[RunConfig]) -> None:
         for config in configs:
             key = run_id(config.to_dict())
-            self.bar.n -= self.credited[key]
-            self.credited[key] = 0.0
+            self._credit(key, -self.credited[key])
         self._refresh()
 
     def elsewhere(self, config: RunConfig) -> None:
         """Another runner trains this run: neither its count nor its cost is this runner's."""
         key = run_id(config.to_dict())
-        self.bar.n -= self.credited[key]
-        self.bar.total = max(self.bar.total - self.cost[key], 1e-9)  # tqdm divides by it
-        self.cost[key] = self.credited[key] = 0.0
+        self._credit(key, -self.credited[key])
+        self.work_total -= self.cost[key]
+        self.cost[key] = 0.0
         self.runs -= 1
         self.taken += 1
         self._refresh()
 
     def eta(self) -> float | None:
         """Seconds left at the rate so far, or None before any work is credited."""
-        work_done = sum(self.credited.values())
-        if work_done <= 0:
+        if self.work_done <= 0:
             return None
-        return (time.perf_counter() - self.started) * (sum(self.cost.values()) - work_done) / work_done
+        return (time.perf_counter() - self.started) * (self.work_total - self.work_done) / self.work_done
 
     def _refresh(self) -> None:
         elapsed = time.perf_counter() - self.started
@@ -97,6 +98,8 @@ class SweepProgress:
                   f"{self.diverged} diverged" + (f", {self.taken} taken by other runners" if self.taken else ""))
         # the status goes into the format itself: tqdm's own postfix would be printed after a stray ", "
         self.bar.bar_format = BAR + " " + status.replace("{", "{{").replace("}", "}}")
+        self.bar.total = max(self.work_total, 1e-9)  # tqdm divides by it
+        self.bar.n = self.work_done
         self.bar.refresh()
 
     def close(self) -> None:

@@ -209,7 +209,8 @@ class Store:
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
         missing = sorted({"run_id", "config", "status", "history", "final", *METRICS} - columns)
         if "runs" not in tables or missing:
-            what = f"tables: {', '.join(tables)}" if "runs" not in tables else f"its runs table lacks {', '.join(missing)}"
+            what = (f"tables: {', '.join(tables)}" if "runs" not in tables
+                    else f"its runs table lacks {', '.join(missing)}")
             self._conn.close()
             raise DepthlabError(f"{self.path}: an SQLite database, but not a depthlab results store ({what}); "
                                 "point --store to a depthlab store or to a new file")
@@ -392,7 +393,8 @@ class Store:
             history = json.loads(row["history"])
             rec = dict(config)
             rec.update(
-                run_id=row["run_id"], sweep=row["sweep"] if sweep is None else sweep, status=row["status"], params=row["params"], q=row["q"],
+                run_id=row["run_id"], sweep=row["sweep"] if sweep is None else sweep, status=row["status"],
+                params=row["params"], q=row["q"],
                 **{m: row[m] for m in METRICS},
                 epochs=len(history), seconds=row["seconds"], history=history,
                 env=json.loads(row["env"]) if row["env"] else {}, error=row["error"], attempts=row["attempts"],
