@@ -173,10 +173,9 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     amp = (device.type == "cuda") if amp is None else amp
     c0, models = configs[0], len(configs)
-    spec = c0.model_spec(in_channels=dataset.in_channels, input_size=dataset.input_size,
-                         num_classes=dataset.num_classes)
-    start = time.perf_counter()
     shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
+    spec = c0.model_spec(**shape)
+    start = time.perf_counter()
     net = pack([build(c.model_spec(**shape), seed=c.seed) for c in configs]).to(device)  # each with its own λ
     # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1)
     net.channels_last = (device.type == "cuda") if channels_last is None else channels_last
