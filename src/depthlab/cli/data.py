@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from depthlab.data import available, check, default_data_dir, load, locate
-from depthlab.data.datasets import entry
+from depthlab.data.datasets import entry, offline_problem
 
 ROOT_HELP = (
     "directory holding the dataset's files, or a data directory with one subdirectory per dataset "
@@ -54,7 +54,11 @@ def cmd_list(args) -> int:
     for name in available():
         ent = entry(name)
         where = locate(name, args.root)
-        offline = f"yes ({where})" if where else f"no (downloads from {ent.remote})"
+        problem = offline_problem(name, args.root) if where else None
+        if problem:  # listed as available, it would fail when loaded
+            offline = f"no: corrupt copy ({problem}); `depthlab data verify {name}` says more"
+        else:
+            offline = f"yes ({where})" if where else f"no (downloads from {ent.remote})"
         rows.append((name, "x".join(map(str, ent.shape)), str(ent.num_classes), str(ent.sizes[0]),
                      str(ent.sizes[1]), offline))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

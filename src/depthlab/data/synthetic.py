@@ -69,4 +69,5 @@ def generate(
         num_classes=num_classes,
         flip_ok=True,
         source="generated",
+        complete=True,  # generated at the sizes asked for: nothing is missing even when they are not the defaults
     )
