@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from depthlab.errors import SpecError
+from depthlab.errors import DepthlabError, SpecError
 from depthlab.analysis.compare import (
-    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, pair_records, paired, q_band, tost_p,
+    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, pair_records, paired, paired_stats, q_band,
+    tost_p,
 )
 from depthlab.sweep.store import Store
 
 
-def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, **extra):
+def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, kernel=3, **extra):
     """A flat record like Store.records() gives (without the "config" key: pairing must work from flat keys)."""
-    r = dict(dataset=dataset, topology=topology, blocks=4, width=8, kernel=3, head=head, seed=i, **extra)
-    r.update(run_id=f"{topology}-{dataset}-{head}-{i}", status=status, params=1000, q=q,
+    r = dict(dataset=dataset, topology=topology, blocks=4, width=8, kernel=kernel, head=head, seed=i, **extra)
+    r.update(run_id=f"{topology}-{dataset}-{head}-{kernel}-{i}", status=status, params=1000, q=q,
              val_loss=loss, train_loss=None if loss is None else loss / 2,
              val_acc=acc, train_acc=acc, test_loss=None, test_acc=None, epochs=3, seconds=1.0)
     return r
@@ -90,17 +91,18 @@ def test_parallel_clearly_better():
     d = par - seq
     assert g["n_pairs"] == 20 and g["mean"] == pytest.approx(d.mean()) and g["median"] == pytest.approx(np.median(d))
     assert g["ci_high"] < 0 and g["ci_low"] < d.mean() < g["ci_high"]
-    assert (g["wins_parallel"], g["wins_sequential"], g["ties"]) == (20, 0, 0)
+    assert (g["wins_b"], g["wins_a"], g["ties"]) == (20, 0, 0)
     assert g["margin"] == pytest.approx(0.05 * np.concatenate([seq, par]).mean(), rel=1e-2)
     assert g["tost_p"] > 0.05  # a 0.1 gap is not within a ~0.05 margin
     assert g["verdict"] == "parallel better"
     assert res["margin"] is None and res["margin_rule"].startswith("relative 5% of mean")
     assert res["difference"] == "parallel - sequential" and res["pairs"]["n_pairs"] == 20
+    assert (res["a"], res["b"]) == ("sequential", "parallel")
 
 
 def test_sequential_clearly_better():
     g = group(paired(pairs(BASE, BASE + 0.1 + NOISE)))
-    assert g["ci_low"] > 0 and (g["wins_parallel"], g["wins_sequential"]) == (0, 20)
+    assert g["ci_low"] > 0 and (g["wins_b"], g["wins_a"]) == (0, 20)
     assert g["verdict"] == "sequential better"
 
 
@@ -117,7 +119,9 @@ def test_given_margin_is_absolute_and_stated():
     res = paired(pairs(BASE, BASE - 0.1 + NOISE), margin=0.2)
     g = group(res)
     assert g["margin"] == 0.2 and res["margin"] == 0.2 and res["margin_rule"] == "absolute 0.2 (given)"
-    assert g["verdict"] == "equivalent within ±0.2"  # equivalence is judged first
+    # equivalent within the given margin AND consistently better: the verdict says both, never one alone
+    assert g["verdict"] == f"equivalent within ±0.2; parallel consistently better by {abs(g['mean']):.2g}"
+    assert g["equivalent"] and g["favours"] == "b"
     with pytest.raises(SpecError, match="margin"):
         paired(pairs(BASE, BASE), margin=0)
 
@@ -130,13 +134,13 @@ def test_accuracy_higher_is_better():
     g = group(res)
     assert res["higher_is_better"] and res["margin_rule"] == "absolute 0.01 (accuracy default)"
     assert g["margin"] == 0.01 and g["mean"] == pytest.approx(0.05) and g["ci_low"] == pytest.approx(0.05)
-    assert (g["wins_parallel"], g["wins_sequential"]) == (10, 0)
+    assert (g["wins_b"], g["wins_a"]) == (10, 0)
     assert g["verdict"] == "parallel better"
 
 
 def test_fewer_than_three_pairs_is_inconclusive():
     g = group(paired(pairs([1.0, 1.0], [0.5, 0.6])))
-    assert g["n_pairs"] == 2 and g["mean"] == pytest.approx(-0.45) and g["wins_parallel"] == 2
+    assert g["n_pairs"] == 2 and g["mean"] == pytest.approx(-0.45) and g["wins_b"] == 2
     assert g["ci_low"] is None and g["ci_high"] is None and g["tost_p"] is None
     assert g["verdict"] == "inconclusive"
 
@@ -253,7 +257,8 @@ def test_duplicates_are_skipped_and_counted():
     dup = run(0, "parallel", 0.0)
     dup["run_id"] = "copy"
     pairs_, info = pair_records(records + [dup])
-    assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3, "n_identical": 0}
+    assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3, "n_identical": 0, "n_superseded": 0,
+                                         "n_mixed_recipes": 0}
     assert [(s["seed"], p["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
 
 
@@ -262,7 +267,7 @@ def test_pairs_from_a_store_use_the_config(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     configs = [dict(dataset="mnist", topology=t, blocks=2, width=4, kernel=3, epochs=3, seed=s)
                for s in range(4) for t in ("sequential", "parallel")]
-    ids = store.add_runs(configs)
+    ids = store.add_runs(configs, recipe=1)
     store.claim(ids, "me:1:x")
     for k, rid in enumerate(ids):
         diverged = k == 1
@@ -289,6 +294,7 @@ def test_compare_report_and_text():
     text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
     assert json.loads(text) == report
     assert set(report["paired"]) == {"val_loss", "train_loss", "val_acc"}
+    assert all(len(v) == 1 for v in report["paired"].values())  # one pair of values: sequential, parallel
     assert report["counts"] == {"pending": 0, "running": 0, "done": 39, "diverged": 1, "failed": 0}
     assert report["band_table"] == band_table(records)
 
@@ -298,7 +304,7 @@ def test_compare_report_and_text():
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("dataset  Q band  head"))
     col = lines[header].index("verdict")
-    body = lines[header + 2: header + 2 + len(report["paired"]["val_loss"]["groups"])]
+    body = lines[header + 2: header + 2 + len(report["paired"]["val_loss"][0]["groups"])]
     assert body and all(line[col - 2:col] == "  " and line[col] != " " for line in body)  # aligned column
     assert lines[header + 1].startswith("-------")
 
@@ -314,3 +320,89 @@ def test_one_block_pairs_are_identical_networks_and_left_out():
         r["blocks"] = 1
     pairs_, info = pair_records(records)
     assert len(pairs_) == 2 and info["n_identical"] == 2
+
+
+# -- any field as the contrast ------------------------------------------------------------------------------------
+
+
+def test_contrast_any_field_gives_hand_computed_statistics():
+    records = []
+    for seed in range(4):
+        base = 1.0 + seed
+        for kernel, loss in ((3, base), (5, base - 0.1), (7, base - 0.1 + (0.001 if seed % 2 else -0.001))):
+            records.append(run(seed, "sequential", loss, kernel=kernel))
+    report = compare_report(records, contrast="kernel", metrics=["val_loss"], margin=0.05)
+    assert report["contrast"] == "kernel" and report["values"] == [3, 5, 7]
+    k35, k37, k57 = report["paired"]["val_loss"]
+    assert [(c["a"], c["b"]) for c in (k35, k37, k57)] == [(3, 5), (3, 7), (5, 7)]
+    assert k35["difference"] == "kernel=5 - kernel=3"
+    g = group(k35)
+    # d = 5 - 3 = -0.1 in every pair: mean and median -0.1, 4 wins for kernel 5, no spread -> the CI is a point
+    assert g["n_pairs"] == 4 and g["mean"] == pytest.approx(-0.1) and g["median"] == pytest.approx(-0.1)
+    assert (g["wins_b"], g["wins_a"], g["ties"]) == (4, 0, 0)
+    assert g["ci_low"] == pytest.approx(-0.1) and g["ci_high"] == pytest.approx(-0.1)
+    assert g["tost_p"] == 1.0 and g["verdict"] == "kernel=5 better"  # |d| = 0.1 > margin 0.05
+    g = group(k57)
+    # d = 7 - 5 = ±0.001: mean 0, within the margin
+    d = np.array([-0.001, 0.001, -0.001, 0.001])
+    assert g["mean"] == pytest.approx(0, abs=1e-12) and (g["wins_b"], g["wins_a"]) == (2, 2)
+    lower = stats.ttest_1samp(d, -0.05, alternative="greater").pvalue
+    upper = stats.ttest_1samp(d, 0.05, alternative="less").pvalue
+    assert g["tost_p"] == pytest.approx(max(lower, upper), rel=1e-6)
+    assert g["verdict"] == "equivalent within ±0.05"
+    text = format_report(report)
+    assert "kernel: kernel=3 vs kernel=5 vs kernel=7" in text and "kernel=5 better" in text
+    assert "wins kernel=5/kernel=3/tie" in text
+
+
+def test_contrast_must_be_a_varied_field():
+    with pytest.raises(SpecError, match="contrast: got 'norm'"):
+        compare_report(pairs(BASE[:3], BASE[:3]), contrast="norm")
+
+
+def test_contrast_topology_on_a_real_store_agrees_with_the_default(tmp_path):
+    from depthlab.sweep.runner import run_sweep
+    from depthlab.sweep.spec import SweepSpec
+
+    spec = SweepSpec.from_dict({
+        "name": "c", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,
+                                  "width": 4, "stem_stride": 2, "batch_size": 32, "epochs": 1},
+        "grid": {"topology": ["sequential", "parallel"], "seed": [0, 1, 2], "skip": [True, False]}})
+    store = tmp_path / "s.sqlite"
+    run_sweep(spec, store, device="cpu", progress=False)
+    with Store(store) as s:
+        records = s.records()
+    default = compare_report(records, n_boot=500)
+    explicit = compare_report(records, n_boot=500, contrast="topology")
+    assert default == explicit and default["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 6
+    skip = compare_report(records, n_boot=500, contrast="skip")
+    assert skip["values"] == [False, True] and skip["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 6
+
+
+def test_a_verdict_never_contradicts_itself():
+    # the demo's case: equivalent within ±0.01 while the CI excludes 0 and one side wins 9 of 10
+    d = np.array([-0.005, -0.004, -0.006, -0.003, -0.007, -0.005, -0.004, -0.006, 0.001, -0.005])
+    out = paired_stats(d, 0.01, higher_is_better=True, labels=("sequential", "parallel"))
+    assert out["ci_high"] < 0 and out["tost_p"] < 0.05
+    assert out["verdict"] == "equivalent within ±0.01; sequential consistently better by 0.0044"
+    assert out["equivalent"] and out["favours"] == "a"
+
+
+def test_runs_of_an_older_recipe_are_superseded_and_a_mix_is_refused():
+    old = pairs(BASE[:5], BASE[:5] - 0.1)
+    for r in old:
+        r["recipe"] = 1
+    new = [dict(r, recipe=2, run_id=r["run_id"] + "-2", val_loss=r["val_loss"] + 1) for r in old]
+    # every config retrained by recipe 2: only the new runs count, the old ones are counted as superseded
+    report = compare_report(old + new, metrics=["val_loss"])
+    assert report["recipes"] == {"recipes": [2], "n_superseded": 10, "n_mixed_recipes": 0}
+    assert group(report["paired"]["val_loss"][0])["n_pairs"] == 5
+    assert any("superseded" in n for n in report["notes"])
+    # half retrained: pairs would mix recipes -> refused, unless asked
+    mixed = old + [r for r in new if r["topology"] == "sequential"][:2]
+    with pytest.raises(DepthlabError, match="mix recipes 1, 2.*--allow-mixed-recipes"):
+        compare_report(mixed)
+    allowed = compare_report(mixed, metrics=["val_loss"], allow_mixed_recipes=True)
+    res = allowed["paired"]["val_loss"][0]
+    assert res["pairs"]["n_mixed_recipes"] == 2 and group(res)["n_pairs"] == 5
+    assert "2 pairs mix recipes (allowed)" in format_report(allowed)

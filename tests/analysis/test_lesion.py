@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import depthlab.cli.main as cli_main
-from depthlab.analysis.lesion import PlainNet, lesion_study, lesioned, plain_lesioned
-from depthlab.analysis.trainer import evaluate, train
-from depthlab.errors import DepthlabError
-from depthlab.models import ModelSpec, block_weights, build, locate
+from depthlab.analysis.lesion import lesion_study, lesioned
+from depthlab.measure import scores
+from depthlab.models import ModelSpec, block_weights, branch_output, build, locate
 
 
 
@@ -19,16 +18,6 @@ def spec_of(**changes):
     values = dict(width=8, blocks=6, kernel=3, norm="batch", in_channels=1, input_size=8, num_classes=4)
     values.update(changes)
     return ModelSpec(**values)
-
-
-def pattern_task(n, seed, classes=4, size=8):
-    """Four smooth templates (fixed) plus noise: learnable in a few hundred steps by a tiny network."""
-    g = torch.Generator().manual_seed(1234)
-    templates = F.interpolate(torch.randn(classes, 1, 3, 3, generator=g), size=(size, size), mode="bilinear")
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return templates[y] + 0.5 * torch.randn(n, 1, size, size, generator=g), y
-
 
 
 @pytest.mark.parametrize("topology", ["sequential", "parallel", "groups:2"])
@@ -76,54 +65,115 @@ def test_lesion_restores_weights_after_an_error():
 
 
 def test_plain_network_and_its_lesion():
-    net = build(spec_of(blocks=3), seed=4).double().eval()
-    plain = PlainNet(net).eval()
+    spec = spec_of(blocks=3)
+    net = build(spec, seed=4).double().eval()
+    plain = build(spec.replace(skip=False), seed=4).double().eval()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), plain.state_dict().values()))
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         h = net.stem(x)
         for layer in net.layers:
             h = layer.residual(h)
-        assert torch.equal(plain(x), net.head(h)[0])
-        with plain_lesioned(plain, 1):  # block 1 skipped: its input goes on to block 2 unchanged
+        assert torch.equal(plain(x), net.head(h)[0])  # x_i = F_i(x_{i-1}): no identity
+        with lesioned(plain, 1):  # block 1 skipped: its input goes on to block 2 unchanged
             hurt = plain(x)
         h = net.layers[2].residual(net.layers[0].residual(net.stem(x)))
         assert torch.equal(hurt, net.head(h)[0])
-    assert plain.skip == set()
-    with pytest.raises(DepthlabError):
-        PlainNet(build(spec_of(topology="parallel"), seed=0))
+    assert all(isinstance(layer, type(net.layers[0])) for layer in plain.layers)  # restored
+
+
+def test_plain_parallel_lesion_removes_one_branch():
+    spec = spec_of(blocks=3, topology="parallel", skip=False)
+    plain = build(spec, seed=5).double().eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        stem = plain.stem(x)
+        layer = plain.layers[0]
+        expected = plain.head(branch_output(layer, 0, stem) + branch_output(layer, 2, stem))[0]
+        with lesioned(plain, 1):
+            assert torch.allclose(plain(x), expected, atol=1e-12)
+
+
+def engine_data(n_train, n_test):
+    """The pattern task as the engine sees it: uint8 images of 4 smooth templates plus noise."""
+    from depthlab.data import load
+
+    return load("synthetic", n_train=n_train, n_test=n_test, shape=(1, 8, 8), num_classes=4, seed=7)
 
 
 @pytest.mark.slow
 def test_residual_network_survives_lesions_a_plain_one_does_not():
-    xtr, ytr = pattern_task(1024, seed=0)
-    xte, yte = pattern_task(512, seed=100)
-    spec = spec_of()
-    res = build(spec, seed=0)
-    plain = PlainNet(build(spec, seed=0))
-    for model in (res, plain):
-        summary = train(model, xtr, ytr, steps=200, batch_size=32, lr=3e-3, seed=0)
-        assert not summary["diverged"]
-    a, b = lesion_study(res, xte, yte), lesion_study(plain, xte, yte)
+    from depthlab.sweep.config import RunConfig
+    from depthlab.sweep.engine import train_pack
+
+    data = engine_data(1024, 512)
+    base = RunConfig(dataset="synthetic", val_split=0, width=8, blocks=6, norm="batch", batch_size=32, epochs=6,
+                     lr=3e-3, schedule="constant", seed=0)
+    (residual,) = train_pack([base], data, keep_weights=True)  # one engine, one recipe, one data order
+    (plain,) = train_pack([base.replace(skip=False)], data, keep_weights=True)
+    test = (data.test_x, data.test_y, data.mean, data.std)
+    models = []
+    for result in (residual, plain):
+        assert result.status == "done"
+        model = build(result.config.model_spec(1, 8, 4))
+        model.load_state_dict(result.state_dict)
+        models.append(model.eval())
+    a, b = lesion_study(models[0], *test), lesion_study(models[1], *test)
+    assert (a["network"], b["network"]) == ("residual", "plain")
     # both learn the task (chance is 0.25) ...
     assert a["intact"]["accuracy"] > 0.9 and b["intact"]["accuracy"] > 0.9
-    # ... but deleting one block costs the plain network far more: over seeds 0-3 the mean accuracy drop is
-    # 0.18-0.30 for the residual network and 0.55-0.74 (near chance) for the plain one
+    # ... but deleting one block costs the plain network far more
     assert a["mean_accuracy_drop"] < b["mean_accuracy_drop"] - 0.15
-    assert len(a["lesions"]) == len(b["lesions"]) == spec.blocks
+    assert len(a["lesions"]) == len(b["lesions"]) == base.blocks
     assert a["lesions"][0]["accuracy_drop"] == pytest.approx(a["intact"]["accuracy"] - a["lesions"][0]["accuracy"])
     # the study leaves the model intact
-    assert evaluate(res, xte, yte) == a["intact"]
+    assert scores(models[0], *test) == a["intact"]
 
 
-def test_cli_lesion(monkeypatch, capsys):
-    pytest.importorskip("depthlab.data")
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["analyse"])
+def test_cli_lesion_trains_both_networks_through_the_engine_with_one_recipe(tmp_path, capsys):
+    from depthlab.records import run_id
+    from depthlab.sweep import engine
+    from depthlab.sweep.config import RunConfig
+    from depthlab.sweep.store import Store
+
+    store = tmp_path / "s.sqlite"
     argv = ["lesion", "--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1",
-            "--width", "4", "--blocks", "2", "--quiet"]
+            "--width", "4", "--blocks", "2", "--quiet", "--store", str(store)]
     assert cli_main.main(argv) == 0
     out = capsys.readouterr().out
-    assert "plain acc" in out and "residual acc" in out and "none (intact)" in out
+    assert "plain acc" in out and "residual acc" in out and "none (intact)" in out and "final train loss" in out
+    with Store(store) as s:
+        records = s.records(sweep="lesion")
+    residual, plain = sorted(records, key=lambda r: not r["config"]["skip"])
+    # the plain network is the residual run's config with skip off: skip restored, it IS the residual run
+    assert RunConfig.from_dict(plain["config"]).replace(skip=True).to_dict() == residual["config"]
+    assert run_id(dict(plain["config"], skip=True), plain["recipe"]) == residual["run_id"]
+    # ... trained by the same engine and recipe (optimizer, schedule, data order all follow from the config)
+    assert residual["recipe"] == plain["recipe"] == engine.RECIPE
+    assert residual["status"] == plain["status"] == "done"
+    assert residual["env"]["recipe"] == plain["env"]["recipe"] == engine.RECIPE
+    # the second time, both runs are found in the store: nothing is trained again
     assert cli_main.main(argv + ["--json", "--no-plain"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "plain" not in result and len(result["residual"]["lesions"]) == 2
     assert result["n_train"] == 64 and result["n_test"] == 32
+    assert result["residual"]["run"]["run_id"] == residual["run_id"]
+    assert result["residual"]["run"]["train_loss"] == pytest.approx(residual["train_loss"])
+    with Store(store) as s:
+        assert len(s.records()) == 2
+
+
+def test_cli_lesion_of_a_stored_run_reports_its_recorded_loss_and_refuses_training_flags(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    base = ["--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--width",
+            "4", "--blocks", "2", "--quiet", "--store", str(store)]
+    assert cli_main.main(["lesion", *base, "--no-plain", "--json"]) == 0
+    rid = json.loads(capsys.readouterr().out)["residual"]["run"]["run_id"]
+    assert cli_main.main(["lesion", "--store", str(store), "--run", rid[:8], "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.split("final train loss")[1].split(";")[0]  # the stored value, not nan
+    assert cli_main.main(["lesion", "--store", str(store), "--run", rid, "--width", "8", "--quiet"]) == 2
+    assert "drop --width" in capsys.readouterr().err
+    for bad in ("*", "../x", "zz"):  # ids are ids: never a glob pattern or a path
+        assert cli_main.main(["lesion", "--store", str(store), "--run", bad, "--quiet"]) == 2
+        assert "not a run id" in capsys.readouterr().err

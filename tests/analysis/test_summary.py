@@ -64,7 +64,7 @@ def test_summary_command(tmp_path, capsys, monkeypatch):
     with Store(path) as store:
         configs = [dict(dataset="mnist", blocks=b, residual_scale=s, seed=seed, width=8)
                    for b in (16, 64) for s in ("1", "1/n") for seed in (0, 1)]
-        ids = store.add_runs(configs, sweep="nf")
+        ids = store.add_runs(configs, sweep="nf", recipe=1)
         store.claim(ids, "me:1:x")
         for rid, cfg in zip(ids, configs):
             diverged = cfg["blocks"] == 64 and cfg["residual_scale"] == "1"

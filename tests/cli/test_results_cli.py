@@ -25,8 +25,8 @@ def make_store(path, n=6, gap=-0.1):
             for topology in ("sequential", "parallel"):
                 configs.append(dict(dataset="mnist", topology=topology, blocks=4, width=8, kernel=3, head=head,
                                     residual_scale="1/n" if seed % 2 else 0.5, epochs=2, seed=seed))
-    ids = store.add_runs(configs, sweep="demo")
-    extra = store.add_runs([dict(configs[0], seed=99), dict(configs[0], seed=100)], sweep="other")
+    ids = store.add_runs(configs, sweep="demo", recipe=1)
+    extra = store.add_runs([dict(configs[0], seed=99), dict(configs[0], seed=100)], sweep="other", recipe=1)
     owner = "me:1:x"
     store.claim(ids, owner)
     for rid, cfg in zip(ids, configs):
@@ -81,7 +81,7 @@ def test_results_csv_json_and_status_filter(tmp_path, capsys):
     assert list(rows[0])[-3:] == ["head", "residual_scale", "seed"]  # the varied config fields
     rc, out, _ = run(["results", "--store", str(path), "--status", "diverged", "--format", "json"], capsys)
     (row,) = json.loads(out)
-    assert row["status"] == "diverged" and row["val_loss"] is None and row["epochs"] == 2
+    assert row["status"] == "diverged" and row["val_loss"] is None and row["epochs_run"] == 2
     out_file = tmp_path / "done.parquet"
     rc, out, _ = run(["results", "--store", str(path), "--status", "done", "--format", "parquet",
                       "--out", str(out_file)], capsys)
@@ -113,7 +113,8 @@ def test_compare_text_and_json(tmp_path, capsys):
     rc, out, _ = run(["compare", "--store", str(path), "--json", "--margin", "0.5"], capsys)
     report = json.loads(out)
     assert set(report["paired"]) == {"val_loss", "train_loss", "val_acc"}
-    val = report["paired"]["val_loss"]
+    (val,) = report["paired"]["val_loss"]
+    assert report["contrast"] == "topology" and report["values"] == ["sequential", "parallel"]
     assert val["margin"] == 0.5 and val["pairs"]["n_pairs"] == 11 and val["pairs"]["n_excluded"] == 1
     assert val["groups"][0]["verdict"] == "equivalent within ±0.5"
 
@@ -137,4 +138,10 @@ def test_compare_errors(tmp_path, capsys):
     assert rc == 2 and "holds no runs" in err
     with pytest.raises(SystemExit):
         main_mod.main(["compare", "--store", str(path), "--margin", "-1"])
+    with pytest.raises(SystemExit):  # a bootstrap that would not finish
+        main_mod.main(["compare", "--store", str(path), "--n-boot", "1000000000"])
     capsys.readouterr()
+    rc, _, err = run(["compare", "--store", str(path), "--contrast", "optimizer"], capsys)
+    assert rc == 2 and "contrast: got 'optimizer'; allowed: head, residual_scale, seed, topology" in err
+    rc, out, err = run(["results", "--store", str(path), "--sweep", "nope"], capsys)
+    assert rc == 2 and "no sweep 'nope'" in err and "'demo'" in err

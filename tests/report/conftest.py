@@ -41,7 +41,7 @@ def sweep_store(tmp_path_factory):
     run_sweep(spec, path, device="cpu", progress=False, log=lambda msg: None)
     with Store(path) as store:
         config = dict(spec.configs()[0].to_dict(), norm=HOSTILE)
-        store.add_runs([config], sweep=HOSTILE_SWEEP)
+        store.add_runs([config], sweep=HOSTILE_SWEEP, recipe=1)
     return path
 
 

@@ -62,24 +62,24 @@ def tables(report_html):
 
 
 def test_paired_tables_match_compare(tables, compare):
-    for metric, res in compare["paired"].items():
+    for metric, (res,) in compare["paired"].items():
         assert res["groups"], "the tiny sweep has pairs"
         header, *rows = tables[f"paired-{metric}"]
-        assert header == ["dataset", "Q band", "pairs", "excl", "mean d", "median d", "CI", "wins par/seq/tie",
-                          "margin", "TOST p", "verdict"]
+        assert header == ["dataset", "Q band", "pairs", "excl", "mean d", "median d", "CI",
+                          "wins parallel/sequential/tie", "margin", "TOST p", "verdict"]
         assert len(rows) == len(res["groups"])
         for row, g in zip(rows, res["groups"]):
             tost = None if g["tost_p"] is None else float(f"{g['tost_p']:.3g}")
             assert row == [g["dataset"], g["q_band"], _fmt(g["n_pairs"]), _fmt(g["n_excluded"]), _fmt(g["mean"]),
                            _fmt(g["median"]), _ci(g["ci_low"], g["ci_high"]),
-                           f"{g['wins_parallel']}/{g['wins_sequential']}/{g['ties']}", _fmt(g["margin"]),
+                           f"{g['wins_b']}/{g['wins_a']}/{g['ties']}", _fmt(g["margin"]),
                            _fmt(tost), g["verdict"]]
 
 
 def test_band_table_and_status_counts_match_compare(tables, compare):
     header, *rows = tables["band-table"]
     assert header[:4] == ["dataset", "topology", "Q band", "n"]
-    assert rows == [[r["dataset"], r["topology"], r["q_band"], _fmt(r["n"]), _fmt(r["train_loss_mean"]),
+    assert rows == [[r["dataset"], r["value"], r["q_band"], _fmt(r["n"]), _fmt(r["train_loss_mean"]),
                      _fmt(r["train_loss_std"]), _fmt(r["val_loss_mean"]), _fmt(r["val_loss_std"]),
                      _fmt(r["train_acc_mean"]), _fmt(r["val_acc_mean"])] for r in compare["band_table"]]
     status = {row[0]: row[1] for row in tables["status-table"][1:]}
@@ -88,7 +88,7 @@ def test_band_table_and_status_counts_match_compare(tables, compare):
 
 def test_headline_shows_the_all_band_verdicts(report_html, compare):
     headline = report_html.split('id="headline"')[1].split("</section>")[0]
-    for res in compare["paired"].values():
+    for (res,) in compare["paired"].values():
         for g in res["groups"]:
             if g["q_band"] == ALL:
                 assert f">{g['verdict']}</span>" in headline
@@ -135,17 +135,17 @@ def test_figures_without_data_are_notes(records):
     # one wiring only: no pair, so no scatter or win rate, but loss-vs-Q and curves of single runs
     html = build_report([r for r in records if r["topology"] == "sequential"], title="deep only")
     assert html.count('class="nodata">no data') == 3
-    assert "No sequential/parallel pairs" in html
+    assert "No pairs of runs differing only in topology" in html
 
 
 def test_figure_data_agree_with_the_pairs_compared(records, compare):
     for metric in ("val_loss", "train_loss"):
         points = plots.scatter_points(records, metric)
-        overall = next(g for g in compare["paired"][metric]["groups"] if g["q_band"] == ALL)
+        overall = next(g for g in compare["paired"][metric][0]["groups"] if g["q_band"] == ALL)
         assert len(points) == overall["n_pairs"] == 6
     cells = plots.winrate_cells(records)
-    overall = next(g for g in compare["paired"]["val_loss"]["groups"] if g["q_band"] == ALL)
-    assert sum(w for w, _ in cells["synthetic"].values()) == overall["wins_parallel"]
+    overall = next(g for g in compare["paired"]["val_loss"][0]["groups"] if g["q_band"] == ALL)
+    assert sum(w for w, _ in cells["synthetic"].values()) == overall["wins_b"]
     assert sorted(cells["synthetic"]) == [(2, 4), (3, 4)]
     chosen = plots.curve_runs(records, n=3)
     assert sum(1 + (p is not None) for _, p, _ in chosen) == 3

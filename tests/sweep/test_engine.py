@@ -140,8 +140,7 @@ def test_cuda_code_path_runs_on_cpu(data):
         assert_same_run(a, b, rtol=1e-3, atol=1e-4)
 
 
-def test_geometric_complexity_is_recorded_per_model(data):
-    from depthlab.analysis.complexity import geometric_complexity
+def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
     from depthlab.data import normalise
     from depthlab.models import build
 
@@ -151,5 +150,5 @@ def test_geometric_complexity_is_recorded_per_model(data):
         model = build(c.model_spec(1, 12, 10))
         model.load_state_dict(r.state_dict)
         x = normalise(data.train_x[:engine.COMPLEXITY_EXAMPLES], data.mean, data.std)
-        assert r.final["geometric_complexity"] == pytest.approx(geometric_complexity(model, x), rel=1e-4)
+        assert r.final["geometric_complexity"] == pytest.approx(complexity_oracle(model, x), rel=1e-4)
     assert results[0].final["geometric_complexity"] != results[1].final["geometric_complexity"]

@@ -86,15 +86,22 @@ def test_records_from_a_store(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     configs = [dict(dataset="mnist", topology=t, blocks=4, width=8, kernel=3, epochs=5, seed=0)
                for t in ("sequential", "parallel")]
-    a, b = store.add_runs(configs)
-    store.claim([a], "me:1:x")
+    a, b = store.add_runs(configs, sweep="s1", recipe=1)
+    store.add_runs(configs[:1], sweep="s2", recipe=1)
+    store.claim([a, b], "me:1:x")
     store.finish(a, "me:1:x", status="done", final=dict(val_loss=0.3), history=[{}, {}], params=99, q=4.0,
-                 seconds=2.0, env={})
+                 seconds=2.0, train_seconds=1.5, env={})
+    store.release([b], "me:1:x")
+    store.claim([b], "me:1:x")
+    store.fail(b, "me:1:x", "boom")
     rows = flat_table(store.records())
     store.close()
     assert list(rows[0]) == RESULT_FIELDS  # only topology varies, and it is a result column already
-    assert rows[0]["epochs"] == 2 and rows[1]["epochs"] == 0  # recorded epochs, not the planned 5
+    assert rows[0]["epochs_run"] == 2 and rows[1]["epochs_run"] == 0  # recorded epochs, not the planned 5
+    assert rows[0]["sweeps"] == "s1; s2" and rows[1]["sweeps"] == "s1"  # every sweep that lists the run
+    assert rows[0]["recipe"] == 1 and rows[0]["train_seconds"] == 1.5 and rows[0]["seconds"] == 2.0
+    assert rows[1]["error"] == "boom" and rows[0]["error"] is None
     assert (rows[0]["status"], rows[0]["params"], rows[0]["val_loss"]) == ("done", 99, 0.3)
-    assert rows[1]["status"] == "pending" and rows[1]["val_loss"] is None
+    assert rows[1]["status"] == "failed" and rows[1]["val_loss"] is None
     buf = io.StringIO()
     csv.writer(buf).writerow(rows[0].values())  # plain scalars only

@@ -192,7 +192,7 @@ def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
     from depthlab.sweep.store import owner_token
 
     store = Store(tmp_path / "s.sqlite")
-    ids = store.add_runs([{"a": 1}])
+    ids = store.add_runs([{"a": 1}], recipe=1)
     owner = owner_token()
     store.claim(ids, owner)
     before = store.running()[0]
@@ -203,3 +203,135 @@ def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
     after = store.running()[0]
     key = next(k for k in after if "heartbeat" in k)
     assert after[key] > before[key]
+
+
+# -- recipes, weights, crashed peers, exit codes -------------------------------------------------------------------
+
+
+def test_a_new_recipe_reports_the_stale_runs_trains_them_again_and_keeps_the_old(tmp_path, monkeypatch):
+    from depthlab.sweep import engine
+
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict(SPEC)
+    run_sweep(spec, store, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "RECIPE", engine.RECIPE + 1)  # the training code changed
+    said = []
+    summary = run_sweep(spec, store, device="cpu", progress=False, log=said.append)
+    assert summary["trained"]["done"] == 6  # nothing reused silently
+    assert any(f"6 run(s) of this sweep in the store were trained by an older recipe ({engine.RECIPE - 1}" in s
+               for s in said)
+    records = Store(store).records()
+    assert sorted(r["recipe"] for r in records) == [engine.RECIPE - 1] * 6 + [engine.RECIPE] * 6  # old ones kept
+    assert all(r["env"]["recipe"] == r["recipe"] for r in records)
+    assert sum(run_sweep(spec, store, device="cpu", progress=False)["trained"].values()) == 0  # now up to date
+
+
+def test_weights_are_written_before_the_run_is_done(tmp_path, monkeypatch):
+    from depthlab.errors import DepthlabError
+    from depthlab.sweep import weights
+
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential"], "seed": [0]}})
+
+    def full_disk(*args, **kwargs):
+        raise DepthlabError("cannot write the weights: No space left on device")
+
+    monkeypatch.setattr(weights, "save_weights", full_disk)
+    with pytest.raises(DepthlabError, match="No space left"):
+        run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
+    assert Store(store).counts()["done"] == 0 and Store(store).counts()["pending"] == 1  # not done without them
+    monkeypatch.undo()
+    run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
+    (record,) = Store(store).records()
+    assert record["status"] == "done" and weights.has_weights(store, record["run_id"])
+
+
+def test_a_done_run_whose_weights_went_missing_is_trained_again(tmp_path):
+    from depthlab.sweep import weights
+
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential", "parallel"], "seed": [0]}})
+    run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
+    first, second = (r["run_id"] for r in Store(store).records())
+    weights.weights_path(store, first).unlink()
+    said = []
+    summary = run_sweep(spec, store, device="cpu", progress=False, save_weights=True, log=said.append)
+    assert summary["trained"]["done"] == 1 and any("no saved weights" in s for s in said)
+    assert weights.has_weights(store, first) and weights.has_weights(store, second)
+
+
+def test_a_running_sweep_takes_back_a_crashed_peers_runs(tmp_path):
+    """A peer died holding runs of the sweep (its pid now belongs to a live process: only the heartbeat tells);
+    a sweep already running reclaims them when it reaches them, and nothing is left 'running'."""
+    import socket
+    import sqlite3
+
+    from depthlab.records import run_id
+    from depthlab.sweep import engine
+
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict(SPEC)
+    ids = [run_id(c.to_dict(), engine.RECIPE) for c in spec.configs()]
+    with Store(store) as s:
+        s.add_runs([c.to_dict() for c in spec.configs()], sweep="tiny", recipe=engine.RECIPE)
+        s.claim(ids[4:], f"{socket.gethostname()}:1:deadbeef")  # pid 1 is alive: a reused pid
+    con = sqlite3.connect(store)
+    con.execute("UPDATE runs SET heartbeat_at = 0, claimed_at = 0 WHERE status = 'running'")
+    con.commit()
+    con.close()
+    summary = run_sweep(spec, store, device="cpu", progress=False)
+    assert summary["counts"] == {"pending": 0, "running": 0, "done": 6, "diverged": 0, "failed": 0}
+
+
+def test_release_command_frees_stuck_runs(tmp_path, capsys):
+    import socket
+    import sqlite3
+
+    store = tmp_path / "s.sqlite"
+    with Store(store) as s:
+        ids = s.add_runs([{"a": 1}, {"a": 2}, {"a": 3}], sweep="x", recipe=1)
+        s.claim(ids[:2], f"{socket.gethostname()}:1:aaaa")  # a live pid, stale heartbeat: dead
+        s.claim(ids[2:], f"{socket.gethostname()}:1:bbbb")  # a live pid, fresh heartbeat: alive
+    con = sqlite3.connect(store)
+    con.execute("UPDATE runs SET heartbeat_at = 0 WHERE run_id IN (?, ?)", ids[:2])
+    con.commit()
+    con.close()
+    assert main(["status", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "dead" in out and "alive" in out and "depthlab release" in out
+    assert main(["release", "--store", str(store)]) == 2  # release what?
+    assert main(["release", "--store", str(store), "--stale"]) == 0
+    assert "released 2 run(s)" in capsys.readouterr().out
+    assert main(["release", "--store", str(store), "--run", "0123456789abcdef"]) == 2
+    assert main(["release", "--store", str(store), "--run", ids[2]]) == 0
+    assert Store(store).counts()["pending"] == 3
+
+
+def test_a_sweep_with_failed_runs_exits_non_zero(tmp_path, capsys, monkeypatch):
+    from depthlab.sweep import engine
+
+    monkeypatch.setattr(engine, "train_pack", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken")))
+    code = main(["run", str(write_spec(tmp_path)), "--store", str(tmp_path / "s.sqlite"), "--quiet"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "6 run(s) of sweep tiny failed" in out and "--status failed" in out
+
+
+def test_an_edited_spec_under_the_same_name_says_so_and_its_orphans_can_be_dropped(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    spec = SweepSpec.from_dict(SPEC)
+    run_sweep(spec, store, device="cpu", progress=False, limit=2)  # sequential seeds 0 and 1 trained
+    edited = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential", "parallel"], "seed": [0, 7]}})
+    said = []
+    run_sweep(edited, store, device="cpu", progress=False, log=said.append)
+    assert any("pending run(s) of this sweep are not in its spec any more" in s and "depthlab drop" in s
+               for s in said)
+    with Store(store) as s:
+        # left by the first version: sequential seed 2, parallel seeds 1 and 2
+        assert s.counts("tiny")["pending"] == 3 and s.counts("tiny")["done"] == 5
+    assert main(["drop", "--store", str(store), "--sweep", "tiny"]) == 0
+    assert "dropped 3 pending run(s)" in capsys.readouterr().out
+    with Store(store) as s:
+        assert s.counts("tiny") == {"pending": 0, "running": 0, "done": 5, "diverged": 0, "failed": 0}
+        assert len(s.records()) == 5  # the dropped runs belonged to no other sweep: gone
+    assert main(["drop", "--store", str(store), "--sweep", "nope"]) == 2

@@ -5,17 +5,21 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from depthlab.errors import DepthlabError
-from depthlab.sweep.store import STATUSES, Store, config_of, owner_token, run_id
+from depthlab.records import RECORD_FIELDS, STATUSES, config_id, config_of, run_id
+from depthlab.sweep.config import field_names
+from depthlab.sweep.store import SCHEMA_VERSION, Store, owner_token
 
 FINAL = dict(train_loss=0.5, val_loss=0.6, train_acc=0.8, val_acc=0.75, test_loss=0.61, test_acc=0.74)
 
@@ -51,14 +55,23 @@ def _set(store_path, rid, **cols):
 # -- ids ----------------------------------------------------------------------------------------------------------
 
 
-def test_run_id_is_sha256_of_canonical_json():
+def test_ids_are_sha256_of_canonical_json():
     c = {"width": 8, "lr": 0.1, "dataset": "mnist", "hidden": None}
     text = '{"dataset":"mnist","hidden":null,"lr":0.1,"width":8}'
-    assert run_id(c) == hashlib.sha256(text.encode()).hexdigest()[:16]
-    assert run_id(dict(reversed(list(c.items())))) == run_id(c)  # key order does not matter
-    assert len(run_id(c)) == 16 and int(run_id(c), 16) >= 0
-    assert run_id({"lr": 1.0}) != run_id({"lr": 1})  # floats as repr: 1.0 is not 1
-    assert run_id({"lr": 1e-3}) == hashlib.sha256(b'{"lr":0.001}').hexdigest()[:16]
+    assert config_id(c) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert config_id(dict(reversed(list(c.items())))) == config_id(c)  # key order does not matter
+    assert len(config_id(c)) == 16 and int(config_id(c), 16) >= 0
+    assert config_id({"lr": 1.0}) != config_id({"lr": 1})  # floats as repr: 1.0 is not 1
+    assert config_id({"lr": 1e-3}) == hashlib.sha256(b'{"lr":0.001}').hexdigest()[:16]
+    # a run is a config trained by a recipe
+    assert run_id(c, 1) == hashlib.sha256(('{"config":' + text + ',"recipe":1}').encode()).hexdigest()[:16]
+    assert run_id(c, 2) != run_id(c, 1) and run_id(dict(reversed(list(c.items()))), 1) == run_id(c, 1)
+    with pytest.raises(ValueError):
+        run_id(c, 0)
+
+
+def test_record_keys_never_shadow_config_fields():
+    assert not set(RECORD_FIELDS) & set(field_names())
 
 
 def test_owner_token_names_host_and_pid():
@@ -72,9 +85,9 @@ def test_owner_token_names_host_and_pid():
 
 def test_add_runs_is_idempotent_and_keeps_order(store):
     configs = [cfg(i) for i in range(5)]
-    ids = store.add_runs(configs, sweep="a")
-    assert ids == [run_id(c) for c in configs]
-    assert store.add_runs(configs[::-1], sweep="b") == ids[::-1]
+    ids = store.add_runs(configs, sweep="a", recipe=1)
+    assert ids == [run_id(c, 1) for c in configs]
+    assert store.add_runs(configs[::-1], sweep="b", recipe=1) == ids[::-1]
     assert store.counts() == {"pending": 5, "running": 0, "done": 0, "diverged": 0, "failed": 0}
     assert [r["run_id"] for r in store.records()] == ids
     assert {r["sweep"] for r in store.records()} == {"a"}  # a run's own sweep is the first that added it
@@ -84,7 +97,7 @@ def test_add_runs_is_idempotent_and_keeps_order(store):
 
 def test_full_life_cycle_and_records(store):
     configs = [cfg(0), cfg(1, topology="parallel", epochs=5)]
-    a, b = store.add_runs(configs, sweep="s1")
+    a, b = store.add_runs(configs, sweep="s1", recipe=1)
     me = owner_token()
     assert store.claim([a, b], me) == [a, b]
     assert store.claim([a, b], "other:1:x") == []
@@ -92,7 +105,7 @@ def test_full_life_cycle_and_records(store):
     assert store.record_epoch(a, me, {"epoch": 1, "train_loss": 0.4})
     assert not store.record_epoch(a, "other:1:x", {"epoch": 2})
     running = store.records(status="running")
-    assert [r["epochs"] for r in running] == [2, 0]
+    assert [r["epochs_run"] for r in running] == [2, 0]
     assert running[0]["history"] == [{"epoch": 0, "train_loss": None}, {"epoch": 1, "train_loss": 0.4}]
 
     final = dict(FINAL, val_loss=float("nan"), test_loss=None, test_acc=float("inf"), best_epoch=1)
@@ -103,15 +116,15 @@ def test_full_life_cycle_and_records(store):
     ra, rb = store.records()
     assert ra["status"] == "done"
     for k, v in configs[0].items():
-        if k != "epochs":
-            assert ra[k] == v
+        assert ra[k] == v  # no record field shadows a config field
     assert ra["config"] == configs[0] and config_of(ra) == configs[0]
     assert (ra["run_id"], ra["sweep"], ra["params"], ra["q"], ra["seconds"]) == (a, "s1", 123, 2.5, 1.5)
     assert ra["train_loss"] == 0.5 and ra["val_loss"] is None and ra["test_loss"] is None and ra["test_acc"] is None
     assert ra["best_epoch"] == 1  # extra final metrics are kept
-    assert ra["epochs"] == 2 and ra["history"] == [{"epoch": 0}, {"epoch": 1}]  # finish's history is the record
+    assert ra["epochs_run"] == 2 and ra["history"] == [{"epoch": 0}, {"epoch": 1}]  # finish's history is kept
+    assert ra["recipe"] == 1 and ra["config_id"] == config_id(configs[0]) and ra["sweeps"] == ["s1"]
     assert ra["env"] == {"torch": "2.13.0"} and ra["error"] is None and ra["attempts"] == 1
-    assert rb["status"] == "failed" and rb["error"] == "CUDA error: boom" and rb["epochs"] == 0
+    assert rb["status"] == "failed" and rb["error"] == "CUDA error: boom" and rb["epochs_run"] == 0
     assert rb["config"]["epochs"] == 5  # the planned epochs stay in the config
     assert store.counts() == {"pending": 0, "running": 0, "done": 1, "diverged": 0, "failed": 1}
     assert [r["run_id"] for r in store.records(status="failed")] == [b]
@@ -120,7 +133,7 @@ def test_full_life_cycle_and_records(store):
 
 
 def test_finish_only_by_the_running_owner(store):
-    (a,) = store.add_runs([cfg(0)])
+    (a,) = store.add_runs([cfg(0)], recipe=1)
     assert not finish(store, a, "me:1:x")  # pending
     store.claim([a], "me:1:x")
     assert not finish(store, a, "thief:2:y")
@@ -134,7 +147,7 @@ def test_finish_only_by_the_running_owner(store):
 
 
 def test_release_heartbeat_and_reclaim_attempts(store, tmp_path):
-    ids = store.add_runs([cfg(i) for i in range(3)])
+    ids = store.add_runs([cfg(i) for i in range(3)], recipe=1)
     me = owner_token()
     store.claim(ids, me)
     store.record_epoch(ids[0], me, {"epoch": 0})
@@ -167,7 +180,11 @@ def test_wal_mode(store):
 
 
 @pytest.mark.parametrize("schema", ["CREATE TABLE photos (id INTEGER, path TEXT)",
-                                    "CREATE TABLE runs (id INTEGER, name TEXT)"])
+                                    "CREATE TABLE runs (id INTEGER, name TEXT)",
+                                    # the columns an older check looked for, but not all of a store's
+                                    "CREATE TABLE runs (run_id TEXT, config TEXT, status TEXT, history TEXT, "
+                                    "final TEXT, train_loss REAL, val_loss REAL, train_acc REAL, val_acc REAL, "
+                                    "test_loss REAL, test_acc REAL)"])
 def test_a_foreign_sqlite_file_is_refused_and_left_as_it_was(tmp_path, schema):
     path = tmp_path / "other.sqlite"
     con = sqlite3.connect(path)
@@ -188,7 +205,7 @@ def test_existing_refuses_a_missing_file_and_reopens_a_store(tmp_path):
         Store.existing(tmp_path / "missing.sqlite")
     assert not (tmp_path / "missing.sqlite").exists()
     with Store(tmp_path / "s.sqlite") as s:
-        s.add_runs([cfg(1)])
+        s.add_runs([cfg(1)], recipe=1)
     with Store.existing(tmp_path / "s.sqlite") as s:  # a store that exists (with runs) is ours
         assert s.counts()["pending"] == 1
 
@@ -196,8 +213,8 @@ def test_existing_refuses_a_missing_file_and_reopens_a_store(tmp_path):
 def test_a_run_shared_by_two_sweeps_belongs_to_both_and_is_stored_once(tmp_path):
     path = tmp_path / "s.sqlite"
     with Store(path) as s:
-        first = s.add_runs([cfg(1), cfg(2)], sweep="first")
-        second = s.add_runs([cfg(2), cfg(3)], sweep="second")  # cfg(2) is in both
+        first = s.add_runs([cfg(1), cfg(2)], sweep="first", recipe=1)
+        second = s.add_runs([cfg(2), cfg(3)], sweep="second", recipe=1)  # cfg(2) is in both
         assert first[1] == second[0]
         owner = owner_token()
         s.claim([first[1]], owner)
@@ -207,14 +224,107 @@ def test_a_run_shared_by_two_sweeps_belongs_to_both_and_is_stored_once(tmp_path)
         assert {r["sweep"] for r in s.records(sweep="second")} == {"second"}
         assert s.counts("second")["done"] == 1 and s.counts("first")["done"] == 1
         assert sum(s.counts().values()) == 3  # stored and trained once
-    # a store written before sweeps could share runs: the links are rebuilt from each run's first sweep
+
+
+# -- schema versions and migrations -------------------------------------------------------------------------------
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_v0"  # written by depthlab 0.1.0, before versions
+
+
+def fixture_copy(tmp_path) -> Path:
+    """A copy of the committed store (and its weights) that depthlab wrote before schema versions existed."""
+    path = tmp_path / "store.sqlite"
+    shutil.copy(FIXTURE / "store.sqlite", path)
+    shutil.copytree(FIXTURE / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
+    return path
+
+
+def raw(path, sql):
     con = sqlite3.connect(path)
-    con.execute("DROP TABLE sweep_runs")
-    con.commit()
-    con.close()
-    with Store(path) as s:
-        assert s.sweeps() == ["first", "second"]
-        assert [r["seed"] for r in s.records(sweep="second")] == [3]
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_an_old_store_migrates_once_and_keeps_every_run(tmp_path):
+    path = fixture_copy(tmp_path)
+    before = {r[0]: r[1:] for r in raw(path, "SELECT run_id, status, val_loss, history, sweep FROM runs")}
+    assert raw(path, "PRAGMA user_version") == [(0,)] and len(before) == 8
+    with Store(path) as store:
+        assert store.migrated == list(range(1, SCHEMA_VERSION + 1)) and store.schema_version == SCHEMA_VERSION
+        records = store.records()
+        assert store.sweeps() == ["fixture", "fixture-b"]
+        assert store.counts("fixture-b") == {**dict.fromkeys(STATUSES, 0), "done": 3, "pending": 1}
+    # every run kept, with its result, re-keyed by (config with the fields added since, recipe 1)
+    assert len(records) == 8
+    old = list(before.values())
+    assert [(r["status"], r["val_loss"], json.dumps(r["history"], separators=(",", ":"))) for r in records] == \
+        [(s, v, h) for s, v, h, _ in old]
+    for rec in records:
+        assert rec["recipe"] == 1 and rec["config"]["skip"] is True and rec["config"]["init_from"] is None
+        assert rec["run_id"] == run_id(rec["config"], 1) and rec["config_id"] == config_id(rec["config"])
+    # the saved weights follow their runs
+    weights = sorted(p.stem for p in (tmp_path / "store.sqlite.weights").glob("*.pt"))
+    assert weights == sorted(r["run_id"] for r in records if r["sweep"] == "fixture")
+    with Store(path) as store:  # once: the second open migrates nothing
+        assert store.migrated == [] and len(store.records()) == 8
+
+
+def test_a_store_from_before_shared_sweeps_gets_its_links(tmp_path):
+    path = fixture_copy(tmp_path)
+    raw(path, "DROP TABLE sweep_runs")
+    with Store(path) as store:
+        assert store.sweeps() == ["fixture", "fixture-b"]
+        assert [r["seed"] for r in store.records(sweep="fixture-b")] == [2, 2]  # runs first added by fixture-b
+
+
+def test_a_store_of_a_newer_depthlab_is_refused_untouched(tmp_path):
+    path = tmp_path / "s.sqlite"
+    Store(path).close()
+    raw(path, f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = path.read_bytes()
+    with pytest.raises(DepthlabError, match="newer depthlab"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_read_only_opens_change_nothing(tmp_path):
+    path = fixture_copy(tmp_path)
+    before = path.read_bytes()
+    with Store.existing(path, readonly=True) as store:  # an old store is migrated in memory only
+        assert len(store.records()) == 8 and store.migrated == list(range(1, SCHEMA_VERSION + 1))
+        with pytest.raises(sqlite3.OperationalError):
+            store.add_runs([cfg(0)], recipe=1)
+    assert path.read_bytes() == before
+    # a file the user cannot write is still readable
+    new = tmp_path / "new.sqlite"
+    with Store(new) as store:
+        store.add_runs([cfg(1)], recipe=1)
+    os.chmod(new, 0o444)
+    try:
+        with Store.existing(new, readonly=True) as store:
+            assert store.counts()["pending"] == 1
+    finally:
+        os.chmod(new, 0o644)
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(DepthlabError, match="empty file"):  # a read does not turn an empty file into a store
+        Store.existing(empty, readonly=True)
+    assert empty.stat().st_size == 0
+
+
+@pytest.mark.parametrize("path", ["", ":memory:", "file:x?mode=memory"])
+def test_a_store_must_be_a_file(path):
+    with pytest.raises(DepthlabError, match="must be a file path"):
+        Store(path)
+
+
+def test_store_paths_that_cannot_be_files(tmp_path):
+    with pytest.raises(DepthlabError, match="is a directory"):
+        Store(tmp_path)
+    with pytest.raises(DepthlabError, match="does not exist"):
+        Store(tmp_path / "missing" / "s.sqlite")
 
 
 # -- dead owners --------------------------------------------------------------------------------------------------
@@ -230,23 +340,30 @@ def test_reclaim_stale(tmp_path):
     path = tmp_path / "s.sqlite"
     store = Store(path, stale_after=600)
     host = socket.gethostname()
-    ids = store.add_runs([cfg(i) for i in range(6)])
+    ids = store.add_runs([cfg(i) for i in range(6)], recipe=1)
+    ids = ids + store.add_runs([cfg(i) for i in range(6, 8)], recipe=1)
     owners = {
         ids[0]: f"{host}:{dead_pid()}:aa",  # this host, dead pid -> reclaimed
-        ids[1]: owner_token(),  # this process, alive (with an ancient heartbeat) -> kept
+        ids[1]: owner_token(),  # this process, alive, fresh heartbeat -> kept
         ids[2]: "elsewhere-node-7:4242:cc",  # other host, stale heartbeat -> reclaimed
         ids[3]: "elsewhere-node-7:4243:dd",  # other host, fresh heartbeat -> kept
         ids[4]: "garbage-owner",  # unparseable, stale -> reclaimed
         ids[5]: f"{host}:{dead_pid()}:ee",  # finished by a dead owner -> never reset
+        ids[6]: f"{host}:1:ff",  # pid 1 is alive (reused by another process), heartbeat a day old -> reclaimed
+        ids[7]: f"{host}:1:gg",  # pid 1 alive, fresh heartbeat: a live runner -> kept
     }
     for rid, owner in owners.items():
         assert store.claim([rid], owner) == [rid]
     assert finish(store, ids[5], owners[ids[5]])
-    for rid in (ids[1], ids[2], ids[4]):
+    for rid in (ids[2], ids[4]):
         _set(path, rid, heartbeat_at=time.time() - 10_000)
-    assert store.reclaim_stale() == 3
+    _set(path, ids[6], heartbeat_at=time.time() - 86_400)
+    dead = {r["run_id"]: r["owner_dead"] for r in store.running()}  # what `depthlab status` shows
+    assert [dead[i] for i in ids if i != ids[5]] == [True, False, True, False, True, True, False]
+    assert store.reclaim_stale() == 4
     status = {r["run_id"]: r["status"] for r in store.records()}
-    assert [status[i] for i in ids] == ["pending", "running", "pending", "running", "pending", "done"]
+    assert [status[i] for i in ids] == ["pending", "running", "pending", "running", "pending", "done", "pending",
+                                        "running"]
     assert store.reclaim_stale() == 0
     # a reclaimed run can be claimed again, and its attempts show it
     assert store.claim([ids[0]], owner_token()) == [ids[0]]
@@ -277,7 +394,7 @@ def _claim_worker(path, ids, rounds, barrier, out):
 def test_concurrent_claims_never_overlap(tmp_path):
     path = str(tmp_path / "s.sqlite")
     store = Store(path)
-    ids = store.add_runs([cfg(i) for i in range(300)])
+    ids = store.add_runs([cfg(i) for i in range(300)], recipe=1)
     ctx = mp.get_context("spawn")
     out, barrier = ctx.Queue(), ctx.Barrier(2)
     # both start on the same 200 ids in the same order, so the two processes race for the same rows at once
@@ -321,7 +438,7 @@ def _finish_forever(path, ids):
 def test_sigkill_loses_nothing_finished(tmp_path):
     path = str(tmp_path / "s.sqlite")
     store = Store(path)
-    ids = store.add_runs([cfg(i) for i in range(2000)])
+    ids = store.add_runs([cfg(i) for i in range(2000)], recipe=1)
     ctx = mp.get_context("spawn")
     proc = ctx.Process(target=_finish_forever, args=(path, ids))
     proc.start()
@@ -337,7 +454,7 @@ def test_sigkill_loses_nothing_finished(tmp_path):
     assert reopened._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     done = reopened.records(status="done")
     assert {r["run_id"] for r in done} >= done_before
-    assert all(r["val_loss"] == FINAL["val_loss"] and r["epochs"] == 2 for r in done)  # each finish is whole
+    assert all(r["val_loss"] == FINAL["val_loss"] and r["epochs_run"] == 2 for r in done)  # each finish is whole
     assert reopened.reclaim_stale() <= 1  # at most the one it had claimed but not finished
     assert reopened.counts()["running"] == 0
     counts = reopened.counts()
@@ -349,7 +466,7 @@ def test_sigkill_loses_nothing_finished(tmp_path):
 def test_a_dead_process_with_our_pid_is_reclaimed(tmp_path):
     """An earlier process that had this pid (a restarted container) died holding a claim: reclaim it."""
     store = Store(tmp_path / "s.sqlite")
-    ids = store.add_runs([cfg(0), cfg(1)])
+    ids = store.add_runs([cfg(0), cfg(1)], recipe=1)
     store.claim([ids[0]], f"{socket.gethostname()}:{os.getpid()}:0ld0ld00")
     store.claim([ids[1]], owner_token())
     assert store.reclaim_stale() == 1
@@ -358,7 +475,7 @@ def test_a_dead_process_with_our_pid_is_reclaimed(tmp_path):
 
 def test_retry_puts_failed_runs_back(tmp_path):
     store = Store(tmp_path / "s.sqlite")
-    ids = store.add_runs([cfg(0), cfg(1)])
+    ids = store.add_runs([cfg(0), cfg(1)], recipe=1)
     owner = owner_token()
     store.claim(ids, owner)
     store.fail(ids[0], owner, "boom")

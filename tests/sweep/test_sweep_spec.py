@@ -2,10 +2,11 @@
 
 import pytest
 
+from depthlab.cli.main import main
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.packs import make_packs
-from depthlab.sweep.spec import SweepSpec, load_spec, parse_overrides
+from depthlab.sweep.spec import MAX_RUNS, SweepSpec, load_spec, parse_overrides
 
 
 def test_paper_preset_has_6912_runs_and_is_valid():
@@ -30,7 +31,7 @@ def test_demo_and_smoke_presets():
 
 def test_grid_runs_and_exclude():
     spec = SweepSpec.from_dict({
-        "name": "t", "defaults": {"dataset": "synthetic", "width": 4},
+        "name": "t", "defaults": {"dataset": "synthetic", "width": 4, "val_split": 64},
         "grid": {"topology": ["sequential", "parallel"], "blocks": [2, 4], "seed": [0, 1, 2]},
         "runs": [{"norm": "batch"}, {"norm": "none", "residual_scale": ["1/n", "learnable"]}],
         "exclude": [{"blocks": 4, "norm": "none", "residual_scale": "learnable"}],
@@ -107,7 +108,7 @@ def test_overrides_give_a_field_one_value_in_every_run_or_vary_it():
 
 
 def test_each_residual_scale_has_one_spelling_so_equal_runs_share_an_id():
-    from depthlab.sweep.store import run_id
+    from depthlab.records import config_id as run_id
     ids = {run_id(RunConfig(residual_scale=v).to_dict()) for v in (1, 1.0, "1", "1.0", " 1 ")}
     assert len(ids) == 1 and RunConfig(residual_scale=1).residual_scale == "1"
     assert RunConfig(residual_scale="1/ sqrt(n)").residual_scale == "1/sqrt(n)"
@@ -154,3 +155,151 @@ def test_pack_key_ignores_only_per_model_fields():
     assert a.pack_key() == b.pack_key()
     assert a.pack_key() != RunConfig(batch_size=64).pack_key()
     assert a.pack_key() != RunConfig(residual_scale="learnable").pack_key()
+
+
+# ---------------------------------------------------------------------- bad input, big grids, data sizes
+
+
+def write(tmp_path, text: str, name: str = "spec.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_exponent_notation_is_a_number_in_spec_files(tmp_path):
+    path = write(tmp_path, "defaults:\n  lr: 1e-3\n  weight_decay: 1E-4\ngrid:\n  lr: [1e-3, 5e-4, 2.5e+2, 1.0e-2]\n")
+    spec = load_spec(path)
+    assert spec.defaults == {"lr": 0.001, "weight_decay": 0.0001}
+    assert [c.lr for c in spec.configs()] == [0.001, 0.0005, 250.0, 0.01]
+    assert {c.weight_decay for c in spec.configs()} == {0.0001}
+    # words and versions stay strings; integers stay integers
+    assert load_spec(write(tmp_path, "name: e3\ndescription: 1.2.3\ngrid:\n  seed: [1_0]\n")).grid == {"seed": [10]}
+    assert parse_overrides(["lr=2e-3", "epochs=3"]) == {"lr": 0.002, "epochs": 3}
+
+
+def test_an_empty_spec_file_says_so(tmp_path):
+    for text in ("", "# only a comment\n"):
+        with pytest.raises(DepthlabError, match="empty spec file; expected a mapping with keys name, description"):
+            load_spec(write(tmp_path, text))
+
+
+def test_a_directory_or_a_binary_file_as_the_spec(tmp_path):
+    with pytest.raises(DepthlabError, match="is a directory, not a spec file"):
+        load_spec(tmp_path)
+    (tmp_path / "w.pt").write_bytes(b"\x80\x02}q\x00" + bytes(range(256)))  # a pickle, say
+    with pytest.raises(DepthlabError, match=r"w.pt: not a text file \(byte 0 is not UTF-8\)"):
+        load_spec(tmp_path / "w.pt")
+    (tmp_path / "z.yaml").write_bytes(b"grid: {}\x00\x00")
+    with pytest.raises(DepthlabError, match="a binary file"):
+        load_spec(tmp_path / "z.yaml")
+
+
+def test_yaml_errors_are_one_line_with_the_position(tmp_path):
+    with pytest.raises(DepthlabError) as err:
+        load_spec(write(tmp_path, "grid:\n  seed: [0, 1\n"))
+    assert "\n" not in str(err.value) and "not valid YAML: line 3, column 1" in str(err.value)
+
+
+def test_duplicate_keys_are_refused_naming_the_key(tmp_path):
+    with pytest.raises(DepthlabError, match=r"line 4, column 3: duplicate key 'width'"):
+        load_spec(write(tmp_path, "defaults:\n  width: 8\n  blocks: 2\n  width: 16\n"))
+    with pytest.raises(DepthlabError, match="duplicate key 'grid'"):
+        load_spec(write(tmp_path, "grid: {seed: [0]}\ngrid: {seed: [1]}\n"))
+    with pytest.raises(SpecError, match="duplicate key 'seed'"):
+        parse_overrides(["x={seed: 1, seed: 2}"])
+    # a merge key may override what it merges: that is not a duplicate
+    spec = load_spec(write(tmp_path, "defaults: &d {width: 8, blocks: 2}\nruns:\n  - {<<: *d, width: 4}\n"))
+    assert spec.runs == [{"width": 4, "blocks": 2}]
+
+
+def test_the_name_must_be_a_short_string(tmp_path):
+    assert load_spec(write(tmp_path, "name: 2024\ngrid: {seed: [0]}\n")).name == "2024"
+    assert load_spec(write(tmp_path, "name: ''\ngrid: {seed: [0]}\n", "fallback.yaml")).name == "fallback"
+    for text, says in [("name: [a, b]\n", "name: got 'list'"), ("name: {a: 1}\n", "name: got 'dict'"),
+                       ("name: true\n", "name: got 'bool'"), (f"name: {'n' * 201}\n", "at most 200 characters"),
+                       ("name: \"a\\nb\"\n", "without control characters")]:
+        with pytest.raises(SpecError, match=says) as err:
+            load_spec(write(tmp_path, text))
+        assert err.value.field == "name"
+    with pytest.raises(SpecError, match="description: got 'list'"):
+        load_spec(write(tmp_path, "description: [a]\n"))
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, cur in zip("abcde", "bcdef"):
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    lines.append("name: *f")  # 9**6 strings once expanded (each level more multiplies by 9: counted, not expanded)
+    with pytest.raises(DepthlabError, match="line 6, column 4: more than 100,000 values once aliases are expanded"):
+        load_spec(write(tmp_path, "\n".join(lines) + "\n"))
+    with pytest.raises(DepthlabError, match="a loop"):
+        load_spec(write(tmp_path, "grid: &g {seed: *g}\n"))
+    with pytest.raises(DepthlabError, match="nested too deeply"):
+        load_spec(write(tmp_path, "grid: " + "[" * 20000 + "]" * 20000 + "\n"))
+
+
+def test_size_counts_runs_without_expanding_and_absurd_grids_are_refused():
+    spec = SweepSpec.from_dict({"name": "t", "grid": {"seed": [0, 1, 2], "width": [4, 8], "norm": "batch"},
+                                "runs": [{}, {"blocks": [2, 4, 6]}], "exclude": [{"seed": 0}]})
+    assert spec.size() == 6 + 18 and len(spec.configs()) == 4 + 12 - 4  # size: before exclude and duplicates
+    huge = SweepSpec.from_dict({"name": "huge", "grid": {"seed": list(range(200)), "lr": [0.1 * k for k in
+                               range(1, 101)], "width": list(range(1, 101)), "blocks": list(range(1, 11))}})
+    assert huge.size() == 20_000_000 > MAX_RUNS
+    with pytest.raises(DepthlabError, match=r"sweep 'huge' has 20,000,000 runs .* at most 1,000,000 are allowed"):
+        huge.configs()
+
+
+def test_dry_run_of_a_big_grid_counts_without_expanding(tmp_path, capsys):
+    big = write(tmp_path, "grid:\n  seed: [" + ",".join(map(str, range(2000))) + "]\n  width: [4, 8, 16, 32, 64]\n"
+                "  blocks: [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]\n", "big.yaml")
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(big), "--store", str(store), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep big: at most 100,000 runs" in out and "nothing trained" in out and not store.exists()
+    huge = write(tmp_path, big.read_text() + "  kernel: [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21]\n", "huge.yaml")
+    assert main(["run", str(huge), "--store", str(store), "--dry-run"]) == 2
+    assert "sweep 'huge' has 1,100,000 runs" in capsys.readouterr().err and not store.exists()
+
+
+@pytest.mark.parametrize("fields, field, says", [
+    ({"dataset": "synthetic"}, "val_split", "a count below 1024 or a fraction in [0, 1) (synthetic has 1024 train"),
+    ({"dataset": "synthetic", "val_split": 64, "train_subset": 961}, "train_subset",
+     "at most 960 (synthetic has 1024 train and 256 test examples; val_split holds out 64)"),
+    ({"dataset": "synthetic", "val_split": 0.5, "train_subset": 513}, "train_subset", "at most 512"),
+    ({"dataset": "synthetic", "val_split": 64, "test_subset": 257}, "test_subset", "at most 256"),
+    ({"dataset": "mnist", "val_split": 60000}, "val_split", "a count below 60000"),
+    ({"dataset": "cifar10", "train_subset": 45001}, "train_subset", "at most 45000"),
+])
+def test_data_fields_larger_than_the_dataset_are_refused_up_front(fields, field, says):
+    with pytest.raises(SpecError) as err:
+        SweepSpec.from_dict({"name": "t", "defaults": fields, "grid": {"seed": [0]}}).configs()
+    assert err.value.field == field and says in str(err.value) and "in sweep 't'" in str(err.value)
+
+
+def test_data_fields_that_fit_are_accepted_and_excluded_runs_need_not_fit():
+    ok = SweepSpec.from_dict({"name": "t", "defaults": {"dataset": "synthetic", "val_split": 64, "train_subset":
+                                                        960, "test_subset": 256}, "grid": {"seed": [0]}})
+    assert len(ok.configs()) == 1
+    assert len(SweepSpec.from_dict({"name": "t", "grid": {"dataset": ["synthetic", "mnist"]},
+                                    "exclude": [{"dataset": "synthetic"}]}).configs()) == 1
+
+
+def test_a_boolean_never_matches_a_number_in_exclude():
+    spec = SweepSpec.from_dict({"name": "t", "grid": {"kernel": [1, 3]}, "exclude": [{"kernel": True}]})
+    assert [c.kernel for c in spec.configs()] == [1, 3]
+
+
+def test_long_overrides_name_the_sweep_by_a_short_hash():
+    seeds = [f"seed=[{', '.join(map(str, range(40)))}]", "width=4"]
+    spec = load_spec("smoke").with_overrides(parse_overrides(seeds))
+    assert spec.name.startswith("smoke[seed,width #") and len(spec.name) < 40  # the fields, then a hash
+    assert spec.name == load_spec("smoke").with_overrides(parse_overrides(seeds)).name  # stable: same sweep
+    other = load_spec("smoke").with_overrides(parse_overrides([seeds[0], "width=8"]))
+    assert other.name != spec.name and other.name.startswith("smoke[seed,width #")
+    assert load_spec("smoke").with_overrides(parse_overrides(["width=4"])).name == "smoke[width=4]"
+
+
+def test_name_option_renames_the_sweep(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "smoke", "--set", "width=2", "--name", "mine", "--store", str(store), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("sweep mine: 4 runs")

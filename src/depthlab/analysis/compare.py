@@ -1,17 +1,23 @@
-"""The honest comparison of the two wirings: deep (sequential) against shallow (parallel) at equal parameters.
+"""The honest comparison of two values of one config field, at everything else equal.
 
-Two views:
+The field is the *contrast*: `topology` by default (deep sequential against shallow parallel at equal
+parameters), or any other (`kernel`, `skip`, `norm`, ...). Two views:
 
-- `band_table`: the reference study's table: mean final losses of finished runs per dataset x topology x band of
-  the determination ratio Q = K·M/P (training examples x outputs / free parameters).
-- `paired`: runs whose configs are identical except the topology form a pair; the per-pair difference
-  d = parallel − sequential removes everything the two runs share (depth, width, seed, ...). For each group we
-  give the mean and median d, a seeded percentile-bootstrap CI of the mean, win counts, and a TOST equivalence
-  test, and from those one verdict. A mean alone would hide whether a difference is consistent, and "no
-  significant difference" is not "equivalent": that takes TOST against a stated margin.
+- `band_table`: the reference study's table: mean final losses of finished runs per dataset × contrast value ×
+  band of the determination ratio Q = K·M/P (training examples × outputs / free parameters).
+- `paired`: runs whose configs are identical except the contrast field form a pair; for two of its values a
+  and b the per-pair difference d = b − a removes everything the two runs share (depth, width, seed, ...). For
+  each group we give the mean and median d, a seeded percentile-bootstrap CI of the mean, win counts, and a
+  TOST equivalence test, and from those one verdict. A mean alone would hide whether a difference is
+  consistent, and "no significant difference" is not "equivalent": that takes TOST against a stated margin.
+  When d is both within the margin and consistently of one sign, the verdict says both.
 
 Pairs with a diverged or failed member cannot give a loss difference; they are left out of the statistics but
-counted per topology, since a wiring that diverges more often would otherwise look better than it is.
+counted per value, since a value that diverges more often would otherwise look better than it is.
+
+Recipes: a run is a config trained by a recipe (`depthlab.records`). Of a config trained by several recipes
+only the newest counts (the older runs are superseded and counted); a pair whose two runs were trained by
+different recipes is not formed unless asked (`allow_mixed_recipes`), and `compare_report` refuses such a mix.
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ import math
 
 import numpy as np
 
-from depthlab.errors import SpecError
+from depthlab.errors import DepthlabError, SpecError
+from depthlab.records import METRICS, STATUSES, canonical_json, config_of, finite
 from depthlab.sweep.export import varied_fields
-from depthlab.sweep.store import METRICS, STATUSES, canonical_json, config_of, finite
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
 BAND_LABELS = [f"[{lo:g},{hi:g})" for lo, hi in Q_BANDS]  # "[0,1)", "[1,3)", "[3,10)", "[10,inf)"
 NO_BAND = "n/a"  # a run without q
 ALL = "all"
+DEFAULT_CONTRAST = "topology"
 TOPOLOGIES = ("sequential", "parallel")
 DEFAULT_METRICS = ("val_loss", "train_loss", "val_acc")
 RELATIVE_MARGIN = 0.05  # default margin for losses: 5% of the pooled mean
@@ -61,6 +68,45 @@ def _topology_order(topology: str):
     return (3, 0, topology)
 
 
+def value_order(value):
+    """A sort key for config values of mixed types: numbers by value, then strings, then anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    if isinstance(value, str):
+        return (1, 0.0, value)
+    return (2, 0.0, json.dumps(value, sort_keys=True, default=str))
+
+
+def contrast_order(field: str, value):
+    """The order of a contrast's values: for topology sequential, parallel, then groups:g by g; else
+    `value_order`. The first of two values is a, the second b, and d = b − a."""
+    if field == "topology" and isinstance(value, str):
+        return (0, _topology_order(value))
+    return (1, value_order(value))
+
+
+def value_label(field: str, value) -> str:
+    """How a contrast value is named in verdicts and headers: a topology by its name, any other value as
+    field=value (e.g. kernel=5, skip=false)."""
+    if field == "topology":
+        return str(value)
+    return f"{field}={json.dumps(value) if not isinstance(value, str) else value}"
+
+
+def _field_value(rec: dict, field: str):
+    cfg = config_of(rec)
+    return cfg.get(field, rec.get(field))
+
+
+def contrast_values(records: list[dict], field: str) -> list:
+    """The distinct values of `field` in the records' configs, in contrast order."""
+    seen = {}
+    for rec in records:
+        value = _field_value(rec, field)
+        seen.setdefault(canonical_json(value), value)
+    return sorted(seen.values(), key=lambda v: contrast_order(field, v))
+
+
 def mean_or_none(values):
     """The mean of a list of floats, None for an empty one."""
     return float(np.mean(values)) if values else None
@@ -71,51 +117,86 @@ def std_or_none(values):
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def band_table(records: list[dict]) -> list[dict]:
-    """Mean (and std) final train/val loss and mean train/val accuracy of the 'done' runs per dataset x
-    topology x Q band. Means are over the runs that have the metric."""
+def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[dict]:
+    """Mean (and std) final train/val loss and mean train/val accuracy of the 'done' runs per dataset ×
+    contrast value × Q band (the value under "value", and under the field's own name). Means are over the
+    runs that have the metric."""
     groups: dict[tuple, list[dict]] = {}
+    values: dict[str, object] = {}
     for rec in records:
         if rec.get("status") == "done":
-            key = (str(rec.get("dataset")), str(rec.get("topology")), q_band(rec.get("q")))
+            value = _field_value(rec, contrast)
+            values[canonical_json(value)] = value
+            key = (str(rec.get("dataset")), canonical_json(value), q_band(rec.get("q")))
             groups.setdefault(key, []).append(rec)
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0], _topology_order(k[1]), _band_order(k[2]))):
-        row = dict(zip(("dataset", "topology", "q_band"), key), n=len(groups[key]))
+    order = lambda k: (k[0], contrast_order(contrast, values[k[1]]), _band_order(k[2]))
+    for key in sorted(groups, key=order):
+        value = values[key[1]]
+        row = {"dataset": key[0], contrast: value, "value": value, "q_band": key[2], "n": len(groups[key])}
         for m in BAND_METRICS:
-            values = [v for v in (finite(r.get(m)) for r in groups[key]) if v is not None]
-            row[f"{m}_mean"] = mean_or_none(values)
+            found = [v for v in (finite(r.get(m)) for r in groups[key]) if v is not None]
+            row[f"{m}_mean"] = mean_or_none(found)
             if m.endswith("_loss"):
-                row[f"{m}_std"] = std_or_none(values)
+                row[f"{m}_std"] = std_or_none(found)
         rows.append(row)
     return rows
 
 
-def pair_records(records: list[dict]) -> tuple[list[tuple[dict, dict]], dict]:
-    """(sequential, parallel) pairs of records whose configs are identical except `topology`, in record
-    order, and {"n_unpaired", "n_duplicate", "n_identical"}: runs without a partner, runs skipped because their
-    key held more than one run of a topology (no one-to-one pairing is then justified), and runs of one-block
-    pairs, left out because with one block both wirings are the same network. Other topologies are ignored."""
+def latest_recipes(records: list[dict]) -> tuple[list[dict], int]:
+    """The records without those superseded by a newer recipe of the same config (a record without a recipe,
+    e.g. a hand-made one, is its own), and how many were superseded."""
+    newest: dict[str, int] = {}
+    for rec in records:
+        if rec.get("recipe") is not None:
+            key = canonical_json(config_of(rec))
+            newest[key] = max(newest.get(key, rec["recipe"]), rec["recipe"])
+    kept = [r for r in records if r.get("recipe") is None or r["recipe"] == newest[canonical_json(config_of(r))]]
+    return kept, len(records) - len(kept)
+
+
+def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, b=None, *,
+                 allow_mixed_recipes: bool = False) -> tuple[list[tuple[dict, dict]], dict]:
+    """(a, b) pairs of records whose configs are identical except `contrast` (a and b: two of its values;
+    default: the first two in contrast order, sequential and parallel for topology), in record order, and
+    {"n_unpaired", "n_duplicate", "n_identical", "n_superseded", "n_mixed_recipes"}: runs without a partner;
+    runs skipped because their key held more than one run of a value (no one-to-one pairing is then justified);
+    runs of one-block topology pairs, left out because with one block every wiring is the same network; runs
+    superseded by a newer recipe of their config; pairs not formed (or, when allowed, formed) although their
+    runs were trained by different recipes. Records of other values are ignored."""
+    records, superseded = latest_recipes(records)
+    if a is None or b is None:
+        values = contrast_values(records, contrast)
+        if contrast == "topology":
+            values = [v for v in TOPOLOGIES if v in values] + [v for v in values if v not in TOPOLOGIES]
+        a, b = (values + [None, None])[:2] if a is None and b is None else (a, b)
+    key_a, key_b = canonical_json(a), canonical_json(b)
     buckets: dict[str, dict[str, list]] = {}
     for rec in records:
         cfg = config_of(rec)
-        topology = cfg.get("topology", rec.get("topology"))
-        if topology not in TOPOLOGIES:
+        value = canonical_json(cfg.get(contrast, rec.get(contrast)))
+        if value not in (key_a, key_b):
             continue
-        key = canonical_json({k: v for k, v in cfg.items() if k != "topology"})
-        buckets.setdefault(key, {t: [] for t in TOPOLOGIES})[topology].append(rec)
-    pairs, unpaired, duplicate, identical = [], 0, 0, 0
+        key = canonical_json({k: v for k, v in cfg.items() if k != contrast})
+        buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
+    pairs, unpaired, duplicate, identical, mixed = [], 0, 0, 0, 0
     for bucket in buckets.values():
-        seq, par = bucket["sequential"], bucket["parallel"]
-        if len(seq) == 1 and len(par) == 1 and config_of(seq[0]).get("blocks") == 1:
-            identical += 2  # one block: both wirings are the same network, d = 0 says nothing
-        elif len(seq) == 1 and len(par) == 1:
-            pairs.append((seq[0], par[0]))
-        elif len(seq) > 1 or len(par) > 1:
-            duplicate += len(seq) + len(par)
+        left, right = bucket[key_a], bucket[key_b]
+        if len(left) == 1 and len(right) == 1:
+            if contrast == "topology" and config_of(left[0]).get("blocks") == 1:
+                identical += 2  # one block: both wirings are the same network, d = 0 says nothing
+                continue
+            if left[0].get("recipe") != right[0].get("recipe"):
+                mixed += 1
+                if not allow_mixed_recipes:
+                    continue
+            pairs.append((left[0], right[0]))
+        elif len(left) > 1 or len(right) > 1:
+            duplicate += len(left) + len(right)
         else:
-            unpaired += len(seq) + len(par)
-    return pairs, {"n_unpaired": unpaired, "n_duplicate": duplicate, "n_identical": identical}
+            unpaired += len(left) + len(right)
+    return pairs, {"n_unpaired": unpaired, "n_duplicate": duplicate, "n_identical": identical,
+                   "n_superseded": superseded, "n_mixed_recipes": mixed}
 
 
 def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
@@ -148,33 +229,38 @@ def tost_p(d, margin: float) -> float:
 
 
 def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0,
-                 higher_is_better: bool = False) -> dict:
-    """Statistics and verdict for the paired differences d = parallel − sequential of one group."""
+                 higher_is_better: bool = False, labels=("a", "b")) -> dict:
+    """Statistics and verdict for the paired differences d = b − a of one group (`labels`: the names of a and
+    b in the verdict). `favours` is "a", "b" or None: which value the CI says is consistently better;
+    `equivalent`: whether TOST puts the mean d within ±margin. Both may hold (a small but consistent
+    difference), and then the verdict says both."""
     d = np.asarray(d, dtype=float)
     n = len(d)
-    out = dict(n_pairs=n, mean=None, median=None, ci_low=None, ci_high=None, wins_parallel=0,
-               wins_sequential=0, ties=0, tost_p=None, verdict="inconclusive")
+    out = dict(n_pairs=n, mean=None, median=None, ci_low=None, ci_high=None, wins_a=0, wins_b=0, ties=0,
+               tost_p=None, equivalent=False, favours=None, verdict="inconclusive")
     if n == 0:
         return out
     lower, higher = int((d < 0).sum()), int((d > 0).sum())
     out.update(mean=float(d.mean()), median=float(np.median(d)), ties=n - lower - higher,
-               wins_parallel=higher if higher_is_better else lower,
-               wins_sequential=lower if higher_is_better else higher)
+               wins_b=higher if higher_is_better else lower, wins_a=lower if higher_is_better else higher)
     if n < 3:  # too few pairs for a CI or a t-test worth printing
         return out
     lo, hi = bootstrap_ci(d, alpha, n_boot, seed)
     out.update(ci_low=lo, ci_high=hi)
     if margin is not None and margin > 0:
         out["tost_p"] = tost_p(d, margin)
-    better_if_below, better_if_above = (
-        ("sequential better", "parallel better") if higher_is_better else ("parallel better", "sequential better")
-    )
-    if out["tost_p"] is not None and out["tost_p"] < alpha:
-        out["verdict"] = f"equivalent within ±{margin:g}"
-    elif hi < 0:
-        out["verdict"] = better_if_below
+    if hi < 0:
+        out["favours"] = "a" if higher_is_better else "b"
     elif lo > 0:
-        out["verdict"] = better_if_above
+        out["favours"] = "b" if higher_is_better else "a"
+    out["equivalent"] = out["tost_p"] is not None and out["tost_p"] < alpha
+    better = None if out["favours"] is None else labels[0 if out["favours"] == "a" else 1]
+    if out["equivalent"] and better:
+        out["verdict"] = f"equivalent within ±{margin:g}; {better} consistently better by {abs(out['mean']):.2g}"
+    elif out["equivalent"]:
+        out["verdict"] = f"equivalent within ±{margin:g}"
+    elif better:
+        out["verdict"] = f"{better} better"
     return out
 
 
@@ -185,24 +271,37 @@ def _validate(metric, margin, alpha, n_boot):
         raise SpecError("margin", margin, "a positive number (absolute, in the metric's units)")
     if not 0 < alpha < 1:
         raise SpecError("alpha", alpha, "a number between 0 and 1")
-    if not (isinstance(n_boot, int) and n_boot >= 1):
-        raise SpecError("n_boot", n_boot, "a positive integer")
+    if not (isinstance(n_boot, int) and 1 <= n_boot <= MAX_BOOT):
+        raise SpecError("n_boot", n_boot, f"an integer from 1 to {MAX_BOOT}")
 
 
-def check_by(records: list[dict], by: str) -> None:
-    """`by` must be a config field that varies across the records (and not the compared topology)."""
-    allowed = [f for f in varied_fields(records) if f != "topology"]
+MAX_BOOT = 1_000_000
+
+
+def check_contrast(records: list[dict], contrast: str) -> list:
+    """`contrast` must be a config field that varies across the records; returns its values in order."""
+    allowed = varied_fields(records)
+    if contrast not in allowed:
+        raise SpecError("contrast", contrast, ", ".join(allowed) or "none (no config field varies)")
+    return contrast_values(records, contrast)
+
+
+def check_by(records: list[dict], by: str, contrast: str = DEFAULT_CONTRAST) -> None:
+    """`by` must be a config field that varies across the records (and not the contrast itself)."""
+    allowed = [f for f in varied_fields(records) if f != contrast]
     if by not in allowed:
-        raise SpecError("by", by, ", ".join(allowed) or "none (no config field varies besides topology)")
+        raise SpecError("by", by, ", ".join(allowed) or f"none (no config field varies besides {contrast})")
 
 
 def paired(records: list[dict], metric: str = "val_loss", margin: float | None = None, by: str | None = None,
-           alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> dict:
-    """Paired comparison of `metric` per dataset, per dataset x Q band, and (with `by`) per value of that
-    config field within each. See the module docstring; every number is in the returned dict."""
+           alpha: float = 0.05, n_boot: int = 10000, seed: int = 0, *, contrast: str = DEFAULT_CONTRAST,
+           a=None, b=None, allow_mixed_recipes: bool = False) -> dict:
+    """Paired comparison of `metric` between values a and b of `contrast` (default: its first two values,
+    sequential and parallel for topology), d = b − a, per dataset, per dataset × Q band, and (with `by`) per
+    value of that config field within each. See the module docstring; every number is in the returned dict."""
     _validate(metric, margin, alpha, n_boot)
     if by is not None:
-        check_by(records, by)
+        check_by(records, by, contrast)
     higher_is_better = metric.endswith("_acc")
     if margin is not None:
         margin_rule = f"absolute {margin:g} (given)"
@@ -211,12 +310,18 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     else:
         margin_rule = f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
 
-    pairs, info = pair_records(records)
+    pairs, info = pair_records(records, contrast, a, b, allow_mixed_recipes=allow_mixed_recipes)
+    if a is None or b is None:  # the values pair_records chose
+        values = contrast_values(latest_recipes(records)[0], contrast)
+        if contrast == "topology":
+            values = [v for v in TOPOLOGIES if v in values] + [v for v in values if v not in TOPOLOGIES]
+        a, b = (values + [None, None])[:2]
+    labels = (value_label(contrast, a), value_label(contrast, b))
     items = []
-    for seq, par in pairs:
-        cfg = config_of(seq)
-        statuses = (seq.get("status"), par.get("status"))
-        values = (finite(seq.get(metric)), finite(par.get(metric)))
+    for left, right in pairs:
+        cfg = config_of(left)
+        statuses = (left.get("status"), right.get("status"))
+        values = (finite(left.get(metric)), finite(right.get(metric)))
         if any(s in ("diverged", "failed") for s in statuses):
             state = "excluded"
         elif statuses != ("done", "done"):
@@ -225,11 +330,12 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
             state = "missing"
         else:
             state = "used"
-        items.append(dict(dataset=str(cfg.get("dataset")), band=q_band(seq.get("q")),  # same params, same q
+        # both runs share the dataset; Q is the left run's (equal across a topology pair, not across kernels)
+        items.append(dict(dataset=str(cfg.get("dataset")), band=q_band(left.get("q")),
                           by=canonical_json(cfg.get(by)) if by else None, by_value=cfg.get(by) if by else None,
                           statuses=statuses, values=values, state=state))
 
-    def group(sel, **labels):
+    def group(sel, **group_labels):
         used = [i for i in sel if i["state"] == "used"]
         if margin is not None:
             m = float(margin)
@@ -240,8 +346,9 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
             # rounded to 3 significant digits, so the margin tested is the one printed
             m = float(f"{RELATIVE_MARGIN * abs(float(np.mean(pooled))):.3g}") if pooled else None
         d = [i["values"][1] - i["values"][0] for i in used]
-        row = dict(labels)
-        row.update(paired_stats(d, m, alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better))
+        row = dict(group_labels)
+        row.update(paired_stats(d, m, alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better,
+                                labels=labels))
         row.update(margin=m, **tally(sel))
         return row
 
@@ -249,8 +356,8 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
         excluded = [i for i in sel if i["state"] == "excluded"]
         return dict(
             n_excluded=len(excluded),
-            diverged={t: sum(i["statuses"][k] == "diverged" for i in excluded) for k, t in enumerate(TOPOLOGIES)},
-            failed={t: sum(i["statuses"][k] == "failed" for i in excluded) for k, t in enumerate(TOPOLOGIES)},
+            diverged={t: sum(i["statuses"][k] == "diverged" for i in excluded) for k, t in enumerate(labels)},
+            failed={t: sum(i["statuses"][k] == "failed" for i in excluded) for k, t in enumerate(labels)},
             n_unfinished=sum(i["state"] == "unfinished" for i in sel),
             n_missing=sum(i["state"] == "missing" for i in sel),
         )
@@ -261,32 +368,24 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
         bands = [ALL] + sorted({i["band"] for i in in_dataset}, key=_band_order)
         slices = [(ALL, None)]
         if by:
-            values = {i["by"]: i["by_value"] for i in in_dataset}
-            slices += [(k, values[k]) for k in sorted(values, key=lambda k: value_order(values[k]))]
+            by_values = {i["by"]: i["by_value"] for i in in_dataset}
+            slices += [(k, by_values[k]) for k in sorted(by_values, key=lambda k: value_order(by_values[k]))]
         for band in bands:
             for key, value in slices:
                 sel = [i for i in in_dataset if band in (ALL, i["band"]) and key in (ALL, i["by"])]
                 if sel:
-                    labels = dict(dataset=dataset, q_band=band)
+                    row_labels = dict(dataset=dataset, q_band=band)
                     if by:
-                        labels["by_value"] = ALL if key == ALL else value
-                    groups.append(group(sel, **labels))
+                        row_labels["by_value"] = ALL if key == ALL else value
+                    groups.append(group(sel, **row_labels))
 
     return _json_safe(dict(
-        metric=metric, difference="parallel - sequential", higher_is_better=higher_is_better,
+        metric=metric, contrast=contrast, a=a, b=b, a_label=labels[0], b_label=labels[1],
+        difference=f"{labels[1]} - {labels[0]}", higher_is_better=higher_is_better,
         alpha=alpha, ci_level=1 - alpha, n_boot=n_boot, seed=seed, margin=margin, margin_rule=margin_rule, by=by,
-        pairs=dict(n_found=len(items), n_pairs=sum(i["state"] == "used" for i in items), **tally(items), **info),
+        allow_mixed_recipes=allow_mixed_recipes, pairs=dict(n_found=len(items), n_pairs=sum(i["state"] == "used" for i in items), **tally(items), **info),
         groups=groups,
     ))
-
-
-def value_order(value):
-    """A sort key for config values of mixed types: numbers by value, then strings, then anything else."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    if isinstance(value, str):
-        return (1, 0.0, value)
-    return (2, 0.0, json.dumps(value, sort_keys=True, default=str))
 
 
 def _json_safe(obj):
@@ -302,23 +401,64 @@ def _json_safe(obj):
     return obj
 
 
+def check_recipes(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> dict:
+    """{"recipes": the recipes of the runs compared, "n_superseded", "n_mixed_recipes"}; raises when some pairs
+    of the contrast would mix recipes (a result of other training code is not the same run)."""
+    kept, superseded = latest_recipes(records)
+    values = contrast_values(kept, contrast)
+    mixed = 0
+    for i, a in enumerate(values):
+        for b in values[i + 1:]:
+            mixed += pair_records(kept, contrast, a, b)[1]["n_mixed_recipes"]
+    recipes = sorted({r["recipe"] for r in kept if r.get("recipe") is not None})
+    if mixed:
+        raise DepthlabError(
+            f"{mixed} pair(s) of runs would mix recipes {', '.join(map(str, recipes))}: their two runs were trained "
+            "by different versions of the training code. Train the sweep again (`depthlab run`) so that every "
+            "run has the current recipe, or pass --allow-mixed-recipes to pair them anyway")
+    return {"recipes": recipes, "n_superseded": superseded, "n_mixed_recipes": mixed}
+
+
 def compare_report(records: list[dict], margin: float | None = None, by: str | None = None, *,
-                   metrics=DEFAULT_METRICS, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> dict:
-    """The band table and the paired comparison of each metric, as one JSON-serialisable dict."""
+                   metrics=DEFAULT_METRICS, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0,
+                   contrast: str = DEFAULT_CONTRAST, allow_mixed_recipes: bool = False) -> dict:
+    """The band table and the paired comparison of each metric for every two values of `contrast`, as one
+    JSON-serialisable dict: `paired[metric]` is a list with one comparison per pair of values. Refuses runs
+    of different recipes in one pair unless `allow_mixed_recipes` (then they are paired and counted)."""
     counts = dict.fromkeys(STATUSES, 0)
     for rec in records:
         counts[rec.get("status")] = counts.get(rec.get("status"), 0) + 1
+    if contrast != DEFAULT_CONTRAST:
+        check_contrast(records, contrast)
+    if allow_mixed_recipes:
+        kept, superseded = latest_recipes(records)
+        recipes = {"recipes": sorted({r["recipe"] for r in kept if r.get("recipe") is not None}),
+                   "n_superseded": superseded, "allow_mixed_recipes": True}
+    else:
+        recipes = check_recipes(records, contrast)
+    values = contrast_values(latest_recipes(records)[0], contrast)
+    if contrast == DEFAULT_CONTRAST:
+        values = [v for v in values if v in TOPOLOGIES] + [v for v in values if v not in TOPOLOGIES]
+    value_pairs = [(a, b) for i, a in enumerate(values) for b in values[i + 1:]]
+    notes = [
+        f"d = b - a over pairs of runs whose configs differ only in {contrast}.",
+        "Pairs with a diverged or failed run are left out of the statistics and counted per value: "
+        "if one value diverges more often, its loss alone flatters it.",
+        "Verdict: 'equivalent' when TOST p < alpha against the margin; a value is 'better' when the bootstrap CI "
+        "of the mean d excludes 0 (both are said when both hold); else 'inconclusive' (also with fewer than 3 "
+        "pairs).",
+    ]
+    if recipes["n_superseded"]:
+        notes.append(f"{recipes['n_superseded']} run(s) trained by an older recipe of a config that a newer recipe "
+                     "trained again are left out (superseded).")
     return _json_safe(dict(
-        n_runs=len(records), counts=counts, by=by, band_table=band_table(records),
-        paired={m: paired(records, m, margin=margin, by=by, alpha=alpha, n_boot=n_boot, seed=seed)
+        n_runs=len(records), counts=counts, contrast=contrast, values=values, by=by, recipes=recipes,
+        band_table=band_table(records, contrast),
+        paired={m: [paired(records, m, margin=margin, by=by, alpha=alpha, n_boot=n_boot, seed=seed,
+                           contrast=contrast, a=a, b=b, allow_mixed_recipes=allow_mixed_recipes)
+                    for a, b in value_pairs]
                 for m in metrics},
-        notes=[
-            "d = parallel - sequential over pairs of runs whose configs differ only in topology.",
-            "Pairs with a diverged or failed run are left out of the statistics and counted per topology: "
-            "if one wiring diverges more often, its loss alone flatters it.",
-            "Verdict: 'equivalent' when TOST p < alpha against the margin; otherwise a wiring is better only "
-            "when the bootstrap CI of the mean d excludes 0; else 'inconclusive' (also with fewer than 3 pairs).",
-        ],
+        notes=notes,
     ))
 
 
@@ -350,47 +490,63 @@ def _ci(lo, hi) -> str:
 
 def format_report(report: dict) -> str:
     """The report as plain-text tables, readable in a terminal."""
-    counts = report["counts"]
+    counts, contrast = report["counts"], report.get("contrast", DEFAULT_CONTRAST)
+    values = report.get("values", [])
+    title = ("parallel (shallow) vs sequential (deep) wiring at equal parameters" if contrast == "topology"
+             else f"{contrast}: " + " vs ".join(value_label(contrast, v) for v in values))
+    recipes = report.get("recipes") or {}
     out = [
-        "depthlab compare: parallel (shallow) vs sequential (deep) wiring at equal parameters",
-        f"runs: {report['n_runs']} (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")",
+        f"depthlab compare: {title}",
+        f"runs: {report['n_runs']} (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")"
+        + (f"; recipe {', '.join(map(str, recipes['recipes']))}" if recipes.get("recipes") else ""),
         "",
-        "Mean final metrics of done runs by Q band (Q = training examples x outputs / parameters)",
+        f"Mean final metrics of done runs by {contrast} and Q band (Q = training examples x outputs / parameters)",
     ]
-    rows = [[r["dataset"], r["topology"], r["q_band"], r["n"], r["train_loss_mean"], r["train_loss_std"],
-             r["val_loss_mean"], r["val_loss_std"], r["train_acc_mean"], r["val_acc_mean"]]
+    rows = [[r["dataset"], value_label(contrast, r["value"]) if contrast != "topology" else r["value"], r["q_band"],
+             r["n"], r["train_loss_mean"], r["train_loss_std"], r["val_loss_mean"], r["val_loss_std"],
+             r["train_acc_mean"], r["val_acc_mean"]]
             for r in report["band_table"]]
-    headers = ["dataset", "topology", "Q band", "n", "train_loss", "sd", "val_loss", "sd", "train_acc", "val_acc"]
+    headers = ["dataset", contrast, "Q band", "n", "train_loss", "sd", "val_loss", "sd", "train_acc", "val_acc"]
     out.append(text_table(headers, rows, "lllrrrrrrr") if rows else "(no done runs)")
 
     by = report.get("by")
-    for metric, res in report["paired"].items():
-        p = res["pairs"]
-        better = "higher" if res["higher_is_better"] else "lower"
-        favours = "d > 0" if res["higher_is_better"] else "d < 0"
-        out += [
-            "",
-            f"{metric}: d = parallel - sequential per pair; {better} is better, so {favours} favours parallel",
-            f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "
-            f"{res['seed']}); TOST equivalence at alpha {res['alpha']:g}; margin: {res['margin_rule']}",
-            f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged "
-            f"or failed run (diverged: sequential {p['diverged']['sequential']}, parallel "
-            f"{p['diverged']['parallel']}; failed: sequential {p['failed']['sequential']}, parallel "
-            f"{p['failed']['parallel']}); {p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
-            f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates; "
-            f"{p['n_identical']} runs of one-block pairs (identical wirings) left out",
-        ]
-        headers = ["dataset", "Q band"] + ([by] if by else []) + [
-            "pairs", "excl", "mean d", "median d", "CI", "wins par/seq/tie", "margin", "TOST p", "verdict"]
-        rows = [
-            [g["dataset"], g["q_band"]] + ([_fmt(g["by_value"])] if by else []) + [
-                g["n_pairs"], g["n_excluded"], g["mean"], g["median"], _ci(g["ci_low"], g["ci_high"]),
-                f"{g['wins_parallel']}/{g['wins_sequential']}/{g['ties']}", g["margin"],
-                None if g["tost_p"] is None else float(f"{g['tost_p']:.3g}"), g["verdict"]]
-            for g in res["groups"]
-        ]
-        align = "ll" + ("l" if by else "") + "rrrrlrrrl"
-        out.append(text_table(headers, rows, align) if rows else "(no sequential/parallel pairs)")
+    for metric, results in report["paired"].items():
+        if not results:
+            out += ["", f"{metric}: only one value of {contrast}: nothing to pair"]
+        for res in results:
+            out += [""] + _format_comparison(metric, res, by)
 
     out += ["", "notes:"] + [f"- {n}" for n in report.get("notes", [])]
     return "\n".join(out) + "\n"
+
+
+def _format_comparison(metric: str, res: dict, by) -> list[str]:
+    p, a, b = res["pairs"], res["a_label"], res["b_label"]
+    better = "higher" if res["higher_is_better"] else "lower"
+    favours = "d > 0" if res["higher_is_better"] else "d < 0"
+    mixed = "" if not p.get("n_mixed_recipes") else (
+        f"; {p['n_mixed_recipes']} pairs mix recipes" + (" (allowed)" if res.get("allow_mixed_recipes") else
+                                                          " (left out)"))
+    out = [
+        f"{metric}: d = {b} - {a} per pair; {better} is better, so {favours} favours {b}",
+        f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "
+        f"{res['seed']}); TOST equivalence at alpha {res['alpha']:g}; margin: {res['margin_rule']}",
+        f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged "
+        f"or failed run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} {p['failed'][a]}, "
+        f"{b} {p['failed'][b]}); {p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
+        f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates"
+        + (f"; {p['n_identical']} runs of one-block pairs (identical wirings) left out"
+           if res.get("contrast", "topology") == "topology" else "") + mixed,
+    ]
+    headers = ["dataset", "Q band"] + ([by] if by else []) + [
+        "pairs", "excl", "mean d", "median d", "CI", f"wins {b}/{a}/tie", "margin", "TOST p", "verdict"]
+    rows = [
+        [g["dataset"], g["q_band"]] + ([_fmt(g["by_value"])] if by else []) + [
+            g["n_pairs"], g["n_excluded"], g["mean"], g["median"], _ci(g["ci_low"], g["ci_high"]),
+            f"{g['wins_b']}/{g['wins_a']}/{g['ties']}", g["margin"],
+            None if g["tost_p"] is None else float(f"{g['tost_p']:.3g}"), g["verdict"]]
+        for g in res["groups"]
+    ]
+    align = "ll" + ("l" if by else "") + "rrrrlrrrl"
+    out.append(text_table(headers, rows, align) if rows else f"(no {a}/{b} pairs)")
+    return out

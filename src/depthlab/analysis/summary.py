@@ -11,7 +11,7 @@ from __future__ import annotations
 from depthlab.analysis.compare import mean_or_none, std_or_none, value_order
 from depthlab.errors import SpecError
 from depthlab.sweep.export import varied_fields
-from depthlab.sweep.store import METRICS, STATUSES, config_of, finite
+from depthlab.records import METRICS, STATUSES, config_of, finite
 
 DEFAULT_SUMMARY_METRICS = ("train_loss", "val_loss", "val_acc")
 

@@ -1,7 +1,10 @@
 """The residual-expansion commands: `expand`, `paths`, `signal`, `lesion`, `convert`.
 
-Each builds (or trains, with the small local trainer of `depthlab.analysis.trainer`) tiny models on the CPU
-and prints measurements as plain-text tables, or JSON with --json. Progress goes to stderr.
+`expand`, `paths` and `signal` measure freshly built models (or, for the first two, a stored trained run).
+`lesion` and `convert` measure trained runs: a run of a store (`--store S --run ID`), or runs they train
+first through the sweep engine from the command's flags, recorded in the store like any other run (and found
+there, already trained, the next time). Results print as plain-text tables, or JSON with --json; progress goes
+to stderr.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import json
 import math
 import sys
 
+from depthlab.cli.args import non_negative_int, positive_float, positive_int
 from depthlab.errors import DepthlabError
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
+DEFAULT_STORE = "depthlab.sqlite"  # depthlab.sweep.store's; not imported here, so --help stays light
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -76,13 +81,14 @@ def _inputs(args):
     if args.dataset == "random":
         g = torch.Generator().manual_seed(args.seed)
         return torch.randn(args.batch, 1, 28, 28, generator=g), 10
-    from depthlab.analysis.trainer import load_tensors
+    from depthlab.data import load, normalise
 
+    options = {"n_test": args.batch, "seed": args.seed} if args.dataset == "synthetic" else {}
     try:
-        data = load_tensors(args.dataset, train_subset=args.batch, n_test=args.batch, seed=args.seed)
+        ds = load(args.dataset, **options)
     except DepthlabError as err:
         raise DepthlabError(f"{err} (or use --dataset random for Gaussian inputs)") from None
-    return data["test_x"][:args.batch], data["num_classes"]
+    return normalise(ds.test_x[:args.batch], ds.mean, ds.std), ds.num_classes
 
 
 def _spec(args, inputs, num_classes, **changes):
@@ -172,10 +178,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "lesion", formatter_class=FMT,
         help="delete each block of a trained residual network (and of a plain one) and measure the damage",
-        description="Train a small sequential residual network (and, as the contrast, the plain network of the "
-        "same shape without identity connections) on --dataset with a plain Adam loop, then delete each block in "
-        "turn at test time (Veit et al.: a deleted block passes its input on unchanged) and report test accuracy "
-        "and loss against the intact network.")
+        description="Delete each block of a trained sequential residual network in turn at test time (Veit et "
+        "al.: a deleted block passes its input on unchanged) and report test accuracy and loss against the "
+        "intact network; as the contrast, the same for the plain network (skip=false: no identity connections) "
+        "of the same config, trained by the same engine and recipe. The residual network is --run of --store, "
+        "or is trained first from the flags below; either way the runs are recorded in --store.")
     _training_options(p)
     p.add_argument("--no-plain", action="store_true", help="skip the plain-network contrast")
     _store_options(p)
@@ -185,12 +192,16 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", formatter_class=FMT,
         help="rewire a trained deep network as the shallow (parallel) one with the same weights",
-        description="Train a small sequential residual network on --dataset, rewire it as the parallel network "
-        "x + λΣF_i(x) with the same weights (the first-order truncation of the expansion), and report the test "
-        "accuracy retained (converted / original); with BatchNorm also after re-estimating its statistics on "
-        "training data, and after --finetune-epochs of training the converted network.")
+        description="Rewire a trained sequential residual network as the parallel network x + λΣF_i(x) with the "
+        "same weights (the first-order truncation of the expansion) and report the test accuracy retained "
+        "(converted / original); with BatchNorm also after re-estimating its statistics on training data, and "
+        "with --finetune-epochs after the engine trains the converted network from those weights (a run of its "
+        "own, recorded in --store). The deep network is --run of --store, or is trained first from the flags.")
     _training_options(p)
-    p.add_argument("--finetune-epochs", type=float, default=0, help="epochs of fine-tuning the converted network")
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=0,
+                   help="epochs of fine-tuning the converted network (0: none)")
+    p.add_argument("--finetune-lr", type=positive_float, default=None,
+                   help="learning rate of the fine-tuning (default: the deep run's)")
     p.add_argument("--no-recalibrate", action="store_true",
                    help="do not re-estimate BatchNorm statistics after the conversion")
     _store_options(p)
@@ -199,25 +210,50 @@ def register(subparsers) -> None:
 
 
 def _store_options(p):
-    p.add_argument("--store", default=None, help="results store holding a trained run (with --run)")
+    p.add_argument("--store", default=DEFAULT_STORE, help="results store: where --run is read, and where runs "
+                   "trained from the flags are recorded (weights beside it, STORE.weights/)")
     p.add_argument("--run", default=None, help="analyse this trained run of --store (its id or a unique prefix; "
                    "needs weights kept by `depthlab run --save-weights`) instead of a fresh model")
 
 
+# The run a lesion or conversion trains from its flags (each flag's default; None = not given on the command line,
+# which matters with --run: the stored run's config decides, and a training flag given with it is an error).
+TRAINING_DEFAULTS = dict(dataset="mnist", train_subset=2000, val_split=0, test_subset=2000, epochs=3,
+                         batch_size=64, lr=3e-3, schedule="cosine", width=8, blocks=8, kernel=3, norm="batch",
+                         act="relu", residual_scale="1", stem_stride=2, head="flatten")
+
+
 def _training_options(p):
-    p.add_argument("--dataset", default="mnist", help="a depthlab dataset: mnist, cifar10 or synthetic")
-    p.add_argument("--train-subset", type=int, default=2000, help="training examples used")
-    p.add_argument("--test-subset", type=int, default=2000, help="test examples evaluated")
-    p.add_argument("--epochs", type=float, default=3, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    _model_options(p, width=8, blocks=8, norm="batch")
-    p.add_argument("--scale", default="1", help="residual-scale rule: 1, 1/sqrt(n), 1/n, learnable or a number")
-    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2],
-                   help="stride of the stem (2 quarters the cost of every block)")
-    p.add_argument("--head", default="flatten", choices=["gap", "flatten"],
-                   help="classifier on every position (flatten) or on the global average (gap; then the small "
-                   "receptive field of a few 3x3 blocks limits what the model can learn)")
+    d = TRAINING_DEFAULTS
+    p.add_argument("--dataset", default=None, help=f"a depthlab dataset: mnist, cifar10 or synthetic "
+                   f"(default: {d['dataset']})")
+    p.add_argument("--train-subset", type=positive_int, default=None,
+                   help=f"training examples (default: {d['train_subset']})")
+    p.add_argument("--val-split", type=non_negative_int, default=None,
+                   help=f"validation examples carved from the training set (default: {d['val_split']})")
+    p.add_argument("--test-subset", type=positive_int, default=None,
+                   help=f"test examples evaluated (default: {d['test_subset']})")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"training epochs (default: {d['epochs']})")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"training batch size (default: {d['batch_size']})")
+    p.add_argument("--lr", type=positive_float, default=None, help=f"AdamW learning rate (default: {d['lr']})")
+    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "linear"],
+                   help=f"learning-rate schedule (default: {d['schedule']})")
+    p.add_argument("--width", type=positive_int, default=None, help=f"channels of the residual stream "
+                   f"(default: {d['width']})")
+    p.add_argument("--blocks", type=positive_int, default=None, help=f"residual blocks n (default: {d['blocks']})")
+    p.add_argument("--kernel", type=positive_int, default=None, help=f"kernel size (default: {d['kernel']})")
+    p.add_argument("--norm", default=None, choices=["none", "batch", "group"],
+                   help=f"normalisation in the branches (default: {d['norm']})")
+    p.add_argument("--act", default=None, choices=["relu", "gelu", "identity"],
+                   help=f"activation in the branches (default: {d['act']})")
+    p.add_argument("--scale", dest="residual_scale", default=None,
+                   help="residual-scale rule: 1, 1/sqrt(n), 1/n or a number (default: 1)")
+    p.add_argument("--stem-stride", type=int, default=None, choices=[1, 2],
+                   help="stride of the stem (2 quarters the cost of every block; default: 2)")
+    p.add_argument("--head", default=None, choices=["gap", "flatten"],
+                   help="classifier on every position (flatten, the default) or on the global average (gap; then "
+                   "the small receptive field of a few 3x3 blocks limits what the model can learn)")
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -311,105 +347,215 @@ def cmd_signal(args) -> int:
 
 
 def _from_store(args):
-    """The trained run --run of --store, with its data normalised exactly as in training:
-    (data, spec, model, summary) like `_train_model`."""
-    from depthlab.data import load, normalise
-    from depthlab.sweep.store import DEFAULT_STORE
+    """The trained run --run of --store with its test inputs normalised as in training:
+    (data, spec, model, summary)."""
+    from depthlab.data import normalise
+
+    model, config, rid, ds, record = _stored_run(args.store, args.run)
+    n_test = getattr(args, "batch", None)
+    data = {"test_x": normalise(ds.test_x[:n_test], ds.mean, ds.std), "test_y": ds.test_y[:n_test],
+            "num_classes": ds.num_classes}
+    args.dataset = config.dataset  # what the printed summary describes (expand and paths have no other use)
+    return data, model.spec, model, {"run_id": rid, "from_store": str(args.store)}
+
+
+def _stored_run(store_path, run: str, data_root=None):
+    """(model, config, full run id, the run's dataset as the engine saw it, its record) of a trained run."""
+    from depthlab.sweep.runner import DataCache
+    from depthlab.sweep.store import Store
+    from depthlab.sweep.weights import load_trained, resolve
+
+    rid = resolve(store_path, run).stem
+    with Store.existing(store_path, readonly=True) as store:
+        record = next((r for r in store.records() if r["run_id"] == rid), None)
+    if record is None:
+        raise DepthlabError(f"run {rid}: weights exist next to {store_path} but the store has no such run")
+    from depthlab.sweep.config import RunConfig
+
+    config = RunConfig.from_dict(record["config"])
+    ds = DataCache(_cpu(), data_root).get(config)
+    model, _, _ = load_trained(store_path, rid, ds)
+    print(f"run {rid} from {store_path}: {config.topology}, {config.blocks} blocks, width {config.width}, "
+          f"skip {str(config.skip).lower()}, {config.dataset}, {config.epochs} epochs, recipe {record['recipe']}",
+          file=sys.stderr)
+    return model, config, rid, ds, record
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def _flag_config(args, **changes):
+    """The RunConfig of the training flags (defaults where not given)."""
+    from depthlab.sweep.config import RunConfig
+
+    values = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in TRAINING_DEFAULTS.items()}
+    values.update(seed=args.seed, topology="sequential", **changes)
+    return RunConfig(**values)
+
+
+def _base_config(args):
+    """The config of the network to analyse: --run's (no training flag may be given with it), or the flags'."""
+    if not args.run:
+        return _flag_config(args), None
+    given = [k for k in TRAINING_DEFAULTS if getattr(args, k) is not None]
+    if given:
+        flags = ", ".join("--" + ("scale" if k == "residual_scale" else k.replace("_", "-")) for k in given)
+        raise DepthlabError(f"--run analyses a stored run, whose config decides how it was trained; drop {flags} "
+                            "(or drop --run to train a new run from the flags)")
+    return None, args.run
+
+
+def _train(args, configs, sweep: str) -> dict:
+    """Train `configs` through the engine into --store (weights kept), unless done already; their records."""
+    from depthlab.records import run_id
+    from depthlab.sweep import engine
+    from depthlab.sweep.runner import run_sweep
+    from depthlab.sweep.spec import SweepSpec
+
+    spec = SweepSpec.from_dict({"name": sweep, "runs": [c.to_dict() for c in configs]})
+    run_sweep(spec, args.store, device="auto", save_weights=True, progress=not args.quiet)
+    from depthlab.sweep.store import Store
+
+    ids = {run_id(c.to_dict(), engine.RECIPE): c for c in configs}
+    with Store(args.store) as store:
+        return {r["run_id"]: r for r in store.records() if r["run_id"] in ids}
+
+
+def _trained_model(args, record, data):
     from depthlab.sweep.weights import load_trained
 
-    store = args.store or DEFAULT_STORE
-    model, config, rid = load_trained(store, args.run)
-    ds = load(config.dataset, val_split=config.val_split, train_subset=config.train_subset)
-    n_test = getattr(args, "test_subset", None) or getattr(args, "batch", None)
-    test_x, test_y = ds.test_x[:n_test], ds.test_y[:n_test]
-    data = {"train_x": normalise(ds.train_x, ds.mean, ds.std).float(), "train_y": ds.train_y.long(),
-            "test_x": normalise(test_x, ds.mean, ds.std).float(), "test_y": test_y.long(),
-            "num_classes": ds.num_classes}
-    summary = {"run_id": rid, "diverged": False, "final_train_loss": float("nan"), "from_store": str(store)}
-    args.dataset, args.epochs = config.dataset, config.epochs  # what the printed summaries describe
-    print(f"trained run {rid} from {store}: {config.topology}, {config.blocks} blocks, width {config.width}, "
-          f"{config.dataset}, {config.epochs} epochs", file=sys.stderr)
-    return data, model.spec, model, summary
+    return load_trained(args.store, record["run_id"], data)[0]
 
 
-def _model_for(args):
-    return _from_store(args) if args.run else _train_model(args)
+def _run_summary(record: dict) -> dict:
+    return {"run_id": record["run_id"], "status": record["status"], "recipe": record["recipe"],
+            "train_loss": record["train_loss"], "test_acc": record["test_acc"], "error": record["error"]}
 
 
-def _train_model(args):
-    """Load the data and train the sequential model of the arguments; (data, spec, model, train summary)."""
-    from depthlab.analysis.trainer import load_tensors, train
-    from depthlab.models import build
+def _networks(args, contrasts: dict, sweep: str):
+    """The base run (from --run or trained from the flags) and its contrasts (name → changed fields), trained
+    through the engine: {name: (record, model or None)}, and the dataset the runs saw."""
+    from depthlab.records import run_id
+    from depthlab.sweep import engine
+    from depthlab.sweep.runner import DataCache
 
-    data = load_tensors(args.dataset, train_subset=args.train_subset, n_test=args.test_subset, seed=args.seed)
-    spec = _spec(args, data["train_x"], data["num_classes"], residual_scale=args.scale,
-                 stem_stride=args.stem_stride, head=args.head)
-    model = build(spec, seed=args.seed)
-    summary = train(model, data["train_x"], data["train_y"], epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, seed=args.seed, progress=_progress(args))
-    return data, spec, model, summary
+    config, run = _base_config(args)
+    if run is not None:
+        model, config, rid, data, record = _stored_run(args.store, run)
+        out = {"base": (record, model)}
+        wanted = {name: config.replace(**changes) for name, changes in contrasts.items()}
+    else:
+        wanted = {"base": config, **{name: config.replace(**ch) for name, ch in contrasts.items()}}
+        out, data = {}, DataCache(_cpu()).get(config)
+    records = _train(args, list(wanted.values()), sweep) if wanted else {}
+    for name, cfg in wanted.items():
+        record = records[run_id(cfg.to_dict(), engine.RECIPE)]
+        out[name] = (record, _trained_model(args, record, data) if record["status"] == "done" else None)
+    return out, data
 
 
 def cmd_lesion(args) -> int:
-    from depthlab.analysis.lesion import PlainNet, lesion_study
-    from depthlab.analysis.trainer import train
-    from depthlab.models import build
+    from depthlab.analysis.lesion import lesion_study
 
-    data, spec, model, summary = _model_for(args)
-    studies = {"residual": (lesion_study(model, data["test_x"], data["test_y"], progress=_progress(args)), summary)}
-    if not args.no_plain:
-        plain = PlainNet(build(spec, seed=args.seed))
-        plain_summary = train(plain, data["train_x"], data["train_y"], epochs=args.epochs,
-                              batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=_progress(args))
-        studies["plain"] = (lesion_study(plain, data["test_x"], data["test_y"], progress=_progress(args)),
-                            plain_summary)
+    contrasts = {} if args.no_plain else {"plain": {"skip": False}}
+    try:
+        nets, data = _networks(args, contrasts, "lesion")
+    except DepthlabError as err:
+        if "skip" in str(err) and not args.no_plain:
+            raise DepthlabError(f"{err}; the plain contrast cannot be trained for this run: pass --no-plain") \
+                from None
+        raise
+    test = (data.test_x, data.test_y, data.mean, data.std)
+    studies = {}
+    for name, (record, model) in nets.items():
+        label = "residual" if name == "base" else name
+        study = lesion_study(model, *test, progress=_progress(args)) if model is not None else None
+        studies[label] = (study, record)
+    spec = nets["base"][1].spec if nets["base"][1] is not None else None
+    base = nets["base"][0]
     if args.json:
-        _print_json({"spec": spec.to_dict(), "dataset": args.dataset, "n_train": len(data["train_x"]),
-                     "n_test": len(data["test_x"]),
-                     **{k: {**study, "training": s} for k, (study, s) in studies.items()}})
+        _print_json({"spec": spec.to_dict() if spec else None, "dataset": base["dataset"],
+                     "n_train": int(data.n_train), "n_test": len(data.test_x), "store": str(args.store),
+                     **{k: {**(study or {}), "run": _run_summary(r)} for k, (study, r) in studies.items()}})
         return 0
-    print(f"lesions: sequential network of {spec.blocks} blocks (width {spec.width}, norm {spec.norm}, scale "
-          f"{spec.residual_scale}) trained on {len(data['train_x'])} {args.dataset} examples for {args.epochs} "
-          f"epochs; test accuracy on {len(data['test_x'])} examples with each block deleted\n")
+    cfg = base["config"]
+    print(f"lesions: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
+          f"scale {cfg['residual_scale']}) trained by the engine on {data.n_train} {cfg['dataset']} examples for "
+          f"{cfg['epochs']} epochs (recipe {base['recipe']}); test accuracy on {len(data.test_x)} examples with each "
+          "block deleted\n")
     headers = ["deleted block"]
-    rows = [["none (intact)"]] + [[str(i)] for i in range(spec.blocks)]
-    for name, (study, s) in studies.items():
+    rows = [["none (intact)"]] + [[str(i)] for i in range(cfg["blocks"])]
+    for name, (study, _) in studies.items():
+        if study is None:
+            continue
         headers += [f"{name} acc", f"{name} loss"]
         rows[0] += [study["intact"]["accuracy"], study["intact"]["loss"]]
         for i, r in enumerate(study["lesions"]):
             rows[i + 1] += [r["accuracy"], r["loss"]]
     print(table(headers, rows))
     print()
-    for name, (study, s) in studies.items():
-        state = "DIVERGED, " if s["diverged"] else ""
-        print(f"{name}: {state}final train loss {s['final_train_loss']:.4g}; accuracy drop per deleted block: "
+    for name, (study, record) in studies.items():
+        where = f"run {record['run_id']}"
+        if study is None:
+            print(f"{name} ({where}): {record['status'].upper()}, nothing to lesion"
+                  + (f" ({record['error']})" if record.get("error") else ""))
+            continue
+        print(f"{name} ({where}): final train loss {_num(record['train_loss'])}; accuracy drop per deleted block: "
               f"mean {study['mean_accuracy_drop']:.4g}, max {study['max_accuracy_drop']:.4g}")
     return 0
 
 
 def cmd_convert(args) -> int:
     from depthlab.analysis.convert import deep_to_shallow
+    from depthlab.measure import scores
 
-    data, spec, model, summary = _model_for(args)
-    _, report = deep_to_shallow(model, data["test_x"], data["test_y"], data["train_x"], data["train_y"],
-                                finetune_epochs=args.finetune_epochs, recalibrate=not args.no_recalibrate,
-                                progress=_progress(args), batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    report = {"spec": spec.to_dict(), "dataset": args.dataset, "n_train": len(data["train_x"]),
-              "n_test": len(data["test_x"]), "training": summary, **report}
+    nets, data = _networks(args, {}, "convert")
+    record, model = nets["base"]
+    if model is None:
+        raise DepthlabError(f"run {record['run_id']} is {record['status']}: nothing to convert")
+    _, report = deep_to_shallow(model, data, recalibrate=not args.no_recalibrate)
+    if args.finetune_epochs:
+        config = _config_of(record)
+        tune = config.replace(topology="parallel", epochs=args.finetune_epochs, init_from=record["run_id"],
+                              lr=args.finetune_lr if args.finetune_lr is not None else config.lr)
+        tuned = next(iter(_train(args, [tune], "convert").values()))
+        report["finetune"] = _run_summary(tuned)
+        if tuned["status"] == "done":
+            report["finetuned"] = scores(_trained_model(args, tuned, data), data.test_x, data.test_y, data.mean,
+                                         data.std)
+            original = report["original"]["accuracy"]
+            report["retained_after_finetune"] = (report["finetuned"]["accuracy"] / original if original > 0
+                                                 else float("nan"))
+    cfg = record["config"]
+    report = {"spec": model.spec.to_dict(), "dataset": cfg["dataset"], "n_train": int(data.n_train),
+              "n_test": len(data.test_x), "store": str(args.store), "run": _run_summary(record), **report}
     if args.json:
         _print_json(report)
         return 0
-    print(f"deep -> shallow: sequential network of {spec.blocks} blocks (width {spec.width}, norm {spec.norm}, "
-          f"scale {spec.residual_scale}) trained on {report['n_train']} {args.dataset} examples for {args.epochs} "
-          f"epochs (final train loss {summary['final_train_loss']:.4g}{', DIVERGED' if summary['diverged'] else ''})"
-          f"; parameters {report['params_original']} -> {report['params_converted']}\n")
+    print(f"deep -> shallow: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
+          f"scale {cfg['residual_scale']}) trained by the engine on {report['n_train']} {cfg['dataset']} examples "
+          f"for {cfg['epochs']} epochs (run {record['run_id']}, final train loss {_num(record['train_loss'])}); "
+          f"parameters {report['params_original']} -> {report['params_converted']}\n")
     rows = [["sequential (original)", report["original"]["accuracy"], report["original"]["loss"], ""],
             ["parallel (converted)", report["converted"]["accuracy"], report["converted"]["loss"], report["retained"]]]
     if "recalibrated" in report:
         rows.append(["parallel, BN statistics re-estimated", report["recalibrated"]["accuracy"],
                      report["recalibrated"]["loss"], report["retained_recalibrated"]])
     if "finetuned" in report:
-        rows.append([f"parallel, fine-tuned {args.finetune_epochs:g} epochs", report["finetuned"]["accuracy"],
+        rows.append([f"parallel, fine-tuned {args.finetune_epochs} epochs", report["finetuned"]["accuracy"],
                      report["finetuned"]["loss"], report["retained_after_finetune"]])
     print(table(["network", "test acc", "test loss", "acc retained"], rows))
+    if "finetune" in report:
+        tuned = report["finetune"]
+        print(f"\nfine-tuning: run {tuned['run_id']} ({tuned['status']}), trained by the engine from run "
+              f"{record['run_id']}'s weights")
     return 0
+
+
+def _config_of(record):
+    from depthlab.sweep.config import RunConfig
+
+    return RunConfig.from_dict(record["config"])

@@ -5,14 +5,25 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
+def int_between(text: str, low: int, high: int | None = None) -> int:
+    """`text` as an integer in [low, high] (no upper bound when high is None)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return int_between(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return int_between(text, 0)
 
 
 def positive_float(text: str) -> float:

@@ -16,7 +16,7 @@ def cmd_report(args) -> int:
     from depthlab.report.html import write_report
 
     out = write_report(args.store, args.out, sweep=args.sweep, runs=args.runs, title=args.title,
-                       margin=args.margin)
+                       margin=args.margin, contrast=args.contrast, allow_mixed_recipes=args.allow_mixed_recipes)
     print(f"wrote {out}")
     return 0
 
@@ -31,8 +31,6 @@ def cmd_plot(args) -> int:
     save(figure(args.kind, records, args.runs), out)  # NoData is a DepthlabError: printed as one line
     print(f"wrote {out}")
     return 0
-
-
 
 
 def register(subparsers) -> None:
@@ -55,6 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--title", help="page title (default: 'depthlab report: ' + sweep or store name)")
     p.add_argument("--margin", type=positive_float, metavar="M",
                    help="equivalence margin of the paired comparison, as in `depthlab compare --margin`")
+    p.add_argument("--contrast", metavar="FIELD", default="topology",
+                   help="the config field the paired comparison contrasts, as in `depthlab compare --contrast` "
+                   "(default: %(default)s; the figures always pair the wirings)")
+    p.add_argument("--allow-mixed-recipes", action="store_true",
+                   help="pair runs trained by different recipes, as in `depthlab compare`")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(

@@ -1,5 +1,5 @@
-"""Commands that read the results store: `status`, `results` (export), `compare` (the paired statistics) and
-`summary` (outcomes per group of settings)."""
+"""Commands on the results store: `status`, `results` (export), `compare` (the paired statistics), `summary`
+(outcomes per group of settings) only read it, opening it read-only; `release` puts stuck runs back to pending."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import argparse
 import json
 import time
 
-from depthlab.cli.args import positive_float
+from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 
 
 def _open_store(path: str):
-    """The existing store at `path` (these commands only read: a missing file is the user's mistake)."""
+    """The existing store at `path`, read-only (these commands only read: a missing file is the user's mistake,
+    and reading never changes the file)."""
     from depthlab.sweep.store import Store
 
-    return Store.existing(path)
+    return Store.existing(path, readonly=True)
 
 
 def cmd_status(args) -> int:
     from depthlab.analysis.compare import text_table
-    from depthlab.sweep.store import STATUSES
+    from depthlab.records import STATUSES
 
     with _open_store(args.store) as store:
         sweeps = store.sweeps()
@@ -41,17 +42,59 @@ def cmd_status(args) -> int:
             owners.setdefault(r["owner"] or "?", []).append(r)
         print(f"\nrunning: {len(running)} run(s) held by {len(owners)} owner(s)")
         rows = []
+        dead = 0
         for owner, runs in owners.items():
-            beat = max((r["heartbeat_at"] or r["claimed_at"] or 0) for r in runs)
-            rows.append([owner, len(runs), f"{now - beat:.0f} s ago" if beat else "never"])
-        print(text_table(["owner (host:pid:token)", "runs", "last heartbeat"], rows, "lrr"))
+            beat = max((r["heartbeat_at"] if r["heartbeat_at"] is not None else r["claimed_at"] or 0)
+                       for r in runs)
+            is_dead = all(r["owner_dead"] for r in runs)
+            dead += len(runs) if is_dead else 0
+            rows.append([owner, len(runs), f"{now - beat:.0f} s ago" if beat else "never",
+                         "dead" if is_dead else "alive"])
+        print(text_table(["owner (host:pid:token)", "runs", "last heartbeat", "owner"], rows, "lrrl"))
+        if dead:
+            print(f"\n{dead} run(s) are held by a dead owner: the next `depthlab run` takes them back, or release "
+                  f"them now with `depthlab release --store {args.store} --stale`")
     return 0
+
+
+def cmd_release(args) -> int:
+    from depthlab.sweep.store import Store
+
+    if not args.run and not args.stale:
+        raise DepthlabError("release what? give --run ID (repeatable) or --stale (runs whose owner is dead)")
+    with Store.existing(args.store) as store:
+        if args.run:
+            running = {r["run_id"] for r in store.running()}
+            unknown = [r for r in args.run if r not in running]
+            if unknown:
+                raise DepthlabError(f"not running in {args.store}: {', '.join(unknown)} (`depthlab status` lists "
+                                    "the running runs and their owners)")
+        released = store.release_runs(args.run or None, stale=args.stale)
+    print(f"released {len(released)} run(s) back to pending" + (": " + ", ".join(released) if released else ""))
+    return 0
+
+
+def cmd_drop(args) -> int:
+    from depthlab.sweep.store import Store
+
+    with Store.existing(args.store) as store:
+        _check_sweep(store, args.sweep)
+        n = store.drop_pending(args.sweep)
+    print(f"dropped {n} pending run(s) from sweep {args.sweep!r}; its finished runs are kept")
+    return 0
+
+
+def _check_sweep(store, sweep) -> None:
+    if sweep is not None and sweep not in store.sweeps():
+        raise DepthlabError(f"no sweep {sweep!r} in the store; its sweeps: "
+                            + (", ".join(repr(s) for s in store.sweeps()) or "none"))
 
 
 def cmd_results(args) -> int:
     from depthlab.sweep.export import write_results
 
     with _open_store(args.store) as store:
+        _check_sweep(store, args.sweep)
         records = store.records(status=args.status, sweep=args.sweep)
     n = write_results(records, args.format, args.out)
     if args.out != "-":
@@ -62,6 +105,7 @@ def cmd_results(args) -> int:
 def _sweep_records(args) -> list[dict]:
     """The records of `--store` (of `--sweep` when given); none is an error."""
     with _open_store(args.store) as store:
+        _check_sweep(store, args.sweep)
         records = store.records(sweep=args.sweep)
     if not records:
         where = f" in sweep {args.sweep!r}" if args.sweep else ""
@@ -80,7 +124,8 @@ def cmd_compare(args) -> int:
     records = _sweep_records(args)
     metrics = args.metric or list(DEFAULT_METRICS)
     report = compare_report(records, margin=args.margin, by=args.by, metrics=metrics, alpha=args.alpha,
-                            n_boot=args.n_boot, seed=args.seed)
+                            n_boot=args.n_boot, seed=args.seed, contrast=args.contrast,
+                            allow_mixed_recipes=args.allow_mixed_recipes)
     return _print(report, args.json, format_report)
 
 
@@ -93,9 +138,15 @@ def cmd_summary(args) -> int:
     return _print(summary, args.json, format_summary)
 
 
+def bounded_boot(text: str) -> int:
+    """Bootstrap resamples: a count that finishes (the CI is stable long before a million)."""
+    return int_between(text, 1, 1_000_000)
+
+
 def register(subparsers) -> None:
     from depthlab.sweep.export import FORMATS
-    from depthlab.sweep.store import DEFAULT_STORE, METRICS, STATUSES
+    from depthlab.records import METRICS, STATUSES
+    from depthlab.sweep.store import DEFAULT_STORE
 
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -122,27 +173,58 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_results)
 
     p = subparsers.add_parser(
-        "compare", help="paired statistics: parallel (shallow) vs sequential (deep)", formatter_class=fmt,
-        description="Compare the two wirings honestly. Runs whose configs differ only in topology form a pair;\n"
-        "d = parallel - sequential. Per dataset and per Q band (Q = examples x outputs / parameters):\n"
-        "mean and median d, a percentile-bootstrap CI of the mean, win counts, a TOST equivalence test\n"
-        "against a margin, and a verdict: 'equivalent within ±margin', 'parallel better', 'sequential\n"
-        "better' or 'inconclusive'. Pairs with a diverged or failed run are excluded and counted.\n"
-        "Also prints the mean losses per dataset x topology x Q band.\n\n"
-        "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.",
+        "compare", help="paired statistics over one field: parallel vs sequential by default", formatter_class=fmt,
+        description="Compare two values of one config field honestly (--contrast; topology by default: parallel\n"
+        "against sequential). Runs whose configs differ only in that field form a pair; d = b - a for\n"
+        "every two of its values a, b (for topology, d = parallel - sequential). Per dataset and per Q band\n"
+        "(Q = examples x outputs / parameters): mean and median d, a percentile-bootstrap CI of the mean,\n"
+        "win counts, a TOST equivalence test against a margin, and a verdict: 'equivalent within ±margin',\n"
+        "'<value> better' or 'inconclusive' (both equivalent and consistently better when both hold).\n"
+        "Pairs with a diverged or failed run are excluded and counted. Runs of different recipes (versions\n"
+        "of the training code) are not paired: a config retrained by a newer recipe counts in its newest run,\n"
+        "and a pair that would still mix recipes is an error unless --allow-mixed-recipes.\n"
+        "Also prints the mean losses per dataset x value x Q band.\n\n"
+        "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.\n\n"
+        "examples:\n  depthlab compare --store runs.sqlite --by head\n"
+        "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc",
     )
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--metric", action="append", choices=METRICS,
                    help="metric to compare; repeat for several (default: val_loss, train_loss, val_acc)")
     p.add_argument("--margin", type=positive_float, metavar="M",
                    help="equivalence margin, absolute in the metric's units (default: see above)")
+    p.add_argument("--contrast", metavar="FIELD", default="topology",
+                   help="the config field whose values are compared (default: %(default)s)")
     p.add_argument("--by", metavar="FIELD", help="also split every group by this config field (e.g. head, norm)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--allow-mixed-recipes", action="store_true",
+                   help="pair runs trained by different recipes (versions of the training code) and say so")
     p.add_argument("--alpha", type=float, default=0.05, help="test level; the CI is 1 - alpha (default: %(default)s)")
-    p.add_argument("--n-boot", type=int, default=10000, metavar="N", help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--n-boot", type=bounded_boot, default=10000, metavar="N",
+                   help="bootstrap resamples, 1 to 1,000,000 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of tables")
     p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "release", help="put running runs back to pending: a dead owner's, or given ones",
+        description="Runs stay 'running' while their owner lives; a runner that died is noticed by its stale "
+        "heartbeat or its vanished process, and the next `depthlab run` takes its runs back. This does it by "
+        "hand: --stale releases the runs whose owner is dead, --run ID the given ones whoever holds them (make "
+        "sure that runner is stopped: a live one would lose them).")
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
+    p.add_argument("--run", action="append", metavar="ID", help="a running run's full id (repeatable)")
+    p.add_argument("--stale", action="store_true", help="every run whose owner is dead")
+    p.set_defaults(func=cmd_release)
+
+    p = subparsers.add_parser(
+        "drop", help="take a sweep's pending runs out of the store (e.g. left by an edited spec)",
+        description="Rerunning an edited spec under the same name adds its new runs to the sweep, and the runs "
+        "only the old version listed stay pending (`depthlab run` says how many). This takes the sweep's pending "
+        "runs out of it; a run no other sweep lists is deleted. Finished (and running) runs are never dropped.")
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
+    p.add_argument("--sweep", required=True, metavar="NAME", help="the sweep whose pending runs go")
+    p.set_defaults(func=cmd_drop)
 
     p = subparsers.add_parser(
         "summary", help="outcomes grouped by config fields: runs trained, diverged, mean ± std metrics",

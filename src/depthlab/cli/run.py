@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
-from depthlab.sweep.spec import PRESETS
+from depthlab.cli.args import positive_int
+from depthlab.errors import SpecError
+from depthlab.sweep.spec import PRESETS, check_name
 from depthlab.sweep.store import DEFAULT_STORE
+
+# A dry run of a bigger grid counts its runs from the grid's list lengths instead of expanding and hashing each.
+DRY_RUN_EXPAND = 20_000
 
 
 def register(subparsers) -> None:
@@ -21,14 +27,16 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results file (created if missing)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="give FIELD this value in every run (repeatable; a list such as blocks=[2,4] varies it); "
-                   "the sweep is named with its overrides")
+                   "the sweep is named with its overrides (a short hash of them when they are long; see --name)")
+    p.add_argument("--name", type=_sweep_name, default=None,
+                   help="the sweep's name in the store, instead of the spec's name and its [overrides] suffix")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--limit", type=int, default=None, help="train at most N runs in this invocation")
+    p.add_argument("--limit", type=positive_int, default=None, help="train at most N runs in this invocation")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and packs; train nothing")
     p.add_argument("--backend", default="local", choices=["local", "ray"],
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
-    p.add_argument("--max-pack", type=int, default=None, help="at most this many models per pack")
+    p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")
     p.add_argument("--compile", action="store_true", help="torch.compile each pack (CUDA; slower to start)")
     p.add_argument("--save-weights", action="store_true",
                    help="keep each trained model's weights next to the store (STORE.weights/RUN_ID.pt)")
@@ -41,6 +49,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_command)
 
 
+def _sweep_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except SpecError as err:
+        raise argparse.ArgumentTypeError(err.allowed) from None
+
+
 def run_command(args) -> int:
     import torch
 
@@ -49,11 +64,19 @@ def run_command(args) -> int:
     from depthlab.sweep.store import Store
 
     spec = load_spec(args.spec).with_overrides(parse_overrides(args.overrides))
+    if args.name is not None:
+        spec = dataclasses.replace(spec, name=args.name)
     # with Ray the device is the workers', which this machine may not have
     device = resolve_device(args.device) if args.backend == "local" else torch.device(
         "cuda" if args.device == "cuda" else "cpu")
     if args.dry_run:
-        store = Store(args.store) if os.path.exists(args.store) else None
+        size = spec.check_size()
+        if size > DRY_RUN_EXPAND:
+            print(f"sweep {spec.name}: at most {size:,} runs (the product of the grid's lists, before exclude and "
+                  f"duplicates); over {DRY_RUN_EXPAND:,}, so the dry run counts them without expanding or "
+                  "validating each (dry run: nothing trained)")
+            return 0
+        store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
         the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False)
         if store is not None:
             store.close()
@@ -78,9 +101,18 @@ def run_command(args) -> int:
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if not args.no_compare and counts.get("done", 0):
         from depthlab.analysis.compare import compare_report, format_report
-        store = Store(args.store)
-        records = store.records(sweep=spec.name)
-        store.close()
+        from depthlab.errors import DepthlabError
+
+        with Store(args.store, readonly=True) as store:
+            records = store.records(sweep=spec.name)
         print()
-        print(format_report(compare_report(records)))
+        try:
+            print(format_report(compare_report(records)))
+        except DepthlabError as err:  # e.g. pairs that would mix recipes: every result is kept, the comparison waits
+            print(f"compare: {err}")
+    if counts.get("failed", 0):
+        print(f"{counts['failed']} run(s) of sweep {spec.name} failed: see why with `depthlab results --store "
+              f"{args.store} --sweep '{spec.name}' --status failed` (column error); train them again with "
+              "--retry-failed")
+        return 1
     return 0

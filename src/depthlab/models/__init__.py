@@ -8,7 +8,8 @@ network as a shallow one with the same weights.
 from depthlab.models.counting import flops, param_count, q_ratio, receptive_field, spec_params
 from depthlab.models.fuse import fuse_for_inference
 from depthlab.models.layers import ResidualLayer
-from depthlab.models.network import ResidualNet, build
+from depthlab.models.factory import build
+from depthlab.models.network import ResidualNet
 from depthlab.models.pack import pack, unpack
 from depthlab.models.rewire import block_weights, branch_output, locate, parallel_from_sequential, regroup
 from depthlab.models.spec import ModelSpec

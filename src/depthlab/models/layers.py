@@ -37,7 +37,7 @@ def make_act(kind: str) -> nn.Module:
 
 
 class ResidualLayer(nn.Module):
-    """x + Σ_b s_b·F_b(x) for `branches` branches F_b(x) = conv_k(act(norm(conv_k(x)))), as ONE broad layer.
+    """x + Σ_b s_b·F_b(x) (or, without the skip, Σ_b s_b·F_b(x)) for `branches` branches F_b(x) = conv_k(act(norm(conv_k(x)))), as ONE broad layer.
 
     The branches' first convolutions are stacked into one conv from C to branches·hidden channels, and the sum of
     their last convolutions is one conv from branches·hidden back to C (a sum over branches is a convolution
@@ -50,9 +50,10 @@ class ResidualLayer(nn.Module):
     """
 
     def __init__(self, *, models: int, width: int, branches: int, hidden: int, kernel: int, norm: str, act: str,
-                 scale: float, learnable: bool, alpha_init: float = 0.0):
+                 scale: float, learnable: bool, alpha_init: float = 0.0, skip: bool = True):
         super().__init__()
         self.models, self.width, self.branches, self.hidden, self.kernel = models, width, branches, hidden, kernel
+        self.skip = skip  # False: the plain control, Σ_b s_b·F_b(x) without the identity
         inner = models * branches * hidden
         bias = norm == "none"
         self.conv1 = nn.Conv2d(models * width, inner, kernel, padding=kernel // 2, groups=models, bias=bias)
@@ -91,7 +92,7 @@ class ResidualLayer(nn.Module):
         return y * self.scale.repeat_interleave(self.width).reshape(1, -1, 1, 1).to(y.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.residual(x)
+        return x + self.residual(x) if self.skip else self.residual(x)
 
 
 class ChannelAffine(nn.Module):

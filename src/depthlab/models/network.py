@@ -1,4 +1,7 @@
-"""`ResidualNet`: stem → residual layers wired by the topology → head, for a pack of M models (M = 1: one model)."""
+"""`ResidualNet`: stem → residual layers wired by the topology → head, for a pack of M models (M = 1: one model).
+
+Networks are built with `depthlab.models.factory.build` (initialised as the deep stack, then rewired), so
+that every topology of one seed holds the same blocks; this module only defines the module."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class ResidualNet(nn.Module):
         self.layers = nn.ModuleList(
             ResidualLayer(models=models, width=c, branches=spec.branches_per_stage, hidden=spec.hidden_channels,
                           kernel=spec.kernel, norm=spec.norm, act=spec.act, scale=spec.scale,
-                          learnable=spec.learnable_scale, alpha_init=spec.alpha_init)
+                          learnable=spec.learnable_scale, alpha_init=spec.alpha_init, skip=spec.skip)
             for _ in range(spec.stages)
         )
         self.head = PackedHead(models=models, width=c, classes=spec.num_classes, kind=spec.head,
@@ -74,23 +77,3 @@ def fixup_init(net: ResidualNet) -> None:
     nn.init.zeros_(net.head.bias)
     if net.stem.bias is not None:
         nn.init.zeros_(net.stem.bias)
-
-
-def build(spec: ModelSpec, seed: int | None = None, models: int = 1) -> ResidualNet:
-    """Build the network of `spec` (a pack of `models` copies of its shape). With a seed, the initial weights
-    depend only on it (the global RNG is left untouched), and they are the SAME blocks for every topology:
-    the network is initialised as the deep stack and rewired, so a sequential/parallel pair of one seed
-    differs in its wiring alone."""
-    if seed is None:
-        return _initialised(spec, models)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _initialised(spec, models)
-
-
-def _initialised(spec: ModelSpec, models: int) -> ResidualNet:
-    if spec.topology == "sequential":
-        return ResidualNet(spec, models)
-    from depthlab.models.rewire import regroup  # rewire builds on this module
-
-    return regroup(ResidualNet(spec.replace(topology="sequential"), models), spec.topology)

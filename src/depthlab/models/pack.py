@@ -17,7 +17,7 @@ def pack(models: list[ResidualNet]) -> ResidualNet:
         raise ValueError("pack() needs at least one model")
     spec = models[0].spec
     for other in models[1:]:
-        if _shape(other.spec) != _shape(spec):
+        if not same_shape(other.spec, spec):
             raise ValueError(f"pack() needs models of one shape; got {spec} and {other.spec}")
     ref = models[0]
     packed = ResidualNet(spec, models=sum(m.models for m in models)).to(
@@ -38,6 +38,11 @@ def _shape(spec):
     """A spec up to its fixed residual scale λ, which lives in a per-model buffer and so may differ in a pack
     (the pack's spec is its first model's; each model's λ is in `layer.scale`)."""
     return spec.replace(residual_scale="learnable" if spec.residual_scale == "learnable" else 1.0)
+
+
+def same_shape(a, b) -> bool:
+    """Whether models of specs `a` and `b` can share a pack (they differ at most in a fixed λ)."""
+    return _shape(a) == _shape(b)
 
 
 def unpack(packed: ResidualNet) -> list[ResidualNet]:

@@ -7,6 +7,9 @@ then a head. The blocks are wired by `topology`:
 - ``parallel``:   y   = x + λ·Σ_i F_i(x)                  (shallow; one broad layer)
 - ``groups:g``:   g stages in sequence, each a parallel layer of n/g branches (g = n is sequential, g = 1 parallel)
 
+`skip=False` drops the identity from every layer (x_i = λ·F_i(x_{i-1}) for the deep stack): the plain network
+that lesion studies contrast with the residual one, trained by the same engine as every other run.
+
 Every topology with the same (C, n, k, hidden) has exactly the same parameters and FLOPs.
 """
 
@@ -42,6 +45,7 @@ class ModelSpec:
     act: str = "relu"
     init: str = "default"
     stem_stride: int = 1
+    skip: bool = True                # identity connections; False: the plain control x_i = λ·F_i(x_{i-1})
     in_channels: int = 1
     num_classes: int = 10
     input_size: int = 28
@@ -51,9 +55,11 @@ class ModelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(name, value, "a positive integer")
-        if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden < 1):
+        if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool)
+                                        or self.hidden < 1):
             raise SpecError("hidden", self.hidden, "a positive integer or null (= width)")
-        if not isinstance(self.kernel, int) or self.kernel % 2 == 0 or not 1 <= self.kernel <= 31:
+        if not isinstance(self.kernel, int) or isinstance(self.kernel, bool) or self.kernel % 2 == 0 \
+                or not 1 <= self.kernel <= 31:
             raise SpecError("kernel", self.kernel, "an odd integer from 1 to 31")
         if self.norm not in NORMS:
             raise SpecError("norm", self.norm, ", ".join(NORMS))
@@ -63,10 +69,17 @@ class ModelSpec:
             raise SpecError("head", self.head, ", ".join(HEADS))
         if self.init not in INITS:
             raise SpecError("init", self.init, ", ".join(INITS))
-        if self.stem_stride not in (1, 2):
+        if isinstance(self.stem_stride, bool) or self.stem_stride not in (1, 2):  # True == 1 in Python
             raise SpecError("stem_stride", self.stem_stride, "1 or 2")
         self.stages  # validates topology
         self.scale  # validates residual_scale
+        if not isinstance(self.skip, bool):
+            raise SpecError("skip", self.skip, "true (residual) or false (the plain network, no identity)")
+        if not self.skip and self.learnable_scale:
+            raise SpecError("init" if self.init != "default" else "residual_scale",
+                            self.init if self.init != "default" else self.residual_scale,
+                            "init default and a fixed residual_scale when skip is false (a branch scale that "
+                            "starts at 0 would start the plain network at a constant output, with no gradient)")
         if self.init == "fixup" and self.residual_scale == "learnable":
             raise SpecError("init", self.init, "default or skipinit when residual_scale is learnable "
                             "(fixup zeroes the last conv; a zero scale on top would leave no gradient)")

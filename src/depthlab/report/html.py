@@ -22,7 +22,8 @@ from depthlab.analysis.compare import ALL, _ci, _fmt, compare_report, q_band
 from depthlab.errors import DepthlabError
 from depthlab.report import plots
 from depthlab.sweep.export import varied_fields
-from depthlab.sweep.store import STATUSES, Store, config_of
+from depthlab.records import STATUSES, config_of
+from depthlab.sweep.store import Store
 
 DEFAULT_OUT = "report.html"
 DEFAULT_CURVE_RUNS = 8
@@ -51,7 +52,7 @@ RUN_COLUMNS = [
     ("topology", "topology"), ("blocks", "blocks"), ("width", "width"), ("kernel", "kernel"),
     ("params", "params"), ("q", "Q"), ("q_band", "Q band"), ("train_loss", "train loss"),
     ("val_loss", "val loss"), ("train_acc", "train acc"), ("val_acc", "val acc"), ("test_loss", "test loss"),
-    ("test_acc", "test acc"), ("epochs", "epochs"), ("seconds", "seconds"),
+    ("test_acc", "test acc"), ("epochs_run", "epochs run"), ("recipe", "recipe"), ("seconds", "seconds"),
 ]
 
 CSS = """
@@ -144,18 +145,15 @@ def _tost(p) -> str:
     return fmt(None if p is None else float(f"{p:.3g}"))  # as format_report rounds it
 
 
-def verdict_class(verdict: str) -> str:
-    if verdict.startswith("equivalent"):
+def verdict_class(group: dict) -> str:
+    """Equivalent (green), b better (the second value: orange, parallel for topology), a better (blue)."""
+    if group.get("equivalent"):
         return "v-eq"
-    if verdict.startswith("parallel"):
-        return "v-par"
-    if verdict.startswith("sequential"):
-        return "v-seq"
-    return "v-inc"
+    return {"b": "v-par", "a": "v-seq"}.get(group.get("favours"), "v-inc")
 
 
-def badge(verdict: str) -> str:
-    return f'<span class="badge {verdict_class(verdict)}">{esc(verdict)}</span>'
+def badge(group: dict) -> str:
+    return f'<span class="badge {verdict_class(group)}">{esc(group["verdict"])}</span>'
 
 
 def _table(headers, rows, *, numeric=(), attrs="") -> str:
@@ -171,30 +169,42 @@ def _table(headers, rows, *, numeric=(), attrs="") -> str:
 # -- sections ------------------------------------------------------------------------------------------------
 
 
+def _comparisons(compare: dict):
+    """(metric, comparison) for every metric and every two values of the contrast."""
+    for metric, results in compare.get("paired", {}).items():
+        for res in results:
+            yield metric, res
+
+
 def _headline(compare: dict) -> str:
-    paired = compare.get("paired", {})
+    contrast = compare.get("contrast", "topology")
     datasets = []
-    for res in paired.values():
+    for _, res in _comparisons(compare):
         for g in res["groups"]:
             if g["dataset"] not in datasets:
                 datasets.append(g["dataset"])
-    intro = ('<p>Runs whose configs differ only in the wiring form a pair; d = <span class="par">parallel</span> '
-             '− <span class="seq">sequential</span>. Verdicts over all Q bands of each dataset: "equivalent" when '
-             'a TOST test puts the mean d within the margin, a wiring "better" when the bootstrap CI of the mean d '
-             'excludes 0, otherwise inconclusive.</p>')
+    if contrast == "topology":
+        what = ('d = <span class="par">parallel</span> − <span class="seq">sequential</span> (and likewise for '
+                'any other pair of wirings)')
+    else:
+        what = f"d = b − a for two values a, b of {esc(contrast)}"
+    intro = (f'<p>Runs whose configs differ only in {esc(contrast)} form a pair; {what}. Verdicts over all Q bands '
+             'of each dataset: "equivalent" when a TOST test puts the mean d within the margin, a value "better" when '
+             'the bootstrap CI of the mean d excludes 0 (both when both hold), otherwise inconclusive.</p>')
     if not datasets:
-        return intro + '<p class="nodata">No sequential/parallel pairs: nothing to compare yet.</p>'
+        return intro + f'<p class="nodata">No pairs of runs differing only in {esc(contrast)}: nothing to compare yet.</p>'
     cards = []
     for dataset in datasets:
         lines = []
-        for metric, res in paired.items():
+        for metric, res in _comparisons(compare):
             group = next((g for g in res["groups"] if g["dataset"] == dataset and g["q_band"] == ALL
                           and g.get("by_value", ALL) == ALL), None)
             if group is None:
                 continue
             stats = (f"mean d {fmt(group['mean'])}, CI {esc(_ci(group['ci_low'], group['ci_high']))}; "
-                     f"parallel better in {esc(group['wins_parallel'])} of {esc(group['n_pairs'])} pairs")
-            lines.append(f'<tr><td><b>{esc(metric)}</b></td><td>{badge(group["verdict"])}'
+                     f"{esc(res['b_label'])} better in {esc(group['wins_b'])} of {esc(group['n_pairs'])} pairs")
+            name = metric if len(compare["paired"][metric]) == 1 else f"{metric}: {res['b_label']} − {res['a_label']}"
+            lines.append(f'<tr><td><b>{esc(name)}</b></td><td>{badge(group)}'
                          f'<div class="stat">{stats}</div></td></tr>')
         cards.append(f'<div class="card"><h3>{esc(dataset)}</h3><table>{"".join(lines)}</table></div>')
     return intro + f'<div class="cards">{"".join(cards)}</div>'
@@ -248,53 +258,59 @@ def _summary(records: list[dict], compare: dict, source: str | None) -> str:
 
 
 def _band_section(compare: dict) -> str:
-    rows = [[esc(r["dataset"]), esc(r["topology"]), esc(r["q_band"]), fmt(r["n"]), fmt(r["train_loss_mean"]),
+    contrast = compare.get("contrast", "topology")
+    rows = [[esc(r["dataset"]), esc(r["value"]), esc(r["q_band"]), fmt(r["n"]), fmt(r["train_loss_mean"]),
              fmt(r["train_loss_std"]), fmt(r["val_loss_mean"]), fmt(r["val_loss_std"]), fmt(r["train_acc_mean"]),
              fmt(r["val_acc_mean"])] for r in compare.get("band_table", [])]
-    intro = ("<p>Mean final metrics of the done runs per dataset × topology × band of Q = training examples × "
+    intro = (f"<p>Mean final metrics of the done runs per dataset × {esc(contrast)} × band of Q = training examples × "
              "outputs / parameters (the reference study's grouping); sd is the standard deviation over runs.</p>")
     if not rows:
         return intro + '<p class="nodata">No done runs yet.</p>'
-    headers = ["dataset", "topology", "Q band", "n", "train_loss", "sd", "val_loss", "sd", "train_acc", "val_acc"]
+    headers = ["dataset", contrast, "Q band", "n", "train_loss", "sd", "val_loss", "sd", "train_acc", "val_acc"]
     return intro + '<div class="wide">' + _table(headers, rows, numeric=set(range(3, 10)),
                                                  attrs=' id="band-table"') + "</div>"
 
 
 def _paired_section(compare: dict) -> str:
-    """One table per metric, the rows and numbers of `depthlab compare` (same formatting)."""
+    """One table per metric and pair of values, the rows and numbers of `depthlab compare` (same formatting)."""
     out, by = [], compare.get("by")
     notes = "".join(f"<li>{esc(n)}</li>" for n in compare.get("notes", []))
     if notes:
         out.append(f'<ul class="notes">{notes}</ul>')
-    for metric, res in compare.get("paired", {}).items():
-        p = res["pairs"]
+    if not any(compare.get("paired", {}).values()):
+        out.append(f'<p class="nodata">Only one value of {esc(compare.get("contrast", "topology"))}: nothing to '
+                   'pair.</p>')
+    for metric, res in _comparisons(compare):
+        p, a, b = res["pairs"], res["a_label"], res["b_label"]
         favours = "higher is better: d &gt; 0" if res["higher_is_better"] else "lower is better: d &lt; 0"
-        out.append(f"<h3>{esc(metric)} <span class='stat'>({favours} favours parallel)</span></h3>")
+        out.append(f"<h3>{esc(metric)}: {esc(b)} − {esc(a)} <span class='stat'>({favours} favours {esc(b)})</span></h3>")
+        identical = (f'; {esc(p["n_identical"])} runs of one-block pairs (identical wirings) left out'
+                     if res.get("contrast", "topology") == "topology" else "")
         out.append(
             f'<p class="stat">{res["ci_level"]:.0%} percentile-bootstrap CI of the mean d ({esc(res["n_boot"])} '
             f'resamples, seed {esc(res["seed"])}); TOST at alpha {esc(format(res["alpha"], "g"))}; margin: '
             f'{esc(res["margin_rule"])}.<br>Pairs: <b>{esc(p["n_pairs"])}</b> compared of {esc(p["n_found"])} '
-            f'found; {esc(p["n_excluded"])} excluded with a diverged or failed run (diverged: sequential '
-            f'{esc(p["diverged"]["sequential"])}, parallel {esc(p["diverged"]["parallel"])}; failed: sequential '
-            f'{esc(p["failed"]["sequential"])}, parallel {esc(p["failed"]["parallel"])}); {esc(p["n_unfinished"])} '
+            f'found; {esc(p["n_excluded"])} excluded with a diverged or failed run (diverged: {esc(a)} '
+            f'{esc(p["diverged"][a])}, {esc(b)} {esc(p["diverged"][b])}; failed: {esc(a)} '
+            f'{esc(p["failed"][a])}, {esc(b)} {esc(p["failed"][b])}); {esc(p["n_unfinished"])} '
             f'unfinished; {esc(p["n_missing"])} missing {esc(metric)}; {esc(p["n_unpaired"])} runs without partner; '
-            f'{esc(p["n_duplicate"])} in ambiguous duplicates; {esc(p["n_identical"])} runs of one-block pairs '
-            f'(identical wirings) left out.</p>')
+            f'{esc(p["n_duplicate"])} in ambiguous duplicates{identical}.</p>')
         headers = ["dataset", "Q band"] + ([by] if by else []) + [
-            "pairs", "excl", "mean d", "median d", "CI", "wins par/seq/tie", "margin", "TOST p", "verdict"]
+            "pairs", "excl", "mean d", "median d", "CI", f"wins {b}/{a}/tie", "margin", "TOST p", "verdict"]
         rows = []
         for g in res["groups"]:
             rows.append([esc(g["dataset"]), esc(g["q_band"])] + ([fmt(g["by_value"])] if by else []) + [
                 fmt(g["n_pairs"]), fmt(g["n_excluded"]), fmt(g["mean"]), fmt(g["median"]),
-                esc(_ci(g["ci_low"], g["ci_high"])), esc(f"{g['wins_parallel']}/{g['wins_sequential']}/{g['ties']}"),
-                fmt(g["margin"]), _tost(g["tost_p"]), badge(g["verdict"])])
+                esc(_ci(g["ci_low"], g["ci_high"])), esc(f"{g['wins_b']}/{g['wins_a']}/{g['ties']}"),
+                fmt(g["margin"]), _tost(g["tost_p"]), badge(g)])
         if rows:
             first = 3 if by else 2  # pairs .. TOST p are numbers, except the CI and the win counts
             numeric = set(range(first, first + 8)) - {first + 4, first + 5}
-            table = _table(headers, rows, numeric=numeric, attrs=f' id="paired-{esc(metric)}"')
+            ident = metric if len(compare["paired"][metric]) == 1 else f"{metric}-{res['a']}-{res['b']}"
+            table = _table(headers, rows, numeric=numeric, attrs=f' id="paired-{esc(ident)}"')
             out.append(f'<div class="wide">{table}</div>')
         else:
-            out.append('<p class="nodata">No sequential/parallel pairs.</p>')
+            out.append(f'<p class="nodata">No {esc(a)}/{esc(b)} pairs.</p>')
     return "".join(out)
 
 
@@ -420,7 +436,7 @@ def build_report(records: list[dict], title: str = "depthlab report", compare: d
 def load_records(store_path, sweep: str | None = None) -> list[dict]:
     """The records of an existing store (of one sweep when given); a missing store or no runs is an error."""
     store_path = os.fspath(store_path)
-    with Store.existing(store_path) as store:
+    with Store.existing(store_path, readonly=True) as store:
         records = store.records(sweep=sweep)
         sweeps = store.sweeps()
     if not records:
@@ -432,12 +448,14 @@ def load_records(store_path, sweep: str | None = None) -> list[dict]:
 
 
 def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, runs: int = DEFAULT_CURVE_RUNS,
-                 title: str | None = None, margin: float | None = None, image_format: str = "png") -> str:
+                 title: str | None = None, margin: float | None = None, image_format: str = "png",
+                 contrast: str = "topology", allow_mixed_recipes: bool = False) -> str:
     """Read the store, write the report to `out_path`; returns the path written."""
     records = load_records(store_path, sweep)
     if title is None:
         title = f"depthlab report: {sweep or os.path.basename(os.fspath(store_path))}"
-    page = build_report(records, title=title, compare=compare_report(records, margin=margin), runs=runs,
+    compare = compare_report(records, margin=margin, contrast=contrast, allow_mixed_recipes=allow_mixed_recipes)
+    page = build_report(records, title=title, compare=compare, runs=runs,
                         source=os.fspath(store_path), image_format=image_format)
     out_path = os.fspath(out_path)
     try:

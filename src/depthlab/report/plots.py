@@ -21,8 +21,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band
 from depthlab.errors import DepthlabError
 from depthlab.sweep.export import varied_fields
-from depthlab.sweep.store import config_of
-from depthlab.sweep.store import finite as store_finite
+from depthlab.records import config_of
+from depthlab.records import finite as store_finite
 
 # One colour per wiring, the same in every figure.
 TOPOLOGY_COLORS = {"sequential": "#1f5fa8", "parallel": "#e07b00"}

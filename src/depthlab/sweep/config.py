@@ -7,7 +7,8 @@ and nothing else is. Validation happens on construction: a bad value names the f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, fields, replace
 
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
@@ -40,6 +41,7 @@ class RunConfig:
     init: str = "default"
     residual_scale: str | float = "1"
     stem_stride: int = 1
+    skip: bool = True                    # identity connections (False: the plain network, a control)
     # training
     optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
     lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)
@@ -49,6 +51,7 @@ class RunConfig:
     schedule: str = "cosine"
     augment: str = "none"
     seed: int = 0
+    init_from: str | None = None         # start from this run's trained weights (rewired to this topology)
 
     def __post_init__(self):
         if self.dataset not in DATASET_SHAPES:
@@ -79,6 +82,10 @@ class RunConfig:
             raise SpecError("lr", self.lr, "a positive number or null (the optimizer's default)")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise SpecError("weight_decay", self.weight_decay, "a number ≥ 0")
+        if self.init_from is not None and (not isinstance(self.init_from, str)
+                                           or not re.fullmatch(r"[0-9a-f]{16}", self.init_from)):
+            raise SpecError("init_from", self.init_from, "null, or the 16-hex-digit id of a run whose weights "
+                            "were saved (depthlab run --save-weights)")
         self.model_spec()  # validates the model fields
         # One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
         # which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1").
@@ -107,12 +114,15 @@ class RunConfig:
         channels, size, classes, _ = DATASET_SHAPES[self.dataset]
         return ModelSpec(width=self.width, blocks=self.blocks, kernel=self.kernel, hidden=self.hidden,
                          topology=self.topology, residual_scale=self.residual_scale, norm=self.norm, head=self.head,
-                         act=self.act, init=self.init, stem_stride=self.stem_stride,
+                         act=self.act, init=self.init, stem_stride=self.stem_stride, skip=self.skip,
                          in_channels=in_channels or channels, input_size=input_size or size,
                          num_classes=num_classes or classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunConfig":
@@ -124,10 +134,11 @@ class RunConfig:
 
     def pack_key(self) -> tuple:
         """Runs with equal keys share a network shape and a training loop, so they can train as one pack.
-        Per-model within a pack: seed (weights and data order), lr, weight decay, augmentation and a fixed
-        residual scale λ (a per-model buffer); a learnable scale is a parameter, so it is part of the shape."""
+        Per-model within a pack: seed (weights and data order), lr, weight decay, augmentation, the weights it
+        starts from, and a fixed residual scale λ (a per-model buffer); a learnable scale is a parameter, so it
+        is part of the shape."""
         values = self.to_dict()
-        for per_model in ("seed", "lr", "weight_decay", "augment"):
+        for per_model in ("seed", "lr", "weight_decay", "augment", "init_from"):
             values.pop(per_model)
         values["residual_scale"] = "learnable" if self.residual_scale == "learnable" else "fixed"
         return tuple(sorted((k, str(v)) for k, v in values.items()))

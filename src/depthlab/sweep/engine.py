@@ -1,4 +1,5 @@
-"""The engine: trains a pack of runs that share a network shape as ONE module.
+"""The engine: trains a pack of runs that share a network shape as ONE module. It is depthlab's only trainer:
+sweeps, the plain (no-skip) control of a lesion study and the fine-tuning after a conversion all train here.
 
 Each model of the pack keeps its own seed (initial weights and data order), learning rate, weight decay and
 augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
@@ -10,16 +11,19 @@ augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole val
 epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded), both
 for the whole pack (every model of a pack reports the same times: sum over packs, not over runs). Final metrics
 (`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training,
-and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples.
+and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples,
+both measured by `depthlab.measure`. `RECIPE` versions all of this (see below).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
 import platform
 import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,14 +31,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import depthlab
 from depthlab import __version__
+from depthlab.measure import COMPLEXITY_EXAMPLES, EVAL_BATCH, evaluate, geometric_complexity
 from depthlab.models import build, pack, param_count, q_ratio, spec_params, unpack
+from depthlab.models.pack import same_shape
+from depthlab.records import finite
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.optim import PackedOptimizer
-from depthlab.sweep.store import finite
 
-EVAL_BATCH = 1000
-COMPLEXITY_EXAMPLES = 128  # training examples over which the geometric complexity is averaged
+# The recipe: the version of what this engine does to a config (optimizer, schedule, data order, evaluation,
+# numerics). Bump it with every change that alters what training produces; a run is a config trained by a
+# recipe (see depthlab.records), so the store then trains the configs again instead of reusing old results, and
+# `compare` does not pair runs of different recipes. Changes that only add a field with a default that
+# reproduces the old behaviour, or make the engine faster with identical results, keep the recipe.
+RECIPE = 1
 
 
 @dataclass
@@ -73,10 +84,34 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def environment(device: torch.device, pack_size: int, amp: bool, compiled: bool) -> dict:
-    return {"depthlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "host": socket.gethostname(), "device": describe_device(device),
-            "pack_size": pack_size, "amp": "bf16" if amp else "off", "compile": compiled}
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the depthlab checkout this code runs from ("+dirty" with uncommitted changes), or None
+    when it is not a git checkout (an installed wheel) or git is missing."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(depthlab.__file__))))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def environment(device: torch.device, pack_size: int, amp: bool, compiled: bool, dataset=None) -> dict:
+    """Software, hardware and provenance of a pack's runs."""
+    env = {"depthlab": __version__, "git_commit": git_commit(), "recipe": RECIPE, "torch": torch.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+           "device": describe_device(device), "pack_size": pack_size, "amp": "bf16" if amp else "off",
+           "compile": compiled}
+    if dataset is not None:
+        env["data_source"] = getattr(dataset, "source", None)
+        if not getattr(dataset, "complete", True):
+            env["data_complete"] = False
+    return env
 
 
 def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, amp: bool) -> int:
@@ -88,49 +123,6 @@ def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, amp: b
     activations = (spec.width * 2 + spec.blocks * per_block) * hw + in_channels * input_size ** 2
     element = 2 if amp else 4
     return int(1.5 * config.batch_size * activations * element + 16 * spec_params(spec))
-
-
-def evaluate(net, x, y, mean, std, models: int, amp: bool, batch_size: int = EVAL_BATCH) \
-        -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-model mean loss and accuracy over (x, y), every model seeing the same examples (eval mode)."""
-    from depthlab.data import eval_batches
-
-    net.eval()
-    loss_sum = torch.zeros(models, device=x.device)
-    correct = torch.zeros(models, device=x.device)
-    count = 0
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        for xb, yb in eval_batches(x, y, batch_size, mean, std):
-            b = yb.shape[0]
-            out = net(xb.unsqueeze(0).expand(models, *xb.shape)).float()
-            loss_sum += F.cross_entropy(out.reshape(models * b, -1), yb.repeat(models), reduction="none") \
-                .view(models, b).sum(1)
-            correct += (out.argmax(-1) == yb).float().sum(1)
-            count += b
-    net.train()
-    if count == 0:
-        nan = torch.full((models,), float("nan"), device=x.device)
-        return nan, nan
-    return loss_sum / count, correct / count
-
-
-def geometric_complexity(net, x, mean, std, models: int, batch_size: int = COMPLEXITY_EXAMPLES) -> torch.Tensor:
-    """Per model: mean over the examples `x` of ‖∂logits/∂input‖_F² (eval mode, float32), one backward pass per
-    class. Each model's logits depend only on its own copy of the input, so one pass serves the whole pack."""
-    from depthlab.data import normalise
-
-    net.eval()
-    total = torch.zeros(models, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        chunk = normalise(x[start:start + batch_size], mean, std)
-        inputs = chunk.unsqueeze(0).repeat(models, 1, 1, 1, 1).requires_grad_(True)
-        logits = net(inputs)
-        for k in range(logits.shape[-1]):
-            (grad,) = torch.autograd.grad(logits[..., k].sum(), inputs, retain_graph=k < logits.shape[-1] - 1)
-            total += grad.pow(2).flatten(1).sum(1)
-        del logits, inputs
-    net.train()
-    return total / x.shape[0]
 
 
 def _finite_params(net, models: int) -> torch.Tensor:
@@ -156,8 +148,10 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     """Train `configs` (one pack key) together on `dataset` (a `depthlab.data.Dataset` already on `device`).
 
     Keywords: `compile`; `on_epoch(i, metrics)`, called after every epoch for the i-th config (a heartbeat for
-    the store); `keep_weights`; `amp` (bf16 autocast) and `channels_last`, on by default for CUDA and off
-    elsewhere (both run on the CPU too)."""
+    the store); `keep_weights`; `initial`: one entry per config, None (initialise from the config's seed) or a
+    one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
+    order); `amp` (bf16 autocast) and `channels_last`, on by default for CUDA and off elsewhere (both run on the
+    CPU too)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
@@ -165,7 +159,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
 
 def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
                 on_epoch=None, keep_weights: bool = False, amp: bool | None = None,
-                channels_last: bool | None = None) -> list[RunResult]:
+                channels_last: bool | None = None, initial=None) -> list[RunResult]:
     from depthlab.data import DeviceBatches
 
     keys = {c.pack_key() for c in configs}
@@ -176,7 +170,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
     spec = c0.model_spec(**shape)
     start = time.perf_counter()
-    net = pack([build(c.model_spec(**shape), seed=c.seed) for c in configs]).to(device)  # each with its own λ
+    net = pack(_starting_models(configs, shape, initial)).to(device)  # each with its own λ
+    net.train()
     # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1)
     net.channels_last = (device.type == "cuda") if channels_last is None else channels_last
     forward = torch.compile(net) if compile else net
@@ -242,7 +237,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     complexity = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
                                       models, batch_size=max(1, c0.batch_size // 2)).tolist()
     seconds = time.perf_counter() - start
-    env = environment(device, models, amp, compile)
+    env = environment(device, models, amp, compile, dataset)
     params = param_count(net) // models
     q = q_ratio(spec, int(dataset.train_x.shape[0]))
     singles = unpack(net.float()) if keep_weights else None
@@ -264,6 +259,24 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     return results
 
 
+def _starting_models(configs: list[RunConfig], shape: dict, initial) -> list:
+    """Each config's model before training: built from its seed, or the given one (checked to fit)."""
+    initial = [None] * len(configs) if initial is None else list(initial)
+    if len(initial) != len(configs):
+        raise ValueError(f"initial: {len(initial)} entries for {len(configs)} configs")
+    models = []
+    for config, start in zip(configs, initial):
+        spec = config.model_spec(**shape)
+        if start is None:
+            models.append(build(spec, seed=config.seed))
+            continue
+        if start.models != 1 or not same_shape(start.spec, spec):
+            raise ValueError(f"run starting from {config.init_from}: its weights are of another shape "
+                             f"({start.spec}) than the run's ({spec})")
+        models.append(start)
+    return models
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
@@ -272,13 +285,13 @@ def is_out_of_memory(err: BaseException) -> bool:
         marker in text for marker in ("out of memory", "can't allocate memory", "cublas_status_alloc_failed"))
 
 
-def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, on_epoch=None,
+def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, on_epoch=None, initial=None,
                          **kwargs) -> list[RunResult]:
     """`train_pack`, halving the pack and retrying when it runs out of memory; a single model that does not fit
     is returned as `failed` with the error. `on_split(sizes)` reports each split; `on_epoch(i, metrics)` keeps
     indexing the configs as given, whichever half trains them."""
     try:
-        return train_pack(configs, dataset, on_epoch=on_epoch, **kwargs)
+        return train_pack(configs, dataset, on_epoch=on_epoch, initial=initial, **kwargs)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is handled here
         if not is_out_of_memory(err):
             raise
@@ -294,5 +307,8 @@ def train_pack_splitting(configs: list[RunConfig], dataset, *, on_split=None, on
     if on_split is not None:
         on_split((half, len(configs) - half))
     second_on_epoch = None if on_epoch is None else (lambda i, metrics: on_epoch(i + half, metrics))
-    return (train_pack_splitting(configs[:half], dataset, on_split=on_split, on_epoch=on_epoch, **kwargs)
-            + train_pack_splitting(configs[half:], dataset, on_split=on_split, on_epoch=second_on_epoch, **kwargs))
+    first_initial, second_initial = (None, None) if initial is None else (initial[:half], initial[half:])
+    return (train_pack_splitting(configs[:half], dataset, on_split=on_split, on_epoch=on_epoch,
+                                 initial=first_initial, **kwargs)
+            + train_pack_splitting(configs[half:], dataset, on_split=on_split, on_epoch=second_on_epoch,
+                                   initial=second_initial, **kwargs))

@@ -10,11 +10,12 @@ import sys
 from contextlib import contextmanager
 
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.sweep.store import config_of
+from depthlab.records import config_of
 
 RESULT_FIELDS = [
-    "run_id", "dataset", "topology", "blocks", "width", "kernel", "params", "q", "status",
-    "train_loss", "val_loss", "train_acc", "val_acc", "test_loss", "test_acc", "epochs", "seconds",
+    "run_id", "sweeps", "recipe", "dataset", "topology", "blocks", "width", "kernel", "params", "q", "status",
+    "train_loss", "val_loss", "train_acc", "val_acc", "test_loss", "test_acc", "epochs_run", "seconds",
+    "train_seconds", "error",
 ]
 FORMATS = ("csv", "json", "parquet")
 
@@ -31,11 +32,14 @@ def varied_fields(records: list[dict]) -> list[str]:
 
 
 def _cell(value):
-    """A table cell: a scalar or None (non-finite floats -> None; lists and dicts -> their JSON)."""
+    """A table cell: a scalar or None (non-finite floats -> None; lists and dicts -> their JSON; a list of
+    names, such as a run's sweeps, joined by '; ')."""
     if hasattr(value, "tolist"):  # numpy values
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return "; ".join(value)
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, sort_keys=True, default=str)
     return value

@@ -16,11 +16,19 @@ from tqdm import tqdm
 from depthlab.data.datasets import validation_count
 from depthlab.models import flops
 from depthlab.sweep.config import RunConfig
-from depthlab.sweep.store import run_id
+from depthlab.records import config_id
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}|"  # the run counts and the ETA follow (see SweepProgress._refresh)
 # Training examples of the built-in datasets before a validation split (synthetic: its loader's default).
 TRAIN_EXAMPLES = {"mnist": 60_000, "cifar10": 50_000, "synthetic": 1_024}
+
+
+def progress_bar(iterable=None, *, total=None, desc="", enabled=None):
+    """A plain tqdm bar on stderr for analysis loops, shown by default only when stderr is a terminal (tests and
+    pipes stay quiet)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, disable=not enabled, leave=False)
 
 
 def training_examples(config: RunConfig) -> int:
@@ -41,7 +49,7 @@ class SweepProgress:
     pack split after running out of memory), and `elsewhere(config)` drops a run that another runner holds."""
 
     def __init__(self, configs: list[RunConfig], desc: str, *, enabled: bool = True, file=None):
-        self.cost = {run_id(c.to_dict()): run_cost(c) for c in configs}
+        self.cost = {config_id(c.to_dict()): run_cost(c) for c in configs}
         self.credited = dict.fromkeys(self.cost, 0.0)
         self.work_total, self.work_done = sum(self.cost.values()), 0.0  # the sums of cost and credited
         self.runs, self.done, self.diverged, self.taken = len(configs), 0, 0, 0
@@ -57,12 +65,12 @@ class SweepProgress:
         self.work_done += amount
 
     def epoch(self, config: RunConfig) -> None:
-        key = run_id(config.to_dict())
+        key = config_id(config.to_dict())
         self._credit(key, self.cost[key] / config.epochs)
         self._refresh()
 
     def finished(self, config: RunConfig, status: str = "done") -> None:
-        key = run_id(config.to_dict())
+        key = config_id(config.to_dict())
         self._credit(key, self.cost[key])
         self.done += 1
         self.diverged += status == "diverged"
@@ -70,13 +78,13 @@ class SweepProgress:
 
     def restart(self, configs: list[RunConfig]) -> None:
         for config in configs:
-            key = run_id(config.to_dict())
+            key = config_id(config.to_dict())
             self._credit(key, -self.credited[key])
         self._refresh()
 
     def elsewhere(self, config: RunConfig) -> None:
         """Another runner trains this run: neither its count nor its cost is this runner's."""
-        key = run_id(config.to_dict())
+        key = config_id(config.to_dict())
         self._credit(key, -self.credited[key])
         self.work_total -= self.cost[key]
         self.cost[key] = 0.0

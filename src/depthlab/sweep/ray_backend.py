@@ -15,16 +15,16 @@ import torch
 from depthlab.errors import DepthlabError
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.progress import SweepProgress
-from depthlab.sweep.runner import plan, record
+from depthlab.sweep.runner import describe_plan, plan, record, rid, starting_models
 from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store, owner_token, run_id
+from depthlab.sweep.store import Store, owner_token
 
 _DATA = {}  # per worker process: datasets already loaded onto its device
 RAY_GPU_MAX_PACK = 64
 
 
 def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int, compile: bool = False,
-                keep_weights: bool = False):
+                keep_weights: bool = False, initial=None):
     """Body of the Ray task: load (or reuse) the dataset, train the pack, return the results."""
     from depthlab.sweep.engine import train_pack_splitting
     from depthlab.sweep.runner import DataCache
@@ -34,11 +34,11 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
     configs = [RunConfig.from_dict(c) for c in config_dicts]
     cache = _DATA.setdefault((device, str(data_root)), DataCache(torch.device(device), data_root))
     return train_pack_splitting(configs, cache.get(configs[0]), device=device, compile=compile,
-                                keep_weights=keep_weights)
+                                keep_weights=keep_weights, initial=initial)
 
 
 def in_flight_ids(in_flight: dict) -> list[str]:
-    return [run_id(c.to_dict()) for configs in in_flight.values() for c in configs]
+    return [rid(c) for configs in in_flight.values() for c in configs]
 
 
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
@@ -68,7 +68,9 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
     if device == "cuda" and max_pack is None:
         max_pack = RAY_GPU_MAX_PACK
     the_plan = plan(spec, store, torch.device("cpu") if device == "cpu" else torch.device("meta"), limit,
-                    max_pack, retry_failed=retry_failed)
+                    max_pack, retry_failed=retry_failed, store_path=store_path, save_weights=save_weights)
+    for line in describe_plan(the_plan, store_path, spec.name):
+        log(line)
     owner = owner_token()
     pending = list(the_plan.packs)
     in_flight: dict = {}  # ray ObjectRef -> the pack's configs
@@ -79,14 +81,24 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
         while pending or in_flight:
             while pending and len(in_flight) < slots:
                 configs = pending.pop(0)
-                ids = [run_id(c.to_dict()) for c in configs]
+                ids = [rid(c) for c in configs]
+                store.reclaim_stale(ids)  # a peer that crashed while holding some of them
                 claimed = set(store.claim(ids, owner))
                 for config, i in zip(configs, ids):
                     if i not in claimed:  # another runner has it
                         bar.elsewhere(config)
                 configs = [c for c, i in zip(configs, ids) if i in claimed]
                 if configs:
-                    ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights)
+                    try:  # the driver reads the weights a fine-tune starts from: workers may not see the store
+                        initial = starting_models(configs, store_path, None)
+                    except DepthlabError as err:
+                        for config in configs:
+                            store.fail(rid(config), owner, str(err))
+                            bar.finished(config, "failed")
+                        trained["failed"] += len(configs)
+                        continue
+                    ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights,
+                                      initial)
                     in_flight[ref] = configs
             if not in_flight:
                 continue
@@ -98,7 +110,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                     results = ray.get(ref)
                 except Exception as err:  # noqa: BLE001 - a failed task fails its runs, the sweep goes on
                     for config in configs:
-                        store.fail(run_id(config.to_dict()), owner, f"ray task failed: {err}")
+                        store.fail(rid(config), owner, f"ray task failed: {err}")
                         bar.finished(config, "failed")
                     trained["failed"] += len(configs)
                     log(f"pack of {len(configs)} failed on ray: {err}")

@@ -1,9 +1,11 @@
 """The sweep runner: spec → runs in the store → packs → engine → results in the store.
 
-Every run is added to the store as `pending` first. A runner then repeatedly claims a pack (only runs still
-pending are claimed, so two runners never train one run), trains it, and writes each run's result in its own
-transaction. A killed runner's runs are reclaimed by the next one (`Store.reclaim_stale`): nothing finished is
-trained twice or lost; what was interrupted restarts from scratch.
+Every run (a config trained by the engine's `RECIPE`) is added to the store as `pending` first. A runner then
+repeatedly claims a pack (only runs still pending are claimed, so two runners never train one run), trains it,
+and writes each run's result in its own transaction, its weights (when kept) before it is marked done. A
+killed runner's runs are reclaimed by the next runner, or by one already running, before it claims a pack
+(`Store.reclaim_stale`): nothing finished is trained twice or lost; what was interrupted restarts from scratch.
+Results of an older recipe stay in the store; the runner says how many and trains their configs again.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from dataclasses import dataclass
 
 import torch
 
+from depthlab import stopping
 from depthlab.errors import DepthlabError, SpecError
+from depthlab.records import run_id
+from depthlab.sweep import engine, weights
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import make_packs
 from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store, owner_token, run_id
-from depthlab.sweep import weights
+from depthlab.sweep.store import Store, owner_token
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -35,12 +39,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def rid(config: RunConfig) -> str:
+    """The run id of `config` trained by the engine's current recipe."""
+    return run_id(config.to_dict(), engine.RECIPE)
+
+
 @dataclass
 class SweepPlan:
     total: int            # runs in the spec
     finished: int         # already done/diverged/failed in the store
     todo: list            # RunConfigs still to train (pending or interrupted)
     packs: list           # todo grouped into packs
+    superseded: dict = dataclasses.field(default_factory=dict)  # {older recipe: finished runs of these configs}
+    reopened: int = 0     # done runs put back to pending: their weights were asked for and are missing
+    orphans: int = 0      # pending runs of the sweep that the spec no longer lists (an edited spec)
 
 
 class DataCache:
@@ -64,33 +76,79 @@ class DataCache:
 
 
 def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
-         max_pack: int | None = None, add: bool = True, retry_failed: bool = False) -> SweepPlan:
+         max_pack: int | None = None, add: bool = True, retry_failed: bool = False, store_path=None,
+         save_weights: bool = False) -> SweepPlan:
     """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
-    (and, with `retry_failed`, its failed runs are put back to pending)."""
+    (with `retry_failed`, its failed runs are put back to pending; with `save_weights`, its done runs whose
+    weights file under `store_path` is missing are put back to pending, to be trained again with them)."""
     configs = spec.configs()
     if not configs:
         raise DepthlabError(f"sweep {spec.name!r} has no runs: its grid is empty or `exclude` removes every run")
+    ids = [rid(c) for c in configs]
+    reopened = 0
     if add and store is not None:
-        ids = store.add_runs([c.to_dict() for c in configs], sweep=spec.name)
+        store.add_runs([c.to_dict() for c in configs], sweep=spec.name, recipe=engine.RECIPE)
         if retry_failed:
             store.retry(ids)
-    status = {r["run_id"]: r["status"] for r in store.records()} if store is not None else {}
-    todo = [c for c in configs if status.get(run_id(c.to_dict()), "pending") in ("pending", "running")]
+    status = store.statuses(ids) if store is not None else {}
+    if add and store is not None and save_weights and store_path is not None:
+        missing = [i for i in ids if status.get(i) == "done" and not weights.has_weights(store_path, i)]
+        reopened = store.reopen(missing, "weights were asked for (--save-weights) and are missing; trained again")
+        status = store.statuses(ids)
+    superseded = store.older_recipes([c.to_dict() for c in configs], engine.RECIPE) if store is not None else {}
+    orphans = len(store.pending_outside(spec.name, ids)) if store is not None else 0
+    todo = [c for c, i in zip(configs, ids) if status.get(i, "pending") in ("pending", "running")]
     finished = len(configs) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack))
+    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack),
+                     superseded=superseded, reopened=reopened, orphans=orphans)
+
+
+def starting_models(configs: list[RunConfig], store_path, dataset) -> list | None:
+    """For the configs that start from a trained run (`init_from`): that run's model, rewired to the config's
+    topology; None for the others (and None for all when none does)."""
+    if not any(c.init_from for c in configs):
+        return None
+    from depthlab.models import regroup
+
+    out = []
+    for config in configs:
+        if config.init_from is None:
+            out.append(None)
+            continue
+        if store_path is None:
+            raise DepthlabError(f"init_from {config.init_from}: the weights to start from live next to a store")
+        model, source, _ = weights.load_trained(store_path, config.init_from, dataset)
+        out.append(regroup(model, config.topology).train())
+    return out
+
+
+def describe_plan(the_plan: SweepPlan, store_path="STORE", sweep: str = "NAME") -> list[str]:
+    """What the plan changes besides training, in sentences for the user."""
+    lines = []
+    for recipe, n in sorted(the_plan.superseded.items()):
+        lines.append(f"{n} run(s) of this sweep in the store were trained by an older recipe ({recipe}; the engine "
+                     f"is at recipe {engine.RECIPE}): they are kept, and their configs are trained again")
+    if the_plan.orphans:
+        lines.append(f"{the_plan.orphans} pending run(s) of this sweep are not in its spec any more (was it edited "
+                     "under the same name?): they stay pending and this run does not train them; drop them with "
+                     f"`depthlab drop --store {store_path} --sweep '{sweep}'`")
+    if the_plan.reopened:
+        lines.append(f"{the_plan.reopened} done run(s) had no saved weights although --save-weights was asked for: "
+                     "trained again to keep them")
+    return lines
 
 
 def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool:
-    """Write a result; False (and nothing written) when the run is no longer this owner's."""
-    rid = run_id(result.config.to_dict())
-    written = store.finish(rid, owner, status=result.status, final=result.final, history=result.history,
-                           params=result.params, q=result.q, seconds=result.seconds, env=result.env,
-                           error=result.error)
-    if written and result.state_dict is not None and store_path is not None:
-        weights.save_weights(store_path, rid, result.config, result.state_dict)
-    return written
+    """Write a result; False (and nothing written) when the run is no longer this owner's. Weights first
+    (atomically), then the row: a run is never done without the weights that were asked for."""
+    run = rid(result.config)
+    if result.state_dict is not None and store_path is not None:
+        weights.save_weights(store_path, run, result.config, result.state_dict)
+    return store.finish(run, owner, status=result.status, final=result.final, history=result.history,
+                        params=result.params, q=result.q, seconds=result.seconds, env=result.env,
+                        error=result.error, train_seconds=result.train_seconds)
 
 
 def is_device_error(err: BaseException) -> bool:
@@ -137,7 +195,10 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     reclaimed = store.reclaim_stale()
     if reclaimed:
         log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
-    the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed)
+    the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed, store_path=store_path,
+                    save_weights=save_weights)
+    for line in describe_plan(the_plan, store_path, spec.name):
+        log(line)
     owner = owner_token()
     data = DataCache(device, data_root)
     trained = {"done": 0, "diverged": 0, "failed": 0}
@@ -147,7 +208,9 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     heartbeat = Heartbeat(store, owner)
     try:
         for pack_configs in the_plan.packs:
-            ids = [run_id(c.to_dict()) for c in pack_configs]
+            stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
+            ids = [rid(c) for c in pack_configs]
+            store.reclaim_stale(ids)  # a peer that crashed while holding some of them
             claimed = set(store.claim(ids, owner))
             for config, i in zip(pack_configs, ids):
                 if i not in claimed:  # another runner has it
@@ -155,14 +218,15 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
             pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
             if not pack_configs:
                 continue
-            pack_ids = [run_id(c.to_dict()) for c in pack_configs]
+            pack_ids = [rid(c) for c in pack_configs]
             heartbeat.ids = pack_ids
             dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
             try:
                 results = train_pack_splitting(
                     pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
+                    initial=starting_models(pack_configs, store_path, dataset),
                     on_epoch=lambda i, metrics: (store.record_epoch(pack_ids[i], owner, metrics),
-                                                 bar.epoch(pack_configs[i])),
+                                                 bar.epoch(pack_configs[i]), stopping.check()),
                     on_split=lambda sizes: (log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"),
                                             bar.restart(pack_configs)))
             except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
@@ -170,8 +234,8 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                     raise
                 message = f"{type(err).__name__}: {err}"
                 log(f"pack of {len(pack_configs)} failed: {message}")
-                for rid in pack_ids:
-                    store.fail(rid, owner, message + "\n" + traceback.format_exc(limit=5))
+                for run in pack_ids:
+                    store.fail(run, owner, message + "\n" + traceback.format_exc(limit=5))
                 trained["failed"] += len(pack_ids)
                 for config in pack_configs:
                     bar.finished(config, "failed")
@@ -181,10 +245,10 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
                 if record(store, owner, result, store_path if save_weights else None):
                     trained[result.status] = trained.get(result.status, 0) + 1
                 else:
-                    log(f"run {run_id(result.config.to_dict())} was reclaimed by another runner; result dropped")
+                    log(f"run {rid(result.config)} was reclaimed by another runner; result dropped")
                 bar.finished(result.config, result.status)
     except BaseException:
-        store.release([run_id(c.to_dict()) for c in the_plan.todo], owner)
+        store.release([rid(c) for c in the_plan.todo], owner)
         raise
     finally:
         heartbeat.stop()

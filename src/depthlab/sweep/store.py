@@ -1,13 +1,21 @@
-"""The results store: one SQLite file, one row per run, keyed by a hash of the run's config.
+"""The results store: one SQLite file, one row per run (a config trained by a recipe; see `depthlab.records`).
 
 Several processes on one host share one store (SQLite's WAL mode needs a local file system: to spread a sweep
-over several hosts, use the Ray backend, whose driver alone touches the store). The guarantees the sweep runner
+over several hosts, use the Ray backend, whose driver alone touches the store). The contract the sweep runner
 relies on:
 
 - every state change is its own committed transaction, so a process killed at any moment (SIGKILL included)
   loses nothing it had already finished;
 - `claim` runs under `BEGIN IMMEDIATE` (the write lock), so two processes never both claim one run;
-- a run left 'running' by a dead process goes back to 'pending' with `reclaim_stale`; finished runs never do.
+- a run left 'running' by a dead owner goes back to 'pending' with `reclaim_stale`; finished runs never do.
+  An owner is dead when its process is gone (same host) or its heartbeat is older than `stale_after`
+  (any host: a pid reused by an unrelated process must not hold a run forever);
+- read-only opens (`Store(path, readonly=True)`, what `status`, `results`, `compare` and `report` use) never
+  change the file, not even to migrate it: an old store is migrated in a private in-memory copy.
+
+Schema versions: the file's SQLite `user_version` is the schema version. `MIGRATIONS` run in order, once, each
+in one transaction with the version bump; a store of a newer depthlab (a higher version) is refused, and so
+is an SQLite file that is not a depthlab store (checked before anything is written).
 
 Open one `Store` per process (a SQLite connection must not cross a fork); within a process it may be shared
 between threads (e.g. a heartbeat thread).
@@ -15,9 +23,7 @@ between threads (e.g. a heartbeat thread).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import secrets
 import socket
@@ -25,24 +31,28 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
 
 from depthlab.errors import DepthlabError, SpecError
+from depthlab.records import (FINISHED, METRICS, RECORD_FIELDS, STATUSES, canonical_json, config_id, dumps, finite,
+                              run_id)
 
 DEFAULT_STORE = "depthlab.sqlite"
-STATUSES = ("pending", "running", "done", "diverged", "failed")
-FINISHED = ("done", "diverged", "failed")
-METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "test_loss", "test_acc")
 
-# Keys a record adds to its run's config. A config key of the same name is shadowed in the flat record
-# (notably `epochs`: planned in the config, the number recorded in the record); the untouched config stays
-# available under the record's "config" key (see `config_of`).
-RECORD_FIELDS = (
-    "run_id", "sweep", "status", "params", "q", *METRICS,
-    "epochs", "seconds", "history", "env", "error", "attempts",
-)
+# -- schema and migrations ------------------------------------------------------------------------------------
 
-_SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS runs (
+# The columns of the runs table at version 1 (the first schema, written before versions were recorded).
+_V1_COLUMNS = ("run_id", "sweep", "config", "status", "owner", "attempts", "created_at", "claimed_at",
+               "heartbeat_at", "finished_at", "history", *METRICS, "final", "params", "q", "seconds", "env", "error")
+# Fields that version 2 added to every run config, with the value every earlier run had.
+_V2_NEW_FIELDS = {"skip": True, "init_from": None}
+_V2_RECIPE = 1  # the recipe of every run trained before recipes were recorded
+
+
+def _v1(c: sqlite3.Connection, path: str) -> None:
+    """The runs table and the sweep → run links (a run belongs to every sweep that lists it)."""
+    c.execute(f"""CREATE TABLE IF NOT EXISTS runs (
         run_id       TEXT PRIMARY KEY,
         sweep        TEXT NOT NULL DEFAULT '',
         config       TEXT NOT NULL,
@@ -61,53 +71,53 @@ _SCHEMA = (
         seconds      REAL,
         env          TEXT,
         error        TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS runs_status ON runs (status, sweep)",
-    # A run belongs to every sweep that lists it (two specs may share runs; a run is trained once): runs.sweep
-    # keeps the first sweep's name, this table all of them. The backfill covers stores written before it existed.
-    """CREATE TABLE IF NOT EXISTS sweep_runs (
+    )""")
+    c.execute("CREATE INDEX IF NOT EXISTS runs_status ON runs (status, sweep)")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_runs (
         sweep  TEXT NOT NULL,
         run_id TEXT NOT NULL REFERENCES runs (run_id),
         PRIMARY KEY (sweep, run_id)
-    )""",
-    "INSERT OR IGNORE INTO sweep_runs (sweep, run_id) SELECT sweep, run_id FROM runs ORDER BY rowid",
-)
+    )""")
+    # stores written before sweep_runs existed: each run belongs to the sweep that added it
+    c.execute("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) SELECT sweep, run_id FROM runs ORDER BY rowid")
 
 
-def _plain(obj):
-    """A JSON-safe copy: non-finite floats become None (strict JSON has no NaN), numpy values become Python."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, torch tensors
-        return _plain(obj.tolist())
-    raise TypeError(f"not JSON-serialisable: {obj!r} ({type(obj).__name__})")
+def _v2(c: sqlite3.Connection, path: str) -> None:
+    """Recipes: a run is a config trained by a recipe. Adds `recipe`, `config_id` and `train_seconds`, gives
+    every stored config the fields added since (`skip`, `init_from`, at the value those runs had), and re-keys
+    each run by (config, recipe 1). Saved weights are renamed after the commit (see `_after_v2`)."""
+    for column in ("recipe INTEGER", "config_id TEXT", "train_seconds REAL"):
+        c.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    renames = []
+    for old, text in c.execute("SELECT run_id, config FROM runs").fetchall():
+        config = {**_V2_NEW_FIELDS, **json.loads(text)}
+        new = run_id(config, _V2_RECIPE)
+        c.execute("UPDATE runs SET run_id = ?, config = ?, config_id = ?, recipe = ? WHERE run_id = ?",
+                  (new, canonical_json(config), config_id(config), _V2_RECIPE, old))
+        c.execute("UPDATE sweep_runs SET run_id = ? WHERE run_id = ?", (new, old))
+        renames.append((old, new))
+    c.execute("CREATE INDEX IF NOT EXISTS runs_config ON runs (config_id)")
+    return renames
 
 
-def _dumps(obj) -> str:
-    return json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+def _after_v2(path: str, renames) -> None:
+    folder = Path(f"{path}.weights")
+    for old, new in renames or ():
+        source = folder / f"{old}.pt"
+        if source.is_file() and not (folder / f"{new}.pt").exists():
+            source.replace(folder / f"{new}.pt")
 
 
-def canonical_json(config: dict) -> str:
-    """Sorted keys, no spaces, floats as repr (what `json` writes): the text a run id hashes."""
-
-    def default(o):
-        if hasattr(o, "item"):  # numpy integers are not ints to json; numpy floats already are floats
-            return o.item()
-        raise TypeError(f"config value is not JSON-serialisable: {o!r}")
-
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), default=default)
+# (version, what it does, migration(connection, path) -> data for after, after(path, data) or None)
+MIGRATIONS = [
+    (1, "runs and sweep_runs tables", _v1, None),
+    (2, "recipes: recipe, config_id and train_seconds columns; runs keyed by config and recipe", _v2, _after_v2),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+_COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
 
 
-def run_id(config: dict) -> str:
-    """Stable id of a run: the first 16 hex digits of the sha256 of its canonical JSON."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
-
+# -- owners ---------------------------------------------------------------------------------------------------
 
 _OWN_TOKENS: set[str] = set()  # the owner tokens this process has handed out
 
@@ -117,22 +127,6 @@ def owner_token() -> str:
     token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     _OWN_TOKENS.add(token)
     return token
-
-
-def config_of(record: dict) -> dict:
-    """The config of a record from `Store.records` (or of a hand-made flat record without a "config" key)."""
-    cfg = record.get("config")
-    if isinstance(cfg, dict):
-        return cfg
-    return {k: v for k, v in record.items() if k not in RECORD_FIELDS and k != "config"}
-
-
-def finite(value):
-    """A metric as a float, or None when missing, NaN or infinite (stored as NULL; strict JSON has no NaN)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -153,74 +147,144 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _owner_dead(owner: str | None, last_beat: float | None, stale_after: float, now: float) -> bool:
+def owner_dead(owner: str | None, last_beat: float | None, stale_after: float, now: float | None = None) -> bool:
+    """Whether the owner of a running run is gone: its heartbeat is older than `stale_after` seconds (any
+    host; a live runner beats every minute), or, on this host, its process no longer exists (or is this
+    process under a token it never made: an earlier process with the same pid died holding the claim)."""
+    now = time.time() if now is None else now
+    if last_beat is None or now - last_beat > stale_after:
+        return True
     host, pid = None, None
     parts = (owner or "").rsplit(":", 2)
     if len(parts) == 3 and parts[1].isdigit():
         host, pid = parts[0], int(parts[1])
     if host == socket.gethostname():
         if pid == os.getpid():
-            # our own pid: alive only if this process made the token; otherwise an earlier process that had
-            # the same pid (a restarted container often gets the same one) died holding the claim
             return owner not in _OWN_TOKENS
         return not _pid_alive(pid)
-    # another host (or an owner we cannot parse): only the heartbeat tells
-    return last_beat is None or now - last_beat > stale_after
+    return False  # another host with a fresh heartbeat
+
+
+# -- the store ------------------------------------------------------------------------------------------------
+
+
+def check_store_path(path) -> str:
+    """A store is a file: refuse what SQLite would quietly keep in memory ('', ':memory:', URIs), a directory,
+    and a file in a folder that does not exist, before anything is trained."""
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text.strip() or text == ":memory:" or text.startswith("file:"):
+        raise DepthlabError(f"--store {text!r}: a results store must be a file path (e.g. runs.sqlite); an empty "
+                            "name, ':memory:' or a 'file:' URI would keep nothing")
+    if os.path.isdir(text):
+        raise DepthlabError(f"--store {text!r} is a directory; give a file path inside it, e.g. {text.rstrip('/')}/"
+                            "runs.sqlite")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise DepthlabError(f"--store {text!r}: the directory {parent!r} does not exist")
+    return text
 
 
 class Store:
     """A results store in one SQLite file (WAL mode), safe to share between processes."""
 
-    def __init__(self, path=DEFAULT_STORE, *, stale_after: float = 600.0):
-        self.path = os.fspath(path)
+    def __init__(self, path=DEFAULT_STORE, *, stale_after: float = 600.0, readonly: bool = False):
+        self.path = check_store_path(path)
         self.stale_after = float(stale_after)
+        self.readonly = readonly
+        self.migrated: list[int] = []  # the schema versions this open migrated to
         self._lock = threading.Lock()
         try:
-            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout = 60000")
-            self._refuse_foreign()  # before anything below changes the file
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL survives any process crash; only a power cut may lose the last commits.
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            with self._tx() as c:
-                for statement in _SCHEMA:
-                    c.execute(statement)
+            self._conn = self._connect()
+            self._open()
         except sqlite3.DatabaseError as err:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
             raise DepthlabError(f"{self.path}: cannot open as a depthlab results store ({err})") from err
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves
+        if self.readonly:
+            uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 60000")
+        return conn
+
+    def _open(self) -> None:
+        version = self._check()  # before anything below changes the file
+        if self.readonly:
+            if version < SCHEMA_VERSION:  # migrate a private copy: a read never changes the file
+                memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                self._conn.backup(memory)
+                self._conn.close()
+                self._conn = memory
+                self._migrate(after=False)
+                self._conn.execute("PRAGMA query_only = ON")  # the copy is as read-only as the file
+            return
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL survives any process crash; only a power cut may lose the last commits.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate(after=True)
 
     @classmethod
     def existing(cls, path, **kwargs) -> "Store":
         """The store at `path`, which must exist (for commands that only read: a missing file is a mistake)."""
+        check_store_path(path)
         if not os.path.isfile(path):
             raise DepthlabError(f"no results store at {os.fspath(path)!r}; start a sweep first with `depthlab run`, "
                                 "or point to one with --store FILE")
+        if os.path.getsize(path) == 0:
+            raise DepthlabError(f"{os.fspath(path)!r} is an empty file, not a results store")
         return cls(path, **kwargs)
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
-    def _refuse_foreign(self) -> None:
-        """Refuse an SQLite file that holds other tables, or a `runs` table of another shape: writing our
-        schema (or WAL mode) into somebody else's database would change it."""
+    def _check(self) -> int:
+        """The file's schema version, after refusing a newer store and an SQLite database that is not ours
+        (writing our schema or WAL mode into somebody else's database would change it)."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         tables = sorted(r[0] for r in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
-        if not tables:
-            return  # a new, empty file
+        if version > SCHEMA_VERSION:
+            raise DepthlabError(f"{self.path}: written by a newer depthlab (store schema {version}; this depthlab "
+                                f"reads up to {SCHEMA_VERSION}); upgrade depthlab to read it")
+        if not tables and version == 0:
+            return 0  # a new, empty file
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-        missing = sorted({"run_id", "config", "status", "history", "final", *METRICS} - columns)
-        if "runs" not in tables or missing:
-            what = (f"tables: {', '.join(tables)}" if "runs" not in tables
+        expected = _COLUMNS[max(version, 1)]
+        missing = sorted(expected - columns)
+        foreign = sorted(set(tables) - {"runs", "sweep_runs"})
+        if "runs" not in tables or missing or foreign:
+            what = (f"tables: {', '.join(tables)}" if "runs" not in tables or foreign
                     else f"its runs table lacks {', '.join(missing)}")
-            self._conn.close()
             raise DepthlabError(f"{self.path}: an SQLite database, but not a depthlab results store ({what}); "
                                 "point --store to a depthlab store or to a new file")
+        return version
+
+    def _migrate(self, after: bool) -> None:
+        """Run the migrations the file has not had, in order, each in one transaction with its version bump."""
+        for version, _, migrate, then in MIGRATIONS:
+            with self._tx() as c:
+                if c.execute("PRAGMA user_version").fetchone()[0] >= version:
+                    continue  # done before, or by another process while we waited for the lock
+                data = migrate(c, self.path)
+                c.execute(f"PRAGMA user_version = {int(version)}")
+            self.migrated.append(version)
+            if after and then is not None:
+                then(self.path, data)
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     @contextmanager
     def _tx(self):
         """One write transaction, holding the database write lock from its start (BEGIN IMMEDIATE)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # BEGIN inside: a signal right after it must still roll the transaction back
+                self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -246,36 +310,84 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def add_runs(self, configs: list[dict], sweep: str = "") -> list[str]:
-        """Add pending runs to `sweep`; a run already present (any status) is left as it is and only joins the
-        sweep, so it is never trained twice. Returns their ids."""
-        ids = [run_id(c) for c in configs]
+    def add_runs(self, configs: list[dict], sweep: str = "", *, recipe: int) -> list[str]:
+        """Add pending runs of `configs` trained by `recipe` to `sweep`; a run already present (any status) is
+        left as it is and only joins the sweep, so it is never trained twice. Returns their ids."""
+        ids = [run_id(c, recipe) for c in configs]
         now = time.time()
         with self._tx() as c:
             c.executemany(
-                "INSERT OR IGNORE INTO runs (run_id, sweep, config, created_at) VALUES (?, ?, ?, ?)",
-                [(i, sweep, canonical_json(cfg), now) for i, cfg in zip(ids, configs)],
+                "INSERT OR IGNORE INTO runs (run_id, sweep, config, config_id, recipe, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, sweep, canonical_json(cfg), config_id(cfg), recipe, now) for i, cfg in zip(ids, configs)],
             )
             c.executemany("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) VALUES (?, ?)", [(sweep, i) for i in ids])
         return ids
 
-    def reclaim_stale(self) -> int:
-        """Put 'running' runs whose owner is dead back to 'pending'. Returns how many.
+    def older_recipes(self, configs: list[dict], recipe: int) -> dict[int, int]:
+        """{older recipe: runs}: finished runs of these configs trained by a recipe older than `recipe` (kept in
+        the store, but superseded: the same configs are to be trained again under `recipe`)."""
+        wanted = {config_id(c) for c in configs}
+        out: dict[int, int] = {}
+        for row in self._query("SELECT config_id, recipe FROM runs WHERE recipe < ? AND status IN "
+                               f"({', '.join('?' * len(FINISHED))})", (recipe, *FINISHED)):
+            if row["config_id"] in wanted:
+                out[row["recipe"]] = out.get(row["recipe"], 0) + 1
+        return out
 
-        Same host: the owner's pid is not alive. Another host (or an unparseable owner): no heartbeat for
-        `stale_after` seconds.
-        """
+    def reclaim_stale(self, run_ids: list[str] | None = None) -> int:
+        """Put 'running' runs whose owner is dead (see `owner_dead`) back to 'pending'; only those of `run_ids`
+        when given. Returns how many."""
         now = time.time()
         with self._tx() as c:
             rows = c.execute(
                 "SELECT run_id, owner, COALESCE(heartbeat_at, claimed_at) FROM runs WHERE status = 'running'"
             ).fetchall()
-            dead = [rid for rid, owner, beat in rows if _owner_dead(owner, beat, self.stale_after, now)]
-            c.executemany(
-                "UPDATE runs SET status = 'pending', owner = NULL WHERE run_id = ? AND status = 'running'",
+            wanted = None if run_ids is None else set(run_ids)
+            dead = [rid for rid, owner, beat in rows if (wanted is None or rid in wanted)
+                    and owner_dead(owner, beat, self.stale_after, now)]
+            c.executemany(  # the interrupted attempt's partial history goes: a pending run has none
+                "UPDATE runs SET status = 'pending', owner = NULL, history = '[]' WHERE run_id = ? "
+                "AND status = 'running'",
                 [(rid,) for rid in dead],
             )
         return len(dead)
+
+    def release_runs(self, run_ids: list[str] | None = None, *, stale: bool = False) -> list[str]:
+        """By hand: put running runs back to pending whoever holds them (`run_ids`), or those whose owner is
+        dead (`stale`). Returns the ids released."""
+        now = time.time()
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT run_id, owner, COALESCE(heartbeat_at, claimed_at) FROM runs WHERE status = 'running' "
+                "ORDER BY rowid").fetchall()
+            chosen = [rid for rid, owner, beat in rows
+                      if (run_ids is not None and rid in run_ids)
+                      or (stale and owner_dead(owner, beat, self.stale_after, now))]
+            c.executemany("UPDATE runs SET status = 'pending', owner = NULL, history = '[]' WHERE run_id = ? "
+                          "AND status = 'running'", [(rid,) for rid in chosen])
+        return chosen
+
+    def pending_outside(self, sweep: str, run_ids: list[str]) -> list[str]:
+        """The pending runs of `sweep` that are not among `run_ids` (e.g. left by an earlier version of an
+        edited spec: nothing will train them unless that version runs again)."""
+        keep = set(run_ids)
+        rows = self._query("SELECT r.run_id FROM runs r JOIN sweep_runs s ON s.run_id = r.run_id "
+                           "WHERE s.sweep = ? AND r.status = 'pending' ORDER BY r.rowid", (sweep,))
+        return [r["run_id"] for r in rows if r["run_id"] not in keep]
+
+    def drop_pending(self, sweep: str, run_ids: list[str] | None = None) -> int:
+        """Take the pending runs of `sweep` (only those of `run_ids` when given) out of it; a pending run no other
+        sweep lists is deleted. Finished and running runs are never dropped. Returns how many left the sweep."""
+        with self._tx() as c:
+            rows = c.execute("SELECT r.run_id FROM runs r JOIN sweep_runs s ON s.run_id = r.run_id "
+                             "WHERE s.sweep = ? AND r.status = 'pending'", (sweep,)).fetchall()
+            chosen = [r[0] for r in rows if run_ids is None or r[0] in set(run_ids)]
+            for rid in chosen:
+                c.execute("DELETE FROM sweep_runs WHERE sweep = ? AND run_id = ?", (sweep, rid))
+                c.execute("DELETE FROM runs WHERE run_id = ? AND status = 'pending' AND NOT EXISTS "
+                          "(SELECT 1 FROM sweep_runs WHERE run_id = ?)", (rid, rid))
+        return len(chosen)
 
     def claim(self, run_ids: list[str], owner: str) -> list[str]:
         """Mark those of `run_ids` that are still pending as running by `owner`; return those, in order."""
@@ -302,10 +414,11 @@ class Store:
             )
 
     def release(self, run_ids: list[str], owner: str) -> None:
-        """Give runs back unfinished (running by `owner` -> pending), e.g. when a pack is split after OOM."""
+        """Give runs back unfinished (running by `owner` -> pending), e.g. when a pack is split after OOM. The
+        partial history goes with the claim: a pending run has none."""
         with self._tx() as c:
             c.executemany(
-                "UPDATE runs SET status = 'pending', owner = NULL WHERE run_id = ? AND owner = ? "
+                "UPDATE runs SET status = 'pending', owner = NULL, history = '[]' WHERE run_id = ? AND owner = ? "
                 "AND status = 'running'",
                 [(rid, owner) for rid in run_ids],
             )
@@ -327,31 +440,36 @@ class Store:
             if row is None:
                 return False
             history = json.loads(row[0])
-            history.append(_plain(dict(metrics)))
+            history.append(dict(metrics))
             c.execute(
-                "UPDATE runs SET history = ?, heartbeat_at = ? WHERE run_id = ?", (_dumps(history), now, run_id)
+                "UPDATE runs SET history = ?, heartbeat_at = ? WHERE run_id = ?", (dumps(history), now, run_id)
             )
         return True
 
     def finish(self, run_id: str, owner: str, *, status: str, final: dict, history: list[dict], params: int,
-               q: float, seconds: float, env: dict, error: str | None = None) -> bool:
+               q: float, seconds: float, env: dict, error: str | None = None,
+               train_seconds: float | None = None) -> bool:
         """Record a finished run (its own committed transaction). Only if it is running by `owner`: a run
-        reclaimed and claimed by someone else meanwhile is theirs; then nothing is written and False returned."""
+        reclaimed and claimed by someone else meanwhile is theirs; then nothing is written and False returned.
+        Extra final metrics (keys of `final` besides METRICS) are kept; none may be named like a record field."""
         if status not in FINISHED:
             raise SpecError("status", status, ", ".join(FINISHED))
         final = dict(final or {})
         extra = {k: v for k, v in final.items() if k not in METRICS}  # kept, not lost
+        clash = sorted(set(extra) & set(RECORD_FIELDS))
+        if clash:
+            raise ValueError(f"final metrics may not be named like record fields: {', '.join(clash)}")
         with self._tx() as c:
             cur = c.execute(
                 f"UPDATE runs SET status = ?, finished_at = ?, history = ?, "
-                f"{', '.join(f'{m} = ?' for m in METRICS)}, final = ?, params = ?, q = ?, seconds = ?, env = ?, "
-                f"error = ? WHERE run_id = ? AND owner = ? AND status = 'running'",
+                f"{', '.join(f'{m} = ?' for m in METRICS)}, final = ?, params = ?, q = ?, seconds = ?, "
+                f"train_seconds = ?, env = ?, error = ? WHERE run_id = ? AND owner = ? AND status = 'running'",
                 (
-                    status, time.time(), _dumps(list(history or [])),
+                    status, time.time(), dumps(list(history or [])),
                     *(finite(final.get(m)) for m in METRICS),
-                    _dumps(extra) if extra else None,
-                    None if params is None else int(params), finite(q), finite(seconds),
-                    _dumps(env or {}), error, run_id, owner,
+                    dumps(extra) if extra else None,
+                    None if params is None else int(params), finite(q), finite(seconds), finite(train_seconds),
+                    dumps(env or {}), error, run_id, owner,
                 ),
             )
             return cur.rowcount == 1
@@ -365,6 +483,12 @@ class Store:
                 (time.time(), str(error), run_id, owner),
             )
             return cur.rowcount == 1
+
+    def reopen(self, run_ids: list[str], reason: str) -> int:
+        """Put done runs back to pending (e.g. their weights were asked for and are missing), saying why."""
+        with self._tx() as c:
+            return sum(c.execute("UPDATE runs SET status = 'pending', owner = NULL, error = ? WHERE run_id = ? "
+                                 "AND status = 'done'", (reason, rid)).rowcount for rid in run_ids)
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -383,24 +507,29 @@ class Store:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def records(self, *, status=None, sweep=None) -> list[dict]:
-        """One flat dict per run, in insertion order: every config key, then the RECORD_FIELDS (which shadow
-        config keys of the same name), plus "config" (the config as given) and any extra final metrics. With
-        `sweep`, the runs that sweep lists (shared runs included), each record's "sweep" being that sweep."""
+        """One record per run, in insertion order (see `depthlab.records` for its keys: every config field, the
+        RECORD_FIELDS, extra final metrics). With `sweep`, the runs that sweep lists (shared runs included),
+        each record's "sweep" being that sweep."""
         where, params = self._where(status, sweep)
+        sweeps_of = ("(SELECT json_group_array(sweep) FROM (SELECT sweep FROM sweep_runs s "
+                     "WHERE s.run_id = runs.run_id ORDER BY s.rowid)) AS sweeps_json")
         out = []
-        for row in self._query(f"SELECT * FROM runs{where} ORDER BY rowid", params):
+        for row in self._query(f"SELECT *, {sweeps_of} FROM runs{where} ORDER BY rowid", params):
             config = json.loads(row["config"])
             history = json.loads(row["history"])
             rec = dict(config)
             rec.update(
-                run_id=row["run_id"], sweep=row["sweep"] if sweep is None else sweep, status=row["status"],
-                params=row["params"], q=row["q"],
+                run_id=row["run_id"], config_id=row["config_id"], recipe=row["recipe"],
+                sweep=row["sweep"] if sweep is None else sweep, sweeps=json.loads(row["sweeps_json"] or "[]"),
+                status=row["status"], params=row["params"], q=row["q"],
                 **{m: row[m] for m in METRICS},
-                epochs=len(history), seconds=row["seconds"], history=history,
-                env=json.loads(row["env"]) if row["env"] else {}, error=row["error"], attempts=row["attempts"],
+                epochs_run=len(history), seconds=row["seconds"], train_seconds=row["train_seconds"],
+                history=history, env=json.loads(row["env"]) if row["env"] else {}, error=row["error"],
+                attempts=row["attempts"],
             )
             for k, v in (json.loads(row["final"]) if row["final"] else {}).items():
-                rec.setdefault(k, v)
+                if k not in config:
+                    rec.setdefault(k, v)
             rec["config"] = config
             out.append(rec)
         return out
@@ -413,14 +542,30 @@ class Store:
             counts[row["status"]] = row["n"]
         return counts
 
+    def statuses(self, run_ids: list[str]) -> dict[str, str]:
+        """{run id: status} of those of `run_ids` in the store."""
+        out = {}
+        ids = list(run_ids)
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            for row in self._query(f"SELECT run_id, status FROM runs WHERE run_id IN ({', '.join('?' * len(chunk))})",
+                                   chunk):
+                out[row["run_id"]] = row["status"]
+        return out
+
     def sweeps(self) -> list[str]:
         """Sweep names in the order they were first added."""
         rows = self._query("SELECT sweep, MIN(rowid) AS first FROM sweep_runs GROUP BY sweep ORDER BY first")
         return [r["sweep"] for r in rows]
 
     def running(self) -> list[dict]:
-        """The running runs with their owner, claim time and last heartbeat."""
-        return self._query(
+        """The running runs with their owner, claim time, last heartbeat and whether the owner is dead."""
+        rows = self._query(
             "SELECT run_id, sweep, owner, attempts, claimed_at, heartbeat_at FROM runs "
             "WHERE status = 'running' ORDER BY owner, rowid"
         )
+        now = time.time()
+        for r in rows:
+            beat = r["heartbeat_at"] if r["heartbeat_at"] is not None else r["claimed_at"]
+            r["owner_dead"] = owner_dead(r["owner"], beat, self.stale_after, now)
+        return rows

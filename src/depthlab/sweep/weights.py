@@ -1,7 +1,13 @@
-"""Trained weights next to a store: `STORE.weights/RUN_ID.pt` (written by `depthlab run --save-weights`)."""
+"""Trained weights next to a store: `STORE.weights/RUN_ID.pt` (written by `depthlab run --save-weights`).
+
+A run id names a file here only after it has been checked to be an id (hex digits): it is never used as a path
+or a glob pattern, so no id can reach a file outside the folder.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -10,38 +16,67 @@ from depthlab.errors import DepthlabError
 from depthlab.models import ResidualNet, build
 from depthlab.sweep.config import RunConfig
 
+_ID = re.compile(r"^[0-9a-f]{1,16}$")
+
 
 def weights_dir(store_path) -> Path:
-    return Path(f"{store_path}.weights")
+    return Path(f"{os.fspath(store_path)}.weights")
+
+
+def weights_path(store_path, rid: str) -> Path:
+    if not _ID.match(rid or ""):
+        raise DepthlabError(f"run {rid!r}: not a run id (up to 16 hex digits, as `depthlab results` lists them)")
+    return weights_dir(store_path) / f"{rid}.pt"
+
+
+def has_weights(store_path, rid: str) -> bool:
+    return weights_path(store_path, rid).is_file()
 
 
 def save_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> Path:
     """Write, then rename: a killed process never leaves a half-written file under the final name."""
-    folder = weights_dir(store_path)
-    folder.mkdir(exist_ok=True)
-    final = folder / f"{rid}.pt"
-    tmp = folder / f"{rid}.pt.tmp"
-    torch.save({"config": config.to_dict(), "state_dict": state_dict}, tmp)
-    tmp.replace(final)
+    final = weights_path(store_path, rid)
+    final.parent.mkdir(exist_ok=True)
+    tmp = final.with_suffix(".pt.tmp")
+    try:
+        torch.save({"config": config.to_dict(), "state_dict": state_dict}, tmp)
+        tmp.replace(final)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DepthlabError(f"cannot write the weights of run {rid} to {final}: {err.strerror or err}") from err
     return final
 
 
-def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunConfig, str]:
-    """The trained model of run `run` (its id or a unique prefix), its config and full id.
-
-    `dataset` (a loaded `depthlab.data.Dataset`) supplies the input shape when the run's dataset is not the
-    built-in shape (e.g. synthetic data of another size)."""
+def resolve(store_path, run: str) -> Path:
+    """The weights file of run `run`: its full id or a unique prefix of one."""
+    weights_path(store_path, run)  # validates the id
     folder = weights_dir(store_path)
-    matches = sorted(folder.glob(f"{run}*.pt")) if folder.exists() else []
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    matches = [folder / n for n in names if n.endswith(".pt") and n.startswith(run)]
     if not matches:
         raise DepthlabError(f"run {run!r}: no saved weights under {folder}; train with "
                             "`depthlab run ... --save-weights` to keep them")
     if len(matches) > 1:
         raise DepthlabError(f"run {run!r} is ambiguous: " + ", ".join(m.stem for m in matches[:5]))
-    saved = torch.load(matches[0], map_location="cpu", weights_only=True)
-    config = RunConfig.from_dict(saved["config"])
-    spec = config.model_spec() if dataset is None else config.model_spec(
-        dataset.in_channels, dataset.input_size, dataset.num_classes)
-    model = build(spec)
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), config, matches[0].stem
+    return matches[0]
+
+
+def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunConfig, str]:
+    """The trained model of run `run` (its id or a unique prefix), in eval mode, its config and full id.
+
+    `dataset` (a loaded `depthlab.data.Dataset`) supplies the input shape when the run's dataset is not the
+    built-in shape (e.g. synthetic data of another size)."""
+    path = resolve(store_path, run)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = RunConfig.from_dict(saved["config"])
+        spec = config.model_spec() if dataset is None else config.model_spec(
+            dataset.in_channels, dataset.input_size, dataset.num_classes)
+        model = build(spec)
+        model.load_state_dict(saved["state_dict"])
+    except DepthlabError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+        raise DepthlabError(f"{path}: not a readable depthlab weights file ({type(err).__name__}: {err}); "
+                            "delete it and train the run again with --save-weights") from None
+    return model.eval(), config, path.stem

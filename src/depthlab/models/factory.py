@@ -1,0 +1,31 @@
+"""`build`: a network of a spec, initialised so that every topology of one seed holds the SAME blocks.
+
+The network is initialised as the deep (sequential) stack and then rewired (`depthlab.models.rewire.regroup`),
+so a sequential/parallel pair of one seed differs in its wiring alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from depthlab.models.network import ResidualNet
+from depthlab.models.rewire import regroup
+from depthlab.models.spec import ModelSpec
+
+
+def build(spec: ModelSpec, seed: int | None = None, models: int = 1) -> ResidualNet:
+    """Build the network of `spec` (a pack of `models` copies of its shape). With a seed, the initial weights
+    depend only on it (the global RNG is left untouched), and they are the SAME blocks for every topology:
+    the network is initialised as the deep stack and rewired, so a sequential/parallel pair of one seed
+    differs in its wiring alone."""
+    if seed is None:
+        return _initialised(spec, models)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _initialised(spec, models)
+
+
+def _initialised(spec: ModelSpec, models: int) -> ResidualNet:
+    if spec.topology == "sequential":
+        return ResidualNet(spec, models)
+    return regroup(ResidualNet(spec.replace(topology="sequential"), models), spec.topology)

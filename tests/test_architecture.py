@@ -1,0 +1,88 @@
+"""The shape of the code: the pipeline runs one way (spec → grid → packs → engine → store → analysis → report),
+the import graph has no cycle, and only the engine trains."""
+
+import ast
+import re
+from pathlib import Path
+
+import depthlab
+
+ROOT = Path(depthlab.__file__).parent
+
+# Layers in pipeline order: a module may import its own layer and earlier ones, never a later one.
+LAYERS = ["errors", "stopping", "records", "models", "data", "measure", "sweep", "analysis", "report", "cli"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every depthlab module `path` imports, at the top or inside a function."""
+    tree = ast.parse(path.read_text())
+    package = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("depthlab")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.startswith("depthlab"):
+                found.add(base)
+                found |= {f"{base}.{a.name}" for a in node.names}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    return {name: {m for m in imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else -1  # depthlab itself: lowest
+
+
+def test_the_pipeline_imports_one_way():
+    backwards = sorted(f"{a} imports {b}" for a, deps in graph().items() for b in deps
+                       if layer(b) > layer(a) >= 0)
+    assert backwards == []
+
+
+def test_the_import_graph_has_no_cycle():
+    edges = graph()
+    # a package's __init__ re-exports its modules; the cycles that matter are between modules
+    edges = {a: {b for b in deps if not ROOT.joinpath(*b.split(".")[1:], "__init__.py").exists()}
+             for a, deps in edges.items()}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in edges.get(node, ()):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+    assert "depthlab.models.network" not in edges["depthlab.models.rewire"] or \
+        "depthlab.models.rewire" not in edges["depthlab.models.network"]
+
+
+TRAINING = re.compile(r"\.backward\(|\.step\(|torch\.optim|PackedOptimizer|zero_grad")
+
+
+def test_no_module_under_analysis_trains():
+    """analysis/ measures trained runs; the engine is the only trainer."""
+    offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+                 for p in sorted((ROOT / "analysis").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if TRAINING.search(line)]
+    assert offenders == []
+    assert not (ROOT / "analysis" / "trainer.py").exists()
