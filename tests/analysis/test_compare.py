@@ -406,3 +406,15 @@ def test_runs_of_an_older_recipe_are_superseded_and_a_mix_is_refused():
     res = allowed["paired"]["val_loss"][0]
     assert res["pairs"]["n_mixed_recipes"] == 2 and group(res)["n_pairs"] == 5
     assert "2 pairs mix recipes (allowed)" in format_report(allowed)
+
+
+def test_blown_up_runs_are_left_out_like_diverged_ones():
+    """Adam at lr 1e9 ends 'done' with losses of 1e8: far above chance, a blown-up run, not a result."""
+    records = pairs(BASE[:6], BASE[:6] - 0.1)
+    records += [run(30, "sequential", 1.0), run(30, "parallel", 7e8), run(31, "sequential", 7e8),
+                run(31, "parallel", 1.0)]
+    res = paired(records)
+    g = group(res)
+    assert g["n_pairs"] == 6 and g["mean"] == pytest.approx(-0.1) and g["n_excluded"] == 2
+    assert g["blown_up"] == {"sequential": 1, "parallel": 1} and g["diverged"] == {"sequential": 0, "parallel": 0}
+    assert "blown up: sequential 1, parallel 1" in format_report(compare_report(records))

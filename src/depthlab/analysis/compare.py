@@ -41,6 +41,8 @@ DEFAULT_METRICS = ("val_loss", "train_loss", "val_acc")
 RELATIVE_MARGIN = 0.05  # default margin for losses: 5% of the pooled mean
 ACCURACY_MARGIN = 0.01  # default margin for accuracies: one percentage point
 BAND_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess; every built-in dataset has 10 classes
+BLOWN_UP = 10  # a final training loss above BLOWN_UP × chance level is a blown-up run, not a result
 
 
 def q_band(q) -> str:
@@ -141,6 +143,14 @@ def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[di
                 row[f"{m}_std"] = std_or_none(found)
         rows.append(row)
     return rows
+
+
+def blown_up(record: dict) -> bool:
+    """A run that finished ('done') with a final training loss far above chance level (BLOWN_UP × ln(classes)):
+    its weights blew up without a NaN (e.g. Adam at a huge learning rate), so its metrics mean nothing and it is
+    left out of the pairing like a diverged run."""
+    loss = finite(record.get("train_loss"))
+    return record.get("status") == "done" and loss is not None and loss > BLOWN_UP * CHANCE_LOSS
 
 
 def latest_recipes(records: list[dict]) -> tuple[list[dict], int]:
@@ -320,9 +330,9 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     items = []
     for left, right in pairs:
         cfg = config_of(left)
-        statuses = (left.get("status"), right.get("status"))
+        statuses = tuple("blown_up" if blown_up(r) else r.get("status") for r in (left, right))
         values = (finite(left.get(metric)), finite(right.get(metric)))
-        if any(s in ("diverged", "failed") for s in statuses):
+        if any(s in ("diverged", "failed", "blown_up") for s in statuses):
             state = "excluded"
         elif statuses != ("done", "done"):
             state = "unfinished"
@@ -357,6 +367,7 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
         return dict(
             n_excluded=len(excluded),
             diverged={t: sum(i["statuses"][k] == "diverged" for i in excluded) for k, t in enumerate(labels)},
+            blown_up={t: sum(i["statuses"][k] == "blown_up" for i in excluded) for k, t in enumerate(labels)},
             failed={t: sum(i["statuses"][k] == "failed" for i in excluded) for k, t in enumerate(labels)},
             n_unfinished=sum(i["state"] == "unfinished" for i in sel),
             n_missing=sum(i["state"] == "missing" for i in sel),
@@ -442,8 +453,9 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     value_pairs = [(a, b) for i, a in enumerate(values) for b in values[i + 1:]]
     notes = [
         f"d = b - a over pairs of runs whose configs differ only in {contrast}.",
-        "Pairs with a diverged or failed run are left out of the statistics and counted per value: "
-        "if one value diverges more often, its loss alone flatters it.",
+        "Pairs with a diverged, failed or blown-up run (done, but with a final training loss over "
+        f"{BLOWN_UP} x chance level) are left out of the statistics and counted per value: if one value "
+        "diverges more often, its loss alone flatters it.",
         "Verdict: 'equivalent' when TOST p < alpha against the margin; a value is 'better' when the bootstrap CI "
         "of the mean d excludes 0 (both are said when both hold); else 'inconclusive' (also with fewer than 3 "
         "pairs).",
@@ -531,9 +543,10 @@ def _format_comparison(metric: str, res: dict, by) -> list[str]:
         f"{metric}: d = {b} - {a} per pair; {better} is better, so {favours} favours {b}",
         f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "
         f"{res['seed']}); TOST equivalence at alpha {res['alpha']:g}; margin: {res['margin_rule']}",
-        f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged "
-        f"or failed run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} {p['failed'][a]}, "
-        f"{b} {p['failed'][b]}); {p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
+        f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged, "
+        f"failed or blown-up run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} "
+        f"{p['failed'][a]}, {b} {p['failed'][b]}; blown up: {a} {p['blown_up'][a]}, {b} {p['blown_up'][b]}); "
+        f"{p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
         f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates"
         + (f"; {p['n_identical']} runs of one-block pairs (identical wirings) left out"
            if res.get("contrast", "topology") == "topology" else "") + mixed,

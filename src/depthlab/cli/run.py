@@ -61,8 +61,9 @@ def run_command(args) -> int:
 
     from depthlab.sweep.runner import plan, resolve_device, run_sweep
     from depthlab.sweep.spec import load_spec, parse_overrides
-    from depthlab.sweep.store import Store
+    from depthlab.sweep.store import Store, check_store_path
 
+    check_store_path(args.store)  # before anything: a store that keeps nothing must not get a sweep
     spec = load_spec(args.spec).with_overrides(parse_overrides(args.overrides))
     if args.name is not None:
         spec = dataclasses.replace(spec, name=args.name)
