@@ -152,3 +152,16 @@ def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
         x = normalise(data.train_x[:engine.COMPLEXITY_EXAMPLES], data.mean, data.std)
         assert r.final["geometric_complexity"] == pytest.approx(complexity_oracle(model, x), rel=1e-4)
     assert results[0].final["geometric_complexity"] != results[1].final["geometric_complexity"]
+
+
+def test_the_environment_records_provenance_and_partial_data(data):
+    import dataclasses
+
+    from depthlab.sweep.engine import RECIPE
+
+    (result,) = train_pack([config(epochs=1)], data)
+    env = result.env
+    assert env["recipe"] == RECIPE and env["depthlab"] and "git_commit" in env and env["data_source"] == "generated"
+    assert "data_complete" not in env
+    (partial,) = train_pack([config(epochs=1)], dataclasses.replace(data, complete=False))
+    assert partial.env["data_complete"] is False

@@ -355,6 +355,7 @@ def test_reclaim_stale(tmp_path):
     for rid, owner in owners.items():
         assert store.claim([rid], owner) == [rid]
     assert finish(store, ids[5], owners[ids[5]])
+    assert store.record_epoch(ids[0], owners[ids[0]], {"epoch": 1, "train_loss": 0.5})
     for rid in (ids[2], ids[4]):
         _set(path, rid, heartbeat_at=time.time() - 10_000)
     _set(path, ids[6], heartbeat_at=time.time() - 86_400)
@@ -364,6 +365,7 @@ def test_reclaim_stale(tmp_path):
     status = {r["run_id"]: r["status"] for r in store.records()}
     assert [status[i] for i in ids] == ["pending", "running", "pending", "running", "pending", "done", "pending",
                                         "running"]
+    assert {r["run_id"]: r["history"] for r in store.records()}[ids[0]] == []  # no stale partial history
     assert store.reclaim_stale() == 0
     # a reclaimed run can be claimed again, and its attempts show it
     assert store.claim([ids[0]], owner_token()) == [ids[0]]
