@@ -49,3 +49,34 @@ def test_evaluate_is_cross_entropy_and_accuracy_in_eval_mode():
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
     loss, acc = evaluate(model, x[:0], y[:0], mean, std)
     assert math.isnan(float(loss[0])) and math.isnan(float(acc[0]))
+
+
+def test_the_erf_of_one_depthwise_layer_spans_its_kernel():
+    from depthlab.measure import centred_square_side
+
+    for k in (3, 7, 13):
+        conv = torch.nn.Conv2d(2, 2, k, padding=k // 2, groups=2, bias=False)
+        torch.nn.init.uniform_(conv.weight, 0.1, 1.0)
+        x = torch.randn(4, 2, 31, 31, requires_grad=True)
+        (grad,) = torch.autograd.grad(conv(x)[:, :, 15, 15].sum(), x)
+        mass = grad.abs().sum(dim=(0, 1))
+        assert centred_square_side(mass, 1.0) == k and centred_square_side(mass, 0.0001) <= 3
+
+
+def test_the_erf_grows_with_depth_in_a_sequential_stack_and_not_in_a_parallel_one():
+    from depthlab.measure import effective_receptive_field
+    from depthlab.models import receptive_field
+
+    x = torch.randint(0, 256, (8, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for branch, k in (("conv", 3), ("lk", 7)):
+        sides = {}
+        for topology in ("sequential", "parallel"):
+            for n in (1, 8):
+                s = spec(width=8, blocks=n, kernel=k, branch=branch, topology=topology, input_size=32,
+                         num_classes=10)
+                full, = effective_receptive_field(build(s, seed=0), x, (0.5,), (0.25,), fractions=(1.0,))[0]
+                assert full <= receptive_field(s)  # all of the mass lies within the theoretical field
+                sides[topology, n] = effective_receptive_field(build(s, seed=0), x, (0.5,), (0.25,),
+                                                               fractions=(0.99,))[0, 0]
+        assert sides["sequential", 8] > sides["sequential", 1]
+        assert sides["parallel", 8] == sides["parallel", 1]

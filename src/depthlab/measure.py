@@ -76,3 +76,46 @@ def geometric_complexity(net, x, mean, std, models: int | None = None,
     finally:
         net.train(was_training)
     return total / x.shape[0]
+
+
+ERF_EXAMPLES = 16  # images whose gradients the engine sums for a run's effective receptive field
+ERF_FRACTIONS = (0.5, 0.9)
+
+
+def centred_square_side(mass: torch.Tensor, fraction: float) -> int:
+    """The side of the smallest square centred on the middle of `mass` (H×W, non-negative) that holds at least
+    `fraction` of its total (odd sides 1, 3, 5, ...; at most the larger of H and W)."""
+    mass = mass.double()  # sums of the same values in another order must agree to far below the tolerance
+    h, w = mass.shape[-2:]
+    total = float(mass.sum())
+    if total <= 0:
+        return 0
+    ci, cj = h // 2, w // 2
+    for side in range(1, 2 * max(h, w) + 1, 2):
+        r = side // 2
+        held = float(mass[max(0, ci - r):ci + r + 1, max(0, cj - r):cj + r + 1].sum())
+        if held >= fraction * total * (1 - 1e-6):
+            return min(side, max(h, w))
+    return max(h, w)
+
+
+def effective_receptive_field(net, x, mean, std, models: int | None = None,
+                              fractions=ERF_FRACTIONS) -> torch.Tensor:
+    """Effective receptive field as in RepLKNet (Ding et al., 2022, "Scaling Up Your Kernels to 31x31"): the
+    gradient of the residual stream's central position (summed over its channels) with respect to the input,
+    |grad| summed over the images `x` and the input channels, reported per model as the side of the centred
+    square holding each of `fractions` of that mass. (M, len(fractions)) in input pixels; eval mode."""
+    from depthlab.data import normalise
+
+    models = net.models if models is None else models
+    was_training = net.training
+    net.eval()
+    try:
+        inputs = normalise(x, mean, std).unsqueeze(0).repeat(models, 1, 1, 1, 1).requires_grad_(True)
+        feats = net.features(net.to_packed_input(inputs))  # (B, M·C, H', W')
+        centre = feats[:, :, feats.shape[2] // 2, feats.shape[3] // 2]
+        (grad,) = torch.autograd.grad(centre.sum(), inputs)  # each model's stream depends on its own input only
+    finally:
+        net.train(was_training)
+    mass = grad.abs().sum(dim=(1, 2))  # (M, H, W)
+    return torch.tensor([[centred_square_side(mass[m], f) for f in fractions] for m in range(models)])

@@ -5,6 +5,7 @@
 network as a shallow one with the same weights.
 """
 
+from depthlab.models.branches import BRANCHES, DILATED_BRANCHES, REPARAMS, dense_kernel
 from depthlab.models.counting import flops, param_count, q_ratio, receptive_field, spec_params
 from depthlab.models.fuse import fuse_for_inference
 from depthlab.models.layers import ResidualLayer
@@ -17,5 +18,5 @@ from depthlab.models.spec import ModelSpec
 __all__ = [
     "ModelSpec", "ResidualNet", "ResidualLayer", "build", "pack", "unpack", "param_count", "spec_params", "flops",
     "receptive_field", "q_ratio", "fuse_for_inference", "parallel_from_sequential", "regroup", "block_weights",
-    "branch_output", "locate",
+    "branch_output", "locate", "BRANCHES", "DILATED_BRANCHES", "REPARAMS", "dense_kernel",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from depthlab.models.branches import BRANCHES
 from depthlab.models.spec import ModelSpec
 
 
@@ -12,34 +13,39 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def spec_params(spec: ModelSpec) -> int:
-    """Parameters of one model of `spec`, computed from the spec alone (no module is built)."""
+def spec_params(spec: ModelSpec, merged: bool = False) -> int:
+    """Parameters of one model of `spec`, computed from the spec alone (no module is built): as trained, or with
+    `merged` as `fuse_for_inference` leaves it (BatchNorms folded, re-param kernels merged)."""
     c, n, k, h = spec.width, spec.blocks, spec.kernel, spec.hidden_channels
+    branch = BRANCHES[spec.branch]
     bias = spec.norm == "none"
+    last = branch.last_kernel(k)
     total = c * spec.in_channels * 9 + (c if bias else 0)                       # stem
-    per_block = 2 * c * h * k * k                                               # conv1 + conv2
-    per_block += h if bias else 0                                               # conv1 bias
-    per_block += c if bias else 0                                               # the branch's conv2 bias
-    per_block += 2 * h if spec.norm in ("batch", "group") else 0                # norm affine
+    per_block = branch.params(c, h, k, spec.norm, spec.reparam, merged)         # the branch's front
+    per_block += c * h * last * last                                            # its last conv
+    per_block += c if bias else 0                                               # the branch's last-conv bias
     per_block += 1 if spec.learnable_scale else 0                               # α
     total += n * per_block
-    total += 2 * c if spec.norm in ("batch", "group") else 0                    # head norm
+    total += 2 * c if spec.norm in ("batch", "group") else 0                    # head norm (an affine when merged)
     features = c if spec.head == "gap" else c * spec.feature_size ** 2
     total += features * spec.num_classes + spec.num_classes                     # classifier
     return total
 
 
-def flops(spec: ModelSpec, input_hw: tuple[int, int] | int | None = None) -> int:
+def flops(spec: ModelSpec, input_hw: tuple[int, int] | int | None = None, merged: bool = False) -> int:
     """Multiply-add FLOPs (2 per multiply-accumulate) of one sample through the convolutions and the classifier
-    (norms, activations and additions are not counted). Identical for every topology of the same shape."""
+    (norms, activations and additions are not counted), as trained or, with `merged`, in inference form.
+    Identical for every topology of the same shape."""
     if input_hw is None:
         input_hw = spec.input_size
     hgt, wid = (input_hw, input_hw) if isinstance(input_hw, int) else input_hw
     s = spec.stem_stride
     ho, wo = (hgt - 1) // s + 1, (wid - 1) // s + 1
     c, n, k, h = spec.width, spec.blocks, spec.kernel, spec.hidden_channels
+    branch = BRANCHES[spec.branch]
+    last = branch.last_kernel(k)
     total = 2 * spec.in_channels * 9 * c * ho * wo
-    total += n * 2 * (2 * c * h * k * k * ho * wo)
+    total += n * 2 * (branch.macs(c, h, k, spec.reparam, merged) + h * c * last * last) * ho * wo
     features = c if spec.head == "gap" else c * ho * wo
     total += 2 * features * spec.num_classes
     return total
@@ -48,10 +54,10 @@ def flops(spec: ModelSpec, input_hw: tuple[int, int] | int | None = None) -> int
 def receptive_field(spec: ModelSpec) -> int:
     """Receptive field (in input pixels) of one output position of the residual stream's deepest path.
 
-    A branch is two k×k convolutions, adding 2(k-1) positions; only the g stages in sequence compound, so the
-    parallel network sees stem + ONE branch while the deep stack grows with n. With a `gap` head this alone can
-    decide a comparison."""
-    return 3 + spec.stages * 2 * (spec.kernel - 1) * spec.stem_stride
+    The stem is 3×3; a branch adds its reach (two k×k convs: 2(k−1); a large-kernel branch: K−1), times the stem
+    stride. Only the g stages in sequence compound, so the parallel network sees stem + ONE branch while the deep
+    stack grows with n. With a `gap` head this alone can decide a comparison."""
+    return 3 + spec.stages * BRANCHES[spec.branch].reach(spec.kernel) * spec.stem_stride
 
 
 def q_ratio(spec: ModelSpec, n_train: int) -> float:

@@ -1,4 +1,4 @@
-"""The building blocks, written once for a pack of M models held side by side.
+"""The building blocks, written once for a pack of M models held side by side (branch types: `branches`).
 
 Layout: a pack's activations are (B, M·C, H, W): model m owns channels [m·C, (m+1)·C) and sees its own B samples.
 Convolutions are grouped by model (groups=M), BatchNorm's per-channel statistics are therefore per model, and
@@ -13,36 +13,19 @@ import math
 import torch
 from torch import nn
 
-
-def make_norm(kind: str, channels: int, group_size: int) -> nn.Module:
-    """Norm over `channels` (M·stuff). `group_size` keeps GroupNorm groups inside one branch of one model."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        groups = max(1, channels // group_size)
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
-
-
-def gn_group_size(channels: int) -> int:
-    """Channels per GroupNorm group for a branch of `channels` hidden channels (8 groups when it divides)."""
-    for groups in (8, 4, 2, 1):
-        if channels % groups == 0:
-            return channels // groups
-    return channels
-
-
-def make_act(kind: str) -> nn.Module:
-    return {"relu": nn.ReLU(), "gelu": nn.GELU(), "identity": nn.Identity()}[kind]
+from depthlab.models.branches import branch_type, gn_group_size, last_conv_bound, make_act, make_norm
 
 
 class ResidualLayer(nn.Module):
-    """x + Σ_b s_b·F_b(x) (or, without the skip, Σ_b s_b·F_b(x)) for `branches` branches F_b(x) = conv_k(act(norm(conv_k(x)))), as ONE broad layer.
+    """x + Σ_b s_b·F_b(x) (without the skip: Σ_b s_b·F_b(x)) for `branches` branches of one branch type, as ONE
+    broad layer.
 
-    The branches' first convolutions are stacked into one conv from C to branches·hidden channels, and the sum of
-    their last convolutions is one conv from branches·hidden back to C (a sum over branches is a convolution
-    over the concatenated channels). branches = 1 is a block of the deep stack. Hidden channels are ordered
-    [model][branch][hidden], so branch b of model m is a contiguous slice (see `depthlab.models.rewire`).
+    A branch ends in a linear convolution from `hidden` channels back to the stream width C; the branch type
+    (`depthlab.models.branches`) builds everything before it, the *front*, mapping the stream to branches·hidden
+    channels ordered [model][branch][hidden], so branch b of model m is a contiguous slice (see
+    `depthlab.models.rewire`). The sum of the branches' last convolutions is one convolution `conv2` from
+    branches·hidden back to C (a sum over branches is a convolution over the concatenated channels). branches = 1
+    is a block of the deep stack.
 
     The branch scale s_b = λ·α_b: λ is fixed per model (a buffer, so a pack may mix λ values); α_b exists when the
     scale is learnable (ReZero/SkipInit, initialised 0) or under Fixup (initialised 1). When α exists it is
@@ -50,19 +33,20 @@ class ResidualLayer(nn.Module):
     """
 
     def __init__(self, *, models: int, width: int, branches: int, hidden: int, kernel: int, norm: str, act: str,
-                 scale: float, learnable: bool, alpha_init: float = 0.0, skip: bool = True):
+                 scale: float, learnable: bool, alpha_init: float = 0.0, skip: bool = True, branch: str = "conv",
+                 reparam: str = "none"):
         super().__init__()
         self.models, self.width, self.branches, self.hidden, self.kernel = models, width, branches, hidden, kernel
         self.skip = skip  # False: the plain control, Σ_b s_b·F_b(x) without the identity
+        self.branch = branch_type(branch)
+        self.branch.build(self, norm=norm, act=act, reparam=reparam)
+        last = self.branch.last_kernel(kernel)
         inner = models * branches * hidden
         bias = norm == "none"
-        self.conv1 = nn.Conv2d(models * width, inner, kernel, padding=kernel // 2, groups=models, bias=bias)
-        self.norm = make_norm(norm, inner, gn_group_size(hidden))
-        self.act = make_act(act)
-        self.conv2 = nn.Conv2d(inner, models * width, kernel, padding=kernel // 2, groups=models, bias=False)
+        self.conv2 = nn.Conv2d(inner, models * width, last, padding=last // 2, groups=models, bias=False)
         # nn.Conv2d's default initialisation, U(±1/√fan-in), with the fan-in of ONE branch: the broad conv's own
         # fan-in (branches·hidden·k²) would start a parallel network's branches √n smaller than the deep ones.
-        bound = 1 / math.sqrt(hidden * kernel * kernel)
+        bound = last_conv_bound(hidden, last)
         nn.init.uniform_(self.conv2.weight, -bound, bound)
         # The last conv's bias is kept per branch so that every topology has the same parameters.
         self.bias2 = nn.Parameter(torch.zeros(models, branches, width)) if bias else None
@@ -78,7 +62,7 @@ class ResidualLayer(nn.Module):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Σ_b s_b·F_b(x), without the skip."""
-        h = self.act(self.norm(self.conv1(x)))
+        h = self.branch.front(self, x)
         if self.alpha is not None:
             s = self.branch_scales()
             h = h * s.repeat_interleave(self.hidden, dim=1).reshape(1, -1, 1, 1).to(h.dtype)
@@ -96,12 +80,13 @@ class ResidualLayer(nn.Module):
 
 
 class ChannelAffine(nn.Module):
-    """y = x·weight + bias per channel: what an eval-mode BatchNorm becomes when it cannot be folded further."""
+    """y = x·weight + bias per channel: what an eval-mode BatchNorm becomes when it cannot be folded further (its
+    two vectors are parameters of the inference model, counted like the folded convolutions' biases)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
-        self.register_buffer("weight", weight.detach().clone())
-        self.register_buffer("bias", bias.detach().clone())
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone())
 
     def forward(self, x):
         return x * self.weight.reshape(1, -1, 1, 1).to(x.dtype) + self.bias.reshape(1, -1, 1, 1).to(x.dtype)

@@ -25,7 +25,8 @@ class ResidualNet(nn.Module):
         self.layers = nn.ModuleList(
             ResidualLayer(models=models, width=c, branches=spec.branches_per_stage, hidden=spec.hidden_channels,
                           kernel=spec.kernel, norm=spec.norm, act=spec.act, scale=spec.scale,
-                          learnable=spec.learnable_scale, alpha_init=spec.alpha_init, skip=spec.skip)
+                          learnable=spec.learnable_scale, alpha_init=spec.alpha_init, skip=spec.skip,
+                          branch=spec.branch, reparam=spec.reparam)
             for _ in range(spec.stages)
         )
         self.head = PackedHead(models=models, width=c, classes=spec.num_classes, kind=spec.head,
@@ -61,18 +62,16 @@ class ResidualNet(nn.Module):
 
 
 def fixup_init(net: ResidualNet) -> None:
-    """Fixup (Zhang et al., 2019) for branches of two convolutions: the first He-initialised and scaled by
-    n^(-1/2), the last zero, the classifier zero, the per-block multiplier α at 1. Fixup's scalar biases are
-    subsumed by the per-channel convolution biases that every layer carries when norm is none."""
+    """Fixup (Zhang et al., 2019): the branch's inner layers He-initialised and scaled down with depth (by its
+    branch type), the last conv zero, the classifier zero, the per-block multiplier α at 1. Fixup's scalar biases
+    are subsumed by the per-channel convolution biases that every layer carries when norm is none."""
     n = net.spec.blocks
     for layer in net.layers:
-        nn.init.kaiming_normal_(layer.conv1.weight, mode="fan_in", nonlinearity="relu")
+        layer.branch.fixup(layer, n)
         with torch.no_grad():
-            layer.conv1.weight.mul_(n ** -0.5)
             nn.init.zeros_(layer.conv2.weight)
-            for bias in (layer.conv1.bias, layer.bias2):
-                if bias is not None:
-                    nn.init.zeros_(bias)
+            if layer.bias2 is not None:
+                nn.init.zeros_(layer.bias2)
     nn.init.zeros_(net.head.weight)
     nn.init.zeros_(net.head.bias)
     if net.stem.bias is not None:

@@ -1,8 +1,9 @@
 """The per-branch view of a broad layer, and rewiring between topologies with the same weights.
 
 Block i of a network (0 ≤ i < n) lives in layer i // b as branch i % b (b = branches per layer). Its weights
-are slices of the broad layer's tensors: conv1 rows and norm channels [model][branch][hidden], conv2 input
-channels [branch][hidden] inside each model's group. `block_weights` returns those slices as views, so the
+are slices of the broad layer's tensors, laid out by its branch type (`depthlab.models.branches`; e.g. conv1
+rows and norm channels [model][branch][hidden]) and, for the last conv, input channels [branch][hidden] inside
+each model's group. `block_weights` returns those slices as views, so the
 same code reads a branch and writes one, and `regroup` moves every block to another topology unchanged:
 `parallel_from_sequential` is the deep → shallow rewiring (the first-order truncation of the expansion).
 """
@@ -16,22 +17,16 @@ from torch import nn
 from depthlab.models.layers import ResidualLayer
 from depthlab.models.network import ResidualNet
 
-_NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
-
 
 def block_weights(layer: ResidualLayer, branch: int) -> dict[str, torch.Tensor]:
-    """Views (leading dim M) of branch `branch`'s tensors inside `layer`."""
-    m, b, h, c, k = layer.models, layer.branches, layer.hidden, layer.width, layer.kernel
+    """Views (leading dim M) of branch `branch`'s tensors inside `layer`: its front's (as its branch type lays
+    them out), then its slice of the last conv, its bias and α."""
+    m, b, h, c = layer.models, layer.branches, layer.hidden, layer.width
     if not 0 <= branch < b:
         raise IndexError(f"branch {branch} out of range for a layer of {b} branches")
-    views = {"conv1.weight": layer.conv1.weight.view(m, b, h, c, k, k)[:, branch],
-             "conv2.weight": layer.conv2.weight.view(m, c, b, h, k, k)[:, :, branch]}
-    if layer.conv1.bias is not None:
-        views["conv1.bias"] = layer.conv1.bias.view(m, b, h)[:, branch]
-    for key in _NORM_KEYS:
-        tensor = getattr(layer.norm, key, None)
-        if isinstance(tensor, torch.Tensor):
-            views[f"norm.{key}"] = tensor.view(m, b, h)[:, branch]
+    views = layer.branch.views(layer, branch)
+    k = layer.conv2.kernel_size[0]
+    views["conv2.weight"] = layer.conv2.weight.view(m, c, b, h, k, k)[:, :, branch]
     if layer.bias2 is not None:
         views["bias2"] = layer.bias2[:, branch]
     if layer.alpha is not None:
@@ -53,22 +48,9 @@ def branch_output(layer: ResidualLayer, branch: int, x: torch.Tensor, scaled: bo
     The reference the fused layer is tested against: it never touches the other branches' weights."""
     w = block_weights(layer, branch)
     m, h, c = layer.models, layer.hidden, layer.width
-    bias1 = w["conv1.bias"].reshape(-1) if "conv1.bias" in w else None
-    z = F.conv2d(x, w["conv1.weight"].reshape(m * h, c, layer.kernel, layer.kernel), bias1,
-                 padding=layer.kernel // 2, groups=m)
-    norm = layer.norm
-    if isinstance(norm, nn.BatchNorm2d):
-        use_batch = norm.training or norm.running_mean is None
-        z = F.batch_norm(z, w["norm.running_mean"].reshape(-1).clone() if not use_batch else None,
-                         w["norm.running_var"].reshape(-1).clone() if not use_batch else None,
-                         w["norm.weight"].reshape(-1), w["norm.bias"].reshape(-1), use_batch, 0.0, norm.eps)
-    elif isinstance(norm, nn.GroupNorm):
-        groups_per_branch = norm.num_groups // (layer.models * layer.branches)
-        z = F.group_norm(z, m * groups_per_branch, w["norm.weight"].reshape(-1), w["norm.bias"].reshape(-1),
-                         norm.eps)
-    z = layer.act(z)
-    y = F.conv2d(z, w["conv2.weight"].reshape(m * c, h, layer.kernel, layer.kernel), padding=layer.kernel // 2,
-                 groups=m)
+    z = layer.branch.reference(layer, w, x)
+    k = layer.conv2.kernel_size[0]
+    y = F.conv2d(z, w["conv2.weight"].reshape(m * c, h, k, k), padding=k // 2, groups=m)
     if "bias2" in w:
         y = y + w["bias2"].reshape(1, -1, 1, 1)
     if scaled:
@@ -92,10 +74,14 @@ def regroup(model: ResidualNet, topology: str) -> ResidualNet:
             for key, tensor in src.items():
                 dst[key].copy_(tensor)
             dst_layer.scale.copy_(src_layer.scale)
-            if isinstance(src_layer.norm, nn.BatchNorm2d):
-                dst_layer.norm.num_batches_tracked.copy_(src_layer.norm.num_batches_tracked)
+            for src_bn, dst_bn in zip(_batchnorms(src_layer), _batchnorms(dst_layer)):
+                dst_bn.num_batches_tracked.copy_(src_bn.num_batches_tracked)
     new.train(model.training)
     return new
+
+
+def _batchnorms(layer: ResidualLayer):
+    return [mod for mod in layer.modules() if isinstance(mod, nn.BatchNorm2d)]
 
 
 def parallel_from_sequential(model: ResidualNet) -> ResidualNet:

@@ -7,6 +7,9 @@ then a head. The blocks are wired by `topology`:
 - ``parallel``:   y   = x + λ·Σ_i F_i(x)                  (shallow; one broad layer)
 - ``groups:g``:   g stages in sequence, each a parallel layer of n/g branches (g = n is sequential, g = 1 parallel)
 
+`branch` chooses what a block is made of (`depthlab.models.branches`): `conv`, two k×k convolutions, or `lk`, a
+depthwise K×K convolution (optionally UniRepLKNet's dilated re-parameterisation, `reparam`) and a pointwise pair.
+
 `skip=False` drops the identity from every layer (x_i = λ·F_i(x_{i-1}) for the deep stack): the plain network
 that lesion studies contrast with the residual one, trained by the same engine as every other run.
 
@@ -20,6 +23,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 
 from depthlab.errors import SpecError
+from depthlab.models.branches import BRANCHES, DILATED_BRANCHES, REPARAMS
 
 NORMS = ("batch", "group", "none")
 ACTS = ("relu", "gelu", "identity")
@@ -46,6 +50,8 @@ class ModelSpec:
     init: str = "default"
     stem_stride: int = 1
     skip: bool = True                # identity connections; False: the plain control x_i = λ·F_i(x_{i-1})
+    branch: str = "conv"             # conv: conv_k(act(norm(conv_k))); lk: pw(act(pw(norm(dw_K)))), K = kernel
+    reparam: str = "none"            # lk's depthwise K×K: none, dilated (UniRepLKNet), same_kernel, same_equivalent
     in_channels: int = 1
     num_classes: int = 10
     input_size: int = 28
@@ -73,6 +79,16 @@ class ModelSpec:
             raise SpecError("stem_stride", self.stem_stride, "1 or 2")
         self.stages  # validates topology
         self.scale  # validates residual_scale
+        if self.branch not in BRANCHES:
+            raise SpecError("branch", self.branch, ", ".join(BRANCHES))
+        if self.reparam not in REPARAMS:
+            raise SpecError("reparam", self.reparam, ", ".join(REPARAMS))
+        if self.reparam != "none" and self.branch != "lk":
+            raise SpecError("reparam", self.reparam, "none for branch conv (the re-param block is lk's depthwise "
+                            "kernel)")
+        if self.reparam != "none" and self.kernel not in DILATED_BRANCHES:
+            raise SpecError("kernel", self.kernel, f"one of {', '.join(map(str, DILATED_BRANCHES))} with reparam "
+                            f"{self.reparam} (UniRepLKNet's table), or reparam none")
         if not isinstance(self.skip, bool):
             raise SpecError("skip", self.skip, "true (residual) or false (the plain network, no identity)")
         if not self.skip and self.learnable_scale:

@@ -20,6 +20,9 @@ OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 SCHEDULES = ("constant", "cosine", "linear")
 AUGMENTS = ("none", "translate", "flip", "translate+flip")
+BUDGET_BY = ("hidden", "width")
+BUDGET_TOLERANCE = 0.01  # param_budget must be met within 1%
+MAX_BUDGET_WIDTH = 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class RunConfig:
     residual_scale: str | float = "1"
     stem_stride: int = 1
     skip: bool = True                    # identity connections (False: the plain network, a control)
+    branch: str = "conv"                 # conv (two k×k convs) or lk (depthwise K×K + pointwise pair)
+    reparam: str = "none"                # lk only: none, dilated, same_kernel, same_equivalent
+    param_budget: int | None = None      # choose hidden (or width) so the inference parameters are about this
+    budget_by: str = "hidden"            # what param_budget sets: hidden or width
     # training
     optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
     lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)
@@ -86,6 +93,10 @@ class RunConfig:
                                            or not re.fullmatch(r"[0-9a-f]{16}", self.init_from)):
             raise SpecError("init_from", self.init_from, "null, or the 16-hex-digit id of a run whose weights "
                             "were saved (depthlab run --save-weights)")
+        if self.param_budget is not None:
+            self._meet_budget()
+        elif self.budget_by not in BUDGET_BY:
+            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
         self.model_spec()  # validates the model fields
         # One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
         # which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1").
@@ -115,8 +126,40 @@ class RunConfig:
         return ModelSpec(width=self.width, blocks=self.blocks, kernel=self.kernel, hidden=self.hidden,
                          topology=self.topology, residual_scale=self.residual_scale, norm=self.norm, head=self.head,
                          act=self.act, init=self.init, stem_stride=self.stem_stride, skip=self.skip,
+                         branch=self.branch, reparam=self.reparam,
                          in_channels=in_channels or channels, input_size=input_size or size,
                          num_classes=num_classes or classes)
+
+    def _meet_budget(self) -> None:
+        """Set hidden (or width) so that the inference parameters (`spec_params(merged=True)`) come as close as
+        possible to param_budget; refuse the run when the closest is more than BUDGET_TOLERANCE off."""
+        from depthlab.models import spec_params
+
+        budget = self.param_budget
+        if not _is_int(budget) or budget < 1:
+            raise SpecError("param_budget", budget, "a positive integer (inference parameters) or null")
+        if self.budget_by not in BUDGET_BY:
+            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
+        count = lambda **size: spec_params(self.replace_unchecked(**size).model_spec(), merged=True)
+        if self.budget_by == "hidden":
+            a = count(hidden=2) - count(hidden=1)  # parameters are linear in hidden
+            guess = max(1, round((budget - count(hidden=1)) / a) + 1)
+            options = {h: count(hidden=h) for h in range(max(1, guess - 1), guess + 2)}
+        else:
+            options = {w: count(width=w) for w in range(1, MAX_BUDGET_WIDTH + 1)}
+        best = min(options, key=lambda v: (abs(options[v] - budget), v))
+        if abs(options[best] - budget) > BUDGET_TOLERANCE * budget:
+            raise SpecError("param_budget", budget, f"a count within {BUDGET_TOLERANCE:.0%} of what {self.budget_by} "
+                            f"can reach for this run (closest: {options[best]} parameters at {self.budget_by} "
+                            f"{best}; run {self.branch} k{self.kernel}, {self.blocks} blocks)")
+        given = getattr(self, self.budget_by)
+        if self.budget_by == "hidden" and given is not None and given != best:
+            raise SpecError("hidden", given, f"null: param_budget {budget} chooses it ({best})")
+        object.__setattr__(self, self.budget_by, best)
+
+    def replace_unchecked(self, **changes) -> "RunConfig":
+        """A copy with `changes` and without a budget (so that sizes can be tried while one is being met)."""
+        return replace(self, param_budget=None, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)

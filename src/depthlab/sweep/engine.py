@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 import depthlab
 from depthlab import __version__
-from depthlab.measure import COMPLEXITY_EXAMPLES, EVAL_BATCH, evaluate, geometric_complexity
-from depthlab.models import build, pack, param_count, q_ratio, spec_params, unpack
+from depthlab.measure import (COMPLEXITY_EXAMPLES, ERF_EXAMPLES, EVAL_BATCH, effective_receptive_field, evaluate,
+                              geometric_complexity)
+from depthlab.models import build, pack, param_count, q_ratio, receptive_field, spec_params, unpack
 from depthlab.models.pack import same_shape
 from depthlab.records import finite
 from depthlab.sweep.config import RunConfig
@@ -172,8 +173,9 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     start = time.perf_counter()
     net = pack(_starting_models(configs, shape, initial)).to(device)  # each with its own λ
     net.train()
-    # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1)
-    net.channels_last = (device.type == "cuda") if channels_last is None else channels_last
+    # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1).
+    # On the CPU too for large depthwise kernels: their NCHW backward is ~27x slower (bench/lk_speed.py).
+    net.channels_last = (device.type == "cuda" or spec.branch == "lk") if channels_last is None else channels_last
     forward = torch.compile(net) if compile else net
     optimizer = PackedOptimizer(net, models, kind=c0.optimizer, lr=[c.learning_rate for c in configs],
                                 weight_decay=[float(c.weight_decay) for c in configs])
@@ -234,11 +236,13 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp, eval_batch)
         finals[split] = (loss.tolist(), acc.tolist())
     # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
+    erf = effective_receptive_field(net, dataset.train_x[:ERF_EXAMPLES], dataset.mean, dataset.std).tolist()
     complexity = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
                                       models, batch_size=max(1, c0.batch_size // 2)).tolist()
     seconds = time.perf_counter() - start
     env = environment(device, models, amp, compile, dataset)
     params = param_count(net) // models
+    inference_params, reach = spec_params(spec, merged=True), receptive_field(spec)
     q = q_ratio(spec, int(dataset.train_x.shape[0]))
     singles = unpack(net.float()) if keep_weights else None
     alive_list = alive.tolist()
@@ -248,9 +252,12 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         for split, (losses, accs) in finals.items():
             final[f"{split}_loss"], final[f"{split}_acc"] = finite(losses[i]), finite(accs[i])
         final["geometric_complexity"] = finite(complexity[i])
+        final["erf50"], final["erf90"] = erf[i]  # effective receptive field, pixels (side of a centred square)
         diverged = not alive_list[i] or final["train_loss"] is None
         if diverged:  # a NaN network's argmax "accuracy" is meaningless
             final = {key: None for key in final}
+        final["inference_params"] = inference_params  # what param_budget aims at (BN folded, kernels merged)
+        final["receptive_field"] = reach  # theoretical, in input pixels
         results.append(RunResult(
             config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
             seconds=seconds, train_seconds=train_seconds, params=params, q=q, env=env,

@@ -6,7 +6,8 @@ frozen with `torch.where` (a multiplication by 0 would keep its NaNs alive in th
 
 - adam: AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
 - sgd:  SGD with Nesterov momentum, L2 weight decay added to the gradient.
-Weight decay applies to convolution and classifier weights only, not to norms, biases or branch scales.
+Weight decay applies to convolution and classifier weights only (every branch type's), not to norms, biases or
+branch scales.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from torch import nn
 
 
 def decays(name: str) -> bool:
-    return name.endswith("conv1.weight") or name.endswith("conv2.weight") or name in ("stem.weight", "head.weight")
+    """Convolution and classifier weights decay; norms, biases and branch scales do not."""
+    return name.rsplit(".", 1)[-1] == "weight" and "norm" not in name
 
 
 class PackedOptimizer:

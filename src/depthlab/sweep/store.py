@@ -46,7 +46,9 @@ DEFAULT_STORE = "depthlab.sqlite"
 _V1_COLUMNS = ("run_id", "sweep", "config", "status", "owner", "attempts", "created_at", "claimed_at",
                "heartbeat_at", "finished_at", "history", *METRICS, "final", "params", "q", "seconds", "env", "error")
 # Fields that version 2 added to every run config, with the value every earlier run had.
-_V2_NEW_FIELDS = {"skip": True, "init_from": None}
+# (Fields added after version 2 has shipped need a migration of their own.)
+_V2_NEW_FIELDS = {"skip": True, "init_from": None, "branch": "conv", "reparam": "none", "param_budget": None,
+                  "budget_by": "hidden"}
 _V2_RECIPE = 1  # the recipe of every run trained before recipes were recorded
 
 
@@ -84,7 +86,8 @@ def _v1(c: sqlite3.Connection, path: str) -> None:
 
 def _v2(c: sqlite3.Connection, path: str) -> None:
     """Recipes: a run is a config trained by a recipe. Adds `recipe`, `config_id` and `train_seconds`, gives
-    every stored config the fields added since (`skip`, `init_from`, at the value those runs had), and re-keys
+    every stored config the fields added since (`skip`, `init_from`, `branch`, ..., at the value those runs had),
+    and re-keys
     each run by (config, recipe 1). Saved weights are renamed after the commit (see `_after_v2`)."""
     for column in ("recipe INTEGER", "config_id TEXT", "train_seconds REAL"):
         c.execute(f"ALTER TABLE runs ADD COLUMN {column}")

@@ -1,0 +1,357 @@
+"""Branch types: the one place that knows what a residual branch is made of.
+
+Every branch F(x) ends in a linear convolution from `hidden` channels back to the stream width C, so a layer of
+b branches computes Σ_b s_b·F_b(x) as ONE broad layer: a *front* that maps the stream to b·hidden channels
+(ordered [model][branch][hidden]), then one convolution over the concatenated hidden channels (the sum over
+branches). `depthlab.models.layers.ResidualLayer` owns that last convolution, its per-branch bias, λ and α; a
+branch type owns the front. It says how to build the front's modules on the layer, run it, view one branch's
+tensors inside the packed ones (`views`, which rewiring and lesions use), compute one branch from its own slices
+(`reference`, what the broad layer is tested against), fold it for inference (`fuse`), initialise it for Fixup,
+and count its parameters, FLOPs and reach. A new branch type is a new class here and an entry in `BRANCHES`.
+
+- ``conv``: F(x) = conv_k(act(norm(conv_k(x)))).
+- ``lk``: F(x) = pw2(act(pw1(norm(dw_K(x))))), UniRepLKNet's block without its extras (Ding et al., "UniRepLKNet:
+  A Universal Perception Large-Kernel ConvNet", 2024; github.com/AILab-CVC/UniRepLKNet): a depthwise K×K
+  convolution, norm, a pointwise expansion to `hidden` channels, activation, a pointwise projection back. The b
+  depthwise branches of a layer are one depthwise convolution over the stream repeated b times (channels
+  [model][branch][channel]); the pointwise pairs are grouped by model and branch. With `reparam` the depthwise
+  conv is UniRepLKNet's Dilated Reparam Block: the K×K conv in parallel with small dilated depthwise convs, each
+  with its own BatchNorm (with norm "batch"), summed before any nonlinearity; `fuse` merges them into one K×K
+  kernel (a dilated kernel is a dense one with zeros inserted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# UniRepLKNet's (kernel, dilation) lists of the Dilated Reparam Block per large kernel size K
+# (AILab-CVC/UniRepLKNet, unireplknet.py, DilatedReparamBlock.__init__).
+DILATED_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
+    5: ((3, 1), (3, 2)),
+    7: ((5, 1), (3, 2), (3, 3)),
+    9: ((5, 1), (5, 2), (3, 3), (3, 4)),
+    11: ((5, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
+    13: ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
+    15: ((5, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
+    17: ((5, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+}
+# dilated: the table; same_kernel: the same small kernels, dilation 1; same_equivalent: dense kernels of the
+# dilated ones' equivalent sizes (k−1)r+1 (the paper's two controls).
+REPARAMS = ("none", "dilated", "same_kernel", "same_equivalent")
+_NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def reparam_kernels(kernel: int, reparam: str) -> tuple[tuple[int, int], ...]:
+    """The (kernel, dilation) of each small depthwise conv beside the K×K one."""
+    if reparam == "none":
+        return ()
+    table = DILATED_BRANCHES[kernel]
+    if reparam == "dilated":
+        return table
+    if reparam == "same_kernel":
+        return tuple((k, 1) for k, _ in table)
+    return tuple(((k - 1) * r + 1, 1) for k, r in table)  # same_equivalent
+
+
+def dense_kernel(weight: torch.Tensor, dilation: int, size: int) -> torch.Tensor:
+    """The dense size×size kernel equal to a dilated one: zeros inserted between its taps, centred, padded."""
+    k = weight.shape[-1]
+    span = (k - 1) * dilation + 1
+    dense = weight.new_zeros(*weight.shape[:-2], span, span)
+    dense[..., ::dilation, ::dilation] = weight
+    pad = (size - span) // 2
+    return F.pad(dense, (pad, pad, pad, pad))
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with bn(x) = x·scale + shift per channel in eval mode."""
+    inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return inv, bn.bias - bn.running_mean * inv
+
+
+def make_norm(kind: str, channels: int, group_size: int) -> nn.Module:
+    """Norm over `channels` (M·stuff). `group_size` keeps GroupNorm groups inside one branch of one model."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // group_size), channels)
+    return nn.Identity()
+
+
+def gn_group_size(channels: int) -> int:
+    """Channels per GroupNorm group for a branch of `channels` channels (8 groups when it divides)."""
+    for groups in (8, 4, 2, 1):
+        if channels % groups == 0:
+            return channels // groups
+    return channels
+
+
+def _norm_reference(norm: nn.Module, z: torch.Tensor, views: dict, prefix: str, per_model_groups: int):
+    """A norm applied with one branch's slices of its parameters and statistics."""
+    if isinstance(norm, nn.BatchNorm2d):
+        use_batch = norm.training or norm.running_mean is None
+        return F.batch_norm(z, None if use_batch else views[f"{prefix}.running_mean"].reshape(-1).clone(),
+                            None if use_batch else views[f"{prefix}.running_var"].reshape(-1).clone(),
+                            views[f"{prefix}.weight"].reshape(-1), views[f"{prefix}.bias"].reshape(-1), use_batch,
+                            0.0, norm.eps)
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(z, per_model_groups, views[f"{prefix}.weight"].reshape(-1),
+                            views[f"{prefix}.bias"].reshape(-1), norm.eps)
+    return z
+
+
+def _norm_views(views: dict, prefix: str, norm: nn.Module, shape: tuple, branch: int) -> None:
+    for key in _NORM_KEYS:
+        tensor = getattr(norm, key, None)
+        if isinstance(tensor, torch.Tensor):
+            views[f"{prefix}.{key}"] = tensor.view(*shape)[:, branch]
+
+
+def _fold(conv_weight, conv_bias, bn: nn.BatchNorm2d):
+    """conv → BN(eval) as one conv: W' = W·γ/σ, b' = (b − μ)·γ/σ + β."""
+    scale, shift = bn_affine(bn)
+    bias = conv_bias if conv_bias is not None else torch.zeros_like(shift)
+    return conv_weight * scale.reshape(-1, *([1] * (conv_weight.dim() - 1))), bias * scale + shift
+
+
+def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, *, groups: int, padding: int) -> nn.Conv2d:
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], weight.shape[-1], padding=padding, groups=groups,
+                     bias=bias is not None).to(weight)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+class ConvBranch:
+    """F(x) = conv_k(act(norm(conv_k(x)))): the front is conv1 → norm → act on the layer."""
+
+    name = "conv"
+
+    @staticmethod
+    def last_kernel(kernel: int) -> int:
+        return kernel
+
+    @staticmethod
+    def build(layer, *, norm: str, act: str, reparam: str) -> None:
+        m, b, c, h, k = layer.models, layer.branches, layer.width, layer.hidden, layer.kernel
+        layer.conv1 = nn.Conv2d(m * c, m * b * h, k, padding=k // 2, groups=m, bias=norm == "none")
+        layer.norm = make_norm(norm, m * b * h, gn_group_size(h))
+        layer.act = make_act(act)
+
+    @staticmethod
+    def front(layer, x: torch.Tensor) -> torch.Tensor:
+        return layer.act(layer.norm(layer.conv1(x)))
+
+    @staticmethod
+    def views(layer, branch: int) -> dict[str, torch.Tensor]:
+        m, b, h, c, k = layer.models, layer.branches, layer.hidden, layer.width, layer.kernel
+        views = {"conv1.weight": layer.conv1.weight.view(m, b, h, c, k, k)[:, branch]}
+        if layer.conv1.bias is not None:
+            views["conv1.bias"] = layer.conv1.bias.view(m, b, h)[:, branch]
+        _norm_views(views, "norm", layer.norm, (m, b, h), branch)
+        return views
+
+    @staticmethod
+    def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
+        m, h, c, k = layer.models, layer.hidden, layer.width, layer.kernel
+        bias = views["conv1.bias"].reshape(-1) if "conv1.bias" in views else None
+        z = F.conv2d(x, views["conv1.weight"].reshape(m * h, c, k, k), bias, padding=k // 2, groups=m)
+        groups = getattr(layer.norm, "num_groups", 0) // (layer.models * layer.branches) * m
+        return layer.act(_norm_reference(layer.norm, z, views, "norm", groups))
+
+    @staticmethod
+    def fuse(layer) -> None:
+        if isinstance(layer.norm, nn.BatchNorm2d):
+            weight, bias = _fold(layer.conv1.weight, layer.conv1.bias, layer.norm)
+            layer.conv1 = _conv_like(weight, bias, groups=layer.models, padding=layer.kernel // 2)
+            layer.norm = nn.Identity()
+
+    @staticmethod
+    def fixup(layer, blocks: int) -> None:
+        """Fixup (Zhang et al., 2019) for two-layer branches: the first He-initialised × n^(-1/2)."""
+        nn.init.kaiming_normal_(layer.conv1.weight, mode="fan_in", nonlinearity="relu")
+        with torch.no_grad():
+            layer.conv1.weight.mul_(blocks ** -0.5)
+            if layer.conv1.bias is not None:
+                nn.init.zeros_(layer.conv1.bias)
+
+    @staticmethod
+    def params(c: int, h: int, k: int, norm: str, reparam: str, merged: bool) -> int:
+        """Parameters of one branch's front (the last conv is the layer's)."""
+        total = c * h * k * k
+        total += h if norm == "none" or (merged and norm == "batch") else 0     # conv1 bias (a folded BN's shift)
+        total += 2 * h if norm == "group" or (norm == "batch" and not merged) else 0   # norm affine
+        return total
+
+    @staticmethod
+    def macs(c: int, h: int, k: int, reparam: str, merged: bool) -> int:
+        """Multiply-accumulates per output position of one branch's front."""
+        return c * h * k * k
+
+    @staticmethod
+    def reach(kernel: int) -> int:
+        """Input positions one branch adds to the receptive field (minus one): two k×k convs."""
+        return 2 * (kernel - 1)
+
+
+class LargeKernelBranch:
+    """F(x) = pw2(act(pw1(norm(dw_K(x))))), with an optional Dilated Reparam Block as dw_K (see module doc).
+
+    On the layer: `dw` (the K×K depthwise conv over the stream repeated per branch), `dw_extra` (the small
+    re-param convs, same layout), `dw_norms` (their BatchNorms, the K×K one's first; only with norm "batch"),
+    `norm` (over [model][branch][channel]), `pw1` (grouped by model and branch) and `act`."""
+
+    name = "lk"
+
+    @staticmethod
+    def last_kernel(kernel: int) -> int:
+        return 1
+
+    @staticmethod
+    def build(layer, *, norm: str, act: str, reparam: str) -> None:
+        m, b, c, h, k = layer.models, layer.branches, layer.width, layer.hidden, layer.kernel
+        layer.reparam = reparam
+        extra = reparam_kernels(k, reparam)
+        bias = norm == "none"
+        channels = m * b * c
+        layer.dw = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=bias)
+        layer.dw_extra = nn.ModuleList(
+            nn.Conv2d(channels, channels, kk, padding=r * (kk - 1) // 2, dilation=r, groups=channels, bias=bias)
+            for kk, r in extra)
+        layer.dw_norms = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(1 + len(extra))) \
+            if extra and norm == "batch" else nn.ModuleList()
+        layer.norm = make_norm(norm, channels, gn_group_size(c))
+        layer.pw1 = nn.Conv2d(channels, m * b * h, 1, groups=m * b, bias=True)
+        layer.act = make_act(act)
+
+    @staticmethod
+    def _repeat(layer, x: torch.Tensor) -> torch.Tensor:
+        """The stream (B, M·C, H, W) as b copies per model, channels [model][branch][channel]."""
+        if layer.branches == 1:
+            return x
+        bsz, _, hgt, wid = x.shape
+        m, b, c = layer.models, layer.branches, layer.width
+        out = x.reshape(bsz, m, 1, c, hgt, wid).expand(bsz, m, b, c, hgt, wid).reshape(bsz, m * b * c, hgt, wid)
+        # keep channels_last activations channels_last (the depthwise backward is far slower in NCHW on CPU)
+        return out if x.is_contiguous() else out.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def front(layer, x: torch.Tensor) -> torch.Tensor:
+        x = LargeKernelBranch._repeat(layer, x)
+        convs = [layer.dw, *layer.dw_extra]
+        if len(layer.dw_norms):
+            z = sum(bn(conv(x)) for conv, bn in zip(convs, layer.dw_norms))
+        else:
+            z = layer.dw(x)
+            for conv in layer.dw_extra:
+                z = z + conv(x)
+        return layer.act(layer.pw1(layer.norm(z)))
+
+    @staticmethod
+    def views(layer, branch: int) -> dict[str, torch.Tensor]:
+        m, b, c, h = layer.models, layer.branches, layer.width, layer.hidden
+        views = {}
+        for name, conv in [("dw", layer.dw)] + [(f"dw_extra.{j}", cv) for j, cv in enumerate(layer.dw_extra)]:
+            k = conv.kernel_size[0]
+            views[f"{name}.weight"] = conv.weight.view(m, b, c, 1, k, k)[:, branch]
+            if conv.bias is not None:
+                views[f"{name}.bias"] = conv.bias.view(m, b, c)[:, branch]
+        for j, bn in enumerate(layer.dw_norms):
+            _norm_views(views, f"dw_norms.{j}", bn, (m, b, c), branch)
+        _norm_views(views, "norm", layer.norm, (m, b, c), branch)
+        views["pw1.weight"] = layer.pw1.weight.view(m, b, h, c, 1, 1)[:, branch]
+        views["pw1.bias"] = layer.pw1.bias.view(m, b, h)[:, branch]
+        return views
+
+    @staticmethod
+    def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
+        m, c, h = layer.models, layer.width, layer.hidden
+        z = 0
+        for j, conv in enumerate([layer.dw, *layer.dw_extra]):
+            name = "dw" if j == 0 else f"dw_extra.{j - 1}"
+            k = conv.kernel_size[0]
+            bias = views[f"{name}.bias"].reshape(-1) if f"{name}.bias" in views else None
+            y = F.conv2d(x, views[f"{name}.weight"].reshape(m * c, 1, k, k), bias, padding=conv.padding,
+                         dilation=conv.dilation, groups=m * c)
+            if len(layer.dw_norms):
+                y = _norm_reference(layer.dw_norms[j], y, views, f"dw_norms.{j}", 0)
+            z = z + y
+        groups = getattr(layer.norm, "num_groups", 0) // (layer.models * layer.branches) * m
+        z = _norm_reference(layer.norm, z, views, "norm", groups)
+        z = F.conv2d(z, views["pw1.weight"].reshape(m * h, c, 1, 1), views["pw1.bias"].reshape(-1), groups=m)
+        return layer.act(z)
+
+    @staticmethod
+    def fuse(layer) -> None:
+        """One K×K depthwise conv per branch: each re-param BN folded into its conv, each dilated kernel made
+        dense and padded to K×K, all summed; then the block's BatchNorm folded in too."""
+        k = layer.kernel
+        convs = [layer.dw, *layer.dw_extra]
+        has_bias = layer.dw.bias is not None or len(layer.dw_norms) > 0
+        weight, bias = 0, 0
+        for j, conv in enumerate(convs):
+            w, b_ = conv.weight, conv.bias
+            if len(layer.dw_norms):
+                w, b_ = _fold(w, b_, layer.dw_norms[j])
+            weight = weight + dense_kernel(w, conv.dilation[0], k)
+            bias = bias + (b_ if b_ is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
+        if isinstance(layer.norm, nn.BatchNorm2d):
+            weight, bias = _fold(weight, bias, layer.norm)
+            layer.norm, has_bias = nn.Identity(), True
+        layer.dw = _conv_like(weight, bias if has_bias else None, groups=weight.shape[0], padding=k // 2)
+        layer.dw_extra, layer.dw_norms = nn.ModuleList(), nn.ModuleList()
+
+    @staticmethod
+    def fixup(layer, blocks: int) -> None:
+        """Fixup for three-layer branches (dw, pw1, pw2): the inner layers × n^(-1/(2·3−2)) = n^(-1/4)."""
+        with torch.no_grad():
+            for conv in (layer.dw, *layer.dw_extra, layer.pw1):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+                conv.weight.mul_(blocks ** -0.25)
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+
+    @staticmethod
+    def params(c: int, h: int, k: int, norm: str, reparam: str, merged: bool) -> int:
+        extra = () if merged else reparam_kernels(k, reparam)
+        total = c * k * k + sum(c * kk * kk for kk, _ in extra)                       # depthwise convs
+        if merged:
+            total += c if norm in ("none", "batch") else 0                            # the merged conv's bias
+        else:
+            total += c * (1 + len(extra)) if norm == "none" else 0                   # their biases
+            total += 2 * c * (1 + len(extra)) if extra and norm == "batch" else 0    # re-param BatchNorms
+        total += 2 * c if norm == "group" or (norm == "batch" and not merged) else 0  # block norm
+        total += c * h + h                                                            # pw1
+        return total
+
+    @staticmethod
+    def macs(c: int, h: int, k: int, reparam: str, merged: bool) -> int:
+        extra = () if merged else reparam_kernels(k, reparam)
+        return c * k * k + sum(c * kk * kk for kk, _ in extra) + c * h
+
+    @staticmethod
+    def reach(kernel: int) -> int:
+        """One K×K depthwise conv (the re-param kernels are no larger) and two pointwise ones."""
+        return kernel - 1
+
+
+BRANCHES = {cls.name: cls for cls in (ConvBranch, LargeKernelBranch)}
+
+
+def branch_type(name: str):
+    return BRANCHES[name]
+
+
+def make_act(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "gelu": nn.GELU(), "identity": nn.Identity()}[kind]
+
+
+def last_conv_bound(hidden: int, kernel: int) -> float:
+    """nn.Conv2d's default bound U(±1/√fan-in) with the fan-in of ONE branch."""
+    return 1 / math.sqrt(hidden * kernel * kernel)

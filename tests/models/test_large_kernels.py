@@ -1,0 +1,159 @@
+"""Large-kernel branches: the broad layer equals its branches, re-parameterised blocks merge exactly, counts and
+reach follow from the spec (UniRepLKNet's block and Dilated Reparam Block)."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthlab.errors import SpecError
+from depthlab.models import (DILATED_BRANCHES, REPARAMS, ModelSpec, branch_output, build, dense_kernel, flops,
+                             fuse_for_inference, pack, param_count, receptive_field, spec_params, unpack)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def randomise(model, seed=0):
+    """Non-trivial norm affines, running statistics, α and biases, so that no test passes on zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha") or "norm" in name or name.endswith("bias2") or name.endswith(".bias"):
+                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
+    return model
+
+
+def lk(**changes):
+    values = dict(width=4, blocks=3, kernel=7, hidden=6, branch="lk", norm="batch", in_channels=1, input_size=16,
+                  num_classes=3)
+    values.update(changes)
+    return ModelSpec(**values)
+
+
+def test_the_dilated_table_is_unireplknets():
+    assert DILATED_BRANCHES[13] == ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5))
+    assert sorted(DILATED_BRANCHES) == [5, 7, 9, 11, 13, 15, 17]
+    for k, pairs in DILATED_BRANCHES.items():
+        assert all((kk - 1) * r + 1 <= k for kk, r in pairs)  # every equivalent kernel fits in K×K
+
+
+@pytest.mark.parametrize("kernel,reparam", [(k, r) for k in DILATED_BRANCHES for r in REPARAMS])
+def test_merged_model_equals_the_training_time_model_in_eval_mode(kernel, reparam):
+    spec = lk(kernel=kernel, reparam=reparam, topology="parallel", input_size=2 * kernel)
+    model = randomise(build(spec, seed=1).double(), seed=2).eval()
+    fused = fuse_for_inference(model)
+    x = torch.randn(3, 1, 2 * kernel, 2 * kernel, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) < 1e-10
+        layer = fused.layers[0]
+        assert len(layer.dw_extra) == 0 and len(layer.dw_norms) == 0 and layer.dw.kernel_size == (kernel, kernel)
+        assert all(m.dilation == (1, 1) for m in fused.modules() if isinstance(m, nn.Conv2d))  # no dilated conv
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert param_count(fused) == spec_params(spec, merged=True)
+    # float32 too
+    model32, x32 = randomise(build(spec, seed=1), seed=2).eval(), x.float()
+    with torch.no_grad():
+        assert rel_err(fuse_for_inference(model32)(x32), model32(x32)) < 1e-5
+    # in train mode BatchNorm uses the batch's statistics: the two forms differ (documented in fuse_for_inference)
+    model.train()
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) > 1e-3
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 2), (3, 5), (5, 2), (7, 2), (9, 2)])
+def test_a_dilated_kernel_is_a_dense_one_with_zeros(kernel, dilation):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, kernel, kernel, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 4, 23, 23, generator=g, dtype=torch.float64)
+    span = (kernel - 1) * dilation + 1
+    dilated = F.conv2d(x, w, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=4)
+    dense = F.conv2d(x, dense_kernel(w, dilation, span + 4), padding=(span + 4) // 2, groups=4)
+    assert rel_err(dense, dilated) < 1e-12
+
+
+@pytest.mark.parametrize("norm,reparam,scale", [("batch", "dilated", "1/sqrt(n)"), ("group", "same_kernel", "1"),
+                                                ("none", "same_equivalent", "learnable"), ("batch", "none", "1/n")])
+@pytest.mark.parametrize("train", [True, False])
+def test_parallel_lk_layer_equals_branch_by_branch(norm, reparam, scale, train):
+    spec = lk(norm=norm, reparam=reparam, residual_scale=scale, topology="parallel", blocks=4)
+    for models in (1, 3):
+        net = randomise(pack([build(spec, seed=s).double() for s in range(models)]), seed=5).train(train)
+        x = torch.randn(5, models * 4, 9, 9, dtype=torch.float64)
+        layer = net.layers[0]
+        with torch.no_grad():
+            assert rel_err(layer(x), x + sum(branch_output(layer, b, x) for b in range(4))) < 1e-10
+
+
+def test_lk_topologies_share_blocks_and_parameters():
+    spec = lk(reparam="dilated", blocks=4)
+    seq = randomise(build(spec, seed=3).double(), seed=4).eval()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    h = seq.stem(x)
+    with torch.no_grad():
+        for layer in seq.layers:
+            h = h + branch_output(layer, 0, h)
+        assert rel_err(seq(x), seq.head(h)) < 1e-10
+    counts = {param_count(build(spec.replace(topology=t), seed=0)) for t in ("sequential", "parallel", "groups:2")}
+    assert counts == {spec_params(spec)}
+
+
+def test_a_pack_of_lk_models_equals_the_models_alone():
+    spec = lk(reparam="dilated", kernel=5, topology="parallel", blocks=2)
+    models = [randomise(build(spec, seed=s).double(), seed=s) for s in range(3)]
+    packed = pack(models)
+    x = torch.randn(3, 4, 1, 16, 16, dtype=torch.float64)
+    out = packed(x)
+    out.square().sum().backward()
+    for m, model in enumerate(models):
+        alone = model(x[m])
+        assert rel_err(out[m], alone) < 1e-10
+        alone.square().sum().backward()
+    for (name, p), single in zip(packed.named_parameters(), zip(*[m.parameters() for m in models])):
+        grads = torch.cat([q.grad.reshape(1, -1) for q in single])
+        assert rel_err(p.grad.reshape(3, -1), grads) < 1e-10, name
+    assert all(rel_err(a.layers[0].dw.weight, b.layers[0].dw.weight) == 0 for a, b in zip(unpack(packed), models))
+
+
+@pytest.mark.parametrize("branch,norm,reparam,head", [
+    (b, n, r, h) for b, n, r, h in itertools.product(["conv", "lk"], ["batch", "group", "none"], REPARAMS,
+                                                      ["gap", "flatten"])
+    if b == "lk" or r == "none"])
+def test_parameter_counts_from_the_spec(branch, norm, reparam, head):
+    spec = ModelSpec(width=4, blocks=2, kernel=5, hidden=3, branch=branch, norm=norm, reparam=reparam, head=head,
+                     input_size=10, residual_scale="learnable" if norm == "none" else "1")
+    model = build(spec, seed=0)
+    assert param_count(model) == spec_params(spec)
+    assert param_count(fuse_for_inference(model)) == spec_params(spec, merged=True)
+    if reparam != "none":
+        assert flops(spec, merged=True) < flops(spec)
+    else:
+        assert flops(spec, merged=True) == flops(spec)
+
+
+def test_receptive_field_of_a_large_kernel():
+    assert receptive_field(lk(kernel=13, blocks=8, topology="parallel", stem_stride=1)) == 3 + 12
+    assert receptive_field(lk(kernel=13, blocks=8, topology="sequential", stem_stride=1)) == 3 + 8 * 12
+    assert receptive_field(lk(kernel=13, blocks=8, topology="groups:2", stem_stride=2)) == 3 + 2 * 12 * 2
+    conv = ModelSpec(kernel=3, blocks=8, topology="parallel")
+    assert receptive_field(conv) == 3 + 4
+
+
+def test_bad_large_kernel_specs_name_the_allowed_values():
+    with pytest.raises(SpecError, match=r"kernel: got 3; allowed: one of 5, 7, 9, 11, 13, 15, 17"):
+        lk(kernel=3, reparam="dilated")
+    with pytest.raises(SpecError, match="reparam: got 'dilated'; allowed: none for branch conv"):
+        ModelSpec(reparam="dilated", kernel=7)
+    with pytest.raises(SpecError, match="branch: got 'big'; allowed: conv, lk"):
+        ModelSpec(branch="big")
+    with pytest.raises(SpecError, match="reparam"):
+        lk(reparam="wide")
+    assert lk(kernel=3).reparam == "none"  # any odd K without a re-param
