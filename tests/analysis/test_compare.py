@@ -418,3 +418,25 @@ def test_blown_up_runs_are_left_out_like_diverged_ones():
     assert g["n_pairs"] == 6 and g["mean"] == pytest.approx(-0.1) and g["n_excluded"] == 2
     assert g["blown_up"] == {"sequential": 1, "parallel": 1} and g["diverged"] == {"sequential": 0, "parallel": 0}
     assert "blown up: sequential 1, parallel 1" in format_report(compare_report(records))
+
+
+def test_a_compound_contrast_and_budget_sized_runs_pair():
+    """A 13×13 large-kernel branch against a 3×3 conv at one parameter budget: branch and kernel change together,
+    and hidden (chosen by the budget) differs too; the pair is still the same experiment."""
+    records = []
+    for seed in range(4):
+        conv = run(seed, "parallel", 1.0 + seed, kernel=3, branch="conv", hidden=16, param_budget=40_000)
+        large = run(seed, "parallel", 0.8 + seed, kernel=13, branch="lk", hidden=143, param_budget=40_000)
+        records += [conv, large]
+    with pytest.raises(SpecError, match=r"contrast: got 'branch\+width'.*joined by '\+'"):
+        compare_report(records, contrast="branch+width")
+    report = compare_report(records, contrast="branch+kernel", metrics=["val_loss"])
+    assert report["values"] == [["conv", 3], ["lk", 13]]
+    (res,) = report["paired"]["val_loss"]
+    assert res["difference"] == "branch=lk,kernel=13 - branch=conv,kernel=3"
+    g = group(res)
+    assert g["n_pairs"] == 4 and g["mean"] == pytest.approx(-0.2) and g["verdict"] == "branch=lk,kernel=13 better"
+    # without a budget, a differing hidden is a different experiment: no pairs
+    for r in records:
+        r.pop("param_budget")
+    assert compare_report(records, contrast="branch+kernel")["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 0

@@ -97,7 +97,8 @@ def test_headline_shows_the_all_band_verdicts(report_html, compare):
 
 def test_every_figure_is_an_inline_png(report_html):
     assert sorted(kind for kind, *_ in FIGURES) == sorted(plots.KINDS) == sorted(PLOT_KINDS)
-    for kind in plots.KINDS:
+    assert 'id="fig-erf"' not in report_html  # the sweep varies neither kernel nor branch
+    for kind in set(plots.KINDS) - set(plots.CONDITIONAL):
         match = re.search(rf'<figure id="fig-{kind}"[^>]*>.*?<img alt="{kind}" src="data:image/png;base64,'
                           r'([A-Za-z0-9+/=]+)"', report_html, re.S)
         assert match, f"figure {kind} missing"
@@ -129,7 +130,7 @@ def test_config_strings_and_sweep_names_are_escaped(report_html, tables):
 def test_figures_without_data_are_notes(records):
     pending = [r for r in records if r["status"] == "pending"]
     html = build_report(pending, title="nothing yet")
-    for kind in plots.KINDS:
+    for kind in set(plots.KINDS) - set(plots.CONDITIONAL):
         assert re.search(rf'<figure id="fig-{kind}"[^>]*><h3>[^<]*</h3><p class="nodata">no data: ', html), kind
     assert "<img" not in html
     # one wiring only: no pair, so no scatter or win rate, but loss-vs-Q and curves of single runs
@@ -185,3 +186,16 @@ def test_plot_writes_png_and_svg(sweep_store, tmp_path, cli, capsys):
                "--out", str(tmp_path / "s.png")) == 2
     assert "no sequential/parallel pairs" in capsys.readouterr().err
     assert not (tmp_path / "c.jpg").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_the_receptive_field_figure_appears_when_kernels_vary(records):
+    done = [r for r in records if r["status"] == "done"]
+    assert all(r.get("receptive_field") and r.get("erf90") for r in done)  # every run records them
+    varied = []
+    for i, r in enumerate(done):
+        change = dict(kernel=5 if i % 2 else 3, branch="lk" if i % 3 == 0 else "conv")
+        varied.append(dict(r, **change, config=dict(r["config"], **change)))
+    html = build_report(varied, title="kernels")
+    match = re.search(r'<figure id="fig-erf"[^>]*>.*?<img alt="erf" src="data:image/png;base64,', html, re.S)
+    assert match
+    assert len(plots.erf_points(varied)) == len(done)

@@ -79,9 +79,19 @@ def value_order(value):
     return (2, 0.0, json.dumps(value, sort_keys=True, default=str))
 
 
+def contrast_fields(contrast: str) -> list[str]:
+    """The config fields a contrast varies: one (`kernel`), or several joined by '+' (`branch+kernel`) when the
+    treatment changes them together (a large-kernel branch against a 3×3 one)."""
+    return [f.strip() for f in contrast.split("+") if f.strip()]
+
+
 def contrast_order(field: str, value):
     """The order of a contrast's values: for topology sequential, parallel, then groups:g by g; else
-    `value_order`. The first of two values is a, the second b, and d = b − a."""
+    `value_order` (field by field for a compound contrast). The first of two values is a, the second b, and
+    d = b − a."""
+    fields = contrast_fields(field)
+    if len(fields) > 1 and isinstance(value, list):
+        return (2, tuple(contrast_order(f, v) for f, v in zip(fields, value)))
     if field == "topology" and isinstance(value, str):
         return (0, _topology_order(value))
     return (1, value_order(value))
@@ -89,7 +99,10 @@ def contrast_order(field: str, value):
 
 def value_label(field: str, value) -> str:
     """How a contrast value is named in verdicts and headers: a topology by its name, any other value as
-    field=value (e.g. kernel=5, skip=false)."""
+    field=value (e.g. kernel=5, skip=false; branch=lk,kernel=13 for a compound contrast)."""
+    fields = contrast_fields(field)
+    if len(fields) > 1 and isinstance(value, list):
+        return ",".join(value_label(f, v) for f, v in zip(fields, value))
     if field == "topology":
         return str(value)
     return f"{field}={json.dumps(value) if not isinstance(value, str) else value}"
@@ -97,7 +110,19 @@ def value_label(field: str, value) -> str:
 
 def _field_value(rec: dict, field: str):
     cfg = config_of(rec)
+    fields = contrast_fields(field)
+    if len(fields) > 1:
+        return [cfg.get(f, rec.get(f)) for f in fields]
     return cfg.get(field, rec.get(field))
+
+
+def pairing_key(cfg: dict, contrast: str) -> str:
+    """What two runs of a pair share: their configs without the contrast's fields and, for runs sized by a
+    parameter budget, without the size the budget chose (hidden or width follow from the other fields)."""
+    drop = set(contrast_fields(contrast))
+    if cfg.get("param_budget") is not None:
+        drop.add(cfg.get("budget_by") or "hidden")
+    return canonical_json({k: v for k, v in cfg.items() if k not in drop})
 
 
 def contrast_values(records: list[dict], field: str) -> list:
@@ -184,10 +209,10 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
     buckets: dict[str, dict[str, list]] = {}
     for rec in records:
         cfg = config_of(rec)
-        value = canonical_json(cfg.get(contrast, rec.get(contrast)))
+        value = canonical_json(_field_value(rec, contrast))
         if value not in (key_a, key_b):
             continue
-        key = canonical_json({k: v for k, v in cfg.items() if k != contrast})
+        key = pairing_key(cfg, contrast)
         buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
     pairs, unpaired, duplicate, identical, mixed = [], 0, 0, 0, 0
     for bucket in buckets.values():
@@ -289,16 +314,19 @@ MAX_BOOT = 1_000_000
 
 
 def check_contrast(records: list[dict], contrast: str) -> list:
-    """`contrast` must be a config field that varies across the records; returns its values in order."""
+    """`contrast` must name config fields that vary across the records (one, or several joined by '+');
+    returns its values in order."""
     allowed = varied_fields(records)
-    if contrast not in allowed:
-        raise SpecError("contrast", contrast, ", ".join(allowed) or "none (no config field varies)")
+    fields = contrast_fields(contrast)
+    if not fields or any(f not in allowed for f in fields):
+        raise SpecError("contrast", contrast, (", ".join(allowed) + " (or several joined by '+', e.g. "
+                                               "branch+kernel)") if allowed else "none (no config field varies)")
     return contrast_values(records, contrast)
 
 
 def check_by(records: list[dict], by: str, contrast: str = DEFAULT_CONTRAST) -> None:
     """`by` must be a config field that varies across the records (and not the contrast itself)."""
-    allowed = [f for f in varied_fields(records) if f != contrast]
+    allowed = [f for f in varied_fields(records) if f not in contrast_fields(contrast)]
     if by not in allowed:
         raise SpecError("by", by, ", ".join(allowed) or f"none (no config field varies besides {contrast})")
 

@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from html import escape
 
-from depthlab.analysis.compare import ALL, _ci, _fmt, compare_report, q_band
+from depthlab.analysis.compare import ALL, _ci, _fmt, compare_report, q_band, value_label
 from depthlab.errors import DepthlabError
 from depthlab.report import plots
 from depthlab.sweep.export import varied_fields
@@ -44,6 +44,10 @@ FIGURES = [
     ("curves", "Learning curves",
      "Validation loss per epoch for the pairs whose final validation losses differ most "
      "(sequential solid, parallel dashed; d = parallel − sequential)."),
+    ("erf", "Receptive fields",
+     "Each done run: its theoretical receptive field (stem plus the stages in sequence) against its effective one "
+     "(RepLKNet: the side of the centred square holding 90% (filled) or 50% (hollow) of the gradient of the "
+     "stream's centre). Shown when the sweep varies the kernel or the branch type."),
 ]
 
 # Columns of the run table: (record key, header); then every varied config field not among them.
@@ -259,7 +263,8 @@ def _summary(records: list[dict], compare: dict, source: str | None) -> str:
 
 def _band_section(compare: dict) -> str:
     contrast = compare.get("contrast", "topology")
-    rows = [[esc(r["dataset"]), esc(r["value"]), esc(r["q_band"]), fmt(r["n"]), fmt(r["train_loss_mean"]),
+    rows = [[esc(r["dataset"]), esc(r["value"] if contrast == "topology" else value_label(contrast, r["value"])),
+             esc(r["q_band"]), fmt(r["n"]), fmt(r["train_loss_mean"]),
              fmt(r["train_loss_std"]), fmt(r["val_loss_mean"]), fmt(r["val_loss_std"]), fmt(r["train_acc_mean"]),
              fmt(r["val_acc_mean"])] for r in compare.get("band_table", [])]
     intro = (f"<p>Mean final metrics of the done runs per dataset × {esc(contrast)} × band of Q = training examples × "
@@ -332,8 +337,11 @@ def _figures(records: list[dict], n: int, image_format: str) -> str:
     # two figures a row; the curves (legend at the side), and the per-dataset panels of loss-vs-q and winrate
     # when there are several datasets, take a whole row
     several = len({str(r.get("dataset")) for r in records if r.get("status") == "done"}) > 1
+    varied = set(varied_fields(records))
     out = []
     for kind, heading, caption in FIGURES:
+        if kind in plots.CONDITIONAL and not varied & set(plots.CONDITIONAL[kind]):
+            continue
         full = ' class="full"' if kind == "curves" or (several and kind in ("loss-vs-q", "winrate")) else ""
         out.append(f'<figure id="fig-{kind}"{full}><h3>{esc(heading)}</h3>'
                    f'{figure_html(kind, records, n, image_format)}<figcaption>{esc(caption)}</figcaption></figure>')

@@ -291,6 +291,45 @@ def _order(value):
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
 
+def erf_points(records: list[dict]) -> list[dict]:
+    """One point per done run that recorded its receptive fields: theoretical (x) against effective (50% and
+    90% of the gradient mass), with its branch, kernel and topology."""
+    out = []
+    for rec in records:
+        theory, e50, e90 = (finite(rec.get(k)) for k in ("receptive_field", "erf50", "erf90"))
+        if rec.get("status") == "done" and None not in (theory, e50, e90):
+            out.append(dict(theory=theory, erf50=e50, erf90=e90, topology=str(rec.get("topology")),
+                            label=f"{rec.get('branch', 'conv')} k{rec.get('kernel')}"))
+    return out
+
+
+def receptive_fields(records: list[dict]) -> Figure:
+    """Effective against theoretical receptive field per run (filled: 90% of the mass, hollow: 50%), one colour
+    per branch type and kernel, one marker per wiring: a large kernel reaches far in one shallow layer."""
+    points = erf_points(records)
+    if not points:
+        raise NoData("no done run recorded its receptive fields (runs trained before they were recorded?)")
+    fig = Figure(figsize=(5.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    labels = sorted({p["label"] for p in points})
+    colors = {lab: DATASET_COLORS[i % len(DATASET_COLORS)] for i, lab in enumerate(labels)}
+    markers = {"sequential": "o", "parallel": "^"}
+    for p in points:
+        marker = markers.get(p["topology"], "s")
+        ax.scatter(p["theory"], p["erf90"], color=colors[p["label"]], marker=marker, s=30, alpha=0.7)
+        ax.scatter(p["theory"], p["erf50"], facecolors="none", edgecolors=colors[p["label"]], marker=marker, s=30)
+    top = max(max(p["theory"], p["erf90"]) for p in points) * 1.05
+    ax.plot([0, top], [0, top], "--", color="#999999", linewidth=1)
+    ax.set_xlabel("theoretical receptive field (input pixels)")
+    ax.set_ylabel("effective receptive field (side, pixels)")
+    handles = [Line2D([], [], color=colors[lab], marker="o", linestyle="", label=_text(lab)) for lab in labels]
+    handles += [Line2D([], [], color="#444444", marker=m, linestyle="", label=t) for t, m in markers.items()]
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Receptive fields: filled 90% of the gradient mass, hollow 50%", fontsize=10)
+    return fig
+
+
 # The figures of `depthlab plot KIND`, and of the report (in this order).
 KINDS = {
     "scatter-val": lambda records, n: scatter_pairs(records, "val_loss"),
@@ -298,7 +337,10 @@ KINDS = {
     "loss-vs-q": lambda records, n: loss_vs_q(records, "val_loss"),
     "curves": lambda records, n: learning_curves(records, n, "val_loss"),
     "winrate": lambda records, n: winrate_heatmap(records, "val_loss"),
+    "erf": lambda records, n: receptive_fields(records),
 }
+# Figures the report shows only when the sweep varies one of these fields.
+CONDITIONAL = {"erf": ("kernel", "branch", "reparam")}
 
 
 def figure(kind: str, records: list[dict], n: int = 8) -> Figure:

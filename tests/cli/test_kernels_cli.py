@@ -1,0 +1,64 @@
+"""`depthlab erf` and `depthlab reparam` on fresh models and on a run the engine trained."""
+
+import json
+
+import pytest
+import torch
+
+from depthlab.cli.main import main
+from depthlab.models import build, fuse_for_inference
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.runner import run_sweep
+from depthlab.sweep.spec import SweepSpec
+from depthlab.sweep.store import Store
+
+SPEC = {"name": "lk", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,
+                                   "width": 4, "blocks": 2, "branch": "lk", "kernel": 5, "reparam": "dilated",
+                                   "stem_stride": 2, "batch_size": 32, "epochs": 1},
+        "grid": {"topology": ["parallel"], "seed": [0]}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    store = tmp_path_factory.mktemp("lk") / "lk.sqlite"
+    run_sweep(SweepSpec.from_dict(SPEC), store, device="cpu", progress=False, save_weights=True)
+    (record,) = Store(store).records()
+    return store, record
+
+
+def test_a_trained_lk_run_records_its_reach_and_size(trained):
+    _, record = trained
+    assert record["status"] == "done" and record["receptive_field"] == 3 + 4 * 2
+    assert record["inference_params"] < record["params"]  # re-param kernels and BatchNorms merge away
+    assert 1 <= record["erf50"] <= record["erf90"] <= 28
+
+
+def test_reparam_writes_a_merged_model_that_computes_the_same(trained, tmp_path, capsys):
+    store, record = trained
+    out = tmp_path / "merged.pt"
+    assert main(["reparam", "--store", str(store), "--run", record["run_id"], "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_relative_error"] < 1e-5 and report["test_acc"] == report["test_acc_merged"]
+    assert report["params_merged"] == record["inference_params"] < report["params"]
+    assert report["flops_merged"] < report["flops"]
+    saved = torch.load(out, weights_only=True)
+    config = RunConfig.from_dict(saved["config"])
+    merged = fuse_for_inference(build(config.model_spec()))
+    merged.load_state_dict(saved["state_dict"])  # the documented way back
+    assert saved["merged"] is True
+
+
+def test_erf_on_fresh_models_and_a_stored_run(trained, capsys):
+    assert main(["erf", "--kernels", "3,7", "--blocks", "1,4", "--branch", "lk", "--input-size", "24", "--batch",
+                 "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 2 * 2 * 2
+    deep = {(r["kernel"], r["blocks"]): r for r in rows if r["topology"] == "sequential"}
+    assert deep[7, 4]["receptive_field"] == 3 + 4 * 6 and deep[7, 1]["receptive_field"] == 3 + 6
+    assert all(r["erf50"] <= r["erf90"] <= r["receptive_field"] for r in rows)
+    store, record = trained
+    assert main(["erf", "--store", str(store), "--run", record["run_id"][:8]]) == 0
+    out = capsys.readouterr().out
+    assert "ERF 90%" in out and "lk" in out
+    with pytest.raises(SystemExit):
+        main(["erf", "--kernels", "three"])
