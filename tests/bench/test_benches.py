@@ -60,3 +60,27 @@ def test_sets_match_their_targets(name):
         paper = load_spec("paper").configs()
         assert {(c.width, c.blocks, c.kernel) for c in configs} == {
             (max(c.width for c in paper), max(c.blocks for c in paper), max(c.kernel for c in paper))}
+
+
+def test_lk_speed_prints_layout_and_merge_ratios(capsys):
+    bench("lk_speed").main(["--quick"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("machine: ") and " cores, torch " in lines[0] and " threads" in lines[0]
+    bare = [line.split() for line in lines if line.startswith("bare conv ")]
+    assert [r[2] for r in bare] == ["1"] and len(ratios(out, "bare conv ")) == 1  # threads 1 in the quick mode
+    train = [line.split() for line in lines if line.startswith("train ")]
+    assert [(r[1], r[2], r[3]) for r in train] == [(k, rp, m) for m in ("1", "2")
+                                                   for k, rp in (("3", "none"), ("13", "none"), ("13", "dilated"))]
+    assert all(float(r[4]) > 0 and float(r[5]) > 0 and r[-1] in ("yes", "NO") for r in train)
+    assert all(r[-1] == "yes" for r in train if r[3] != "1")  # M·C_in > 1 channel: channels_last really used
+    assert len(ratios(out, "train ")) == 6 and all(r > 0 for r in ratios(out, "train "))
+    infer = [line.split() for line in lines if re.match(r"infer +(NCHW|channels_last) ", line)]
+    assert [(r[1], r[2]) for r in infer] == [("NCHW", "1"), ("channels_last", "1"), ("NCHW", "2"),
+                                             ("channels_last", "2")]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 and float(r[5].rstrip("x")) > 0 for r in infer)
+    params = re.search(r"eval ([\d,]+), merged ([\d,]+) .*spec_params says ([\d,]+) and ([\d,]+)", out)
+    eval_p, merged_p, spec_eval, spec_merged = (int(g.replace(",", "")) for g in params.groups())
+    assert merged_p < eval_p and (eval_p, merged_p) == (spec_eval, spec_merged)
+    flops = re.search(r"MFLOP per sample: eval ([\d.]+), merged ([\d.]+)", out)
+    assert float(flops.group(2)) < float(flops.group(1))

@@ -157,3 +157,16 @@ def test_bad_large_kernel_specs_name_the_allowed_values():
     with pytest.raises(SpecError, match="reparam"):
         lk(reparam="wide")
     assert lk(kernel=3).reparam == "none"  # any odd K without a re-param
+
+
+def test_channels_last_reaches_the_depthwise_conv_of_a_one_channel_model():
+    """A (B, 1, H, W) input already counts as channels_last-contiguous: the layout must still be switched, or
+    the whole network stays NCHW (the depthwise backward is several times slower there on CPU)."""
+    model = build(lk(kernel=7, input_size=8), seed=0)
+    model.channels_last = True
+    seen = []
+    model.layers[0].dw.register_forward_pre_hook(
+        lambda mod, inp: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last)
+                                     and not inp[0].is_contiguous()))
+    model(torch.randn(2, 1, 8, 8))
+    assert seen == [True]

@@ -23,11 +23,11 @@ class ResidualNet(nn.Module):
         self.stem = nn.Conv2d(models * spec.in_channels, models * c, 3, stride=spec.stem_stride, padding=1,
                               groups=models, bias=spec.norm == "none")
         self.layers = nn.ModuleList(
-            ResidualLayer(models=models, width=c, branches=spec.branches_per_stage, hidden=spec.hidden_channels,
+            ResidualLayer(models=models, width=c, branches=spec.branches_per_stage, hidden=spec.layer_hidden(stage),
                           kernel=spec.kernel, norm=spec.norm, act=spec.act, scale=spec.scale,
                           learnable=spec.learnable_scale, alpha_init=spec.alpha_init, skip=spec.skip,
                           branch=spec.branch, reparam=spec.reparam)
-            for _ in range(spec.stages)
+            for stage in range(spec.stages)
         )
         self.head = PackedHead(models=models, width=c, classes=spec.num_classes, kind=spec.head,
                                feature_size=spec.feature_size, norm=spec.norm, act=spec.act)
@@ -56,7 +56,9 @@ class ResidualNet(nn.Module):
             x = x.unsqueeze(0)
         x = self.to_packed_input(x)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            # .to, not .contiguous: a tensor of one channel already counts as channels_last-contiguous, and
+            # .contiguous would keep its NCHW strides (and so would every layer after it)
+            x = x.to(memory_format=torch.channels_last)
         logits = self.head(self.features(x))
         return logits[0] if single else logits
 
