@@ -8,7 +8,7 @@ from depthlab.cli.args import positive_float, positive_int
 
 # The figure kinds of `depthlab plot`; the same as depthlab.report.plots.KINDS (a test checks), listed here so
 # that building the parser does not import matplotlib.
-PLOT_KINDS = ("scatter-val", "scatter-train", "loss-vs-q", "curves", "winrate", "erf")
+PLOT_KINDS = ("scatter-val", "scatter-train", "loss-vs-q", "curves", "winrate", "erf", "prune")
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 
 
@@ -69,6 +69,7 @@ def register(subparsers) -> None:
         "  curves         validation loss per epoch of the pairs that differ most (--runs N)\n"
         "  winrate        share of pairs where parallel has the lower validation loss, blocks x width\n"
         "  erf            effective against theoretical receptive field per run (kernels, branch types)\n"
+        "  prune          the density pruning kept in each block, per method and wiring\n"
         "The format follows the --out extension (.png or .svg).",
     )
     p.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))

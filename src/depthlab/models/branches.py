@@ -67,6 +67,12 @@ def dense_kernel(weight: torch.Tensor, dilation: int, size: int) -> torch.Tensor
     return F.pad(dense, (pad, pad, pad, pad))
 
 
+def is_weight_name(name: str) -> bool:
+    """Whether a parameter (by name) is a convolution's or the classifier's weight, not a norm's, a bias or a
+    branch scale: what weight decay and pruning act on."""
+    return name.rsplit(".", 1)[-1] == "weight" and "norm" not in name
+
+
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) with bn(x) = x·scale + shift per channel in eval mode."""
     inv = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -104,11 +110,19 @@ def _norm_reference(norm: nn.Module, z: torch.Tensor, views: dict, prefix: str, 
     return z
 
 
-def _norm_views(views: dict, prefix: str, norm: nn.Module, shape: tuple, branch: int) -> None:
+def _norm_views(views: dict, prefix: str, norm: nn.Module, models: int, part: slice) -> None:
+    """Views of one branch's slice `part` of a norm's per-channel tensors (channels [model][...])."""
     for key in _NORM_KEYS:
         tensor = getattr(norm, key, None)
         if isinstance(tensor, torch.Tensor):
-            views[f"{prefix}.{key}"] = tensor.view(*shape)[:, branch]
+            views[f"{prefix}.{key}"] = tensor.view(models, -1)[:, part]
+
+
+def hidden_slice(layer, branch: int) -> slice:
+    """Where branch `branch`'s hidden channels lie inside each model's [branch][hidden] block (branches may be
+    of different widths: `layer.hidden` holds one width per branch)."""
+    start = sum(layer.hidden[:branch])
+    return slice(start, start + layer.hidden[branch])
 
 
 def _fold(conv_weight, conv_bias, bn: nn.BatchNorm2d):
@@ -139,9 +153,10 @@ class ConvBranch:
 
     @staticmethod
     def build(layer, *, norm: str, act: str, reparam: str) -> None:
-        m, b, c, h, k = layer.models, layer.branches, layer.width, layer.hidden, layer.kernel
-        layer.conv1 = nn.Conv2d(m * c, m * b * h, k, padding=k // 2, groups=m, bias=norm == "none")
-        layer.norm = make_norm(norm, m * b * h, gn_group_size(h))
+        m, c, k = layer.models, layer.width, layer.kernel
+        total = sum(layer.hidden)
+        layer.conv1 = nn.Conv2d(m * c, m * total, k, padding=k // 2, groups=m, bias=norm == "none")
+        layer.norm = make_norm(norm, m * total, gn_group_size(layer.hidden[0]))  # equal widths with GroupNorm
         layer.act = make_act(act)
 
     @staticmethod
@@ -150,16 +165,18 @@ class ConvBranch:
 
     @staticmethod
     def views(layer, branch: int) -> dict[str, torch.Tensor]:
-        m, b, h, c, k = layer.models, layer.branches, layer.hidden, layer.width, layer.kernel
-        views = {"conv1.weight": layer.conv1.weight.view(m, b, h, c, k, k)[:, branch]}
+        m, c, k = layer.models, layer.width, layer.kernel
+        part = hidden_slice(layer, branch)
+        views = {"conv1.weight": layer.conv1.weight.view(m, -1, c, k, k)[:, part]}
         if layer.conv1.bias is not None:
-            views["conv1.bias"] = layer.conv1.bias.view(m, b, h)[:, branch]
-        _norm_views(views, "norm", layer.norm, (m, b, h), branch)
+            views["conv1.bias"] = layer.conv1.bias.view(m, -1)[:, part]
+        _norm_views(views, "norm", layer.norm, m, part)
         return views
 
     @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
-        m, h, c, k = layer.models, layer.hidden, layer.width, layer.kernel
+        m, c, k = layer.models, layer.width, layer.kernel
+        h = views["conv1.weight"].shape[1]
         bias = views["conv1.bias"].reshape(-1) if "conv1.bias" in views else None
         z = F.conv2d(x, views["conv1.weight"].reshape(m * h, c, k, k), bias, padding=k // 2, groups=m)
         groups = getattr(layer.norm, "num_groups", 0) // (layer.models * layer.branches) * m
@@ -215,7 +232,8 @@ class LargeKernelBranch:
 
     @staticmethod
     def build(layer, *, norm: str, act: str, reparam: str) -> None:
-        m, b, c, h, k = layer.models, layer.branches, layer.width, layer.hidden, layer.kernel
+        m, b, c, k = layer.models, layer.branches, layer.width, layer.kernel
+        h = layer.hidden[0]  # a grouped pointwise pair: every branch of a layer has the same width
         layer.reparam = reparam
         extra = reparam_kernels(k, reparam)
         bias = norm == "none"
@@ -255,23 +273,26 @@ class LargeKernelBranch:
 
     @staticmethod
     def views(layer, branch: int) -> dict[str, torch.Tensor]:
-        m, b, c, h = layer.models, layer.branches, layer.width, layer.hidden
+        m, b, c = layer.models, layer.branches, layer.width
         views = {}
         for name, conv in [("dw", layer.dw)] + [(f"dw_extra.{j}", cv) for j, cv in enumerate(layer.dw_extra)]:
             k = conv.kernel_size[0]
             views[f"{name}.weight"] = conv.weight.view(m, b, c, 1, k, k)[:, branch]
             if conv.bias is not None:
                 views[f"{name}.bias"] = conv.bias.view(m, b, c)[:, branch]
+        channels = slice(branch * c, (branch + 1) * c)
         for j, bn in enumerate(layer.dw_norms):
-            _norm_views(views, f"dw_norms.{j}", bn, (m, b, c), branch)
-        _norm_views(views, "norm", layer.norm, (m, b, c), branch)
-        views["pw1.weight"] = layer.pw1.weight.view(m, b, h, c, 1, 1)[:, branch]
-        views["pw1.bias"] = layer.pw1.bias.view(m, b, h)[:, branch]
+            _norm_views(views, f"dw_norms.{j}", bn, m, channels)
+        _norm_views(views, "norm", layer.norm, m, channels)
+        part = hidden_slice(layer, branch)
+        views["pw1.weight"] = layer.pw1.weight.view(m, -1, c, 1, 1)[:, part]
+        views["pw1.bias"] = layer.pw1.bias.view(m, -1)[:, part]
         return views
 
     @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
-        m, c, h = layer.models, layer.width, layer.hidden
+        m, c = layer.models, layer.width
+        h = views["pw1.weight"].shape[1]
         z = 0
         for j, conv in enumerate([layer.dw, *layer.dw_extra]):
             name = "dw" if j == 0 else f"dw_extra.{j - 1}"

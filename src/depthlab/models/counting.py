@@ -16,16 +16,16 @@ def param_count(model: nn.Module) -> int:
 def spec_params(spec: ModelSpec, merged: bool = False) -> int:
     """Parameters of one model of `spec`, computed from the spec alone (no module is built): as trained, or with
     `merged` as `fuse_for_inference` leaves it (BatchNorms folded, re-param kernels merged)."""
-    c, n, k, h = spec.width, spec.blocks, spec.kernel, spec.hidden_channels
+    c, k = spec.width, spec.kernel
     branch = BRANCHES[spec.branch]
     bias = spec.norm == "none"
     last = branch.last_kernel(k)
     total = c * spec.in_channels * 9 + (c if bias else 0)                       # stem
-    per_block = branch.params(c, h, k, spec.norm, spec.reparam, merged)         # the branch's front
-    per_block += c * h * last * last                                            # its last conv
-    per_block += c if bias else 0                                               # the branch's last-conv bias
-    per_block += 1 if spec.learnable_scale else 0                               # α
-    total += n * per_block
+    for h in spec.block_hidden:
+        total += branch.params(c, h, k, spec.norm, spec.reparam, merged)        # the branch's front
+        total += c * h * last * last                                            # its last conv
+        total += c if bias else 0                                               # the branch's last-conv bias
+        total += 1 if spec.learnable_scale else 0                               # α
     total += 2 * c if spec.norm in ("batch", "group") else 0                    # head norm (an affine when merged)
     features = c if spec.head == "gap" else c * spec.feature_size ** 2
     total += features * spec.num_classes + spec.num_classes                     # classifier
@@ -41,11 +41,12 @@ def flops(spec: ModelSpec, input_hw: tuple[int, int] | int | None = None, merged
     hgt, wid = (input_hw, input_hw) if isinstance(input_hw, int) else input_hw
     s = spec.stem_stride
     ho, wo = (hgt - 1) // s + 1, (wid - 1) // s + 1
-    c, n, k, h = spec.width, spec.blocks, spec.kernel, spec.hidden_channels
+    c, k = spec.width, spec.kernel
     branch = BRANCHES[spec.branch]
     last = branch.last_kernel(k)
     total = 2 * spec.in_channels * 9 * c * ho * wo
-    total += n * 2 * (branch.macs(c, h, k, spec.reparam, merged) + h * c * last * last) * ho * wo
+    total += sum(2 * (branch.macs(c, h, k, spec.reparam, merged) + h * c * last * last) * ho * wo
+                 for h in spec.block_hidden)
     features = c if spec.head == "gap" else c * ho * wo
     total += 2 * features * spec.num_classes
     return total

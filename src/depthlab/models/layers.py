@@ -32,26 +32,35 @@ class ResidualLayer(nn.Module):
     applied to the hidden channels before the last conv, which is exact because that conv is linear.
     """
 
-    def __init__(self, *, models: int, width: int, branches: int, hidden: int, kernel: int, norm: str, act: str,
+    def __init__(self, *, models: int, width: int, branches: int, hidden, kernel: int, norm: str, act: str,
                  scale: float, learnable: bool, alpha_init: float = 0.0, skip: bool = True, branch: str = "conv",
                  reparam: str = "none"):
         super().__init__()
+        # hidden: one width per branch (an int: all alike); pruning at initialisation may make them differ
+        hidden = (hidden,) * branches if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        if len(hidden) != branches:
+            raise ValueError(f"hidden: {len(hidden)} widths for {branches} branches")
         self.models, self.width, self.branches, self.hidden, self.kernel = models, width, branches, hidden, kernel
         self.skip = skip  # False: the plain control, Σ_b s_b·F_b(x) without the identity
         self.branch = branch_type(branch)
         self.branch.build(self, norm=norm, act=act, reparam=reparam)
         last = self.branch.last_kernel(kernel)
-        inner = models * branches * hidden
+        inner = models * sum(hidden)
         bias = norm == "none"
         self.conv2 = nn.Conv2d(inner, models * width, last, padding=last // 2, groups=models, bias=False)
-        # nn.Conv2d's default initialisation, U(±1/√fan-in), with the fan-in of ONE branch: the broad conv's own
-        # fan-in (branches·hidden·k²) would start a parallel network's branches √n smaller than the deep ones.
-        bound = last_conv_bound(hidden, last)
-        nn.init.uniform_(self.conv2.weight, -bound, bound)
         # The last conv's bias is kept per branch so that every topology has the same parameters.
         self.bias2 = nn.Parameter(torch.zeros(models, branches, width)) if bias else None
-        if bias:
-            nn.init.uniform_(self.bias2, -bound, bound)
+        # nn.Conv2d's default initialisation, U(±1/√fan-in), with the fan-in of ONE branch: the broad conv's own
+        # fan-in (Σ hidden·k²) would start a parallel network's branches √n smaller than the deep ones.
+        weight = self.conv2.weight.view(models, width, sum(hidden), last, last)
+        with torch.no_grad():
+            start = 0
+            for b, h in enumerate(hidden):
+                bound = last_conv_bound(h, last)
+                weight[:, :, start:start + h].uniform_(-bound, bound)
+                if bias:
+                    self.bias2[:, b].uniform_(-bound, bound)
+                start += h
         self.register_buffer("scale", torch.full((models,), float(scale)))
         self.alpha = nn.Parameter(torch.full((models, branches), float(alpha_init))) if learnable else None
 
@@ -65,7 +74,8 @@ class ResidualLayer(nn.Module):
         h = self.branch.front(self, x)
         if self.alpha is not None:
             s = self.branch_scales()
-            h = h * s.repeat_interleave(self.hidden, dim=1).reshape(1, -1, 1, 1).to(h.dtype)
+            widths = torch.tensor(self.hidden, device=s.device)
+            h = h * s.repeat_interleave(widths, dim=1).reshape(1, -1, 1, 1).to(h.dtype)
             y = self.conv2(h)
             if self.bias2 is not None:
                 y = y + (s[:, :, None] * self.bias2).sum(1).reshape(1, -1, 1, 1).to(y.dtype)

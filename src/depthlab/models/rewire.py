@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthlab.models.branches import hidden_slice
 from depthlab.models.layers import ResidualLayer
 from depthlab.models.network import ResidualNet
 
@@ -21,12 +22,12 @@ from depthlab.models.network import ResidualNet
 def block_weights(layer: ResidualLayer, branch: int) -> dict[str, torch.Tensor]:
     """Views (leading dim M) of branch `branch`'s tensors inside `layer`: its front's (as its branch type lays
     them out), then its slice of the last conv, its bias and α."""
-    m, b, h, c = layer.models, layer.branches, layer.hidden, layer.width
+    m, b, c = layer.models, layer.branches, layer.width
     if not 0 <= branch < b:
         raise IndexError(f"branch {branch} out of range for a layer of {b} branches")
     views = layer.branch.views(layer, branch)
     k = layer.conv2.kernel_size[0]
-    views["conv2.weight"] = layer.conv2.weight.view(m, c, b, h, k, k)[:, :, branch]
+    views["conv2.weight"] = layer.conv2.weight.view(m, c, -1, k, k)[:, :, hidden_slice(layer, branch)]
     if layer.bias2 is not None:
         views["bias2"] = layer.bias2[:, branch]
     if layer.alpha is not None:
@@ -47,7 +48,7 @@ def branch_output(layer: ResidualLayer, branch: int, x: torch.Tensor, scaled: bo
 
     The reference the fused layer is tested against: it never touches the other branches' weights."""
     w = block_weights(layer, branch)
-    m, h, c = layer.models, layer.hidden, layer.width
+    m, c, h = layer.models, layer.width, layer.hidden[branch]
     z = layer.branch.reference(layer, w, x)
     k = layer.conv2.kernel_size[0]
     y = F.conv2d(z, w["conv2.weight"].reshape(m * c, h, k, k), padding=k // 2, groups=m)

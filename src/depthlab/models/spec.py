@@ -61,9 +61,14 @@ class ModelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(name, value, "a positive integer")
-        if self.hidden is not None and (not isinstance(self.hidden, int) or isinstance(self.hidden, bool)
-                                        or self.hidden < 1):
-            raise SpecError("hidden", self.hidden, "a positive integer or null (= width)")
+        if isinstance(self.hidden, list):
+            object.__setattr__(self, "hidden", tuple(self.hidden))  # hashable, like every other field
+        widths = self.hidden if isinstance(self.hidden, tuple) else (self.hidden,)
+        if self.hidden is not None and (not widths or any(not isinstance(h, int) or isinstance(h, bool) or h < 1
+                                                          for h in widths)):
+            raise SpecError("hidden", self.hidden, "a positive integer, a list of one per block, or null (= width)")
+        if isinstance(self.hidden, tuple) and len(self.hidden) != self.blocks:
+            raise SpecError("hidden", list(self.hidden), f"one width per block ({self.blocks} blocks)")
         if not isinstance(self.kernel, int) or isinstance(self.kernel, bool) or self.kernel % 2 == 0 \
                 or not 1 <= self.kernel <= 31:
             raise SpecError("kernel", self.kernel, "an odd integer from 1 to 31")
@@ -89,6 +94,12 @@ class ModelSpec:
         if self.reparam != "none" and self.kernel not in DILATED_BRANCHES:
             raise SpecError("kernel", self.kernel, f"one of {', '.join(map(str, DILATED_BRANCHES))} with reparam "
                             f"{self.reparam} (UniRepLKNet's table), or reparam none")
+        if isinstance(self.hidden, tuple) and (self.norm == "group" or self.branch == "lk"):
+            for stage in range(self.stages):
+                if len(set(self.layer_hidden(stage))) > 1:
+                    raise SpecError("hidden", list(self.hidden), "equal widths for the branches of each layer with "
+                                    f"norm group or branch lk (layer {stage} has {list(self.layer_hidden(stage))}); "
+                                    "their grouped layers need equal groups")
         if not isinstance(self.skip, bool):
             raise SpecError("skip", self.skip, "true (residual) or false (the plain network, no identity)")
         if not self.skip and self.learnable_scale:
@@ -102,7 +113,21 @@ class ModelSpec:
 
     @property
     def hidden_channels(self) -> int:
-        return self.hidden or self.width
+        """The hidden width of every block; for per-block widths, their mean (rounded up)."""
+        widths = self.block_hidden
+        return -(-sum(widths) // len(widths))
+
+    @property
+    def block_hidden(self) -> tuple[int, ...]:
+        """The hidden width of each block, in block order."""
+        if isinstance(self.hidden, tuple):
+            return self.hidden
+        return (self.hidden or self.width,) * self.blocks
+
+    def layer_hidden(self, stage: int) -> tuple[int, ...]:
+        """The widths of the branches of layer `stage` (block i lives in layer i // branches_per_stage)."""
+        b = self.branches_per_stage
+        return self.block_hidden[stage * b:(stage + 1) * b]
 
     @property
     def stages(self) -> int:

@@ -37,7 +37,7 @@ class RunConfig:
     blocks: int = 2
     width: int = 16
     kernel: int = 3
-    hidden: int | None = None
+    hidden: int | tuple | None = None    # per branch, or one per block (pruning decides them)
     norm: str = "batch"
     act: str = "relu"
     head: str = "gap"
@@ -49,6 +49,10 @@ class RunConfig:
     reparam: str = "none"                # lk only: none, dilated, same_kernel, same_equivalent
     param_budget: int | None = None      # choose hidden (or width) so the inference parameters are about this
     budget_by: str = "hidden"            # what param_budget sets: hidden or width
+    prune: str = "none"                  # pruning at initialisation: see depthlab.prune.METHODS
+    density: float = 1.0                 # the kept fraction of the prunable weights, in (0, 1]
+    prune_structure: str = "mask"        # mask (sparse, kept through training) or crop (PreCropping: narrower)
+    crop_init: str = "reinit"            # crop: reinit (fresh, its own fan-in)
     # training
     optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
     lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)
@@ -93,6 +97,19 @@ class RunConfig:
                                            or not re.fullmatch(r"[0-9a-f]{16}", self.init_from)):
             raise SpecError("init_from", self.init_from, "null, or the 16-hex-digit id of a run whose weights "
                             "were saved (depthlab run --save-weights)")
+        from depthlab.prune import CROP_INITS, METHODS, STRUCTURES
+
+        if self.prune not in METHODS:
+            raise SpecError("prune", self.prune, ", ".join(METHODS))
+        if not _is_number(self.density) or not 0 < self.density <= 1:
+            raise SpecError("density", self.density, "a kept fraction in (0, 1] (1: the dense network)")
+        object.__setattr__(self, "density", float(self.density))
+        if self.prune_structure not in STRUCTURES:
+            raise SpecError("prune_structure", self.prune_structure, ", ".join(STRUCTURES))
+        if self.crop_init not in CROP_INITS:
+            raise SpecError("crop_init", self.crop_init, ", ".join(CROP_INITS))
+        if isinstance(self.hidden, list):  # per-block widths: a tuple, hashable like every other field
+            object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.param_budget is not None:
             self._meet_budget()
         elif self.budget_by not in BUDGET_BY:
@@ -184,7 +201,18 @@ class RunConfig:
         for per_model in ("seed", "lr", "weight_decay", "augment", "init_from"):
             values.pop(per_model)
         values["residual_scale"] = "learnable" if self.residual_scale == "learnable" else "fixed"
+        if self.cropped:  # the shape follows from this run's own mask: it trains alone
+            values["seed"], values["run"] = self.seed, str(self.to_dict())
         return tuple(sorted((k, str(v)) for k, v in values.items()))
+
+    @property
+    def pruned(self) -> bool:
+        """Whether pruning changes anything (density 1 is the dense network exactly)."""
+        return self.prune != "none" and self.density < 1
+
+    @property
+    def cropped(self) -> bool:
+        return self.pruned and self.prune_structure == "crop"
 
 
 def canonical_scale(value):

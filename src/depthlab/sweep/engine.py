@@ -37,6 +37,7 @@ from depthlab.measure import (COMPLEXITY_EXAMPLES, ERF_EXAMPLES, EVAL_BATCH, eff
                               geometric_complexity)
 from depthlab.models import build, pack, param_count, q_ratio, receptive_field, spec_params, unpack
 from depthlab.models.pack import same_shape
+from depthlab import prune
 from depthlab.records import finite
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.optim import PackedOptimizer
@@ -169,12 +170,20 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     amp = (device.type == "cuda") if amp is None else amp
     c0, models = configs[0], len(configs)
     shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
-    spec = c0.model_spec(**shape)
     start = time.perf_counter()
-    net = pack(_starting_models(configs, shape, initial)).to(device)  # each with its own λ
+    starts, pruning = _starting_models(configs, shape, initial), {}
+    if c0.cropped:  # PreCropping: the dense, narrower network the mask's layer densities describe
+        starts, pruning = _cropped(configs, starts, dataset)
+    spec = starts[0].spec
+    net = pack(starts).to(device)  # each with its own λ
+    masks = _masks(configs, net, dataset, device) if c0.pruned and not c0.cropped else None
+    if masks is not None:
+        prune.apply_masks(net, masks)
+        pruning = _mask_record(net, masks)
     net.train()
     # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1).
-    # On the CPU too for large depthwise kernels: their NCHW backward is ~27x slower (bench/lk_speed.py).
+    # On the CPU too for large depthwise kernels: their NCHW weight gradient is ~3x slower on one thread and
+    # 10-100x slower with several threads on a busy machine (bench/lk_speed.py).
     net.channels_last = (device.type == "cuda" or spec.branch == "lk") if channels_last is None else channels_last
     forward = torch.compile(net) if compile else net
     optimizer = PackedOptimizer(net, models, kind=c0.optimizer, lr=[c.learning_rate for c in configs],
@@ -203,6 +212,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
             # where, not multiply: a diverged model's NaN must not reach the sum (NaN·0 is NaN)
             torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
             optimizer.step(lr_factor(c0.schedule, step / steps_total), active=alive)
+            if masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
+                prune.apply_masks(net, masks)
             optimizer.zero_grad()
             step += 1
             with torch.no_grad():
@@ -258,12 +269,56 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
             final = {key: None for key in final}
         final["inference_params"] = inference_params  # what param_budget aims at (BN folded, kernels merged)
         final["receptive_field"] = reach  # theoretical, in input pixels
+        final.update(pruning.get(i, {}))
         results.append(RunResult(
             config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
             seconds=seconds, train_seconds=train_seconds, params=params, q=q, env=env,
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
             state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
     return results
+
+
+def _prune_data(dataset, models: int, device):
+    """SNIP's and GraSP's batch: a few training examples of each class, normalised, one copy per model."""
+    from depthlab.data import normalise
+
+    x, y = prune.class_batch(dataset.train_x, dataset.train_y, dataset.num_classes)
+    x = normalise(x.to(device), dataset.mean, dataset.std)
+    return x.unsqueeze(0).expand(models, *x.shape).contiguous(), y.to(device)
+
+
+def _masks(configs, net, dataset, device) -> dict:
+    c0 = configs[0]
+    data = _prune_data(dataset, len(configs), device) if c0.prune in ("snip", "grasp") else None
+    return prune.compute_masks(net, c0.prune, c0.density, data=data, seed=c0.seed)
+
+
+def _mask_record(net, masks) -> dict[int, dict]:
+    """Per model: the realised density of each layer and overall, and the weights and FLOPs that remain."""
+    sizes, flops_ = prune.layer_sizes(net), prune.layer_flops(net)
+    out = {}
+    for i, dens in enumerate(prune.layer_densities(net, masks)):
+        kept = sum(dens[n] * sizes[n] for n in sizes)
+        out[i] = {"layer_density": dens, "realised_density": kept / sum(sizes.values()),
+                  "pruned_params": round(kept), "pruned_flops": round(sum(dens[n] * flops_[n] for n in sizes))}
+    return out
+
+
+def _cropped(configs, models, dataset) -> tuple[list, dict]:
+    """PreCropping of a run (cropped runs train alone): mask the dense model, read its layer densities off the
+    mask, and build the narrower network that realises them, initialised afresh from the seed (its own fan-in)."""
+    (config,), (dense,) = configs, models
+    masks = prune.compute_masks(dense, config.prune, config.density,
+                                data=_prune_data(dataset, 1, torch.device("cpu"))
+                                if config.prune in ("snip", "grasp") else None, seed=config.seed)
+    spec = prune.crop_spec(dense, masks)
+    model = build(spec, seed=config.seed)
+    sizes_dense = sum(prune.layer_sizes(dense).values())
+    sizes = prune.layer_sizes(model)
+    record = {"layer_density": prune.layer_densities(dense, masks)[0], "widths": [spec.width, *spec.block_hidden],
+              "realised_density": sum(sizes.values()) / sizes_dense, "pruned_params": sum(sizes.values()),
+              "pruned_flops": sum(prune.layer_flops(model).values())}
+    return [model], {0: record}
 
 
 def _starting_models(configs: list[RunConfig], shape: dict, initial) -> list:

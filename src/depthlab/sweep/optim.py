@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from depthlab.models.branches import is_weight_name
+
 
 def decays(name: str) -> bool:
     """Convolution and classifier weights decay; norms, biases and branch scales do not."""
-    return name.rsplit(".", 1)[-1] == "weight" and "norm" not in name
+    return is_weight_name(name)
 
 
 class PackedOptimizer:

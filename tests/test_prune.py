@@ -1,0 +1,193 @@
+"""Pruning at initialisation: the scores against their definitions, masks that keep exactly the density and stay
+zero through training, PreCropping's closed form and crop, and pruned runs in the pipeline."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from torch import nn
+
+from depthlab import prune
+from depthlab.data import load
+from depthlab.errors import SpecError
+from depthlab.models import ModelSpec, build, pack
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.engine import train_pack
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load("synthetic", val_split=64, n_train=320, n_test=64, shape=(1, 12, 12))
+
+
+def test_synflow_conserves_the_flow_through_a_linear_chain():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 4, bias=False)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(0.1, 1.0)
+    params = dict(net.named_parameters())
+    s = prune.synflow_scores(net, params, torch.ones(1, 6, dtype=torch.float64))
+    w1, w2 = net[0].weight, net[1].weight
+    r = (torch.ones(1, 4, dtype=torch.float64) @ w2.abs() @ w1.abs() @ torch.ones(6, 1, dtype=torch.float64)).item()
+    assert s["0.weight"].sum().item() == pytest.approx(r, rel=1e-12)
+    assert s["1.weight"].sum().item() == pytest.approx(r, rel=1e-12)  # the same in every layer
+
+
+def test_synflow_restores_the_network():
+    net = build(ModelSpec(width=4, blocks=2, input_size=8), seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    prune.scores(net, "synflow")
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_snip_is_the_derivative_with_respect_to_the_mask():
+    spec = ModelSpec(width=3, blocks=2, input_size=6, num_classes=3)
+    net = build(spec, seed=1).double()
+    x = torch.randn(1, 8, 1, 6, 6, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    score = prune.scores(net, "snip", (x, y))
+    name = "layers.0.conv1.weight"
+    param = dict(net.named_parameters())[name]
+    net.train()
+    for index in [(0, 0, 1, 1), (2, 1, 0, 2)]:
+        def loss(m):
+            with torch.no_grad():
+                saved = param[index].item()
+                param[index] = saved * m
+                value = prune._loss(net, x, y).item()
+                param[index] = saved
+            return value
+        eps = 1e-6
+        derivative = (loss(1 + eps) - loss(1 - eps)) / (2 * eps)
+        assert score[name][index].item() == pytest.approx(abs(derivative), rel=1e-5, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow"])
+def test_a_global_mask_keeps_the_density_per_model(method):
+    spec = ModelSpec(width=4, blocks=3, topology="parallel", input_size=8)
+    net = pack([build(spec, seed=s) for s in range(2)])
+    x, y = torch.randn(2, 20, 1, 8, 8), torch.arange(20) % 10
+    masks = prune.compute_masks(net, method, 0.3, data=(x, y), iterations=5)
+    views = prune.layer_views(net, {**{n: torch.zeros_like(p) for n, p in net.named_parameters()}, **masks})
+    for m in range(2):
+        kept = sum(v[m].sum().item() for v in views.values())
+        total = sum(v[m].numel() for v in views.values())
+        assert abs(kept - 0.3 * total) <= 1  # up to one weight
+    assert set(masks) == {n for n, _ in net.named_parameters() if n.endswith("weight") and "norm" not in n}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_masked_weights_stay_exactly_zero_through_training(packed, data):
+    fields = dict(dataset="synthetic", val_split=64, width=4, blocks=2, batch_size=32, epochs=5,
+                  weight_decay=0.05, prune="snip", density=0.4)
+    configs = [RunConfig(seed=s, **fields) for s in ((0, 1) if packed else (0,))]
+    results = train_pack(configs, data, keep_weights=True)  # 10 steps an epoch: 50 AdamW steps
+    for result in results:
+        weights = [v for k, v in result.state_dict.items() if k.endswith("weight") and "norm" not in k]
+        total = sum(w.numel() for w in weights)
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        assert zeros == total - round(0.4 * total)
+        assert result.final["realised_density"] == pytest.approx(0.4, abs=1 / total)
+        assert len(result.history) == 5 and result.status == "done"
+
+
+def test_precrop_closed_form_meets_the_budget_kkt_and_slsqp():
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        costs = {f"l{i}": float(c) for i, c in enumerate(rng.uniform(10, 1000, 5))}
+        density = float(rng.uniform(0.1, 0.8))
+        p = prune.precrop_densities(costs, density)
+        c = np.array(list(costs.values()))
+        x = np.array(list(p.values()))
+        assert (x * c).sum() == pytest.approx(density * c.sum(), rel=1e-9)  # the budget, with equality
+        free = x < 1 - 1e-9
+        assert np.allclose(x[free] * c[free], (x[free] * c[free])[0], rtol=1e-6)  # KKT: p·c equal if uncapped
+        res = minimize(lambda v: -np.log(v).sum(), np.full(5, density), method="SLSQP", bounds=[(1e-9, 1)] * 5,
+                       constraints=[{"type": "eq", "fun": lambda v: v @ c - density * c.sum()}],
+                       options={"ftol": 1e-12, "maxiter": 500})
+        assert np.allclose(x, res.x, atol=1e-4)
+
+
+def test_erk_densities_follow_rigl():
+    sizes = {"a": (64, 3, 3, 3), "b": (64, 64, 3, 3), "c": (10, 1024)}
+    d = prune.erk_densities(sizes, 0.2)
+    numel = {n: math.prod(s) for n, s in sizes.items()}
+    assert sum(d[n] * numel[n] for n in sizes) == pytest.approx(0.2 * sum(numel.values()))
+    raw = {n: sum(s) / math.prod(s) for n, s in sizes.items()}
+    assert d["a"] / d["b"] == pytest.approx(raw["a"] / raw["b"]) and d["c"] / d["b"] == pytest.approx(raw["c"] / raw["b"])
+    d = prune.erk_densities(sizes, 0.3)  # now the layer with the largest ratio would exceed 1: made dense
+    assert d["c"] == 1.0 and max(d.values()) <= 1
+    assert sum(d[n] * numel[n] for n in sizes) == pytest.approx(0.3 * sum(numel.values()))
+    assert d["a"] / d["b"] == pytest.approx(raw["a"] / raw["b"])
+
+
+@pytest.mark.parametrize("method", ["random", "synflow", "precrop_params"])
+def test_crop_realises_the_mask_with_its_parameters(method):
+    spec = RunConfig(width=32, blocks=4, head="flatten", stem_stride=2).model_spec()
+    net = build(spec, seed=0)
+    masks = prune.compute_masks(net, method, 0.3, iterations=10)
+    kept = sum(m.sum().item() for m in masks.values())
+    cropped = build(prune.crop_spec(net, masks), seed=0)
+    assert sum(prune.layer_sizes(cropped).values()) == pytest.approx(kept, rel=0.01)
+    assert cropped.spec.width == round(prune.layer_densities(net, masks)[0]["head"] * 32)
+
+
+def test_crop_trains_and_density_one_is_the_dense_network(data):
+    fields = dict(dataset="synthetic", val_split=64, width=8, blocks=2, batch_size=32, epochs=1, head="flatten")
+    (dense,) = train_pack([RunConfig(**fields)], data)
+    (same,) = train_pack([RunConfig(prune="snip", density=1, prune_structure="crop", **fields)], data)
+    assert same.final["train_loss"] == dense.final["train_loss"] and "widths" not in same.final
+    (crop,) = train_pack([RunConfig(prune="snip", density=0.3, prune_structure="crop", **fields)], data)
+    assert crop.status == "done" and crop.params < dense.params and crop.final["widths"][0] <= 8
+    assert crop.final["realised_density"] == pytest.approx(0.3, abs=0.03)
+
+
+def test_pruned_runs_pack_and_crop_runs_train_alone():
+    mask = [RunConfig(prune="synflow", density=0.3, seed=s) for s in range(3)]
+    assert len({c.pack_key() for c in mask}) == 1
+    crop = [RunConfig(prune="synflow", density=0.3, prune_structure="crop", seed=s) for s in range(3)]
+    assert len({c.pack_key() for c in crop}) == 3
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "a lot", True, -0.1])
+def test_a_bad_density_is_a_clear_error(value):
+    with pytest.raises(SpecError, match=r"density: got .*; allowed: a kept fraction in \(0, 1\]"):
+        RunConfig(prune="snip", density=value)
+    with pytest.raises(SpecError, match="prune: got 'lottery'; allowed: none, random"):
+        RunConfig(prune="lottery")
+
+
+def test_cli_prune_prints_densities_and_the_cropped_widths(tmp_path, capsys):
+    import json
+
+    from depthlab.cli.main import main
+
+    out = tmp_path / "profile.png"
+    assert main(["prune", "--methods", "synflow,precrop_params", "--blocks", "3", "--width", "8", "--iterations",
+                 "5", "--density", "0.2", "--json", "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(text[:text.rindex("}") + 1])["rows"]
+    assert {(r["method"], r["topology"]) for r in rows} == {(m, t) for m in ("synflow", "precrop_params")
+                                                            for t in ("sequential", "parallel")}
+    assert all(len(r["blocks"]) == 3 and len(r["crop_hidden"]) == 3 for r in rows)
+    assert out.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit):
+        main(["prune", "--methods", "lottery"])
+
+
+def test_the_report_draws_the_pruning_profile_of_a_pruned_sweep():
+    from depthlab.report import build_report, plots
+
+    records = []
+    for i, (method, topology) in enumerate([(m, t) for m in ("snip", "synflow") for t in ("sequential",
+                                                                                          "parallel")]):
+        config = dict(dataset="synthetic", topology=topology, prune=method, density=0.3, blocks=2, seed=0)
+        records.append(dict(config, config=config, run_id=f"r{i}", status="done", val_loss=1.0, train_loss=1.0,
+                            layer_density={"stem": 1.0, "block0.conv1.weight": 0.4, "block0.conv2.weight": 0.2,
+                                           "block1.conv1.weight": 0.3, "block1.conv2.weight": 0.3, "head": 0.1}))
+    rows = plots.prune_rows(records)
+    assert len(rows) == 4 and rows[0]["blocks"] == pytest.approx([0.3, 0.3])
+    assert 'id="fig-prune"' in build_report(records, title="pruned")
