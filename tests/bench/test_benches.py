@@ -39,7 +39,8 @@ def test_sweep_throughput_prints_both_ratios(capsys):
     assert len(training) == 2 and all(r > 0 for r in training)
     rows = {label: line.split()[-3:] for line in out.splitlines()
             for label in ("baseline", "packed: training", "packed: with evaluation") if line.strip().startswith(label)}
-    assert len(rows) == 3 and all(float(v) > 0 for row in rows.values() for v in row)
+    # seconds and model-samples/s; TFLOP/s may print as 0.000 on a slow or busy machine
+    assert len(rows) == 3 and all(float(v) > 0 for row in rows.values() for v in row[:2])
 
 
 def test_large_set_uses_cifar_shaped_images_when_cifar10_is_absent(monkeypatch, tmp_path):
