@@ -35,6 +35,6 @@ def test_kernel_true_in_a_spec_file_names_the_field_and_the_allowed_values(tmp_p
         load_spec(path).configs()
     assert err.value.field == "kernel"
     path.write_text("grid:\n  hidden: [true]\n")
-    with pytest.raises(SpecError, match="a positive integer or null") as err:
+    with pytest.raises(SpecError, match="a positive integer, a list of one per block, or null") as err:
         load_spec(path).configs()
     assert err.value.field == "hidden"

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     )
     verify.set_defaults(func=cmd_verify)
 
+    register_corrupt(actions, root_help)
+
 
 def cmd_list(args) -> int:
     rows = [("name", "shape", "classes", "train", "test", "offline")]
@@ -96,4 +98,77 @@ def cmd_verify(args) -> int:
             print(f"{name}: skipped, not available offline (run `depthlab data verify {name}` to download it)")
             continue
         verify_one(name, args.root, download=False)
+    return 0
+
+
+# -- corrupted test sets (depthlab.data.corrupt) -----------------------------------------------------------------
+
+
+def register_corrupt(actions, root_help: str) -> None:
+    corrupt = actions.add_parser(
+        "corrupt", help="the corruption suites (MNIST-C, CIFAR-10-C) and the cached corrupted test sets",
+        description="Corrupted test sets are made offline (numpy, scipy, Pillow) by `depthlab shift`, cached as "
+        "uint8 with a sha256 checksum. `list` shows each suite's corruptions, their parameters per severity, "
+        "whether they can be made here, and the cached sets; `verify` checks every cached set's checksum.")
+    corrupt.set_defaults(func=lambda args: corrupt.print_help() or 0)
+    sub = corrupt.add_subparsers(dest="corrupt_command", metavar="ACTION")
+    lst = sub.add_parser("list", help="corruptions per suite, and the cached sets",
+                         description="Each corruption of the suite: its parameter at severities 1-5 (from the "
+                         "reference generators), MNIST-C's benchmark severity, and whether it can be made here "
+                         "(a few need OpenCV, the `corrupt` extra, or frost's texture files); then the cached sets.")
+    lst.add_argument("dataset", nargs="?", metavar="DATASET", help="mnist (MNIST-C), cifar10 (CIFAR-10-C) or "
+                     "synthetic (MNIST-C); default: both suites")
+    lst.add_argument("--root", type=Path, help=root_help)
+    lst.set_defaults(func=cmd_corrupt_list)
+    ver = sub.add_parser("verify", help="check the checksum of every cached corrupted set",
+                         description="Check every cached corrupted set against its sha256; exits 2 naming the "
+                         "damaged ones (delete them: `depthlab shift` makes them again).")
+    ver.add_argument("--root", type=Path, help=root_help)
+    ver.set_defaults(func=cmd_corrupt_verify)
+
+
+def _param_text(value) -> str:
+    if value is None:
+        return "-"
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if len(value) > 4 and all(isinstance(v, float) for v in value):  # zoom factors
+            return f"{value[0]:g}..{value[-1]:g} ({len(value)})"
+        return "(" + ", ".join(_param_text(v) for v in value) + ")"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def cmd_corrupt_list(args) -> int:
+    from depthlab.data import corrupt
+    from depthlab.data.corrupt_cache import cache_dir, cached_sets
+
+    suites = [corrupt.suite_of(args.dataset)] if args.dataset else list(corrupt.SUITES)
+    for suite in suites:
+        source = ("google-research/mnist-c corruptions.py" if suite == "mnist-c"
+                  else "hendrycks/robustness make_cifar_c.py (15 + 4 extra)")
+        print(f"{suite} ({source})")
+        rows = [("corruption", "severities 1-5", "mnist-c", "here")]
+        for name, spec in corrupt.SUITES[suite].items():
+            levels = "no levels (severity 0)" if spec.levels is None else \
+                " | ".join(_param_text(p) for p in spec.levels)
+            bench = str(corrupt.MNISTC_SEVERITY[name]) if suite == "mnist-c" else "-"
+            why = [w for w in (spec.needs(s) for s in spec.severities()) if w]
+            here = "yes" if not why else ("no: " if len(why) == len(spec.severities()) else "partly: ") + why[0]
+            rows.append((name, levels, bench, here))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    sets = cached_sets(args.root)
+    print(f"cached sets in {cache_dir(args.root)}: {len(sets)}"
+          + (f" ({sum(bool(s['problem']) for s in sets)} damaged; `depthlab data corrupt verify` names them)"
+             if any(s["problem"] for s in sets) else ""))
+    return 0
+
+
+def cmd_corrupt_verify(args) -> int:
+    from depthlab.data.corrupt_cache import cache_dir, verify_cache
+
+    sets = verify_cache(args.root)  # a damaged set is a DataError: exit 2 with the names and the fix
+    print(f"{len(sets)} cached corrupted set(s) in {cache_dir(args.root)}: every checksum matches")
     return 0

@@ -121,12 +121,60 @@ def _print(result: dict, as_json: bool, as_text) -> int:
 def cmd_compare(args) -> int:
     from depthlab.analysis.compare import DEFAULT_METRICS, compare_report, format_report
 
-    records = _sweep_records(args)
-    metrics = args.metric or list(DEFAULT_METRICS)
-    report = compare_report(records, margin=args.margin, by=args.by, metrics=metrics, alpha=args.alpha,
+    table = getattr(args, "table", "runs")
+    records = _sweep_records(args) if table == "runs" else _shift_records(args)
+    metrics = args.metric or list(DEFAULT_METRICS if table == "runs" else SHIFT_METRICS)
+    by = _combined_by(records, args.by, args.contrast)
+    report = compare_report(records, margin=args.margin, by=by, metrics=metrics, alpha=args.alpha,
                             n_boot=args.n_boot, seed=args.seed, contrast=args.contrast,
                             allow_mixed_recipes=args.allow_mixed_recipes)
+    if table == "shift":
+        report["notes"].append(
+            "Table shift: one record per measurement of a trained run on a corrupted test stream (depthlab shift); "
+            "test_loss and test_acc are the online predictions' loss and accuracy there. The band table's train "
+            "and val columns do not apply. Methods with an alpha carry it in their name (alpha_bn:0.1); "
+            "core_reconstructed is a reconstruction of the alpha-BN paper's Core loss, not its published formula.")
     return _print(report, args.json, format_report)
+
+
+SHIFT_METRICS = ("test_acc", "test_loss")
+
+
+def _shift_records(args) -> list[dict]:
+    """The shift measurements of `--store` (of `--sweep`'s runs) as flat records; none is an error."""
+    from depthlab.shift.records import load_shift_records
+
+    with _open_store(args.store) as store:
+        _check_sweep(store, args.sweep)
+        records = load_shift_records(store, sweep=args.sweep)
+    if not records:
+        raise DepthlabError(f"the store {args.store!r} holds no shift measurements; measure trained runs with "
+                            f"`depthlab shift --store {args.store}`")
+    return records
+
+
+def _combined_by(records: list[dict], by: str | None, contrast: str) -> str | None:
+    """`--by F1,F2`: the records get one more config field named "F1,F2" whose value joins theirs, and that field
+    is the one the comparison splits by (one field or several, the statistics are the same code)."""
+    if by is None or "," not in by:
+        return by
+    from depthlab.errors import SpecError
+    from depthlab.records import config_of
+    from depthlab.sweep.export import varied_fields
+
+    fields = [f.strip() for f in by.split(",") if f.strip()]
+    allowed = [f for f in varied_fields(records) if f != contrast]
+    for f in fields:
+        if f not in allowed:
+            raise SpecError("by", f, ", ".join(allowed) or f"none (no config field varies besides {contrast})")
+    name = ",".join(fields)
+    for rec in records:
+        cfg = config_of(rec)
+        value = ", ".join(str(cfg.get(f)) for f in fields)
+        rec[name] = value
+        if isinstance(rec.get("config"), dict):
+            rec["config"] = {**rec["config"], name: value}
+    return name
 
 
 def cmd_summary(args) -> int:
@@ -186,7 +234,9 @@ def register(subparsers) -> None:
         "Also prints the mean losses per dataset x value x Q band.\n\n"
         "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.\n\n"
         "examples:\n  depthlab compare --store runs.sqlite --by head\n"
-        "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc",
+        "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc\n"
+        "  depthlab compare --store runs.sqlite --table shift --contrast method --by eval_batch_size\n"
+        "  depthlab compare --store runs.sqlite --table shift --contrast topology --by method,corruption",
     )
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--metric", action="append", choices=METRICS,
@@ -195,7 +245,12 @@ def register(subparsers) -> None:
                    help="equivalence margin, absolute in the metric's units (default: see above)")
     p.add_argument("--contrast", metavar="FIELD", default="topology",
                    help="the config field whose values are compared (default: %(default)s)")
-    p.add_argument("--by", metavar="FIELD", help="also split every group by this config field (e.g. head, norm)")
+    p.add_argument("--by", metavar="FIELD[,FIELD]", help="also split every group by this config field (e.g. head, "
+                   "norm), or by the combinations of several (e.g. method,corruption)")
+    p.add_argument("--table", choices=("runs", "shift"), default="runs",
+                   help="runs: the trained runs (default); shift: the measurements of `depthlab shift`, one per run, "
+                   "corruption, severity, method (with its alpha), eval_batch_size and shift_seed; their metrics "
+                   "are test_acc and test_loss on the corrupted stream (the default metrics then)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
     p.add_argument("--allow-mixed-recipes", action="store_true",
                    help="pair runs trained by different recipes (versions of the training code) and say so")

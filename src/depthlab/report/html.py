@@ -48,6 +48,10 @@ FIGURES = [
      "Each done run: its theoretical receptive field (stem plus the stages in sequence) against its effective one "
      "(RepLKNet: the side of the centred square holding 90% (filled) or 50% (hollow) of the gradient of the "
      "stream's centre). Shown when the sweep varies the kernel or the branch type."),
+    ("prune", "Densities kept by pruning at initialisation",
+     "The mean density each pruning method kept in each block of the pruned runs (deep solid, shallow dashed): "
+     "does a method taper the deep stack, does it treat parallel branches alike? Shown when the sweep varies "
+     "pruning."),
 ]
 
 # Columns of the run table: (record key, header); then every varied config field not among them.
@@ -395,10 +399,12 @@ def _runs_table(records: list[dict]) -> str:
 
 
 def build_report(records: list[dict], title: str = "depthlab report", compare: dict | None = None, *,
-                 runs: int = DEFAULT_CURVE_RUNS, source: str | None = None, image_format: str = "png") -> str:
+                 runs: int = DEFAULT_CURVE_RUNS, source: str | None = None, image_format: str = "png",
+                 shift: list[dict] | None = None) -> str:
     """The report of `records` (from `Store.records`) as one HTML page. `compare`: a `compare_report` of the
     same records (computed with its defaults when None); `runs`: at most this many runs in the learning curves;
-    `source`: where the records came from (shown in the header)."""
+    `source`: where the records came from (shown in the header); `shift`: the store's shift measurements as
+    flat records (`depthlab.shift.records`), shown in a section of their own when there are any."""
     if image_format not in plots.FORMATS:
         raise DepthlabError(f"image format {image_format!r}: use png or svg")
     if compare is None:
@@ -428,12 +434,13 @@ def build_report(records: list[dict], title: str = "depthlab report", compare: d
 <p class="meta">{esc(len(records))} runs · generated {esc(now)} by depthlab {esc(__version__)}</p>
 </header>
 <nav><a href="#headline">verdicts</a> · <a href="#summary">sweep</a> · <a href="#figures">figures</a> ·
-<a href="#paired">paired comparison</a> · <a href="#bands">Q bands</a> · <a href="#runs">every run</a></nav>
+<a href="#paired">paired comparison</a> · <a href="#bands">Q bands</a>{_shift_nav(shift)} · <a href="#runs">every run</a></nav>
 <section id="headline"><h2>Headline verdicts</h2>{_headline(compare)}</section>
 <section id="summary"><h2>The sweep</h2>{_summary(records, compare, source)}</section>
 <section id="figures"><h2>Figures</h2>{_figures(records, runs, image_format)}</section>
 <section id="paired"><h2>Paired comparison</h2>{_paired_section(compare)}</section>
 <section id="bands"><h2>Mean final metrics by Q band</h2>{_band_section(compare)}</section>
+{_shift_section(shift, image_format)}
 <section id="runs"><h2>Every run</h2>{_runs_table(records)}</section>
 </main>
 <script>{SORT_JS}</script>
@@ -465,7 +472,8 @@ def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, 
         title = f"depthlab report: {sweep or os.path.basename(os.fspath(store_path))}"
     compare = compare_report(records, margin=margin, contrast=contrast, allow_mixed_recipes=allow_mixed_recipes)
     page = build_report(records, title=title, compare=compare, runs=runs,
-                        source=os.fspath(store_path), image_format=image_format)
+                        source=os.fspath(store_path), image_format=image_format,
+                        shift=load_shift(store_path, sweep))
     out_path = os.fspath(out_path)
     try:
         with open(out_path, "w", encoding="utf-8") as f:
@@ -473,3 +481,59 @@ def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, 
     except OSError as err:
         raise DepthlabError(f"cannot write {out_path}: {err.strerror or err}") from err
     return out_path
+
+
+# -- covariate shift (`depthlab shift`) -----------------------------------------------------------------------
+
+
+def load_shift(store_path, sweep: str | None = None) -> list[dict]:
+    """The store's shift measurements as flat records (none: an empty list)."""
+    from depthlab.shift.records import load_shift_records
+
+    with Store.existing(os.fspath(store_path), readonly=True) as store:
+        return load_shift_records(store, sweep=sweep)
+
+
+def _shift_nav(shift) -> str:
+    return ' · <a href="#shift">covariate shift</a>' if shift else ""
+
+
+def _fig_img(fig, image_format: str, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=image_format, dpi=plots.DPI)
+    mime = "image/png" if image_format == "png" else "image/svg+xml"
+    return f'<img alt="{esc(alt)}" src="data:{mime};base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+
+
+def _shift_section(shift, image_format: str = "png") -> str:
+    """The corruption × method error heat map per wiring and batch size, and the mean error per method."""
+    if not shift:
+        return ""
+    try:
+        figure = _fig_img(plots.shift_heatmap(shift), image_format, "shift-heatmap")
+    except plots.NoData as err:
+        figure = f'<p class="nodata">no data: {esc(err)}</p>'
+    cells = plots.shift_cells(shift)
+    panels = sorted(cells, key=lambda k: (k[1], k[0]))
+    methods = sorted({m for panel in cells.values() for _, m in panel}, key=plots._method_order)
+    rows = []
+    for m in methods:
+        row = [esc(m)]
+        for panel in panels:
+            errs = [e for (c, mm), (e, _) in cells[panel].items() if mm == m]
+            row.append(fmt(sum(errs) / len(errs) if errs else None))
+        rows.append(row)
+    headers = ["method"] + [f"{t}, batch {b}" for t, b in panels]
+    table = _table(headers, rows, numeric=set(range(1, len(headers))), attrs=' id="shift-table"')
+    counts = Counter(r.get("status") for r in shift)
+    return (
+        '<section id="shift"><h2>Covariate shift</h2>'
+        f'<p>{esc(len(shift))} measurements of trained runs on corrupted test streams ({esc(counts.get("done", 0))} '
+        f'done, {esc(counts.get("diverged", 0))} diverged), by <code>depthlab shift</code>. Test error = 1 − '
+        'accuracy of the online predictions, averaged over runs, seeds and severities. Methods with an alpha carry '
+        'it in their name; <b>core_reconstructed</b> is a reconstruction of the α-BN paper\'s Core loss, not its '
+        'published formula. Paired statistics: <code>depthlab compare --table shift --contrast method</code>.</p>'
+        f'<figure id="fig-shift-heatmap" class="full">{figure}<figcaption>Rows: corruptions; columns: test-time '
+        'methods; one panel per wiring and evaluation batch size; cells in %.</figcaption></figure>'
+        f'<h3>Mean test error over corruptions</h3><div class="wide">{table}</div></section>'
+    )

@@ -291,6 +291,45 @@ def _order(value):
     return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
 
 
+def prune_profile(rows: list[dict], density: float) -> Figure:
+    """Density kept in each block against its position, one line per pruning method, the deep wiring solid and
+    the shallow one dashed (rows as `depthlab prune` computes them)."""
+    if not rows:
+        raise NoData("no pruning profile to draw")
+    fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    colors = _dataset_colors({r["method"] for r in rows})  # one colour per method
+    for r in rows:
+        style = "-" if r["topology"] == "sequential" else "--"
+        ax.plot(range(len(r["blocks"])), r["blocks"], style, marker="o", markersize=3, color=colors[r["method"]],
+                label=f"{r['method']} ({r['topology']})")
+    if density == density:  # not NaN: one density for every line
+        ax.axhline(density, color="#999999", linestyle=":", linewidth=1)
+    ax.set_xlabel("block position (input side first)")
+    ax.set_ylabel("density kept in the block")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, alpha=0.3, which="both")
+    what = f"to density {density:g}" if density == density else "(mean over seeds)"
+    ax.set_title(f"Pruning at initialisation {what}: solid deep, dashed shallow", fontsize=10)
+    return fig
+
+
+def prune_rows(records: list[dict]) -> list[dict]:
+    """The mean block densities per (prune method, wiring) of the done pruned runs, from the layer densities
+    each recorded (a block's layers averaged alike)."""
+    groups: dict[tuple, list[list[float]]] = {}
+    for rec in records:
+        dens = rec.get("layer_density")
+        if rec.get("status") != "done" or not isinstance(dens, dict):
+            continue
+        blocks = sorted({int(n.split(".")[0][5:]) for n in dens if n.startswith("block")})
+        profile = [float(np.mean([v for n, v in dens.items() if n.startswith(f"block{i}.")])) for i in blocks]
+        groups.setdefault((str(rec.get("prune")), str(rec.get("topology")), rec.get("density")), []).append(profile)
+    return [dict(method=f"{m} d={d:g}", topology=t, blocks=list(np.mean(p, axis=0)))
+            for (m, t, d), p in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+
+
 def erf_points(records: list[dict]) -> list[dict]:
     """One point per done run that recorded its receptive fields: theoretical (x) against effective (50% and
     90% of the gradient mass), with its branch, kernel and topology."""
@@ -312,7 +351,7 @@ def receptive_fields(records: list[dict]) -> Figure:
     fig = Figure(figsize=(5.8, 4.6), layout="constrained")
     ax = fig.add_subplot()
     labels = sorted({p["label"] for p in points})
-    colors = {lab: DATASET_COLORS[i % len(DATASET_COLORS)] for i, lab in enumerate(labels)}
+    colors = _dataset_colors(labels)  # one colour per branch type and kernel
     markers = {"sequential": "o", "parallel": "^"}
     for p in points:
         marker = markers.get(p["topology"], "s")
@@ -338,9 +377,10 @@ KINDS = {
     "curves": lambda records, n: learning_curves(records, n, "val_loss"),
     "winrate": lambda records, n: winrate_heatmap(records, "val_loss"),
     "erf": lambda records, n: receptive_fields(records),
+    "prune": lambda records, n: prune_profile(prune_rows(records), float("nan")),
 }
 # Figures the report shows only when the sweep varies one of these fields.
-CONDITIONAL = {"erf": ("kernel", "branch", "reparam")}
+CONDITIONAL = {"erf": ("kernel", "branch", "reparam"), "prune": ("prune", "density", "prune_structure")}
 
 
 def figure(kind: str, records: list[dict], n: int = 8) -> Figure:
@@ -367,3 +407,65 @@ def save(fig: Figure, path) -> str:
     except OSError as err:
         raise DepthlabError(f"cannot write {path}: {err.strerror or err}") from err
     return path
+
+
+# -- covariate shift (the measurements of `depthlab shift`, as flat records from depthlab.shift.records) ----------
+
+
+def shift_cells(records: list[dict]) -> dict:
+    """{(topology, eval batch size): {(corruption, method): (mean test error, measurements)}}: the error
+    1 - test_acc of the done measurements, averaged over runs, seeds and severities. Diverged measurements
+    (no accuracy) are left out."""
+    sums: dict = {}
+    for rec in records:
+        acc = finite(rec.get("test_acc"))
+        if rec.get("status") != "done" or acc is None:
+            continue
+        panel = sums.setdefault((str(rec.get("topology")), rec.get("eval_batch_size")), {})
+        key = (str(rec.get("corruption")), str(rec.get("method")))
+        total, n = panel.get(key, (0.0, 0))
+        panel[key] = (total + 1 - acc, n + 1)
+    return {panel: {k: (total / n, n) for k, (total, n) in cells.items()} for panel, cells in sums.items()}
+
+
+def _method_order(method: str):
+    base = method.split(":")[0].removesuffix("_episodic")
+    known = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")
+    return (known.index(base) if base in known else len(known), method)
+
+
+def shift_heatmap(records: list[dict]) -> Figure:
+    """Corruption × method test error under shift, one panel per wiring (columns) and evaluation batch size
+    (rows), each cell the mean error over runs, seeds and severities."""
+    cells = shift_cells(records)
+    if not cells:
+        raise NoData("no done shift measurement (run `depthlab shift`)")
+    wirings = list(TOPOLOGY_COLORS)
+    topologies = sorted({t for t, _ in cells}, key=lambda t: (wirings.index(t) if t in wirings else len(wirings), t))
+    batches = sorted({b for _, b in cells}, key=_order)
+    corruptions = sorted({c for panel in cells.values() for c, _ in panel})
+    methods = sorted({m for panel in cells.values() for _, m in panel}, key=_method_order)
+    vmax = max(e for panel in cells.values() for e, _ in panel.values()) or 1.0
+    width = min(2.4 + 1.0 * len(methods), 6.0) * len(topologies)
+    height = min(1.2 + 0.28 * len(corruptions), 7.0) * len(batches)
+    fig = Figure(figsize=(min(width + 1.2, 14.0), min(height, 22.0)), layout="constrained")
+    axes = fig.subplots(len(batches), len(topologies), squeeze=False)
+    image = None
+    for i, batch in enumerate(batches):
+        for j, topology in enumerate(topologies):
+            ax = axes[i][j]
+            panel = cells.get((topology, batch), {})
+            grid = np.full((len(corruptions), len(methods)), np.nan)
+            for (c, m), (err, _) in panel.items():
+                grid[corruptions.index(c), methods.index(m)] = err
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap="magma_r", vmin=0, vmax=vmax, aspect="auto")
+            if len(corruptions) * len(methods) <= 200:
+                for (c, m), (err, _) in panel.items():
+                    ax.text(methods.index(m), corruptions.index(c), f"{100 * err:.0f}", ha="center", va="center",
+                            fontsize=7, color="white" if err > 0.6 * vmax else "black")
+            ax.set_xticks(range(len(methods)), [_text(m) for m in methods], rotation=35, ha="right", fontsize=8)
+            ax.set_yticks(range(len(corruptions)), [_text(c) for c in corruptions], fontsize=8)
+            ax.set_title(f"{_text(topology)}, batch {batch}", fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="test error under shift (1 - accuracy)", shrink=0.8)
+    fig.suptitle("Test error per corruption and test-time method (cells: %)", fontsize=10)
+    return fig

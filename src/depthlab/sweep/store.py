@@ -39,6 +39,7 @@ from depthlab.records import (FINISHED, METRICS, RECORD_FIELDS, STATUSES, canoni
                               run_id)
 
 DEFAULT_STORE = "depthlab.sqlite"
+SHIFT_STATUSES = ("done", "diverged")  # a measurement under shift either finished or its loss became NaN
 
 # -- schema and migrations ------------------------------------------------------------------------------------
 
@@ -48,7 +49,8 @@ _V1_COLUMNS = ("run_id", "sweep", "config", "status", "owner", "attempts", "crea
 # Fields that version 2 added to every run config, with the value every earlier run had.
 # (Fields added after version 2 has shipped need a migration of their own.)
 _V2_NEW_FIELDS = {"skip": True, "init_from": None, "branch": "conv", "reparam": "none", "param_budget": None,
-                  "budget_by": "hidden"}
+                  "budget_by": "hidden", "prune": "none", "density": 1.0, "prune_structure": "mask",
+                  "crop_init": "reinit"}
 _V2_RECIPE = 1  # the recipe of every run trained before recipes were recorded
 
 
@@ -111,13 +113,40 @@ def _after_v2(path: str, renames) -> None:
             source.replace(folder / f"{new}.pt")
 
 
+def _v3(c: sqlite3.Connection, path: str) -> None:
+    """Measurements under covariate shift (`depthlab shift`): one row per (run, corruption, severity, method,
+    evaluation batch size, alpha, seed); see the "shift measurements" section below."""
+    c.execute(f"""CREATE TABLE IF NOT EXISTS shift_results (
+        run_id     TEXT NOT NULL REFERENCES runs (run_id),
+        corruption TEXT NOT NULL,
+        severity   INTEGER NOT NULL,
+        method     TEXT NOT NULL,
+        batch_size INTEGER NOT NULL,
+        alpha      REAL NOT NULL,
+        seed       INTEGER NOT NULL,
+        status     TEXT NOT NULL CHECK (status IN {SHIFT_STATUSES!r}),
+        loss       REAL,
+        accuracy   REAL,
+        examples   INTEGER NOT NULL,
+        seconds    REAL,
+        settings   TEXT NOT NULL DEFAULT '{{}}',
+        env        TEXT NOT NULL DEFAULT '{{}}',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (run_id, corruption, severity, method, batch_size, alpha, seed)
+    )""")
+
+
 # (version, what it does, migration(connection, path) -> data for after, after(path, data) or None)
 MIGRATIONS = [
     (1, "runs and sweep_runs tables", _v1, None),
     (2, "recipes: recipe, config_id and train_seconds columns; runs keyed by config and recipe", _v2, _after_v2),
+    (3, "shift_results: measurements of trained runs under covariate shift", _v3, None),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
+_COLUMNS[3] = _COLUMNS[2]  # version 3 adds a table, not columns of runs
+# The tables a store may hold at each version (a store without the later ones is migrated; any other is foreign).
+_TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"}}
 
 
 # -- owners ---------------------------------------------------------------------------------------------------
@@ -257,7 +286,7 @@ class Store:
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
         expected = _COLUMNS[max(version, 1)]
         missing = sorted(expected - columns)
-        foreign = sorted(set(tables) - {"runs", "sweep_runs"})
+        foreign = sorted(set(tables) - _TABLES[max(version, 1)])
         if "runs" not in tables or missing or foreign:
             what = (f"tables: {', '.join(tables)}" if "runs" not in tables or foreign
                     else f"its runs table lacks {', '.join(missing)}")
@@ -572,3 +601,52 @@ class Store:
             beat = r["heartbeat_at"] if r["heartbeat_at"] is not None else r["claimed_at"]
             r["owner_dead"] = owner_dead(r["owner"], beat, self.stale_after, now)
         return rows
+
+    # -- shift measurements (schema 3; written by `depthlab shift`, see depthlab.shift) ----------------------
+    #
+    # A row is one measurement of a trained run on a corrupted test stream with a test-time method. Its key is
+    # (run_id, corruption, severity, method, batch_size, alpha, seed); every row is its own committed
+    # transaction and an existing key is never written again, so a killed `depthlab shift` resumes where it
+    # stopped, recomputing nothing finished and duplicating nothing.
+
+    def add_shift_result(self, row: dict) -> bool:
+        """Insert one measurement (keys: SHIFT_KEY, status, loss, accuracy, examples, seconds, settings, env).
+        False, and nothing written, when its key is already in the store."""
+        missing = [k for k in (*SHIFT_KEY, "status", "examples") if k not in row]
+        if missing:
+            raise ValueError(f"a shift row needs {', '.join(missing)}")
+        if row["status"] not in SHIFT_STATUSES:
+            raise SpecError("status", row["status"], ", ".join(SHIFT_STATUSES))
+        with self._tx() as c:
+            cur = c.execute(
+                f"INSERT OR IGNORE INTO shift_results ({', '.join(SHIFT_KEY)}, status, loss, accuracy, examples, "
+                "seconds, settings, env, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_shift_key(row), row["status"], finite(row.get("loss")), finite(row.get("accuracy")),
+                 int(row["examples"]), finite(row.get("seconds")), dumps(row.get("settings") or {}),
+                 dumps(row.get("env") or {}), time.time()))
+            return cur.rowcount == 1
+
+    def shift_keys(self, run_ids=None) -> set[tuple]:
+        """The keys (SHIFT_KEY order) of the measurements in the store (of `run_ids` when given)."""
+        return {_shift_key(r) for r in self.shift_rows(run_ids)}
+
+    def shift_rows(self, run_ids=None) -> list[dict]:
+        """Every measurement (of `run_ids` when given) as a dict, in insertion order; settings and env parsed."""
+        rows = self._query("SELECT * FROM shift_results ORDER BY rowid")
+        wanted = None if run_ids is None else set(run_ids)
+        out = []
+        for r in rows:
+            if wanted is None or r["run_id"] in wanted:
+                r["settings"], r["env"] = json.loads(r["settings"] or "{}"), json.loads(r["env"] or "{}")
+                out.append(r)
+        return out
+
+
+# The key of a shift measurement, in column order.
+SHIFT_KEY = ("run_id", "corruption", "severity", "method", "batch_size", "alpha", "seed")
+
+
+def _shift_key(row: dict) -> tuple:
+    """A measurement's key with canonical types (alpha a float: 1 and 1.0 are one key)."""
+    return (str(row["run_id"]), str(row["corruption"]), int(row["severity"]), str(row["method"]),
+            int(row["batch_size"]), float(row["alpha"]), int(row["seed"]))

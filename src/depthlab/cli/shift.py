@@ -1,0 +1,106 @@
+"""`depthlab shift`: trained runs on corrupted test sets, with test-time methods, measured into the store."""
+
+from __future__ import annotations
+
+import argparse
+
+from depthlab.cli.args import positive_int
+
+METHOD_NAMES = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")  # = depthlab.shift.methods.METHODS
+
+
+def _list(kind):
+    """An argparse type: comma-separated values of `kind`."""
+
+    def parse(text: str):
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"an empty list: {text!r}")
+        try:
+            return [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of {kind.__name__}s: {text!r}") from None
+
+    return parse
+
+
+def _severity(text: str):
+    from depthlab.errors import SpecError
+    from depthlab.shift.runner import parse_severities
+
+    try:
+        return parse_severities(text)
+    except SpecError as err:
+        raise argparse.ArgumentTypeError(f"{err.value!r}; allowed: {err.allowed}") from None
+
+
+def register(subparsers) -> None:
+    from depthlab.sweep.store import DEFAULT_STORE
+
+    p = subparsers.add_parser(
+        "shift", help="measure trained runs on corrupted test sets with test-time methods (TENT, alpha-BN, ...)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate every done run that has saved weights (`depthlab run --save-weights`) on corrupted\n"
+        "copies of its test split (MNIST-C's 15 corruptions for MNIST, CIFAR-10-C's 15 + 4 for CIFAR-10;\n"
+        "`depthlab data corrupt list` shows them), with each test-time method, at each evaluation batch size.\n"
+        "Methods (each works on a copy; the stored weights never change):\n"
+        "  source              the model in eval mode (BN with its training statistics)\n"
+        "  norm                BN with the test batch's statistics\n"
+        "  alpha_bn            BN with (1 - alpha) x source + alpha x batch statistics (You et al. 2021)\n"
+        "  tent                TENT: BN affine trained online on the prediction entropy, Adam lr 1e-3, one\n"
+        "                      step per batch (predictions from before the step; --episodic resets per batch)\n"
+        "  core_reconstructed  OUR RECONSTRUCTION of the alpha-BN paper's Core loss (its formula is not public):\n"
+        "                      alpha-BN plus online steps on the off-diagonal mass of the class correlations\n"
+        "One row per (run, corruption, severity, method, batch size, alpha, seed) goes to the store as soon as\n"
+        "it is measured: a stopped or killed `depthlab shift` resumes where it stopped. The test stream has one\n"
+        "order per seed, the same for every method and run. Compare with\n"
+        "  depthlab compare --table shift --contrast method --by eval_batch_size\n"
+        "  depthlab compare --table shift --contrast topology --by method,corruption\n\n"
+        "example:\n  depthlab shift --store mnist.sqlite --severity mnistc --batch-size 1,16,200 --examples 1000",
+    )
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help="results store (default: %(default)s)")
+    p.add_argument("--runs", type=_list(str), metavar="ID[,ID...]",
+                   help="only these runs (full ids or unique prefixes; default: every done run with weights)")
+    p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--corruptions", type=_list(str), default=["all"], metavar="NAME[,NAME...]",
+                   help="corruptions of the dataset's suite, or all (default)")
+    p.add_argument("--severity", type=_severity, default=[1, 2, 3, 4, 5], metavar="LEVELS",
+                   help="1-5 (default), a list such as 1,3,5, or mnistc: each corruption at its MNIST-C benchmark "
+                   "severity. Corruptions without levels (stripe, dotted_line, zigzag, canny_edges) have severity 0")
+    p.add_argument("--methods", type=_list(str), default=["source", "norm", "alpha_bn", "tent"],
+                   metavar="NAME[,NAME...]",
+                   help=f"of: {', '.join(METHOD_NAMES)} (default: source,norm,alpha_bn,tent)")
+    p.add_argument("--batch-size", type=_list(positive_int), default=[1, 16, 200], metavar="B[,B...]",
+                   help="evaluation batch sizes (default: 1,16,200)")
+    p.add_argument("--alpha", type=_list(float), default=[0.1], metavar="A[,A...]",
+                   help="alpha_bn's (and core_reconstructed's) weight on the test batch's statistics, in [0, 1] "
+                   "(default: 0.1)")
+    p.add_argument("--seed", type=_list(int), default=[0], metavar="S[,S...]",
+                   help="seeds of the corruptions and the stream order (default: 0)")
+    p.add_argument("--examples", type=positive_int, default=None, metavar="N",
+                   help="the first N examples of each run's test split (default: all)")
+    p.add_argument("--episodic", action="store_true",
+                   help="reset tent and core_reconstructed before every batch (stored as tent_episodic, ...)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to evaluate "
+                   "(default: %(default)s)")
+    p.add_argument("--data-root", default=None, help="dataset directory, also where corrupted sets are cached "
+                   "(default: $DEPTHLAB_DATA or ~/.cache/depthlab)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="torch CPU threads (default on a CPU: 1; small test batches are fastest on one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_shift)
+
+
+def cmd_shift(args) -> int:
+    from depthlab.shift.runner import run_shift
+
+    summary = run_shift(args.store, device=args.device, data_root=args.data_root, examples=args.examples,
+                        progress=not args.quiet, threads=args.threads, runs=args.runs, sweep=args.sweep, corruptions=args.corruptions,
+                        severities=args.severity, methods=args.methods, batch_sizes=args.batch_size,
+                        alphas=args.alpha, seeds=args.seed, episodic=args.episodic)
+    print(f"shift: measured {summary['written']} row(s) of {summary['runs']} run(s) into {args.store}"
+          + (f" ({summary['diverged']} diverged)" if summary["diverged"] else "")
+          + (f"; {summary['done_before']} were there already" if summary["done_before"] else ""))
+    print(f"compare them: depthlab compare --store {args.store} --table shift --contrast method "
+          "--by eval_batch_size")
+    return 0

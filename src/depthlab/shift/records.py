@@ -1,0 +1,66 @@
+"""Shift measurements as flat records, the shape `depthlab.analysis.compare` pairs and the report draws.
+
+A record's config is its run's config plus the measurement's settings:
+
+- `corruption`, `severity`;
+- `method`: the method's label, its α included where α is a setting (`alpha_bn:0.1`, `core_reconstructed:0.1`;
+  `tent_episodic` for an episodic method). α is part of the label rather than a field of its own: records that
+  differ only in the method must form a pair (`--contrast method`), and α differs between methods;
+- `eval_batch_size` and `shift_seed` (the run's own `batch_size` and `seed` are its training settings).
+
+Its metrics are `test_loss` and `test_acc` (`records.METRICS`): cross-entropy and accuracy of the online
+predictions on the corrupted test stream. The train and val metrics are None: the measurement has none. `q`,
+`params`, `recipe` and `sweep` are the run's, so Q bands and recipe checks work as for runs.
+"""
+
+from __future__ import annotations
+
+from depthlab.errors import DepthlabError
+from depthlab.records import config_id
+
+SETTINGS = ("corruption", "severity", "method", "eval_batch_size", "shift_seed")
+METRICS = ("test_acc", "test_loss")  # what a shift measurement records, the comparison's default metrics
+
+
+def label(row: dict) -> str:
+    """A row's method label (older rows without one in their settings: rebuilt from method and alpha)."""
+    stored = (row.get("settings") or {}).get("label")
+    if stored:
+        return stored
+    base = row["method"].removesuffix("_episodic")
+    return row["method"] + (f":{row['alpha']:g}" if base in ("alpha_bn", "core_reconstructed") else "")
+
+
+def shift_records(run_records: list[dict], rows: list[dict]) -> list[dict]:
+    """One flat record per measurement row whose run is among `run_records` (from `Store.records`), in row
+    order."""
+    runs = {r["run_id"]: r for r in run_records}
+    out = []
+    for row in rows:
+        run = runs.get(row["run_id"])
+        if run is None:
+            continue
+        config = dict(run["config"])
+        settings = dict(corruption=row["corruption"], severity=row["severity"], method=label(row),
+                        eval_batch_size=row["batch_size"], shift_seed=row["seed"])
+        clash = sorted(set(settings) & set(config))
+        if clash:
+            raise DepthlabError(f"run configs have fields named like shift settings ({', '.join(clash)}); "
+                                "rename them in depthlab.shift.records.SETTINGS")
+        config.update(settings)
+        rec = dict(config)
+        rec.update(
+            run_id=row["run_id"], config_id=config_id(config), recipe=run.get("recipe"), sweep=run.get("sweep"),
+            sweeps=run.get("sweeps", []), status=row["status"], params=run.get("params"), q=run.get("q"),
+            train_loss=None, val_loss=None, train_acc=None, val_acc=None,
+            test_loss=row.get("loss"), test_acc=row.get("accuracy"), epochs_run=None, seconds=row.get("seconds"),
+            train_seconds=None, history=[], env=row.get("env") or {}, error=None, attempts=None,
+            examples=row.get("examples"), config=config,
+        )
+        out.append(rec)
+    return out
+
+
+def load_shift_records(store, sweep: str | None = None) -> list[dict]:
+    """The flat shift records of an open store (of one sweep's runs when given)."""
+    return shift_records(store.records(sweep=sweep), store.shift_rows())

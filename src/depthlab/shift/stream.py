@@ -1,0 +1,47 @@
+"""One measurement: a trained model, a test-time method, a test stream of one corrupted set.
+
+The stream is the set in one fixed order, drawn from the seed alone (`stream_order`), cut into consecutive
+batches of the evaluation batch size (the last may be smaller): the same stream for every method and every run,
+so a paired comparison differs only in what is compared. Loss and accuracy are over the predictions the method
+made online, batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from depthlab.data import normalise
+from depthlab.shift.methods import Method, TestTimeModel
+
+STREAM = 0x5731  # the stream of the seed's generators that draws the order (corruptions use others)
+
+
+def stream_order(n: int, seed: int) -> torch.Tensor:
+    """The order in which a set of n examples is streamed: a permutation fixed by the seed."""
+    return torch.from_numpy(np.random.default_rng([int(seed), STREAM]).permutation(n))
+
+
+def measure(model, x: torch.Tensor, y: torch.Tensor, mean, std, method: Method, batch_size: int, seed: int) -> dict:
+    """{"status", "loss", "accuracy", "examples", "seconds"} of `method` on the stream of (x uint8 N×C×H×W, y).
+    A NaN or infinite loss (an adaptation that blew up) gives status 'diverged' and no metrics."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    started = time.perf_counter()
+    runner = TestTimeModel(model, method)
+    order = stream_order(len(x), seed).to(x.device)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        logits = runner(normalise(x[idx], mean, std)).float()
+        loss_sum += float(F.cross_entropy(logits, y[idx], reduction="sum"))
+        correct += int((logits.argmax(1) == y[idx]).sum())
+    seconds = time.perf_counter() - started
+    n = len(x)
+    if n == 0 or not math.isfinite(loss_sum):
+        return dict(status="diverged", loss=None, accuracy=None, examples=n, seconds=seconds)
+    return dict(status="done", loss=loss_sum / n, accuracy=correct / n, examples=n, seconds=seconds)
