@@ -191,3 +191,30 @@ def test_the_report_draws_the_pruning_profile_of_a_pruned_sweep():
     rows = plots.prune_rows(records)
     assert len(rows) == 4 and rows[0]["blocks"] == pytest.approx([0.3, 0.3])
     assert 'id="fig-prune"' in build_report(records, title="pruned")
+
+
+@pytest.mark.parametrize("branch,kernel,topology", [("conv", 3, "sequential"), ("conv", 3, "parallel"),
+                                                    ("lk", 7, "sequential"), ("lk", 7, "parallel")])
+def test_crop_keep_copies_the_kept_channels(branch, kernel, topology):
+    spec = ModelSpec(width=6, blocks=2, kernel=kernel, branch=branch, topology=topology, input_size=8,
+                     head="flatten")
+    dense = build(spec, seed=0).double().eval()
+    masks = prune.compute_masks(dense, "magnitude", 0.5)
+    same = build(spec, seed=1).double().eval()  # cropping nothing away keeps the whole network
+    prune.keep_cropped(dense, masks, same)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(same(x), dense(x))
+    small = build(spec.replace(width=4, hidden=3), seed=1).double()
+    prune.keep_cropped(dense, masks, small)
+    dense_stem, small_stem = dense.stem.weight, small.stem.weight
+    assert all(any(torch.equal(row, d) for d in dense_stem) for row in small_stem)  # rows of the dense stem
+    with pytest.raises(ValueError, match="wider than the dense one"):
+        prune.keep_cropped(dense, masks, build(spec.replace(hidden=9), seed=0).double())
+
+
+def test_a_crop_keep_run_trains(data):
+    fields = dict(dataset="synthetic", val_split=64, width=8, blocks=2, batch_size=32, epochs=1, head="gap",
+                  prune="magnitude", density=0.5, prune_structure="crop", crop_init="keep")
+    (result,) = train_pack([RunConfig(**fields)], data)
+    assert result.status == "done" and result.final["widths"][0] <= 8

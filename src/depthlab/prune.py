@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from depthlab.models import block_weights, locate
-from depthlab.models.branches import is_weight_name
+from depthlab.models.branches import is_weight_name, view_roles
 
 METHODS = ("none", "random", "magnitude", "snip", "grasp", "synflow", "erk", "precrop_params", "precrop_flops")
 SCORED = ("random", "magnitude", "snip", "grasp", "synflow")
 STRUCTURES = ("mask", "crop")
-CROP_INITS = ("reinit",)  # a cropped network starts afresh with its own fan-in (keeping weights: not built yet)
+CROP_INITS = ("reinit", "keep")  # a cropped network starts afresh (its own fan-in) or keeps the dense one's
 EXAMPLES_PER_CLASS = 10   # SNIP's and GraSP's data: this many training examples of each class
 SYNFLOW_ITERATIONS = 100  # SynFlow's exponential schedule
 GRASP_TEMPERATURE = 200
@@ -308,3 +308,57 @@ def class_batch(x, y, classes: int, per_class: int = EXAMPLES_PER_CLASS):
     chosen = [torch.nonzero(y == k).flatten()[:per_class] for k in range(classes)]
     index = torch.cat(chosen)
     return x[index], y[index]
+
+
+@torch.no_grad()
+def keep_cropped(dense, masks: dict[str, torch.Tensor], cropped) -> None:
+    """crop_init keep: fill the cropped one-model network with the dense network's weights (and statistics) of the
+    channels the mask used most: the C' stream channels and, per block, the h' hidden channels holding the most
+    kept weights. Each cropped width must be at most the dense one."""
+    spec, small = dense.spec, cropped.spec
+    mask_net = copy.deepcopy(dense)
+    for name, p in mask_net.named_parameters():
+        p.data = masks[name].clone() if name in masks else torch.zeros_like(p)
+    stream = torch.zeros(spec.width)
+    stream += mask_net.stem.weight.reshape(spec.width, -1).sum(1)
+    stream += mask_net.head.weight[0].reshape(spec.num_classes, spec.width, -1).sum((0, 2))
+    hidden_scores = []
+    for i in range(spec.blocks):
+        layer, branch = locate(mask_net, i)
+        score = torch.zeros(layer.hidden[branch])
+        for key, view in block_weights(layer, branch).items():
+            roles = view_roles(layer, key)
+            for axis, role in enumerate(roles):
+                dims = tuple(d + 1 for d in range(len(roles)) if d != axis)
+                if role == "stream" and is_weight_name(key):
+                    stream += view.sum(dims)[0] if dims else view[0]
+                if role == "hidden" and is_weight_name(key):
+                    score += view.sum(dims)[0] if dims else view[0]
+        hidden_scores.append(score)
+    too_wide = [(i, h, s.numel()) for i, (h, s) in enumerate(zip(small.block_hidden, hidden_scores)) if h > s.numel()]
+    if small.width > spec.width or too_wide:
+        raise ValueError(f"crop_init keep: the cropped network is wider than the dense one (stream {small.width} of "
+                         f"{spec.width}; blocks {too_wide}): use crop_init reinit")
+    keep_stream = torch.topk(stream, small.width).indices.sort().values
+    keep_hidden = [torch.topk(s, h).indices.sort().values for s, h in zip(hidden_scores, small.block_hidden)]
+    pick = {"stream": keep_stream}
+    cropped.stem.weight.copy_(dense.stem.weight[keep_stream])
+    if dense.stem.bias is not None:
+        cropped.stem.bias.copy_(dense.stem.bias[keep_stream])
+    for i in range(spec.blocks):
+        (big_layer, big_branch), (small_layer, small_branch) = locate(dense, i), locate(cropped, i)
+        small_views = block_weights(small_layer, small_branch)
+        pick["hidden"] = keep_hidden[i]
+        for key, view in block_weights(big_layer, big_branch).items():
+            for axis, role in enumerate(view_roles(big_layer, key)):
+                if role is not None:
+                    view = view.index_select(axis + 1, pick[role])
+            small_views[key].copy_(view)
+        small_layer.scale.copy_(big_layer.scale)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        tensor = getattr(dense.head.norm, key, None)
+        if isinstance(tensor, torch.Tensor):
+            getattr(cropped.head.norm, key).copy_(tensor[keep_stream])
+    weight = dense.head.weight.reshape(1, spec.num_classes, spec.width, -1)[:, :, keep_stream]
+    cropped.head.weight.copy_(weight.reshape(cropped.head.weight.shape))
+    cropped.head.bias.copy_(dense.head.bias)

@@ -174,6 +174,14 @@ class ConvBranch:
         return views
 
     @staticmethod
+    def roles(key: str) -> tuple:
+        """What each axis of a view (model axis excluded) indexes: the branch's hidden channels, the stream's
+        channels, or neither (kernel taps)."""
+        if key == "conv1.weight":
+            return ("hidden", "stream", None, None)
+        return ("hidden",)  # conv1.bias, norm.*
+
+    @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
         m, c, k = layer.models, layer.width, layer.kernel
         h = views["conv1.weight"].shape[1]
@@ -290,6 +298,16 @@ class LargeKernelBranch:
         return views
 
     @staticmethod
+    def roles(key: str) -> tuple:
+        if key == "pw1.weight":
+            return ("hidden", "stream", None, None)
+        if key == "pw1.bias":
+            return ("hidden",)
+        if key.endswith(".weight") and key.startswith("dw"):
+            return ("stream", None, None, None)
+        return ("stream",)  # depthwise biases, their norms, the block norm (over the stream's channels)
+
+    @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
         m, c = layer.models, layer.width
         h = views["pw1.weight"].shape[1]
@@ -363,6 +381,17 @@ class LargeKernelBranch:
 
 
 BRANCHES = {cls.name: cls for cls in (ConvBranch, LargeKernelBranch)}
+
+
+def view_roles(layer, key: str) -> tuple:
+    """The axis roles of a `block_weights` view: the branch type's, or the layer's own (last conv, bias, α)."""
+    if key == "conv2.weight":
+        return ("stream", "hidden", None, None)
+    if key == "bias2":
+        return ("stream",)
+    if key == "alpha":
+        return ()
+    return layer.branch.roles(key)
 
 
 def branch_type(name: str):

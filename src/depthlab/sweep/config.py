@@ -52,7 +52,7 @@ class RunConfig:
     prune: str = "none"                  # pruning at initialisation: see depthlab.prune.METHODS
     density: float = 1.0                 # the kept fraction of the prunable weights, in (0, 1]
     prune_structure: str = "mask"        # mask (sparse, kept through training) or crop (PreCropping: narrower)
-    crop_init: str = "reinit"            # crop: reinit (fresh, its own fan-in)
+    crop_init: str = "reinit"            # crop: reinit (fresh, its own fan-in) or keep (the dense weights kept)
     # training
     optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
     lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)

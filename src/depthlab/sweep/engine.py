@@ -306,13 +306,16 @@ def _mask_record(net, masks) -> dict[int, dict]:
 
 def _cropped(configs, models, dataset) -> tuple[list, dict]:
     """PreCropping of a run (cropped runs train alone): mask the dense model, read its layer densities off the
-    mask, and build the narrower network that realises them, initialised afresh from the seed (its own fan-in)."""
+    mask, and build the narrower network that realises them, initialised afresh from the seed (its own fan-in)
+    or, with crop_init keep, with the dense network's weights of the channels kept."""
     (config,), (dense,) = configs, models
     masks = prune.compute_masks(dense, config.prune, config.density,
                                 data=_prune_data(dataset, 1, torch.device("cpu"))
                                 if config.prune in ("snip", "grasp") else None, seed=config.seed)
     spec = prune.crop_spec(dense, masks)
     model = build(spec, seed=config.seed)
+    if config.crop_init == "keep":  # the dense network's weights of the channels the mask used most
+        prune.keep_cropped(dense, masks, model)
     sizes_dense = sum(prune.layer_sizes(dense).values())
     sizes = prune.layer_sizes(model)
     record = {"layer_density": prune.layer_densities(dense, masks)[0], "widths": [spec.width, *spec.block_hidden],
