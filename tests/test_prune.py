@@ -218,3 +218,22 @@ def test_a_crop_keep_run_trains(data):
                   prune="magnitude", density=0.5, prune_structure="crop", crop_init="keep")
     (result,) = train_pack([RunConfig(**fields)], data)
     assert result.status == "done" and result.final["widths"][0] <= 8
+
+
+def test_pruned_runs_resume_like_any_run(tmp_path):
+    from depthlab.sweep.runner import run_sweep
+    from depthlab.sweep.spec import SweepSpec
+    from depthlab.sweep.store import Store
+
+    spec = SweepSpec.from_dict({
+        "name": "p", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 16,
+                                  "width": 4, "blocks": 2, "stem_stride": 2, "batch_size": 32, "epochs": 1,
+                                  "prune": "synflow", "density": 0.5},
+        "grid": {"prune_structure": ["mask", "crop"], "seed": [0, 1]}})
+    store = tmp_path / "s.sqlite"
+    first = run_sweep(spec, store, device="cpu", progress=False, limit=3)
+    assert sum(first["trained"].values()) == 3
+    second = run_sweep(spec, store, device="cpu", progress=False)
+    assert sum(second["trained"].values()) == 1 and second["counts"]["done"] == 4
+    records = Store(store).records()
+    assert all(r["realised_density"] and r["pruned_params"] and r["layer_density"] for r in records)
