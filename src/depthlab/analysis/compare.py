@@ -134,6 +134,13 @@ def contrast_values(records: list[dict], field: str) -> list:
     return sorted(seen.values(), key=lambda v: contrast_order(field, v))
 
 
+def first_two_values(records: list[dict], contrast: str) -> tuple:
+    """The default a and b of a contrast: its first two values in contrast order (sequential and parallel for
+    topology); None where there are fewer."""
+    values = contrast_values(records, contrast) + [None, None]
+    return values[0], values[1]
+
+
 def mean_or_none(values):
     """The mean of a list of floats, None for an empty one."""
     return float(np.mean(values)) if values else None
@@ -200,11 +207,8 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
     superseded by a newer recipe of their config; pairs not formed (or, when allowed, formed) although their
     runs were trained by different recipes. Records of other values are ignored."""
     records, superseded = latest_recipes(records)
-    if a is None or b is None:
-        values = contrast_values(records, contrast)
-        if contrast == "topology":
-            values = [v for v in TOPOLOGIES if v in values] + [v for v in values if v not in TOPOLOGIES]
-        a, b = (values + [None, None])[:2] if a is None and b is None else (a, b)
+    if a is None and b is None:
+        a, b = first_two_values(records, contrast)
     key_a, key_b = canonical_json(a), canonical_json(b)
     buckets: dict[str, dict[str, list]] = {}
     for rec in records:
@@ -348,12 +352,9 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     else:
         margin_rule = f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
 
+    if a is None and b is None:
+        a, b = first_two_values(latest_recipes(records)[0], contrast)
     pairs, info = pair_records(records, contrast, a, b, allow_mixed_recipes=allow_mixed_recipes)
-    if a is None or b is None:  # the values pair_records chose
-        values = contrast_values(latest_recipes(records)[0], contrast)
-        if contrast == "topology":
-            values = [v for v in TOPOLOGIES if v in values] + [v for v in values if v not in TOPOLOGIES]
-        a, b = (values + [None, None])[:2]
     labels = (value_label(contrast, a), value_label(contrast, b))
     items = []
     for left, right in pairs:
@@ -476,8 +477,6 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     else:
         recipes = check_recipes(records, contrast)
     values = contrast_values(latest_recipes(records)[0], contrast)
-    if contrast == DEFAULT_CONTRAST:
-        values = [v for v in values if v in TOPOLOGIES] + [v for v in values if v not in TOPOLOGIES]
     value_pairs = [(a, b) for i, a in enumerate(values) for b in values[i + 1:]]
     notes = [
         f"d = b - a over pairs of runs whose configs differ only in {contrast}.",
