@@ -3,7 +3,6 @@ nothing lost or changed."""
 
 import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,6 @@ from depthlab.sweep.runner import run_sweep
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_v0"  # written before schema versions
 SPEC = {"name": "r", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 32,
                                   "width": 4, "stem_stride": 2, "batch_size": 32, "epochs": 1},
         "grid": {"topology": ["sequential", "parallel"], "seed": [0, 1, 2]}}
@@ -34,7 +32,8 @@ def test_a_store_that_would_keep_nothing_is_refused_before_training(where, tmp_p
     assert os.listdir(tmp_path) == []
 
 
-def test_read_commands_work_on_a_store_that_cannot_be_written_and_change_nothing(store, tmp_path, capsys):
+def test_read_commands_work_on_a_store_that_cannot_be_written_and_change_nothing(store, old_store, tmp_path,
+                                                                                     capsys):
     copy = tmp_path / "ro.sqlite"
     copy.write_bytes(store.read_bytes())
     os.chmod(copy, 0o444)
@@ -48,8 +47,7 @@ def test_read_commands_work_on_a_store_that_cannot_be_written_and_change_nothing
         os.chmod(copy, 0o644)
     assert copy.read_bytes() == before
     # a store of an older schema is read through a migrated in-memory copy: the file itself is not migrated
-    old = tmp_path / "old.sqlite"
-    old.write_bytes((FIXTURE / "store.sqlite").read_bytes())
+    old = old_store
     before = old.read_bytes()
     for argv in (["status"], ["results"], ["compare", "--n-boot", "200"], ["summary"],
                  ["report", "--out", str(tmp_path / "old.html")]):

@@ -17,21 +17,6 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def randomise(model, seed=0):
-    """Non-trivial norm affines, running statistics, α and biases, so that no test passes on zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha") or "norm" in name or name.endswith("bias2") or name.endswith(".bias"):
-                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
-    return model
-
-
 def lk(**changes):
     values = dict(width=4, blocks=3, kernel=7, hidden=6, branch="lk", norm="batch", in_channels=1, input_size=16,
                   num_classes=3)
@@ -47,7 +32,7 @@ def test_the_dilated_table_is_unireplknets():
 
 
 @pytest.mark.parametrize("kernel,reparam", [(k, r) for k in DILATED_BRANCHES for r in REPARAMS])
-def test_merged_model_equals_the_training_time_model_in_eval_mode(kernel, reparam):
+def test_merged_model_equals_the_training_time_model_in_eval_mode(kernel, reparam, randomise):
     spec = lk(kernel=kernel, reparam=reparam, topology="parallel", input_size=2 * kernel)
     model = randomise(build(spec, seed=1).double(), seed=2).eval()
     fused = fuse_for_inference(model)
@@ -83,7 +68,7 @@ def test_a_dilated_kernel_is_a_dense_one_with_zeros(kernel, dilation):
 @pytest.mark.parametrize("norm,reparam,scale", [("batch", "dilated", "1/sqrt(n)"), ("group", "same_kernel", "1"),
                                                 ("none", "same_equivalent", "learnable"), ("batch", "none", "1/n")])
 @pytest.mark.parametrize("train", [True, False])
-def test_parallel_lk_layer_equals_branch_by_branch(norm, reparam, scale, train):
+def test_parallel_lk_layer_equals_branch_by_branch(norm, reparam, scale, train, randomise):
     spec = lk(norm=norm, reparam=reparam, residual_scale=scale, topology="parallel", blocks=4)
     for models in (1, 3):
         net = randomise(pack([build(spec, seed=s).double() for s in range(models)]), seed=5).train(train)
@@ -93,7 +78,7 @@ def test_parallel_lk_layer_equals_branch_by_branch(norm, reparam, scale, train):
             assert rel_err(layer(x), x + sum(branch_output(layer, b, x) for b in range(4))) < 1e-10
 
 
-def test_lk_topologies_share_blocks_and_parameters():
+def test_lk_topologies_share_blocks_and_parameters(randomise):
     spec = lk(reparam="dilated", blocks=4)
     seq = randomise(build(spec, seed=3).double(), seed=4).eval()
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
@@ -106,7 +91,7 @@ def test_lk_topologies_share_blocks_and_parameters():
     assert counts == {spec_params(spec)}
 
 
-def test_a_pack_of_lk_models_equals_the_models_alone():
+def test_a_pack_of_lk_models_equals_the_models_alone(randomise):
     spec = lk(reparam="dilated", kernel=5, topology="parallel", blocks=2)
     models = [randomise(build(spec, seed=s).double(), seed=s) for s in range(3)]
     packed = pack(models)

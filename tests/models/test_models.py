@@ -13,27 +13,12 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def randomise(model, seed=0):
-    """Non-trivial values everywhere (norm affines, running stats, α), so no test passes on zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("alpha") or "norm" in name or name.endswith("bias2"):
-                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
-    return model
-
-
 NORMS = [("batch", "1/sqrt(n)"), ("group", "learnable"), ("none", "1/n"), ("none", "learnable")]
 
 
 @pytest.mark.parametrize("norm,scale", NORMS)
 @pytest.mark.parametrize("train", [True, False])
-def test_parallel_fused_equals_branch_by_branch(norm, scale, train):
+def test_parallel_fused_equals_branch_by_branch(norm, scale, train, randomise):
     spec = ModelSpec(width=6, blocks=4, kernel=3, hidden=8, topology="parallel", norm=norm, residual_scale=scale)
     model = randomise(build(spec, seed=1).double(), seed=2).train(train)
     for models in (1, 3):
@@ -47,7 +32,7 @@ def test_parallel_fused_equals_branch_by_branch(norm, scale, train):
 
 
 @pytest.mark.parametrize("norm,scale", NORMS)
-def test_topologies_agree_on_the_same_weights(norm, scale):
+def test_topologies_agree_on_the_same_weights(norm, scale, randomise):
     spec = ModelSpec(width=4, blocks=4, kernel=5, topology="sequential", norm=norm, residual_scale=scale,
                      in_channels=2, input_size=12)
     seq = randomise(build(spec, seed=3).double(), seed=4).eval()
@@ -106,7 +91,7 @@ def count_flops(model, spec):
 
 @pytest.mark.parametrize("topology,norm,scale", [("sequential", "batch", "1"), ("parallel", "batch", "1/n"),
                                                  ("groups:2", "group", "1"), ("sequential", "none", "learnable")])
-def test_pack_equals_separate_models(topology, norm, scale):
+def test_pack_equals_separate_models(topology, norm, scale, randomise):
     spec = ModelSpec(width=8, blocks=4, kernel=3, topology=topology, norm=norm, residual_scale=scale,
                      head="flatten" if norm == "group" else "gap", input_size=10)
     singles = [randomise(build(spec, seed=s), seed=s) for s in range(3)]
@@ -130,7 +115,7 @@ def test_pack_equals_separate_models(topology, norm, scale):
                 assert torch.allclose(b1.float(), b2.float(), rtol=1e-6, atol=1e-7), name
 
 
-def test_pack_unpack_roundtrip():
+def test_pack_unpack_roundtrip(randomise):
     spec = ModelSpec(width=4, blocks=2)
     models = [randomise(build(spec, seed=s), s) for s in range(4)]
     for a, b in zip(models, unpack(pack(models))):
@@ -141,7 +126,7 @@ def test_pack_unpack_roundtrip():
 
 
 @pytest.mark.parametrize("topology", ["sequential", "parallel"])
-def test_fuse_for_inference_matches_eval(topology):
+def test_fuse_for_inference_matches_eval(topology, randomise):
     spec = ModelSpec(width=8, blocks=3, topology=topology, kernel=5, norm="batch", residual_scale="1/sqrt(n)")
     model = randomise(build(spec, seed=0).double(), seed=5).eval()
     fused = fuse_for_inference(model)

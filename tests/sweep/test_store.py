@@ -5,14 +5,12 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -228,17 +226,6 @@ def test_a_run_shared_by_two_sweeps_belongs_to_both_and_is_stored_once(tmp_path)
 
 # -- schema versions and migrations -------------------------------------------------------------------------------
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_v0"  # written by depthlab 0.1.0, before versions
-
-
-def fixture_copy(tmp_path) -> Path:
-    """A copy of the committed store (and its weights) that depthlab wrote before schema versions existed."""
-    path = tmp_path / "store.sqlite"
-    shutil.copy(FIXTURE / "store.sqlite", path)
-    shutil.copytree(FIXTURE / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
-    return path
-
-
 def raw(path, sql):
     con = sqlite3.connect(path)
     try:
@@ -247,8 +234,8 @@ def raw(path, sql):
         con.close()
 
 
-def test_an_old_store_migrates_once_and_keeps_every_run(tmp_path):
-    path = fixture_copy(tmp_path)
+def test_an_old_store_migrates_once_and_keeps_every_run(old_store, tmp_path):
+    path = old_store
     before = {r[0]: r[1:] for r in raw(path, "SELECT run_id, status, val_loss, history, sweep FROM runs")}
     assert raw(path, "PRAGMA user_version") == [(0,)] and len(before) == 8
     with Store(path) as store:
@@ -271,8 +258,8 @@ def test_an_old_store_migrates_once_and_keeps_every_run(tmp_path):
         assert store.migrated == [] and len(store.records()) == 8
 
 
-def test_a_store_from_before_shared_sweeps_gets_its_links(tmp_path):
-    path = fixture_copy(tmp_path)
+def test_a_store_from_before_shared_sweeps_gets_its_links(old_store):
+    path = old_store
     raw(path, "DROP TABLE sweep_runs")
     with Store(path) as store:
         assert store.sweeps() == ["fixture", "fixture-b"]
@@ -289,8 +276,8 @@ def test_a_store_of_a_newer_depthlab_is_refused_untouched(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_read_only_opens_change_nothing(tmp_path):
-    path = fixture_copy(tmp_path)
+def test_read_only_opens_change_nothing(old_store, tmp_path):
+    path = old_store
     before = path.read_bytes()
     with Store.existing(path, readonly=True) as store:  # an old store is migrated in memory only
         assert len(store.records()) == 8 and store.migrated == list(range(1, SCHEMA_VERSION + 1))

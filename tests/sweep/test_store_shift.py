@@ -1,15 +1,12 @@
 """Schema 3: the shift_results table, its migration from older stores, and its rows (one per key, never two)."""
 
-import shutil
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.store import MIGRATIONS, SCHEMA_VERSION, SHIFT_KEY, Store
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_v0"
 ROW = dict(run_id="abc", corruption="fog", severity=5, method="tent", batch_size=16, alpha=1.0, seed=0,
            status="done", loss=0.5, accuracy=0.9, examples=100, seconds=1.5, settings={"label": "tent"}, env={})
 
@@ -38,9 +35,8 @@ def test_a_new_store_has_the_table_and_reopens(tmp_path):
         assert store.migrated == [] and store.shift_rows() == []
 
 
-def test_a_version_2_store_migrates_and_a_read_only_open_leaves_it_as_it_was(tmp_path):
-    path = tmp_path / "s.sqlite"
-    shutil.copy(FIXTURE / "store.sqlite", path)
+def test_a_version_2_store_migrates_and_a_read_only_open_leaves_it_as_it_was(old_store):
+    path = old_store
     with Store(path):
         pass
     raw(path, "DROP TABLE shift_results")
