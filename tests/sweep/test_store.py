@@ -471,3 +471,10 @@ def test_retry_puts_failed_runs_back(tmp_path):
     assert finish(store, ids[1], owner)
     assert store.retry(ids) == 1
     assert [r["status"] for r in store.records()] == ["pending", "done"]
+
+
+def test_records_of_given_runs(store):
+    ids = store.add_runs([cfg(i) for i in range(4)], sweep="a", recipe=1)
+    assert [r["run_id"] for r in store.records(run_ids=[ids[2], ids[0]])] == [ids[0], ids[2]]  # insertion order
+    assert store.records(run_ids=[]) == [] and store.records(run_ids=["nope"]) == []
+    assert [r["run_id"] for r in store.records(run_ids=ids[1:], status="pending", sweep="a")] == ids[1:]

@@ -16,9 +16,9 @@ import sys
 
 from depthlab.cli.args import non_negative_int, positive_float, positive_int
 from depthlab.errors import DepthlabError
+from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 FMT = argparse.ArgumentDefaultsHelpFormatter
-DEFAULT_STORE = "depthlab.sqlite"  # depthlab.sweep.store's; not imported here, so --help stays light
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -367,7 +367,7 @@ def _stored_run(store_path, run: str, data_root=None):
 
     rid = resolve(store_path, run).stem
     with Store.existing(store_path, readonly=True) as store:
-        record = next((r for r in store.records() if r["run_id"] == rid), None)
+        record = next(iter(store.records(run_ids=[rid])), None)
     if record is None:
         raise DepthlabError(f"run {rid}: weights exist next to {store_path} but the store has no such run")
     from depthlab.sweep.config import RunConfig
@@ -421,7 +421,7 @@ def _train(args, configs, sweep: str) -> dict:
 
     ids = {run_id(c.to_dict(), engine.RECIPE): c for c in configs}
     with Store(args.store) as store:
-        return {r["run_id"]: r for r in store.records() if r["run_id"] in ids}
+        return {r["run_id"]: r for r in store.records(run_ids=ids)}
 
 
 def _trained_model(args, record, data):

@@ -9,8 +9,7 @@ import sys
 
 from depthlab.cli.args import positive_int
 from depthlab.errors import DepthlabError
-
-DEFAULT_STORE = "depthlab.sqlite"  # depthlab.sweep.store's; not imported here, so --help stays light
+from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 
 def _csv(kind):

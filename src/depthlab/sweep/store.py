@@ -524,8 +524,12 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------------------
 
-    def _where(self, status=None, sweep=None) -> tuple[str, list]:
+    def _where(self, status=None, sweep=None, run_ids=None) -> tuple[str, list]:
         clauses, params = [], []
+        if run_ids is not None:  # a few runs by id (an analysis of stored runs), not a whole sweep
+            ids = list(run_ids)
+            clauses.append(f"run_id IN ({', '.join('?' * len(ids))})" if ids else "0")
+            params += ids
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             for s in statuses:
@@ -538,11 +542,11 @@ class Store:
             params.append(sweep)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def records(self, *, status=None, sweep=None) -> list[dict]:
+    def records(self, *, status=None, sweep=None, run_ids=None) -> list[dict]:
         """One record per run, in insertion order (see `depthlab.records` for its keys: every config field, the
         RECORD_FIELDS, extra final metrics). With `sweep`, the runs that sweep lists (shared runs included),
-        each record's "sweep" being that sweep."""
-        where, params = self._where(status, sweep)
+        each record's "sweep" being that sweep; with `run_ids`, those runs only."""
+        where, params = self._where(status, sweep, run_ids)
         sweeps_of = ("(SELECT json_group_array(sweep) FROM (SELECT sweep FROM sweep_runs s "
                      "WHERE s.run_id = runs.run_id ORDER BY s.rowid)) AS sweeps_json")
         out = []
