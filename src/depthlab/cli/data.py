@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from depthlab.data.download import default_data_dir
 
-from depthlab.data import available, check, default_data_dir, load, locate
-from depthlab.data.datasets import entry, offline_problem
+if TYPE_CHECKING:
+    import torch
 
+# The datasets of `depthlab.data.available()` (a test checks), listed here because its registry imports torch.
+DATASETS = ("cifar10", "mnist", "synthetic")
 ROOT_HELP = (
     "directory holding the dataset's files, or a data directory with one subdirectory per dataset "
     "(default: $DEPTHLAB_DATA or ~/.cache/depthlab, currently %(default_dir)s)"
@@ -41,7 +44,7 @@ def register(subparsers) -> None:
         "and label ranges, and print counts per split, label counts and the train pixel mean. Exits 0 when "
         "everything is fine, 2 with the file and the fix otherwise.",
     )
-    verify.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(available())}")
+    verify.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(DATASETS)}")
     verify.add_argument("--root", type=Path, help=root_help)
     verify.add_argument(
         "--no-download", action="store_true", help="fail instead of downloading a dataset that is not found offline"
@@ -52,6 +55,8 @@ def register(subparsers) -> None:
 
 
 def cmd_list(args) -> int:
+    from depthlab.data.datasets import available, entry, locate, offline_problem
+
     rows = [("name", "shape", "classes", "train", "test", "offline")]
     for name in available():
         ent = entry(name)
@@ -70,11 +75,15 @@ def cmd_list(args) -> int:
 
 
 def _label_counts(y: torch.Tensor, num_classes: int) -> str:
+    import torch
+
     counts = torch.bincount(y.cpu(), minlength=num_classes).tolist()
     return " ".join(f"{k}:{c}" for k, c in enumerate(counts))
 
 
 def verify_one(name: str, root: Path | None, download: bool) -> None:
+    from depthlab.data.datasets import check, entry, load
+
     ds = load(name, root=root, download=download)
     check(ds, sizes=entry(name).sizes)
     c, h, w = ds.train_x.shape[1:]
@@ -90,6 +99,8 @@ def verify_one(name: str, root: Path | None, download: bool) -> None:
 
 
 def cmd_verify(args) -> int:
+    from depthlab.data.datasets import available, locate
+
     if args.name:
         verify_one(args.name, args.root, not args.no_download)
         return 0

@@ -10,6 +10,10 @@ signal killed); a SIGHUP that was ignored when the command started (`nohup`) sta
 A reader that stops early (`depthlab results | head -1`) ends the command quietly with exit 141, what a shell
 reports for a process that SIGPIPE stopped (`set -o pipefail` sees it as usual). A full disk prints one line
 naming it and exits 1.
+
+Building the parser stays light, so that `--help`, `status` and `results` start at once: a command module imports
+torch, matplotlib and scipy (and the modules that import them) only in the functions that run its commands
+(tests/cli/test_startup.py checks).
 """
 
 from __future__ import annotations
