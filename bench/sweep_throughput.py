@@ -2,7 +2,8 @@
 
 The baseline is what a researcher writes by hand: for each config, build the model, `torch.optim.Adam`, and loop
 over shuffled minibatches of 128 from tensors already on the device, float32, no packing. The packed engine
-trains each pack of same-shape configs as one module (bf16 autocast and channels_last on CUDA). Both train every
+trains each pack of same-shape configs as one module, at `--precision` (default auto: bf16 autocast where the
+device has native bf16, as `depthlab run`; channels_last on CUDA and in bf16). Both train every
 config for the same number of samples, after a warm-up over the same shapes (cuDNN autotuning, allocator,
 kernel caches), with cuDNN autotuning on for both.
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from depthlab.data import load, locate, normalise
 from depthlab.models import build, flops
+from depthlab.precision import resolve
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import synchronize, train_pack
 from depthlab.sweep.packs import make_packs
@@ -93,12 +95,13 @@ def baseline(configs, data, device) -> float:
     return seconds
 
 
-def packed(packs, data, device, compile) -> tuple[float, float]:
+def packed(packs, data, device, compile, precision: str = "auto") -> tuple[float, float]:
     """Every pack through the engine. Returns (seconds in training steps, seconds in all)."""
     synchronize(device)
     start, training = time.perf_counter(), 0.0
     for pack_configs in packs:
-        training += train_pack(pack_configs, data, device=device, compile=compile)[0].train_seconds
+        training += train_pack(pack_configs, data, device=device, compile=compile,
+                               precision=precision)[0].train_seconds
     synchronize(device)
     return training, time.perf_counter() - start
 
@@ -114,6 +117,7 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=1000, help="test images the engine evaluates (default: 1,000)")
     parser.add_argument("--max-pack", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -132,14 +136,15 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"set {args.set}: {len(configs)} configs ({seeds} per shape) in {len(packs)} packs "
           f"(sizes {sorted({len(p) for p in packs})}), {c0.epochs} epochs of {subset} {c0.dataset} examples each "
-          f"({data.name} data), on {name}")
+          f"({data.name} data), on {name} in {resolve(args.precision, device)}")
     # warm-up over the very shapes that are timed: the same packs, and one model of each shape, a few steps each
     tiny = shrunk(data, 4 * c0.batch_size, min(256, args.test))
-    packed([[dataclasses.replace(c, epochs=1) for c in p] for p in packs], tiny, device, args.compile)
+    packed([[dataclasses.replace(c, epochs=1) for c in p] for p in packs], tiny, device, args.compile,
+           args.precision)
     one_per_shape = {c.pack_key(): dataclasses.replace(c, epochs=1) for c in configs}
     baseline(list(one_per_shape.values()), tiny, device)
 
-    t_train, t_all = packed(packs, data, device, args.compile)
+    t_train, t_all = packed(packs, data, device, args.compile, args.precision)
     t_base = baseline(configs, data, device)
     print(f"{'':>24} {'seconds':>9} {'model-samples/s':>16} {'TFLOP/s':>8}")
     for label, t in (("baseline", t_base), ("packed: training", t_train), ("packed: with evaluation", t_all)):

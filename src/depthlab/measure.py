@@ -11,13 +11,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from depthlab import precision as precisions
+
 EVAL_BATCH = 1000
 COMPLEXITY_EXAMPLES = 128  # training examples over which the engine averages the geometric complexity
 
 
-def evaluate(net, x, y, mean, std, models: int | None = None, amp: bool = False, batch_size: int = EVAL_BATCH) \
-        -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-model mean cross-entropy and accuracy over (x, y), in eval mode (the mode is restored after).
+def evaluate(net, x, y, mean, std, models: int | None = None, precision: str = "fp32",
+             batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model mean cross-entropy and accuracy over (x, y), in eval mode (the mode is restored after) and
+    inference mode, at `precision` (auto, fp32, bf16: `depthlab.precision`; the loss is summed in float32).
     NaN for an empty split. `models` defaults to `net.models` (give it for a compiled wrapper)."""
     from depthlab.data import eval_batches
 
@@ -27,8 +30,9 @@ def evaluate(net, x, y, mean, std, models: int | None = None, amp: bool = False,
     loss_sum = torch.zeros(models, device=x.device)
     correct = torch.zeros(models, device=x.device)
     count = 0
+    precision = precisions.resolve(precision, x.device)
     try:
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.inference_mode(), precisions.autocast(precision, x.device):
             for xb, yb in eval_batches(x, y, batch_size, mean, std):
                 b = yb.shape[0]
                 out = net(xb.unsqueeze(0).expand(models, *xb.shape)).float()
@@ -44,9 +48,9 @@ def evaluate(net, x, y, mean, std, models: int | None = None, amp: bool = False,
     return loss_sum / count, correct / count
 
 
-def scores(net, x, y, mean, std, batch_size: int = EVAL_BATCH) -> dict:
+def scores(net, x, y, mean, std, batch_size: int = EVAL_BATCH, precision: str = "fp32") -> dict:
     """{"accuracy", "loss"} of a one-model network: `evaluate` as plain floats."""
-    loss, acc = evaluate(net, x, y, mean, std, batch_size=batch_size)
+    loss, acc = evaluate(net, x, y, mean, std, precision=precision, batch_size=batch_size)
     return {"accuracy": float(acc[0]), "loss": float(loss[0])}
 
 

@@ -100,6 +100,15 @@ def dumps(obj) -> str:
     return json.dumps(plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def precision_of(record: dict) -> str | None:
+    """The precision a run trained in ("fp32" or "bf16"; `depthlab.precision`), from its environment; runs of
+    before it was a choice recorded `amp` ("bf16" or "off"); None when unknown (unfinished, or hand-made)."""
+    env = record.get("env") or {}
+    if env.get("precision"):
+        return env["precision"]
+    return {"bf16": "bf16", "off": "fp32"}.get(env.get("amp"))
+
+
 def config_of(record: dict) -> dict:
     """The config of a record from `Store.records` (or of a hand-made flat record without a "config" key)."""
     cfg = record.get("config")

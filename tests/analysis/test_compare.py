@@ -258,8 +258,27 @@ def test_duplicates_are_skipped_and_counted():
     dup["run_id"] = "copy"
     pairs_, info = pair_records(records + [dup])
     assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3, "n_identical": 0, "n_superseded": 0,
-                                         "n_mixed_recipes": 0}
+                                         "n_mixed_recipes": 0, "n_mixed_precisions": 0}
     assert [(s["seed"], p["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
+
+
+def test_pairs_that_mix_precisions_are_compared_and_said():
+    """Precision is how a run was computed, not what it is: pairs across precisions are formed, counted in the
+    comparison line, and a note says which precisions the runs have; runs recorded before precision was a
+    choice (env amp "off"/"bf16") count as fp32/bf16."""
+    records = pairs(BASE[:6], BASE[:6] - 0.1)
+    for i, r in enumerate(records):
+        r["env"] = {"precision": "bf16"} if i < 4 else {"amp": "off"}
+    records[0]["env"] = {"precision": "fp32"}  # pair 0: fp32 vs bf16; pair 1: bf16 vs bf16; pairs 2-5: fp32
+    pairs_, info = pair_records(records)
+    assert len(pairs_) == 6 and info["n_mixed_precisions"] == 1
+    report = compare_report(records, metrics=("val_loss",), n_boot=200)
+    assert report["precisions"] == {"bf16": 3, "fp32": 9}
+    text = format_report(report)
+    assert "1 pairs mix precisions (compared)" in text and "precision bf16, fp32" in text
+    assert "several precisions (bf16 3, fp32 9)" in text
+    one = compare_report([dict(r, env={"precision": "bf16"}) for r in records], metrics=("val_loss",), n_boot=200)
+    assert "mix precisions" not in format_report(one) and "several precisions" not in format_report(one)
 
 
 def test_pairs_from_a_store_use_the_config(tmp_path):

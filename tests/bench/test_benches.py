@@ -85,3 +85,40 @@ def test_lk_speed_prints_layout_and_merge_ratios(capsys):
     assert merged_p < eval_p and (eval_p, merged_p) == (spec_eval, spec_merged)
     flops = re.search(r"MFLOP per sample: eval ([\d.]+), merged ([\d.]+)", out)
     assert float(flops.group(2)) < float(flops.group(1))
+
+
+TINY_CPU = ["--dataset", "synthetic", "--subset", "256", "--val", "32", "--seeds", "1", "--epochs", "1",
+            "--matmul", "64", "--sizes", "1,2", "--steps", "1", "--warmup", "1", "--repeats", "1"]
+
+
+def test_cpu_throughput_prints_the_ceiling_the_ratios_and_the_tables(capsys, monkeypatch):
+    from depthlab import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # bf16 columns on any CPU (emulated)
+    module = bench("cpu_throughput")
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)
+    module.main(TINY_CPU)
+    out = capsys.readouterr().out
+    assert re.search(r"ceiling \(64x64 matmul\): fp32 [\d.]+ GFLOP/s, bf16 [\d.]+ GFLOP/s", out)
+    for label in ("baseline: plain fp32 loop", "engine fp32: training", "engine bf16: training",
+                  "engine bf16: end to end"):
+        (line,) = [row for row in out.splitlines() if row.startswith(label)]
+        assert float(re.findall(r"(\d+\.\d+)x", line)[0]) > 0
+    assert "targets (native bf16): >= 2x the baseline:" in out
+    steps = [row for row in out.splitlines() if re.match(r"(seq|par) \d blocks +(fp32|bf16) +(NCHW|channels_last)", row)]
+    assert len(steps) == 4 * 2 * 2  # shapes x precisions x layouts
+    evals = [row for row in out.splitlines() if re.match(r"(seq|par) \d blocks +(fp32|bf16) +[\d,]+ +[\d,]+$", row)]
+    assert len(evals) == 4 * 2
+
+
+def test_cpu_throughput_says_no_native_bf16_and_skips_it(capsys, monkeypatch):
+    from depthlab import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    module = bench("cpu_throughput")
+    monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: False)
+    module.main(TINY_CPU)
+    out = capsys.readouterr().out
+    assert "native bf16: no; auto precision: fp32" in out and "bf16 no native bf16 (skipped)" in out
+    assert "engine bf16" not in out and "targets" not in out
+    assert not re.search(r"blocks +bf16", out)

@@ -33,7 +33,9 @@ def test_saved_weights_reproduce_the_recorded_metrics(trained):
     model, config, rid = load_trained(store, record["run_id"][:6])
     assert rid == record["run_id"] and config.blocks == 3
     ds = load("synthetic", val_split=32, train_subset=256)
-    loss, acc = evaluate(model, ds.val_x, ds.val_y, ds.mean, ds.std, 1, amp=False)
+    # at the run's precision and layout (bf16 where the CPU has it natively: `depthlab run`'s auto)
+    model.channels_last = record["env"]["channels_last"]
+    loss, acc = evaluate(model, ds.val_x, ds.val_y, ds.mean, ds.std, 1, precision=record["env"]["precision"])
     assert float(loss[0]) == pytest.approx(record["val_loss"], rel=1e-5)
 
 

@@ -127,14 +127,18 @@ def test_lr_schedules():
     assert engine.lr_factor("linear", 0.25) == 0.75 and engine.lr_factor("constant", 0.9) == 1.0
 
 
-def test_cuda_code_path_runs_on_cpu(data):
-    """bf16 autocast and channels_last (the CUDA settings) on the CPU: same training, bf16-close results."""
+def test_bf16_training_ends_close_to_fp32(data):
+    """bf16 autocast (channels_last by default with it) trains a pack to within 5% of float32's final losses,
+    on any CPU (emulated where bf16 is not native); channels_last alone changes only float32 round-off."""
     configs = [config(seed=0, epochs=2), config(seed=1, epochs=2)]
-    fast = train_pack(configs, data, amp=True, channels_last=True, keep_weights=True)
-    plain = train_pack(configs, data, keep_weights=True)
+    fast = train_pack(configs, data, precision="bf16", keep_weights=True)
+    plain = train_pack(configs, data, precision="fp32", keep_weights=True)
     for a, b in zip(fast, plain):
-        assert a.status == "done" and a.env["amp"] == "bf16"
-        assert a.final["train_loss"] == pytest.approx(b.final["train_loss"], rel=0.05)
+        assert a.status == "done" and a.env["precision"] == "bf16" and a.env["channels_last"] is True
+        assert b.env["precision"] == "fp32" and b.env["channels_last"] is False
+        for metric in ("train_loss", "val_loss", "test_loss"):
+            assert a.final[metric] == pytest.approx(b.final[metric], rel=0.05), metric
+        assert a.final["train_loss"] != b.final["train_loss"]  # bf16 really ran
     exact = train_pack(configs, data, channels_last=True, keep_weights=True)
     for a, b in zip(exact, plain):  # NHWC kernels sum in another order: float32 round-off, nothing more
         assert_same_run(a, b, rtol=1e-3, atol=1e-4)
@@ -165,3 +169,39 @@ def test_the_environment_records_provenance_and_partial_data(data):
     assert "data_complete" not in env
     (partial,) = train_pack([config(epochs=1)], dataclasses.replace(data, complete=False))
     assert partial.env["data_complete"] is False
+
+
+def test_the_final_train_metrics_cover_at_most_the_recorded_number_of_examples(data, monkeypatch):
+    """Recipe 2: the final train loss/accuracy are measured on the first TRAIN_EVAL_EXAMPLES training examples."""
+    from depthlab.measure import evaluate
+
+    monkeypatch.setattr(engine, "TRAIN_EVAL_EXAMPLES", 100)
+    (result,) = train_pack([config(epochs=1)], data, keep_weights=True)
+    assert result.env["train_eval_examples"] == 100
+    from depthlab.models import build
+
+    model = build(config().model_spec(1, 12, 10))
+    model.load_state_dict(result.state_dict)
+    loss, acc = evaluate(model, data.train_x[:100], data.train_y[:100], data.mean, data.std)
+    assert result.final["train_loss"] == pytest.approx(float(loss[0]), rel=1e-5)
+    assert result.final["train_acc"] == pytest.approx(float(acc[0]))
+    monkeypatch.setattr(engine, "TRAIN_EVAL_EXAMPLES", 10_000)  # more than the data: all of it
+    (whole,) = train_pack([config(epochs=1)], data)
+    assert whole.env["train_eval_examples"] == len(data.train_x)
+
+
+def test_the_complexity_can_be_skipped_and_that_is_recorded(data):
+    (skipped,) = train_pack([config(epochs=1)], data, complexity=False)
+    assert skipped.status == "done" and skipped.final["geometric_complexity"] is None
+    assert skipped.env["complexity"] is False and skipped.final["val_loss"] is not None
+    (measured,) = train_pack([config(epochs=1)], data)
+    assert measured.env["complexity"] is True and measured.final["geometric_complexity"] > 0
+    assert measured.final["val_loss"] == skipped.final["val_loss"]  # nothing else changes
+
+
+def test_precision_layout_and_pack_size_are_recorded(data):
+    results = train_pack([config(epochs=1, seed=0), config(epochs=1, seed=1)], data, precision="fp32")
+    assert all(r.env["precision"] == "fp32" and r.env["channels_last"] is False and r.env["pack_size"] == 2
+               for r in results)
+    (lk,) = train_pack([config(epochs=1, branch="lk", kernel=5)], data, precision="fp32")
+    assert lk.env["channels_last"] is True  # large depthwise kernels: channels_last on the CPU in any precision

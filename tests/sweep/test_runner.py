@@ -60,6 +60,29 @@ def test_dry_run_trains_nothing(tmp_path, capsys):
     assert not store.exists()
 
 
+def test_precision_is_a_recorded_choice_not_part_of_a_runs_identity(tmp_path, capsys, monkeypatch):
+    """--precision fp32 / bf16 are recorded per run; auto follows the CPU's native bf16; a finished run is not
+    trained again in another precision; --no-complexity is recorded."""
+    from depthlab import precision
+
+    store, spec = tmp_path / "s.sqlite", str(write_spec(tmp_path))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert main(["run", spec, "--store", str(store), "--dry-run"]) == 0
+    assert "in fp32" in capsys.readouterr().out
+    assert main(["run", spec, "--store", str(store), "--precision", "fp32", "--limit", "2", "--quiet",
+                 "--no-compare", "--no-complexity"]) == 0
+    assert "in fp32" in capsys.readouterr().out
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert main(["run", spec, "--store", str(store), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 4 runs" in out and "in bf16" in out  # the 2 fp32 runs stay: the same runs
+    records = Store(store).records()
+    assert sorted(r["env"]["precision"] for r in records) == ["bf16"] * 4 + ["fp32"] * 2
+    assert all((r["env"]["complexity"] is False) == (r["env"]["precision"] == "fp32") for r in records)
+    assert all((r["geometric_complexity"] is None) == (r["env"]["precision"] == "fp32") for r in records)
+    assert "pairs mix precisions" in out and "several precisions" in out
+
+
 def test_set_overrides_fields_of_every_run(tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     assert main(["run", str(write_spec(tmp_path)), "--store", str(store), "--set", "width=2", "--set", "seed=[0]",

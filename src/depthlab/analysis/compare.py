@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.records import METRICS, STATUSES, canonical_json, config_of, finite
+from depthlab.records import METRICS, STATUSES, canonical_json, config_of, finite, precision_of
 from depthlab.sweep.export import varied_fields
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
@@ -201,11 +202,13 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
                  allow_mixed_recipes: bool = False) -> tuple[list[tuple[dict, dict]], dict]:
     """(a, b) pairs of records whose configs are identical except `contrast` (a and b: two of its values;
     default: the first two in contrast order, sequential and parallel for topology), in record order, and
-    {"n_unpaired", "n_duplicate", "n_identical", "n_superseded", "n_mixed_recipes"}: runs without a partner;
-    runs skipped because their key held more than one run of a value (no one-to-one pairing is then justified);
-    runs of one-block topology pairs, left out because with one block every wiring is the same network; runs
-    superseded by a newer recipe of their config; pairs not formed (or, when allowed, formed) although their
-    runs were trained by different recipes. Records of other values are ignored."""
+    {"n_unpaired", "n_duplicate", "n_identical", "n_superseded", "n_mixed_recipes", "n_mixed_precisions"}: runs
+    without a partner; runs skipped because their key held more than one run of a value (no one-to-one pairing
+    is then justified); runs of one-block topology pairs, left out because with one block every wiring is the
+    same network; runs superseded by a newer recipe of their config; pairs not formed (or, when allowed, formed)
+    although their runs were trained by different recipes; pairs formed whose runs were trained in different
+    precisions (`depthlab.precision`: the same run, computed differently; counted, not refused). Records of
+    other values are ignored."""
     records, superseded = latest_recipes(records)
     if a is None and b is None:
         a, b = first_two_values(records, contrast)
@@ -218,7 +221,7 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
             continue
         key = pairing_key(cfg, contrast)
         buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
-    pairs, unpaired, duplicate, identical, mixed = [], 0, 0, 0, 0
+    pairs, unpaired, duplicate, identical, mixed, mixed_precisions = [], 0, 0, 0, 0, 0
     for bucket in buckets.values():
         left, right = bucket[key_a], bucket[key_b]
         if len(left) == 1 and len(right) == 1:
@@ -229,13 +232,15 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
                 mixed += 1
                 if not allow_mixed_recipes:
                     continue
+            precisions = {precision_of(left[0]), precision_of(right[0])} - {None}
+            mixed_precisions += len(precisions) > 1
             pairs.append((left[0], right[0]))
         elif len(left) > 1 or len(right) > 1:
             duplicate += len(left) + len(right)
         else:
             unpaired += len(left) + len(right)
     return pairs, {"n_unpaired": unpaired, "n_duplicate": duplicate, "n_identical": identical,
-                   "n_superseded": superseded, "n_mixed_recipes": mixed}
+                   "n_superseded": superseded, "n_mixed_recipes": mixed, "n_mixed_precisions": mixed_precisions}
 
 
 def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
@@ -490,8 +495,15 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     if recipes["n_superseded"]:
         notes.append(f"{recipes['n_superseded']} run(s) trained by an older recipe of a config that a newer recipe "
                      "trained again are left out (superseded).")
+    by_precision = Counter(precision_of(r) for r in latest_recipes(records)[0] if precision_of(r))
+    if len(by_precision) > 1:
+        notes.append("Runs were trained in several precisions (" + ", ".join(
+            f"{p} {n}" for p, n in sorted(by_precision.items())) + "): a pair whose two runs differ in precision "
+            "is still compared (see 'pairs mix precisions'); bf16 moves final metrics by about 1%, so read small "
+            "differences of such pairs with care, or train them again in one precision (a new store).")
     return _json_safe(dict(
         n_runs=len(records), counts=counts, contrast=contrast, values=values, by=by, recipes=recipes,
+        precisions=dict(sorted(by_precision.items())),
         band_table=band_table(records, contrast),
         paired={m: [paired(records, m, margin=margin, by=by, alpha=alpha, n_boot=n_boot, seed=seed,
                            contrast=contrast, a=a, b=b, allow_mixed_recipes=allow_mixed_recipes)
@@ -537,7 +549,8 @@ def format_report(report: dict) -> str:
     out = [
         f"depthlab compare: {title}",
         f"runs: {report['n_runs']} (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")"
-        + (f"; recipe {', '.join(map(str, recipes['recipes']))}" if recipes.get("recipes") else ""),
+        + (f"; recipe {', '.join(map(str, recipes['recipes']))}" if recipes.get("recipes") else "")
+        + (f"; precision {', '.join(report['precisions'])}" if report.get("precisions") else ""),
         "",
         f"Mean final metrics of done runs by {contrast} and Q band (Q = training examples x outputs / parameters)",
     ]
@@ -566,6 +579,8 @@ def _format_comparison(metric: str, res: dict, by) -> list[str]:
     mixed = "" if not p.get("n_mixed_recipes") else (
         f"; {p['n_mixed_recipes']} pairs mix recipes" + (" (allowed)" if res.get("allow_mixed_recipes") else
                                                           " (left out)"))
+    if p.get("n_mixed_precisions"):
+        mixed += f"; {p['n_mixed_precisions']} pairs mix precisions (compared)"
     out = [
         f"{metric}: d = {b} - {a} per pair; {better} is better, so {favours} favours {b}",
         f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "

@@ -50,9 +50,10 @@ def recalibrate_batchnorm(model: ResidualNet, x, mean, std, batch_size: int = 25
     return model
 
 
-def deep_to_shallow(model: ResidualNet, data, recalibrate: bool = True) -> tuple[ResidualNet, dict]:
+def deep_to_shallow(model: ResidualNet, data, recalibrate: bool = True,
+                    precision: str = "fp32") -> tuple[ResidualNet, dict]:
     """Convert `model` (one sequential model) to the parallel wiring and measure both on `data`'s test split
-    (a `depthlab.data.Dataset`: uint8 splits with the training mean and std).
+    (a `depthlab.data.Dataset`: uint8 splits with the training mean and std) at `precision`.
 
     Returns (the parallel model, report). The report has `original`, `converted` ({accuracy, loss}),
     `retained` = converted accuracy / original accuracy, the parameter counts, and with `recalibrate` and
@@ -63,13 +64,13 @@ def deep_to_shallow(model: ResidualNet, data, recalibrate: bool = True) -> tuple
                             f"topology={model.spec.topology!r}, models={model.models}")
     test = (data.test_x, data.test_y, data.mean, data.std)
     shallow = parallel_from_sequential(model).eval()
-    original, converted = scores(model, *test), scores(shallow, *test)
+    original, converted = scores(model, *test, precision=precision), scores(shallow, *test, precision=precision)
     ratio = lambda r: r["accuracy"] / original["accuracy"] if original["accuracy"] > 0 else float("nan")
     report = {"blocks": model.spec.blocks, "params_original": param_count(model),
               "params_converted": param_count(shallow), "topology": shallow.spec.topology,
               "original": original, "converted": converted, "retained": ratio(converted)}
     if recalibrate and _has_batchnorm(shallow):
         shallow = recalibrate_batchnorm(copy.deepcopy(shallow), data.train_x, data.mean, data.std).eval()
-        report["recalibrated"] = scores(shallow, *test)
+        report["recalibrated"] = scores(shallow, *test, precision=precision)
         report["retained_recalibrated"] = ratio(report["recalibrated"])
     return shallow, report

@@ -51,18 +51,19 @@ def lesioned(model: ResidualNet, block: int):
                 views[k].copy_(saved[k])
 
 
-def lesion_study(model: ResidualNet, x, y, mean, std, blocks=None, progress: bool | None = None) -> dict:
+def lesion_study(model: ResidualNet, x, y, mean, std, blocks=None, progress: bool | None = None,
+                 precision: str = "fp32") -> dict:
     """Accuracy and loss of a trained one-model network on (x, y) (uint8 images, the training set's mean and
-    std) intact and with each block in `blocks` (default: all) deleted in turn.
+    std) intact and with each block in `blocks` (default: all) deleted in turn, evaluated at `precision`.
 
     Returns {"network": "residual" | "plain", "intact": {accuracy, loss}, "lesions": [{block, accuracy, loss,
     accuracy_drop, loss_increase}], "mean_accuracy_drop", "max_accuracy_drop"}."""
     blocks = range(model.spec.blocks) if blocks is None else blocks
-    intact = scores(model, x, y, mean, std)
+    intact = scores(model, x, y, mean, std, precision=precision)
     rows = []
     for i in progress_bar(list(blocks), desc="lesion", enabled=progress):
         with lesioned(model, i):
-            r = scores(model, x, y, mean, std)
+            r = scores(model, x, y, mean, std, precision=precision)
         rows.append({"block": i, **r, "accuracy_drop": intact["accuracy"] - r["accuracy"],
                      "loss_increase": r["loss"] - intact["loss"]})
     drops = [r["accuracy_drop"] for r in rows]

@@ -186,6 +186,7 @@ def register(subparsers) -> None:
     _training_options(p)
     p.add_argument("--no-plain", action="store_true", help="skip the plain-network contrast")
     _store_options(p)
+    _precision_option(p)
     _common(p)
     p.set_defaults(func=cmd_lesion)
 
@@ -205,8 +206,15 @@ def register(subparsers) -> None:
     p.add_argument("--no-recalibrate", action="store_true",
                    help="do not re-estimate BatchNorm statistics after the conversion")
     _store_options(p)
+    _precision_option(p)
     _common(p)
     p.set_defaults(func=cmd_convert)
+
+
+def _precision_option(p):
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="what the runs train in and the networks are evaluated in: auto is bf16 where the device "
+                   "computes it natively (CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32 (default: auto)")
 
 
 def _store_options(p):
@@ -416,7 +424,7 @@ def _train(args, configs, sweep: str) -> dict:
     from depthlab.sweep.spec import SweepSpec
 
     spec = SweepSpec.from_dict({"name": sweep, "runs": [c.to_dict() for c in configs]})
-    run_sweep(spec, args.store, device="auto", save_weights=True, progress=not args.quiet)
+    run_sweep(spec, args.store, device="auto", save_weights=True, progress=not args.quiet, precision=args.precision)
     from depthlab.sweep.store import Store
 
     ids = {run_id(c.to_dict(), engine.RECIPE): c for c in configs}
@@ -459,6 +467,7 @@ def _networks(args, contrasts: dict, sweep: str):
 
 def cmd_lesion(args) -> int:
     from depthlab.analysis.lesion import lesion_study
+    from depthlab.precision import resolve
 
     contrasts = {} if args.no_plain else {"plain": {"skip": False}}
     try:
@@ -472,20 +481,22 @@ def cmd_lesion(args) -> int:
     studies = {}
     for name, (record, model) in nets.items():
         label = "residual" if name == "base" else name
-        study = lesion_study(model, *test, progress=_progress(args)) if model is not None else None
+        study = lesion_study(model, *test, progress=_progress(args), precision=args.precision) \
+            if model is not None else None
         studies[label] = (study, record)
     spec = nets["base"][1].spec if nets["base"][1] is not None else None
     base = nets["base"][0]
     if args.json:
         _print_json({"spec": spec.to_dict() if spec else None, "dataset": base["dataset"],
                      "n_train": int(data.n_train), "n_test": len(data.test_x), "store": str(args.store),
+                     "precision": resolve(args.precision, "cpu"),
                      **{k: {**(study or {}), "run": _run_summary(r)} for k, (study, r) in studies.items()}})
         return 0
     cfg = base["config"]
     print(f"lesions: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
           f"scale {cfg['residual_scale']}) trained by the engine on {data.n_train} {cfg['dataset']} examples for "
           f"{cfg['epochs']} epochs (recipe {base['recipe']}); test accuracy on {len(data.test_x)} examples with each "
-          "block deleted\n")
+          f"block deleted (evaluated in {resolve(args.precision, 'cpu')})\n")
     headers = ["deleted block"]
     rows = [["none (intact)"]] + [[str(i)] for i in range(cfg["blocks"])]
     for name, (study, _) in studies.items():
@@ -511,12 +522,13 @@ def cmd_lesion(args) -> int:
 def cmd_convert(args) -> int:
     from depthlab.analysis.convert import deep_to_shallow
     from depthlab.measure import scores
+    from depthlab.precision import resolve
 
     nets, data = _networks(args, {}, "convert")
     record, model = nets["base"]
     if model is None:
         raise DepthlabError(f"run {record['run_id']} is {record['status']}: nothing to convert")
-    _, report = deep_to_shallow(model, data, recalibrate=not args.no_recalibrate)
+    _, report = deep_to_shallow(model, data, recalibrate=not args.no_recalibrate, precision=args.precision)
     if args.finetune_epochs:
         config = _config_of(record)
         tune = config.replace(topology="parallel", epochs=args.finetune_epochs, init_from=record["run_id"],
@@ -525,13 +537,14 @@ def cmd_convert(args) -> int:
         report["finetune"] = _run_summary(tuned)
         if tuned["status"] == "done":
             report["finetuned"] = scores(_trained_model(args, tuned, data), data.test_x, data.test_y, data.mean,
-                                         data.std)
+                                         data.std, precision=args.precision)
             original = report["original"]["accuracy"]
             report["retained_after_finetune"] = (report["finetuned"]["accuracy"] / original if original > 0
                                                  else float("nan"))
     cfg = record["config"]
     report = {"spec": model.spec.to_dict(), "dataset": cfg["dataset"], "n_train": int(data.n_train),
-              "n_test": len(data.test_x), "store": str(args.store), "run": _run_summary(record), **report}
+              "n_test": len(data.test_x), "store": str(args.store), "run": _run_summary(record),
+              "precision": resolve(args.precision, "cpu"), **report}
     if args.json:
         _print_json(report)
         return 0

@@ -37,6 +37,13 @@ def register(subparsers) -> None:
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 BF16, "
+                   "AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 numerics. Recorded per "
+                   "run (not part of its identity: a finished run is not trained again in another precision)")
+    p.add_argument("--no-complexity", dest="complexity", action="store_false",
+                   help="skip each run's geometric complexity (10 backward passes over 128 examples at the end; "
+                   "recorded as null, and as complexity: false in the run's environment)")
     p.add_argument("--compile", action="store_true", help="torch.compile each pack (CUDA; slower to start)")
     p.add_argument("--save-weights", action="store_true",
                    help="keep each trained model's weights next to the store (STORE.weights/RUN_ID.pt)")
@@ -78,26 +85,31 @@ def run_command(args) -> int:
                   "validating each (dry run: nothing trained)")
             return 0
         store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
-        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False)
+        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision)
         if store is not None:
             store.close()
+        measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "
+                    "and the number of packs change" if the_plan.uncalibrated else "")
         print(f"sweep {spec.name}: {the_plan.total} runs, {the_plan.finished} already finished in {args.store}, "
-              f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} (dry run: nothing trained)")
+              f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} in {the_plan.precision}"
+              f"{measured} (dry run: nothing trained)")
         return 0
     if args.backend == "ray":
         from depthlab.sweep.ray_backend import run_sweep_ray
         summary = run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
                                 address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
                                 compile=args.compile, save_weights=args.save_weights,
-                                retry_failed=args.retry_failed)
+                                retry_failed=args.retry_failed, precision=args.precision,
+                                complexity=args.complexity)
     else:
         summary = run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                             compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
-                            progress=not args.quiet, retry_failed=args.retry_failed)
+                            progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
+                            complexity=args.complexity)
     trained = summary["trained"]
     counts = summary["counts"]
     print(f"sweep {spec.name}: trained {sum(trained.values())} runs in {summary['seconds']:.1f} s on "
-          f"{summary['device']} ({trained.get('done', 0)} done, {trained.get('diverged', 0)} diverged, "
+          f"{summary['device']} in {summary['precision']} ({trained.get('done', 0)} done, {trained.get('diverged', 0)} diverged, "
           f"{trained.get('failed', 0)} failed); store {args.store}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if not args.no_compare and counts.get("done", 0):

@@ -87,6 +87,10 @@ def register(subparsers) -> None:
                    "(default: $DEPTHLAB_DATA or ~/.cache/depthlab)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default on a CPU: 1; small test batches are fastest on one)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="what the networks compute in: auto is bf16 where the device computes it natively (CUDA, "
+                   "CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32; recorded in each row's env, not part of its "
+                   "key (rows already measured are kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shift)
 
@@ -97,7 +101,7 @@ def cmd_shift(args) -> int:
     summary = run_shift(args.store, device=args.device, data_root=args.data_root, examples=args.examples,
                         progress=not args.quiet, threads=args.threads, runs=args.runs, sweep=args.sweep, corruptions=args.corruptions,
                         severities=args.severity, methods=args.methods, batch_sizes=args.batch_size,
-                        alphas=args.alpha, seeds=args.seed, episodic=args.episodic)
+                        alphas=args.alpha, seeds=args.seed, episodic=args.episodic, precision=args.precision)
     print(f"shift: measured {summary['written']} row(s) of {summary['runs']} run(s) into {args.store}"
           + (f" ({summary['diverged']} diverged)" if summary["diverged"] else "")
           + (f"; {summary['done_before']} were there already" if summary["done_before"] else ""))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from depthlab import __version__, stopping
+from depthlab import precision as precisions
 from depthlab.data import corrupt
 from depthlab.data.corrupt_cache import corrupted_set
 from depthlab.errors import DepthlabError, SpecError
@@ -160,9 +161,9 @@ def plan(store: Store, store_path, *, runs=None, sweep=None, corruptions="all", 
     return result
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, precision: str) -> dict:
     return {"depthlab": __version__, "torch": torch.__version__, "device": str(device), "host": socket.gethostname(),
-            "threads": torch.get_num_threads(), "corrupt_version": corrupt.CORRUPT_VERSION}
+            "threads": torch.get_num_threads(), "corrupt_version": corrupt.CORRUPT_VERSION, "precision": precision}
 
 
 def _examples_of(store: Store, run_id: str) -> set[int]:
@@ -170,11 +171,12 @@ def _examples_of(store: Store, run_id: str) -> set[int]:
 
 
 def run_shift(store_path, *, device="cpu", data_root=None, examples: int | None = None, progress: bool = True,
-              log=None, threads: int | None = None, **selection) -> dict:
+              log=None, threads: int | None = None, precision: str = "fp32", **selection) -> dict:
     """Measure every row of `plan(...)` (the keyword `selection`) that the store lacks; returns a summary.
     `examples`: the first N test examples of each run's test split (all when None); `threads`: torch's CPU
     threads while measuring (default on a CPU: 1, since a stream of small batches gains nothing from intra-op
-    threads and, on a busy machine, loses much to their synchronisation)."""
+    threads and, on a busy machine, loses much to their synchronisation); `precision`: what the networks compute
+    in (`depthlab.precision`; recorded in each row's env, not part of its key)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise SpecError("examples", examples, "a positive integer (the first N test examples), or all")
@@ -186,12 +188,13 @@ def run_shift(store_path, *, device="cpu", data_root=None, examples: int | None 
     before = torch.get_num_threads()
     torch.set_num_threads(threads or (1 if device.type == "cpu" else before))
     try:
-        return _run(store_path, device, data_root, examples, progress, log, selection)
+        return _run(store_path, device, data_root, examples, progress, log, selection,
+                    precisions.resolve(precision, device))
     finally:
         torch.set_num_threads(before)
 
 
-def _run(store_path, device, data_root, examples, progress, log, selection) -> dict:
+def _run(store_path, device, data_root, examples, progress, log, selection, precision: str) -> dict:
     from tqdm import tqdm
 
     from depthlab.sweep.runner import DataCache
@@ -207,7 +210,7 @@ def _run(store_path, device, data_root, examples, progress, log, selection) -> d
         if the_plan.done_before:
             log(f"{the_plan.done_before} measurement(s) already in the store: kept, not measured again")
         data = DataCache(device, data_root)
-        env = environment(device)
+        env = environment(device, precision)
         written, diverged = 0, 0
         bar = tqdm(total=len(the_plan.todo), desc="shift", unit="row", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
@@ -237,7 +240,8 @@ def _run(store_path, device, data_root, examples, progress, log, selection) -> d
                                            root=data_root, log=log)
                     sets = {(name, severity, seed): torch.from_numpy(images).to(device)}  # one set at a time
                 x = sets[(name, severity, seed)]
-                result = measure(loaded["model"], x, loaded["y"], loaded["mean"], loaded["std"], method, batch, seed)
+                result = measure(loaded["model"], x, loaded["y"], loaded["mean"], loaded["std"], method, batch, seed,
+                                 precision)
                 row = dict(run_id=rid, corruption=name, severity=severity, method=method.stored_name,
                            batch_size=batch, alpha=method.alpha, seed=seed, **result,
                            settings=dict(label=method.label, episodic=method.episodic, lr=method.lr,

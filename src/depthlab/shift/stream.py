@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from depthlab import precision as precisions
 from depthlab.data import normalise
 from depthlab.shift.methods import Method, TestTimeModel
 
@@ -26,8 +27,10 @@ def stream_order(n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng([int(seed), STREAM]).permutation(n))
 
 
-def measure(model, x: torch.Tensor, y: torch.Tensor, mean, std, method: Method, batch_size: int, seed: int) -> dict:
-    """{"status", "loss", "accuracy", "examples", "seconds"} of `method` on the stream of (x uint8 N×C×H×W, y).
+def measure(model, x: torch.Tensor, y: torch.Tensor, mean, std, method: Method, batch_size: int, seed: int,
+            precision: str = "fp32") -> dict:
+    """{"status", "loss", "accuracy", "examples", "seconds"} of `method` on the stream of (x uint8 N×C×H×W, y),
+    the network (and an adaptation's forward and backward) under `precision`'s autocast (`depthlab.precision`).
     A NaN or infinite loss (an adaptation that blew up) gives status 'diverged' and no metrics."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -37,7 +40,8 @@ def measure(model, x: torch.Tensor, y: torch.Tensor, mean, std, method: Method, 
     loss_sum, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
-        logits = runner(normalise(x[idx], mean, std)).float()
+        with precisions.autocast(precision, x.device):
+            logits = runner(normalise(x[idx], mean, std)).float()
         loss_sum += float(F.cross_entropy(logits, y[idx], reduction="sum"))
         correct += int((logits.argmax(1) == y[idx]).sum())
     seconds = time.perf_counter() - started

@@ -3,16 +3,21 @@ sweeps, the plain (no-skip) control of a lesion study and the fine-tuning after 
 
 Each model of the pack keeps its own seed (initial weights and data order), learning rate, weight decay and
 augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
-on. On CUDA the forward runs under bf16 autocast with channels_last activations (optionally `torch.compile`d); on the
-CPU it is plain float32, which is what the tests check against one-model-at-a-time training.
+on. The precision (`depthlab.precision`: float32, or bf16 autocast where the device has native bf16) is the
+caller's choice and recorded; float32 is what the tests check against one-model-at-a-time training. On CUDA, and
+on the CPU in bf16 or for large depthwise kernels, activations are channels_last (measured faster there:
+`bench/cpu_throughput.py`, `bench/lk_speed.py`); a pack may be `torch.compile`d.
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
 augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split; `seconds` is the
 epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded), both
 for the whole pack (every model of a pack reports the same times: sum over packs, not over runs). Final metrics
-(`final`): train, validation and test loss/accuracy all measured in eval mode on the whole split, after training,
-and the geometric complexity (mean ‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples,
-both measured by `depthlab.measure`. `RECIPE` versions all of this (see below).
+(`final`): validation and test loss/accuracy measured in eval mode on the whole split after training, train
+loss/accuracy likewise on the first `TRAIN_EVAL_EXAMPLES` training examples (all of a smaller training set; the
+count is recorded as the environment's `train_eval_examples`), and the geometric complexity (mean
+‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples unless it is turned off (recorded as
+`complexity`), all measured by `depthlab.measure` at the run's precision (the complexity in float32). `RECIPE`
+versions all of this (see below).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from depthlab.measure import (COMPLEXITY_EXAMPLES, ERF_EXAMPLES, EVAL_BATCH, eff
                               geometric_complexity)
 from depthlab.models import build, pack, param_count, q_ratio, receptive_field, spec_params, unpack
 from depthlab.models.pack import same_shape
+from depthlab import precision as precisions
 from depthlab import prune
 from depthlab.records import finite
 from depthlab.sweep.config import RunConfig
@@ -46,8 +52,12 @@ from depthlab.sweep.optim import PackedOptimizer
 # numerics). Bump it with every change that alters what training produces; a run is a config trained by a
 # recipe (see depthlab.records), so the store then trains the configs again instead of reusing old results, and
 # `compare` does not pair runs of different recipes. Changes that only add a field with a default that
-# reproduces the old behaviour, or make the engine faster with identical results, keep the recipe.
-RECIPE = 1
+# reproduces the old behaviour, or make the engine faster with identical results, keep the recipe. Where and in
+# what precision a run is computed is recorded with it, not part of the recipe (see depthlab.precision).
+#   1: the first versioned recipe.
+#   2: the final train loss/accuracy over at most TRAIN_EVAL_EXAMPLES training examples (recipe 1: all of them).
+RECIPE = 2
+TRAIN_EVAL_EXAMPLES = 10_000  # the final train-set metrics' examples: the first ones, in the fixed data order
 
 
 @dataclass
@@ -103,12 +113,14 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "") if commit else None
 
 
-def environment(device: torch.device, pack_size: int, amp: bool, compiled: bool, dataset=None) -> dict:
-    """Software, hardware and provenance of a pack's runs."""
+def environment(device: torch.device, pack_size: int, precision: str, compiled: bool, dataset=None,
+                **settings) -> dict:
+    """Software, hardware, provenance and the execution settings (`settings`: channels_last, ...) of a pack's
+    runs. (Runs recorded before precision was a choice have `amp`, "bf16" or "off": `records.precision_of`.)"""
     env = {"depthlab": __version__, "git_commit": git_commit(), "recipe": RECIPE, "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
-           "device": describe_device(device), "pack_size": pack_size, "amp": "bf16" if amp else "off",
-           "compile": compiled}
+           "device": describe_device(device), "pack_size": pack_size, "precision": precision,
+           "compile": compiled, **settings}
     if dataset is not None:
         env["data_source"] = getattr(dataset, "source", None)
         if not getattr(dataset, "complete", True):
@@ -152,22 +164,21 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     Keywords: `compile`; `on_epoch(i, metrics)`, called after every epoch for the i-th config (a heartbeat for
     the store); `keep_weights`; `initial`: one entry per config, None (initialise from the config's seed) or a
     one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
-    order); `amp` (bf16 autocast) and `channels_last`, on by default for CUDA and off elsewhere (both run on the
-    CPU too)."""
+    order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
+    computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for large depthwise kernels); `complexity`
+    (False: skip the geometric complexity, recorded as None)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
 
 
 def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
-                on_epoch=None, keep_weights: bool = False, amp: bool | None = None,
-                channels_last: bool | None = None, initial=None) -> list[RunResult]:
-    from depthlab.data import DeviceBatches
-
+                on_epoch=None, keep_weights: bool = False, precision: str = "fp32",
+                channels_last: bool | None = None, initial=None, complexity: bool = True) -> list[RunResult]:
     keys = {c.pack_key() for c in configs}
     if len(keys) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
-    amp = (device.type == "cuda") if amp is None else amp
+    precision = precisions.resolve(precision, device)
     c0, models = configs[0], len(configs)
     shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
     start = time.perf_counter()
@@ -181,16 +192,9 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         prune.apply_masks(net, masks)
         pruning = _mask_record(net, masks)
     net.train()
-    # channels_last on the activations only: weights stay contiguous so the optimizer can view them as (M, -1).
-    # On the CPU too for large depthwise kernels: their NCHW weight gradient is ~3x slower on one thread and
-    # 10-100x slower with several threads on a busy machine (bench/lk_speed.py).
-    net.channels_last = (device.type == "cuda" or spec.branch == "lk") if channels_last is None else channels_last
+    net.channels_last = channels_last = use_channels_last(device, spec, precision, channels_last)
     forward = torch.compile(net) if compile else net
-    optimizer = PackedOptimizer(net, models, kind=c0.optimizer, lr=[c.learning_rate for c in configs],
-                                weight_decay=[float(c.weight_decay) for c in configs])
-    batches = DeviceBatches(dataset.train_x, dataset.train_y, batch_size=c0.batch_size,
-                            seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
-                            translate=[c.translate for c in configs], flip=[c.flip for c in configs])
+    optimizer, batches = _optimizer(configs, net), _batches(configs, dataset)
     steps_total = max(1, c0.epochs * len(batches))
     # evaluation keeps no graph: a few training batches' worth of examples fit wherever training fits
     eval_batch = min(EVAL_BATCH, 4 * c0.batch_size)
@@ -203,14 +207,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         correct = torch.zeros(models, device=device)
         seen = 0
         for xb, yb, _ in batches.epoch(epoch):
-            b = yb.shape[1]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = forward(xb)
-            losses = F.cross_entropy(out.float().reshape(models * b, -1), yb.reshape(-1), reduction="none") \
-                .view(models, b).mean(1)
-            alive &= torch.isfinite(losses)
-            # where, not multiply: a diverged model's NaN must not reach the sum (NaN·0 is NaN)
-            torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+            losses, out = _forward_backward(forward, xb, yb, alive, precision, device)
             optimizer.step(lr_factor(c0.schedule, step / steps_total), active=alive)
             if masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
                 prune.apply_masks(net, masks)
@@ -224,8 +221,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
         alive &= _finite_params(net, models)
-        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models, amp,
-                                     eval_batch)
+        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models,
+                                     precision, eval_batch)
         seconds = time.perf_counter() - epoch_start
         train_loss, train_acc = (loss_sum / max(seen, 1)).tolist(), (correct / max(seen, 1)).tolist()
         val_loss, val_acc, alive_list = val_loss.tolist(), val_acc.tolist(), alive.tolist()
@@ -243,15 +240,19 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         if not any(alive_list):
             break
     finals = {"val": (val_loss, val_acc)}  # the last epoch's validation pass saw the final weights already
-    for split, (x, y) in {"train": (dataset.train_x, dataset.train_y), "test": (dataset.test_x, dataset.test_y)}.items():
-        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, amp, eval_batch)
+    train_eval = min(TRAIN_EVAL_EXAMPLES, int(dataset.train_x.shape[0]))
+    for split, (x, y) in {"train": (dataset.train_x[:train_eval], dataset.train_y[:train_eval]),
+                          "test": (dataset.test_x, dataset.test_y)}.items():
+        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, precision, eval_batch)
         finals[split] = (loss.tolist(), acc.tolist())
     # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
     erf = effective_receptive_field(net, dataset.train_x[:ERF_EXAMPLES], dataset.mean, dataset.std).tolist()
-    complexity = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
-                                      models, batch_size=max(1, c0.batch_size // 2)).tolist()
+    gc_values = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std, models,
+                                     batch_size=max(1, c0.batch_size // 2)).tolist() if complexity \
+        else [None] * models
     seconds = time.perf_counter() - start
-    env = environment(device, models, amp, compile, dataset)
+    env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
+                      train_eval_examples=train_eval, complexity=complexity)
     params = param_count(net) // models
     inference_params, reach = spec_params(spec, merged=True), receptive_field(spec)
     q = q_ratio(spec, int(dataset.train_x.shape[0]))
@@ -262,7 +263,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         final = {}
         for split, (losses, accs) in finals.items():
             final[f"{split}_loss"], final[f"{split}_acc"] = finite(losses[i]), finite(accs[i])
-        final["geometric_complexity"] = finite(complexity[i])
+        final["geometric_complexity"] = finite(gc_values[i])
         final["erf50"], final["erf90"] = erf[i]  # effective receptive field, pixels (side of a centred square)
         diverged = not alive_list[i] or final["train_loss"] is None
         if diverged:  # a NaN network's argmax "accuracy" is meaningless
@@ -276,6 +277,74 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
             state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
     return results
+
+
+def use_channels_last(device: torch.device, spec, precision: str, given: bool | None = None) -> bool:
+    """Whether a pack's activations run channels_last (`given` decides when not None). They do on CUDA; on the
+    CPU for large depthwise kernels, whose NCHW weight gradient is ~3x slower on one thread and 10-100x slower
+    with several threads on a busy machine (bench/lk_speed.py), and in bf16, whose CPU kernels are blocked for
+    NHWC (bench/cpu_throughput.py). float32 on the CPU stays NCHW: the float32 numerics of recipe 1, bit for bit.
+    Only activations: weights stay contiguous so that the optimizer can view them as (M, -1)."""
+    if given is not None:
+        return given
+    return device.type == "cuda" or spec.branch == "lk" or precision == "bf16"
+
+
+def _optimizer(configs, net) -> PackedOptimizer:
+    c0 = configs[0]
+    return PackedOptimizer(net, len(configs), kind=c0.optimizer, lr=[c.learning_rate for c in configs],
+                           weight_decay=[float(c.weight_decay) for c in configs])
+
+
+def _batches(configs, dataset):
+    from depthlab.data import DeviceBatches
+
+    return DeviceBatches(dataset.train_x, dataset.train_y, batch_size=configs[0].batch_size,
+                         seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
+                         translate=[c.translate for c in configs], flip=[c.flip for c in configs])
+
+
+def _forward_backward(forward, xb, yb, alive, precision: str, device: torch.device):
+    """A training step up to the optimizer: per-model mean losses (M,) and logits; `alive` (M,) loses the models
+    whose loss is not finite, and their losses are kept out of the backward pass."""
+    models, b = yb.shape
+    with precisions.autocast(precision, device):
+        out = forward(xb)
+    losses = F.cross_entropy(out.float().reshape(models * b, -1), yb.reshape(-1), reduction="none") \
+        .view(models, b).mean(1)
+    alive &= torch.isfinite(losses)
+    # where, not multiply: a diverged model's NaN must not reach the sum (NaN·0 is NaN)
+    torch.where(alive, losses, torch.zeros_like(losses)).sum().backward()
+    return losses, out
+
+
+def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", precision: str = "fp32",
+                        channels_last: bool | None = None, steps: int = 4, warmup: int = 2) -> float:
+    """Model-samples per second of the engine's training step (forward, backward, optimizer) on a pack of
+    `configs` (one pack key) from their initial weights, timed over `steps` steps after `warmup` untimed ones
+    (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.sweep.packs`)."""
+    device = torch.device(device)
+    precision = precisions.resolve(precision, device)
+    shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
+    net = pack(_starting_models(configs, shape, None)).to(device).train()
+    net.channels_last = use_channels_last(device, net.spec, precision, channels_last)
+    optimizer, batches = _optimizer(configs, net), _batches(configs, dataset)
+    alive = torch.ones(len(configs), dtype=torch.bool, device=device)
+    done, samples, started = 0, 0, 0.0
+    while done < warmup + steps:
+        for xb, yb, _ in batches.epoch(done):
+            if done == warmup:
+                synchronize(device)
+                started = time.perf_counter()
+            _forward_backward(net, xb, yb, alive, precision, device)
+            optimizer.step(1.0, active=alive)
+            optimizer.zero_grad()
+            done += 1
+            samples += yb.numel() if done > warmup else 0
+            if done == warmup + steps:
+                break
+    synchronize(device)
+    return samples / max(time.perf_counter() - started, 1e-9)
 
 
 def _prune_data(dataset, models: int, device):

@@ -1,18 +1,50 @@
-"""Grouping runs into packs: configs with one pack key (network shape and training loop) train together."""
+"""Grouping runs into packs: configs with one pack key (network shape and training loop) train together.
+
+How many models go into one pack depends on the device:
+
+- on a GPU, as many as fit in memory (`GPU_MEMORY_FRACTION` of the free memory, by `bytes_per_model`): small
+  networks leave a GPU idle, and packing is what fills it;
+- on a CPU, what is measured to be fastest. A CPU is often compute-bound already with one small model, so
+  whether packing pays depends on the shape and the precision (`bench/cpu_throughput.py`; on 2 AVX-512 cores
+  with the demo's shapes, packs of 2-4 gain up to 20% over one model in bf16, packs of 8 lose 15-40%, and wide
+  parallel layers gain nothing from packing). Before the first pack of a shape trains, `calibrate` times a few
+  training steps of packs of 1, 2, 4, ... models (up to `CPU_MAX_PACK` or the caller's limit; copies of the
+  shape, whatever the number of runs waiting) and keeps the largest size within `CALIBRATION_TOLERANCE` of the
+  fastest (fewer, larger packs also share their set-up and evaluation). The measurement is cached in the store
+  (`Store.pack_size`), keyed by what sets a step's speed (shape, batch, optimizer, precision, device, threads,
+  software), so a shape is measured once per machine and store. A shape whose runs are too little work to repay
+  the measurement (less than `CALIBRATION_PAYBACK` times its training samples) takes `CPU_DEFAULT_PACK`, the
+  size the benchmark found never far from the best. When the device is planned for elsewhere (Ray workers), the
+  cap is used.
+
+Pack size changes only the speed: each model of a pack trains as it would alone (tests/sweep/test_engine.py).
+"""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from depthlab.records import canonical_json
 from depthlab.sweep.config import DATASET_SHAPES, RunConfig
-from depthlab.sweep.engine import bytes_per_model
+from depthlab.sweep.engine import bytes_per_model, describe_device, training_throughput
 
-CPU_MAX_PACK = 8         # on a CPU a pack saves little; small packs keep progress and memory steady
+CPU_MAX_PACK = 8         # the largest pack a CPU is calibrated for: beyond it progress and memory get lumpy
+CPU_DEFAULT_PACK = 2     # a CPU's pack size where none was measured (bench/cpu_throughput.py)
 GPU_MEMORY_FRACTION = 0.6
+CALIBRATION_SIZES = (1, 2, 4, 8)
+CALIBRATION_TOLERANCE = 0.05  # a larger pack within 5% of the fastest is preferred
+CALIBRATION_GIVE_UP = 0.15    # a size 15% slower than the fastest ends the search: larger ones will not win
+CALIBRATION_WARMUP = 5        # untimed steps: oneDNN builds its kernels for each new shape on the first ones
+CALIBRATION_STEPS = 6
+CALIBRATION_PAYBACK = 20      # measure only shapes whose runs train 20x the samples the measurement costs
+# what does not change the speed of a training step: runs differing only in these share a calibration
+SPEED_NEUTRAL = ("epochs", "schedule", "train_subset", "val_split", "test_subset")
 
 
 def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = None) -> int:
-    """How many models of `config`'s shape fit in one pack on `device`, from a memory estimate."""
+    """How many models of `config`'s shape may share one pack on `device` (memory on a GPU, the cap on a CPU)."""
     channels, size, _, _ = DATASET_SHAPES[config.dataset]
     if device.type == "meta":  # planned for a device elsewhere (e.g. Ray workers): only the caller's limit
         return max(1, limit or CPU_MAX_PACK)
@@ -25,15 +57,60 @@ def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = N
     return max(1, min(fit, size_cap, limit or size_cap))
 
 
-def make_packs(configs: list[RunConfig], device: torch.device | str = "cpu",
-               max_models: int | None = None) -> list[list[RunConfig]]:
-    """Packs in the order their first run appears; each at most as large as fits on `device`."""
-    device = torch.device(device)
-    groups: dict[tuple, list[RunConfig]] = {}
+def groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
+    """The configs by pack key, in the order each key first appears."""
+    found: dict[tuple, list[RunConfig]] = {}
     for config in configs:
-        groups.setdefault(config.pack_key(), []).append(config)
+        found.setdefault(config.pack_key(), []).append(config)
+    return list(found.values())
+
+
+def split(members: list[RunConfig], size: int) -> list[list[RunConfig]]:
+    return [members[i:i + size] for i in range(0, len(members), size)]
+
+
+def make_packs(configs: list[RunConfig], device: torch.device | str = "cpu", max_models: int | None = None,
+               sizes: dict | None = None) -> list[list[RunConfig]]:
+    """Packs in the order their first run appears; each at most as large as fits on `device` (and
+    `max_models`), and as `sizes[pack_key]` says (a calibrated or default size) where given."""
+    device = torch.device(device)
     packs = []
-    for members in groups.values():
-        size = max_pack_size(members[0], device, max_models)
-        packs.extend(members[i:i + size] for i in range(0, len(members), size))
+    for members in groups(configs):
+        cap = max_pack_size(members[0], device, max_models)
+        packs.extend(split(members, min((sizes or {}).get(members[0].pack_key(), cap), cap)))
     return packs
+
+
+def calibration_key(config: RunConfig, device: torch.device, precision: str) -> str:
+    """What a calibrated pack size depends on: the shape and training step, the precision, and the machine."""
+    step = [list(kv) for kv in config.pack_key() if kv[0] not in SPEED_NEUTRAL]
+    return canonical_json({"pack_key": step, "precision": precision,
+                           "device": describe_device(device), "threads": torch.get_num_threads(),
+                           "torch": torch.__version__, "cpus": os.cpu_count()})
+
+
+def calibrate(config: RunConfig, dataset, device: torch.device, precision: str, cap: int) -> tuple[int, dict]:
+    """The pack size of `config`'s shape that trains fastest on `device`, and {size: model-samples/s} of the
+    sizes tried. Sizes double from 1 up to `cap`; the search stops once a size is clearly slower than the
+    fastest so far (a larger pack will not win either)."""
+    rates: dict[int, float] = {}
+    for size in calibration_sizes(cap):
+        # copies of the first config with other seeds: only the shape and the loop matter to the speed
+        copies = [config.replace(seed=config.seed + i, init_from=None) for i in range(size)]
+        rates[size] = training_throughput(copies, dataset, device=device, precision=precision,
+                                          steps=CALIBRATION_STEPS, warmup=CALIBRATION_WARMUP)
+        if rates[size] < (1 - CALIBRATION_GIVE_UP) * max(rates.values()):
+            break
+    best = max(rates.values())
+    return max(s for s, r in rates.items() if r >= (1 - CALIBRATION_TOLERANCE) * best), rates
+
+
+def calibration_sizes(cap: int) -> list[int]:
+    return [s for s in CALIBRATION_SIZES if s < cap] + [cap]
+
+
+def worth_calibrating(members: list[RunConfig], train_examples: int, cap: int) -> bool:
+    """Whether the runs of a shape train enough samples to repay measuring their pack size."""
+    work = sum(c.epochs for c in members) * train_examples
+    cost = (CALIBRATION_WARMUP + CALIBRATION_STEPS) * members[0].batch_size * sum(calibration_sizes(cap))
+    return work >= CALIBRATION_PAYBACK * cost

@@ -24,7 +24,7 @@ RAY_GPU_MAX_PACK = 64
 
 
 def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int, compile: bool = False,
-                keep_weights: bool = False, initial=None):
+                keep_weights: bool = False, initial=None, precision: str = "auto", complexity: bool = True):
     """Body of the Ray task: load (or reuse) the dataset, train the pack, return the results."""
     from depthlab.sweep.engine import train_pack_splitting
     from depthlab.sweep.runner import DataCache
@@ -34,7 +34,8 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
     configs = [RunConfig.from_dict(c) for c in config_dicts]
     cache = _DATA.setdefault((device, str(data_root)), DataCache(torch.device(device), data_root))
     return train_pack_splitting(configs, cache.get(configs[0]), device=device, compile=compile,
-                                keep_weights=keep_weights, initial=initial)
+                                keep_weights=keep_weights, initial=initial, precision=precision,
+                                complexity=complexity)
 
 
 def in_flight_ids(in_flight: dict) -> list[str]:
@@ -43,7 +44,7 @@ def in_flight_ids(in_flight: dict) -> list[str]:
 
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
                   data_root=None, progress=True, num_cpus=None, compile=False, save_weights=False,
-                  retry_failed=False, log=None) -> dict:
+                  retry_failed=False, log=None, precision="auto", complexity=True) -> dict:
     try:
         import ray
     except ImportError:
@@ -64,11 +65,12 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
     store = Store(store_path)
     store.reclaim_stale()
     # Pack sizes are planned for the workers' device, which the driver may not have: on GPU workers a fixed cap
-    # (an out-of-memory error still splits a pack on the worker), on CPU workers the CPU cap.
+    # (an out-of-memory error still splits a pack on the worker), on CPU workers the CPU cap (the driver's
+    # calibrations measured other threads, maybe another CPU).
     if device == "cuda" and max_pack is None:
         max_pack = RAY_GPU_MAX_PACK
-    the_plan = plan(spec, store, torch.device("cpu") if device == "cpu" else torch.device("meta"), limit,
-                    max_pack, retry_failed=retry_failed, store_path=store_path, save_weights=save_weights)
+    the_plan = plan(spec, store, torch.device("meta"), limit, max_pack, retry_failed=retry_failed,
+                    store_path=store_path, save_weights=save_weights, precision=precision)
     for line in describe_plan(the_plan, store_path, spec.name):
         log(line)
     owner = owner_token()
@@ -98,7 +100,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
                         trained["failed"] += len(configs)
                         continue
                     ref = task.remote([c.to_dict() for c in configs], device, data_root, 1, compile, save_weights,
-                                      initial)
+                                      initial, precision, complexity)
                     in_flight[ref] = configs
             if not in_flight:
                 continue
@@ -128,6 +130,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
             ray.shutdown()
     counts = store.counts(spec.name)
     store.close()
-    return {"sweep": spec.name, "total": the_plan.total, "trained": trained, "counts": counts,
+    return {"sweep": spec.name, "precision": precision if precision != "auto" else "auto precision (per worker)",
+            "total": the_plan.total, "trained": trained, "counts": counts,
             "seconds": time.perf_counter() - started, "device": f"{device} via ray ({slots} slots)"}
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import torch
 
+from depthlab import precision as precisions
 from depthlab import stopping
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import run_id
 from depthlab.sweep import engine, weights
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
-from depthlab.sweep.packs import make_packs
+from depthlab.sweep.packs import (CPU_DEFAULT_PACK, calibrate, calibration_key, groups, make_packs, max_pack_size,
+                                  split, worth_calibrating)
 from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token
@@ -49,7 +51,10 @@ class SweepPlan:
     total: int            # runs in the spec
     finished: int         # already done/diverged/failed in the store
     todo: list            # RunConfigs still to train (pending or interrupted)
-    packs: list           # todo grouped into packs
+    packs: list           # todo grouped into packs (at the calibrated size, or the cap where none is known yet)
+    precision: str = "fp32"  # what the runs train in: fp32 or bf16 (auto resolved for the device)
+    sizes: dict = dataclasses.field(default_factory=dict)  # {pack key: calibrated pack size} known to the store
+    uncalibrated: int = 0  # shapes without a measured pack size: measured when they first train, if worth it
     superseded: dict = dataclasses.field(default_factory=dict)  # {older recipe: finished runs of these configs}
     reopened: int = 0     # done runs put back to pending: their weights were asked for and are missing
     orphans: int = 0      # pending runs of the sweep that the spec no longer lists (an edited spec)
@@ -77,10 +82,12 @@ class DataCache:
 
 def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
          max_pack: int | None = None, add: bool = True, retry_failed: bool = False, store_path=None,
-         save_weights: bool = False) -> SweepPlan:
+         save_weights: bool = False, precision: str = "fp32") -> SweepPlan:
     """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
     (with `retry_failed`, its failed runs are put back to pending; with `save_weights`, its done runs whose
-    weights file under `store_path` is missing are put back to pending, to be trained again with them)."""
+    weights file under `store_path` is missing are put back to pending, to be trained again with them).
+    Packs take the pack sizes the store has calibrated for `device` and `precision` (see depthlab.sweep.packs)."""
+    precision = precisions.resolve(precision, device) if device.type != "meta" else precision
     configs = spec.configs()
     if not configs:
         raise DepthlabError(f"sweep {spec.name!r} has no runs: its grid is empty or `exclude` removes every run")
@@ -101,8 +108,52 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     finished = len(configs) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=make_packs(todo, device, max_pack),
-                     superseded=superseded, reopened=reopened, orphans=orphans)
+    sizes, uncalibrated = {}, 0
+    for members in groups(todo) if device.type == "cpu" else ():
+        size = store.pack_size(calibration_key(members[0], device, precision)) if store is not None else None
+        if size is not None:
+            sizes[members[0].pack_key()] = size
+        elif len(members) > 1 and max_pack_size(members[0], device, max_pack) > 1:
+            uncalibrated += 1
+    default = {g[0].pack_key(): CPU_DEFAULT_PACK for g in groups(todo)} if device.type == "cpu" else {}
+    packs = make_packs(todo, device, max_pack, {**default, **sizes})
+    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=packs, precision=precision, sizes=sizes,
+                     uncalibrated=uncalibrated, superseded=superseded, reopened=reopened, orphans=orphans)
+
+
+def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, dataset, device: torch.device,
+              max_pack: int | None, log) -> int:
+    """The pack size of a group of same-shape runs: the store's calibrated size; else, on a CPU with more than one
+    run waiting, measured now and saved when the runs are work enough to repay it, or CPU_DEFAULT_PACK when they
+    are not (depthlab.sweep.packs); else (a GPU) the cap."""
+    cap = max_pack_size(members[0], device, max_pack)
+    key = members[0].pack_key()
+    if key in the_plan.sizes:
+        return min(the_plan.sizes[key], cap)
+    if device.type != "cpu" or len(members) == 1 or cap == 1:
+        return cap
+    cache = calibration_key(members[0], device, the_plan.precision)
+    size = store.pack_size(cache)  # a peer runner may have measured it meanwhile
+    if size is None and not worth_calibrating(members, int(dataset.train_x.shape[0]), cap):
+        return min(CPU_DEFAULT_PACK, cap)
+    if size is None:
+        try:  # up to the cap, not to the runs waiting: a later sweep of the shape reuses the measurement
+            size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap)
+        except Exception as err:  # noqa: BLE001 - a measurement that fails costs speed, not results
+            if is_device_error(err):
+                raise
+            log(f"pack size of {describe_shape(members[0])} not measured ({type(err).__name__}: {err}); "
+                f"packs of up to {cap}")
+            return cap
+        if cap == max_pack_size(members[0], device):  # every size was tried (not only up to --max-pack)
+            store.save_pack_size(cache, size, rates)
+        log(f"pack size {size} for {describe_shape(members[0])} ({the_plan.precision}; model-samples/s by pack "
+            "size: " + ", ".join(f"{s}: {r:,.0f}" for s, r in rates.items()) + ")")
+    return min(size, cap)
+
+
+def describe_shape(config: RunConfig) -> str:
+    return f"{config.topology} {config.branch} blocks={config.blocks} width={config.width} kernel={config.kernel}"
 
 
 def starting_models(configs: list[RunConfig], store_path, dataset) -> list | None:
@@ -162,6 +213,15 @@ def is_device_error(err: BaseException) -> bool:
         marker in text for marker in ("CUDA error", "CUDNN_STATUS", "cuDNN error", "CUBLAS_STATUS", "device-side"))
 
 
+def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack, log):
+    """The plan's runs in packs, a group of same-shape runs at a time, each group's pack size decided (and, on a
+    CPU, measured) just before its first pack trains."""
+    for members in groups(the_plan.todo):
+        stopping.check()
+        size = pack_size(members, the_plan, store, data.get(members[0]), device, max_pack, log)
+        yield from split(members, size)
+
+
 class Heartbeat:
     """Keeps the claimed runs' heartbeats fresh while a pack trains (epochs can outlast the stale timeout)."""
 
@@ -187,8 +247,9 @@ class Heartbeat:
 
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
-              retry_failed: bool = False, log=None) -> dict:
-    """Train every unfinished run of `spec` into the store at `store_path`. Returns a summary dict."""
+              retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True) -> dict:
+    """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
+    depthlab.precision), with or without the geometric complexity. Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device) if isinstance(device, str) else device
     store = Store(store_path)
@@ -196,7 +257,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     if reclaimed:
         log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
     the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed, store_path=store_path,
-                    save_weights=save_weights)
+                    save_weights=save_weights, precision=precision)
     for line in describe_plan(the_plan, store_path, spec.name):
         log(line)
     owner = owner_token()
@@ -207,7 +268,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     started = time.perf_counter()
     heartbeat = Heartbeat(store, owner)
     try:
-        for pack_configs in the_plan.packs:
+        for pack_configs in _packs(the_plan, store, data, device, max_pack, log):
             stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
             ids = [rid(c) for c in pack_configs]
             store.reclaim_stale(ids)  # a peer that crashed while holding some of them
@@ -224,6 +285,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
             try:
                 results = train_pack_splitting(
                     pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
+                    precision=the_plan.precision, complexity=complexity,
                     initial=starting_models(pack_configs, store_path, dataset),
                     on_epoch=lambda i, metrics: (store.record_epoch(pack_ids[i], owner, metrics),
                                                  bar.epoch(pack_configs[i]), stopping.check()),
@@ -255,6 +317,6 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
         bar.close()
     counts = store.counts(spec.name)
     store.close()
-    return {"sweep": spec.name, "total": the_plan.total, "trained": trained, "counts": counts,
+    return {"sweep": spec.name, "precision": the_plan.precision, "total": the_plan.total, "trained": trained, "counts": counts,
             "seconds": time.perf_counter() - started, "device": str(device)}
 

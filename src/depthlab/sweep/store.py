@@ -136,17 +136,30 @@ def _v3(c: sqlite3.Connection, path: str) -> None:
     )""")
 
 
+def _v4(c: sqlite3.Connection, path: str) -> None:
+    """Pack sizes measured on a machine (`depthlab.sweep.packs`): the best pack size of a shape there, and the
+    model-samples/s each candidate size reached. Keyed by the shape, device, precision and software."""
+    c.execute("""CREATE TABLE IF NOT EXISTS pack_sizes (
+        key         TEXT PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        rates       TEXT NOT NULL DEFAULT '{}',
+        measured_at REAL NOT NULL
+    )""")
+
+
 # (version, what it does, migration(connection, path) -> data for after, after(path, data) or None)
 MIGRATIONS = [
     (1, "runs and sweep_runs tables", _v1, None),
     (2, "recipes: recipe, config_id and train_seconds columns; runs keyed by config and recipe", _v2, _after_v2),
     (3, "shift_results: measurements of trained runs under covariate shift", _v3, None),
+    (4, "pack_sizes: pack sizes calibrated on this machine", _v4, None),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
-_COLUMNS[3] = _COLUMNS[2]  # version 3 adds a table, not columns of runs
+_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[2]  # versions 3 and 4 add tables, not columns of runs
 # The tables a store may hold at each version (a store without the later ones is migrated; any other is foreign).
-_TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"}}
+_TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"},
+           4: {"runs", "sweep_runs", "shift_results", "pack_sizes"}}
 
 
 # -- owners ---------------------------------------------------------------------------------------------------
@@ -644,6 +657,20 @@ class Store:
                 r["settings"], r["env"] = json.loads(r["settings"] or "{}"), json.loads(r["env"] or "{}")
                 out.append(r)
         return out
+
+
+    # -- pack sizes (schema 4; calibrated by depthlab.sweep.packs) --------------------------------------------
+
+    def pack_size(self, key: str) -> int | None:
+        """The pack size calibrated for `key`, or None when it was never measured."""
+        rows = self._query("SELECT size FROM pack_sizes WHERE key = ?", (key,))
+        return int(rows[0]["size"]) if rows else None
+
+    def save_pack_size(self, key: str, size: int, rates: dict) -> None:
+        """Record a calibration (`rates`: model-samples/s per candidate size); a later one replaces it."""
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO pack_sizes (key, size, rates, measured_at) VALUES (?, ?, ?, ?)",
+                      (key, int(size), dumps({str(k): v for k, v in rates.items()}), time.time()))
 
 
 # The key of a shift measurement, in column order.

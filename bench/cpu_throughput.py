@@ -1,0 +1,189 @@
+"""CPU throughput: how close the engine's training comes to what this CPU can do, and what each choice gains.
+
+In one run, on the demo's shapes (`depthlab run`: MNIST, width 16, kernel 3, stride-2 stem, flatten head, batch
+100, sequential and parallel, 2 and 4 blocks):
+
+1. the ceiling: a large matrix product's GFLOP/s in float32 and in bf16 (bf16 only where the CPU computes it
+   natively, `depthlab.precision`; elsewhere the bf16 columns say "no native bf16" and are skipped);
+2. the baseline: a plain float32 loop, one model at a time (build, `torch.optim.Adam`, shuffled minibatches
+   from tensors in memory; what the engine did on a CPU before precision was a choice is no faster: it trained
+   float32 packs, which gain nothing here);
+3. the engine on the same configs and data, packed as `depthlab run` packs them (`CPU_DEFAULT_PACK`), in float32
+   and at the default precision (auto): its training steps alone (`train_seconds`) and end to end (with the
+   per-epoch validation, final evaluation and geometric complexity);
+4. the choices behind the defaults: the engine's training step (`engine.training_throughput`) for packs of 1, 2,
+   4 and 8 models, float32 and bf16, NCHW and channels_last, and evaluation throughput in each layout.
+
+Achieved GFLOP/s = 3 × forward FLOPs per sample × model-samples/s (forward + backward). Ratios are to the
+baseline measured in the same run; fractions of the ceiling compare float32 runs with the float32 product and
+bf16 runs with the bf16 product. Targets on a CPU with native bf16: the default precision at ≥ 2× the baseline
+and ≥ 40% of the bf16 ceiling.
+
+    python bench/cpu_throughput.py                 # MNIST as the demo trains it (synthetic digits if absent)
+    python bench/cpu_throughput.py --quick         # fewer steps, for a first look
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's plain baseline loop
+from sweep_throughput import baseline  # noqa: E402
+
+from depthlab.data import load, locate  # noqa: E402
+from depthlab.measure import evaluate  # noqa: E402
+from depthlab.models import build, flops, pack  # noqa: E402
+from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
+from depthlab.sweep.config import RunConfig  # noqa: E402
+from depthlab.sweep.engine import train_pack, training_throughput  # noqa: E402
+from depthlab.sweep.packs import CPU_DEFAULT_PACK, make_packs  # noqa: E402
+
+DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
+            batch_size=100, schedule="cosine")
+SHAPES = [("sequential", 2), ("parallel", 2), ("sequential", 4), ("parallel", 4)]
+
+
+def matmul_gflops(dtype: torch.dtype, n: int, repeats: int) -> float:
+    """The best of `repeats` n×n products, in GFLOP/s (2n³ each)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def demo_configs(dataset: str, subset: int, val: int, seeds: int, epochs: int) -> list[RunConfig]:
+    return [RunConfig(dataset=dataset, train_subset=subset, val_split=val, test_subset=2000, topology=topology,
+                      blocks=blocks, epochs=epochs, seed=seed, **DEMO)
+            for (topology, blocks), seed in itertools.product(SHAPES, range(seeds))]
+
+
+def forward_flops(config: RunConfig, data) -> int:
+    return flops(config.model_spec(data.in_channels, data.input_size, data.num_classes))
+
+
+def engine_run(configs, data, precision: str) -> tuple[float, float]:
+    """Every config through the engine, packed as `depthlab run` packs them on a CPU. (train_seconds, wall)."""
+    start, training = time.perf_counter(), 0.0
+    for members in make_packs(configs, "cpu", sizes={c.pack_key(): CPU_DEFAULT_PACK for c in configs}):
+        training += train_pack(members, data, precision=precision)[0].train_seconds
+    return training, time.perf_counter() - start
+
+
+def eval_rate(config: RunConfig, data, precision: str, channels_last: bool, models: int, repeats: int) -> float:
+    """Model-images/s of `evaluate` on the validation split (the engine's evaluation pass)."""
+    net = pack([build(config.model_spec(data.in_channels, data.input_size, data.num_classes), seed=s)
+                for s in range(models)])
+    net.channels_last = channels_last
+    batch = min(1000, 4 * config.batch_size)
+    evaluate(net, data.val_x, data.val_y, data.mean, data.std, models, precision, batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate(net, data.val_x, data.val_y, data.mean, data.std, models, precision, batch)
+        times.append(time.perf_counter() - start)
+    return models * len(data.val_x) / statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "synthetic"],
+                        help="mnist as the demo trains it; synthetic digits of its shape where MNIST is absent")
+    parser.add_argument("--subset", type=int, default=3000, help="training examples, validation included (demo: 3000)")
+    parser.add_argument("--val", type=int, default=1000, help="validation examples (demo: 1000)")
+    parser.add_argument("--seeds", type=int, default=5, help="runs per shape (demo: 5)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (demo: 3)")
+    parser.add_argument("--matmul", type=int, default=2048, help="side of the ceiling's matrix product")
+    parser.add_argument("--sizes", default="1,2,4,8", help="pack sizes of the step table")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per cell of the step table")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each cell of the step table")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the ceiling and evaluation timings")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 1 epoch, 6 steps: a first look")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.steps = 2, 1, 6
+    sizes = [int(s) for s in args.sizes.split(",")]
+    native = cpu_has_native_bf16()
+    default = resolve("auto", "cpu")
+    dataset = args.dataset if args.dataset == "synthetic" or locate("mnist") is not None else "synthetic"
+    if dataset == "synthetic":
+        data = load("synthetic", val_split=args.val, n_train=args.subset, n_test=2000, shape=(1, 28, 28))
+    else:
+        data = load("mnist", val_split=args.val, train_subset=args.subset)
+    configs = demo_configs(dataset, args.subset, args.val, args.seeds, args.epochs)
+    samples = sum(c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size for c in configs)
+    work = sum(3 * forward_flops(c, data) * c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size
+               for c in configs)
+
+    print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}; native bf16: {'yes' if native else 'no'}; auto precision: {default}")
+    print(f"demo shapes: {len(configs)} runs ({args.seeds} per shape), {args.epochs} epoch(s) of "
+          f"{len(data.train_x)} {data.name} examples, batch {DEMO['batch_size']}")
+
+    ceiling = {"fp32": matmul_gflops(torch.float32, args.matmul, args.repeats)}
+    ceiling["bf16"] = matmul_gflops(torch.bfloat16, args.matmul, args.repeats) if native else None
+    print(f"\nceiling ({args.matmul}x{args.matmul} matmul): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 "
+          + (f"{ceiling['bf16']:.1f} GFLOP/s" if native else "no native bf16 (skipped)"))
+
+    # warm-up over the timed shapes (allocator, oneDNN kernels), one short pass each
+    warm = [c.replace(epochs=1) for c in configs[::args.seeds]]
+    baseline(warm, data, torch.device("cpu"))
+    for precision in {"fp32", default}:
+        engine_run(warm, data, precision)
+
+    t_base = baseline(configs, data, torch.device("cpu"))
+    rows = [("baseline: plain fp32 loop", "fp32", t_base, None)]
+    for precision in ("fp32", default) if default != "fp32" else ("fp32",):
+        t_train, t_all = engine_run(configs, data, precision)
+        rows.append((f"engine {precision}: training", precision, t_train, None))
+        rows.append((f"engine {precision}: end to end", precision, t_all, "with evaluation"))
+    print(f"\n{'':<30} {'seconds':>8} {'model-samples/s':>16} {'GFLOP/s':>8} {'vs baseline':>12} {'of ceiling':>11}")
+    for label, precision, seconds, _ in rows:
+        gflops = work / seconds / 1e9
+        of = f"{gflops / ceiling[precision]:.0%}" if ceiling.get(precision) else "-"
+        print(f"{label:<30} {seconds:>8.2f} {samples / seconds:>16,.0f} {gflops:>8.1f} {t_base / seconds:>11.2f}x "
+              f"{of:>11}")
+    if native:
+        trained = next(s for label, p, s, _ in rows if label == f"engine {default}: training")
+        gflops = work / trained / 1e9
+        print(f"targets (native bf16): >= 2x the baseline: {t_base / trained:.2f}x "
+              f"({'met' if t_base / trained >= 2 else 'NOT met'}); >= 40% of the bf16 ceiling: "
+              f"{gflops / ceiling['bf16']:.0%} ({'met' if gflops >= 0.4 * ceiling['bf16'] else 'NOT met'})")
+
+    precisions = ["fp32", "bf16"] if native else ["fp32"]
+    print(f"\nengine training step, model-samples/s ({args.steps} steps after {args.warmup} untimed; pack size x "
+          "precision x layout)")
+    print(f"{'shape':<16} {'precision':<9} {'layout':<13} " + " ".join(f"{'pack ' + str(s):>9}" for s in sizes)
+          + f" {'best':>6}")
+    for (topology, blocks), precision, layout in itertools.product(SHAPES, precisions, ("NCHW", "channels_last")):
+        config = next(c for c in configs if c.topology == topology and c.blocks == blocks)
+        rates = {s: training_throughput([config.replace(seed=i) for i in range(s)], data, precision=precision,
+                                        channels_last=layout == "channels_last", steps=args.steps,
+                                        warmup=args.warmup)
+                 for s in sizes}
+        best = max(rates, key=rates.get)
+        print(f"{topology[:3]} {blocks} blocks{'':<5} {precision:<9} {layout:<13} "
+              + " ".join(f"{rates[s]:>9,.0f}" for s in sizes) + f" {best:>6}")
+
+    print(f"\nevaluation, model-images/s (a pack of {CPU_DEFAULT_PACK} on the {len(data.val_x)} validation images)")
+    print(f"{'shape':<16} {'precision':<9} {'NCHW':>10} {'channels_last':>14}")
+    for (topology, blocks), precision in itertools.product(SHAPES, precisions):
+        config = next(c for c in configs if c.topology == topology and c.blocks == blocks)
+        rates = [eval_rate(config, data, precision, cl, CPU_DEFAULT_PACK, args.repeats) for cl in (False, True)]
+        print(f"{topology[:3]} {blocks} blocks{'':<5} {precision:<9} {rates[0]:>10,.0f} {rates[1]:>14,.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Numerical precision of training and evaluation: float32, or bfloat16 autocast where the hardware has it.
+
+`auto` (the default of `depthlab run` and of the commands that evaluate) is bf16 autocast on CUDA devices and on
+CPUs with native bf16 arithmetic (x86: AVX-512 BF16 or AMX-BF16; Arm: the BF16 extension), and float32 elsewhere:
+a CPU without those instructions emulates bf16 and would run slower than float32. `fp32` is exactly what the
+engine computed before precisions were a choice. Under autocast, matrix products and convolutions run in bf16
+while losses, normalisation statistics, the optimizer and the weights stay float32.
+
+Precision is how a run is computed, like the device it ran on: it is recorded with every run (its environment's
+`precision`), and `compare` says how many pairs mix precisions, but it is not part of the run's identity
+(`depthlab.records`): a config trained in bf16 on a GPU and the same config trained in float32 on a laptop are
+one run, trained once per store. Use separate stores to compare precisions as a question of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve(precision: str, device: torch.device | str) -> str:
+    """The precision `precision` means on `device`: "fp32" or "bf16"."""
+    if precision not in PRECISIONS:
+        from depthlab.errors import SpecError
+
+        raise SpecError("precision", precision, ", ".join(PRECISIONS))
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(torch.device(device)) else "fp32"
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The autocast context of `precision` on `device` (a no-op for fp32)."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX-BF16 on x86, the BF16 extension on Arm: from PyTorch's own CPU probe where it has one,
+    else from the flags the operating system lists."""
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        try:
+            found = capabilities()
+        except Exception:  # noqa: BLE001 - a probe that fails says nothing; the flags below still may
+            found = {}
+        if found.get("avx512_bf16") or found.get("amx_bf16"):
+            return True
+        if found.get("architecture") == "x86_64":
+            return False
+    return bool(_os_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _os_cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (Linux; "flags" on x86, "Features" on Arm), or macOS's FEAT_BF16."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return set()
+        return {"bf16"} if out == "1" else set()
+    return set()
