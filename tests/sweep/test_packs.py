@@ -110,7 +110,9 @@ def test_a_calibration_that_fails_costs_speed_not_runs(tmp_path, monkeypatch, al
     summary = run_sweep(spec(), tmp_path / "s.sqlite", device="cpu", precision="fp32", progress=False,
                         log=logs.append)
     assert summary["trained"]["done"] == 10
-    assert any("not measured (RuntimeError: no timer)" in line for line in logs)
+    assert any("not measured (RuntimeError: no timer); packs of 2" in line for line in logs)
+    with Store(tmp_path / "s.sqlite", readonly=True) as s:
+        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK, 1}
 
 
 def test_runs_too_small_to_repay_a_measurement_take_the_default_size(tmp_path, monkeypatch):

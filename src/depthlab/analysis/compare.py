@@ -261,14 +261,16 @@ def tost_p(d, margin: float) -> float:
     """Two one-sided t-tests of the mean of d against -margin and +margin; the p-value is the larger one.
     p < alpha means the mean difference lies within ±margin (equivalence)."""
     d = np.asarray(d, dtype=float)
-    from scipy import stats  # imported here: `depthlab status` should not pay for scipy
+    # scipy.special's Student t CDF, not scipy.stats: the same function, a quarter of the import time (0.15 s
+    # against 0.56 s), which `depthlab run` pays before its comparison; and only here: `status` pays nothing
+    from scipy.special import stdtr
 
     n, mean, sd = len(d), float(d.mean()), float(d.std(ddof=1))
     if sd == 0:  # no spread: the mean is exact
         return 0.0 if abs(mean) < margin else 1.0
     se = sd / math.sqrt(n)
-    p_lower = stats.t.sf((mean + margin) / se, n - 1)  # H0: mean <= -margin
-    p_upper = stats.t.cdf((mean - margin) / se, n - 1)  # H0: mean >= +margin
+    p_lower = stdtr(n - 1, -(mean + margin) / se)  # H0: mean <= -margin (the upper tail at (mean + margin)/se)
+    p_upper = stdtr(n - 1, (mean - margin) / se)  # H0: mean >= +margin
     return float(max(p_lower, p_upper))
 
 

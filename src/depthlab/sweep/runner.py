@@ -143,8 +143,8 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
             if is_device_error(err):
                 raise
             log(f"pack size of {describe_shape(members[0])} not measured ({type(err).__name__}: {err}); "
-                f"packs of up to {cap}")
-            return cap
+                f"packs of {min(CPU_DEFAULT_PACK, cap)}")
+            return min(CPU_DEFAULT_PACK, cap)
         if cap == max_pack_size(members[0], device):  # every size was tried (not only up to --max-pack)
             store.save_pack_size(cache, size, rates)
         log(f"pack size {size} for {describe_shape(members[0])} ({the_plan.precision}; model-samples/s by pack "
