@@ -12,7 +12,9 @@ In one run, on the demo's shapes (`depthlab run`: MNIST, width 16, kernel 3, str
    and at the default precision (auto): its training steps alone (`train_seconds`) and end to end (with the
    per-epoch validation, final evaluation and geometric complexity);
 4. the choices behind the defaults: the engine's training step (`engine.training_throughput`) for packs of 1, 2,
-   4 and 8 models, float32 and bf16, NCHW and channels_last, and evaluation throughput in each layout.
+   4 and 8 models, float32 and bf16, NCHW and channels_last; and evaluation throughput of a pack of 4 in each
+   layout, at the engine's evaluation batch (`engine.evaluation_batch`: about 400 model-images per forward on a
+   CPU) and at 400 images per model.
 
 Achieved GFLOP/s = 3 × forward FLOPs per sample × model-samples/s (forward + backward). Ratios are to the
 baseline measured in the same run; fractions of the ceiling compare float32 runs with the float32 product and
@@ -44,7 +46,7 @@ from depthlab.measure import evaluate  # noqa: E402
 from depthlab.models import build, flops, pack  # noqa: E402
 from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
 from depthlab.sweep.config import RunConfig  # noqa: E402
-from depthlab.sweep.engine import train_pack, training_throughput  # noqa: E402
+from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
 from depthlab.sweep.packs import CPU_DEFAULT_PACK, make_packs  # noqa: E402
 
 DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
@@ -77,17 +79,17 @@ def forward_flops(config: RunConfig, data) -> int:
 def engine_run(configs, data, precision: str) -> tuple[float, float]:
     """Every config through the engine, packed as `depthlab run` packs them on a CPU. (train_seconds, wall)."""
     start, training = time.perf_counter(), 0.0
-    for members in make_packs(configs, "cpu", sizes={c.pack_key(): CPU_DEFAULT_PACK for c in configs}):
+    for members in make_packs(configs, "cpu", sizes={c.pack_key(): CPU_DEFAULT_PACK[precision] for c in configs}):
         training += train_pack(members, data, precision=precision)[0].train_seconds
     return training, time.perf_counter() - start
 
 
-def eval_rate(config: RunConfig, data, precision: str, channels_last: bool, models: int, repeats: int) -> float:
-    """Model-images/s of `evaluate` on the validation split (the engine's evaluation pass)."""
+def eval_rate(config: RunConfig, data, precision: str, channels_last: bool, models: int, batch: int,
+              repeats: int) -> float:
+    """Model-images/s of `evaluate` on the validation split (the engine's evaluation pass) at `batch` per model."""
     net = pack([build(config.model_spec(data.in_channels, data.input_size, data.num_classes), seed=s)
                 for s in range(models)])
     net.channels_last = channels_last
-    batch = min(1000, 4 * config.batch_size)
     evaluate(net, data.val_x, data.val_y, data.mean, data.std, models, precision, batch)
     times = []
     for _ in range(repeats):
@@ -177,12 +179,17 @@ def main(argv=None):
         print(f"{topology[:3]} {blocks} blocks{'':<5} {precision:<9} {layout:<13} "
               + " ".join(f"{rates[s]:>9,.0f}" for s in sizes) + f" {best:>6}")
 
-    print(f"\nevaluation, model-images/s (a pack of {CPU_DEFAULT_PACK} on the {len(data.val_x)} validation images)")
-    print(f"{'shape':<16} {'precision':<9} {'NCHW':>10} {'channels_last':>14}")
+    models = 4
+    batch = evaluation_batch(torch.device("cpu"), DEMO["batch_size"], models)
+    print(f"\nevaluation, model-images/s (a pack of {models} on the {len(data.val_x)} validation images; the "
+          f"engine's batch: {batch} per model)")
+    print(f"{'shape':<16} {'precision':<9} {'NCHW':>10} {'channels_last':>14} {'channels_last, 400/model':>25}")
     for (topology, blocks), precision in itertools.product(SHAPES, precisions):
         config = next(c for c in configs if c.topology == topology and c.blocks == blocks)
-        rates = [eval_rate(config, data, precision, cl, CPU_DEFAULT_PACK, args.repeats) for cl in (False, True)]
-        print(f"{topology[:3]} {blocks} blocks{'':<5} {precision:<9} {rates[0]:>10,.0f} {rates[1]:>14,.0f}")
+        rates = [eval_rate(config, data, precision, cl, models, size, args.repeats)
+                 for cl, size in ((False, batch), (True, batch), (True, 400))]
+        print(f"{topology[:3]} {blocks} blocks{'':<5} {precision:<9} {rates[0]:>10,.0f} {rates[1]:>14,.0f} "
+              f"{rates[2]:>25,.0f}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def test_cpu_throughput_prints_the_ceiling_the_ratios_and_the_tables(capsys, mon
     assert "targets (native bf16): >= 2x the baseline:" in out
     steps = [row for row in out.splitlines() if re.match(r"(seq|par) \d blocks +(fp32|bf16) +(NCHW|channels_last)", row)]
     assert len(steps) == 4 * 2 * 2  # shapes x precisions x layouts
-    evals = [row for row in out.splitlines() if re.match(r"(seq|par) \d blocks +(fp32|bf16) +[\d,]+ +[\d,]+$", row)]
+    evals = [row for row in out.splitlines()
+             if re.match(r"(seq|par) \d blocks +(fp32|bf16) +[\d,]+ +[\d,]+ +[\d,]+$", row)]
     assert len(evals) == 4 * 2
 
 

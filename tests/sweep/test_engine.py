@@ -205,3 +205,10 @@ def test_precision_layout_and_pack_size_are_recorded(data):
                for r in results)
     (lk,) = train_pack([config(epochs=1, branch="lk", kernel=5)], data, precision="fp32")
     assert lk.env["channels_last"] is True  # large depthwise kernels: channels_last on the CPU in any precision
+
+
+def test_evaluation_batches_stay_cache_sized_on_a_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [engine.evaluation_batch(cpu, 100, m) for m in (1, 2, 4, 8)] == [400, 200, 100, 50]
+    assert engine.evaluation_batch(cpu, 32, 1) == 128 and engine.evaluation_batch(cpu, 100, 1000) == 1
+    assert engine.evaluation_batch(cuda, 512, 64) == engine.EVAL_BATCH  # a GPU takes large batches

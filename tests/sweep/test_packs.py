@@ -112,14 +112,18 @@ def test_a_calibration_that_fails_costs_speed_not_runs(tmp_path, monkeypatch, al
     assert summary["trained"]["done"] == 10
     assert any("not measured (RuntimeError: no timer); packs of 2" in line for line in logs)
     with Store(tmp_path / "s.sqlite", readonly=True) as s:
-        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK, 1}
+        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}
 
 
 def test_runs_too_small_to_repay_a_measurement_take_the_default_size(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "calibrate", lambda *args: pytest.fail("measured a shape not worth it"))
     run_sweep(spec(), tmp_path / "s.sqlite", device="cpu", precision="fp32", progress=False, log=lambda m: None)
     with Store(tmp_path / "s.sqlite", readonly=True) as s:
-        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK, 1}  # 5 runs: 2 + 2 + 1
+        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}  # 5 runs: 2 + 2 + 1
+    # the default follows the precision: 4 in bf16, 2 in float32 (bench/cpu_throughput.py)
+    cpu = runner.resolve_device("cpu")
+    assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="bf16").packs) == [1, 1, 4, 4]
+    assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="fp32").packs) == [1, 1, 2, 2, 2, 2]
     assert not packs.worth_calibrating([RunConfig(dataset="synthetic", epochs=1)] * 5, 128, 8)
     # 16 runs of 5 epochs over MNIST's 55,000 examples: 4.4M samples against 11 x 128 x 15 = 21,120
     assert packs.worth_calibrating([RunConfig(epochs=5)] * 16, 55_000, 8)

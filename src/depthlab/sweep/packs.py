@@ -5,16 +5,17 @@ How many models go into one pack depends on the device:
 - on a GPU, as many as fit in memory (`GPU_MEMORY_FRACTION` of the free memory, by `bytes_per_model`): small
   networks leave a GPU idle, and packing is what fills it;
 - on a CPU, what is measured to be fastest. A CPU is often compute-bound already with one small model, so
-  whether packing pays depends on the shape and the precision (`bench/cpu_throughput.py`; on 2 AVX-512 cores
-  with the demo's shapes, packs of 2-4 gain up to 20% over one model in bf16, packs of 8 lose 15-40%, and wide
-  parallel layers gain nothing from packing). Before the first pack of a shape trains, `calibrate` times a few
-  training steps of packs of 1, 2, 4, ... models (up to `CPU_MAX_PACK` or the caller's limit; copies of the
-  shape, whatever the number of runs waiting) and keeps the largest size within `CALIBRATION_TOLERANCE` of the
-  fastest (fewer, larger packs also share their set-up and evaluation). The measurement is cached in the store
-  (`Store.pack_size`), keyed by what sets a step's speed (shape, batch, optimizer, precision, device, threads,
-  software), so a shape is measured once per machine and store. A shape whose runs are too little work to repay
-  the measurement (less than `CALIBRATION_PAYBACK` times its training samples) takes `CPU_DEFAULT_PACK`, the
-  size the benchmark found never far from the best. When the device is planned for elsewhere (Ray workers), the
+  whether packing pays depends on the shape, the precision and the machine (`bench/cpu_throughput.py`; on two
+  AVX-512 cores with the demo's shapes, in two runs: in bf16, packs of 4 trained 0-25% faster than one model,
+  packs of 8 between 25% faster and 15% slower; in float32, packs of 4 lost up to 40% on the 4-block shapes).
+  Before the first pack of a shape trains, `calibrate` times a few training steps of packs of 1, 2, 4, ... models
+  (up to `CPU_MAX_PACK` or the caller's limit; copies of the shape, whatever the number of runs waiting) and
+  keeps the largest size within `CALIBRATION_TOLERANCE` of the fastest (fewer, larger packs also share their
+  set-up and evaluation). The measurement is cached in the store (`Store.pack_size`), keyed by what sets a
+  step's speed (shape, batch, optimizer, precision, device, threads, software), so a shape is measured once per
+  machine and store. A shape whose runs are too little work to repay the measurement (less than
+  `CALIBRATION_PAYBACK` times its training samples) takes `CPU_DEFAULT_PACK` of its precision, never far from the
+  best in the benchmark (4 in bf16, 2 in float32). When the device is planned for elsewhere (Ray workers), the
   cap is used.
 
 Pack size changes only the speed: each model of a pack trains as it would alone (tests/sweep/test_engine.py).
@@ -31,7 +32,7 @@ from depthlab.sweep.config import DATASET_SHAPES, RunConfig
 from depthlab.sweep.engine import bytes_per_model, describe_device, training_throughput
 
 CPU_MAX_PACK = 8         # the largest pack a CPU is calibrated for: beyond it progress and memory get lumpy
-CPU_DEFAULT_PACK = 2     # a CPU's pack size where none was measured (bench/cpu_throughput.py)
+CPU_DEFAULT_PACK = {"fp32": 2, "bf16": 4}  # a CPU's pack size where none was measured (bench/cpu_throughput.py)
 GPU_MEMORY_FRACTION = 0.6
 CALIBRATION_SIZES = (1, 2, 4, 8)
 CALIBRATION_TOLERANCE = 0.05  # a larger pack within 5% of the fastest is preferred

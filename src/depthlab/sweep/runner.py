@@ -115,7 +115,7 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
             sizes[members[0].pack_key()] = size
         elif len(members) > 1 and max_pack_size(members[0], device, max_pack) > 1:
             uncalibrated += 1
-    default = {g[0].pack_key(): CPU_DEFAULT_PACK for g in groups(todo)} if device.type == "cpu" else {}
+    default = {g[0].pack_key(): CPU_DEFAULT_PACK[precision] for g in groups(todo)} if device.type == "cpu" else {}
     packs = make_packs(todo, device, max_pack, {**default, **sizes})
     return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=packs, precision=precision, sizes=sizes,
                      uncalibrated=uncalibrated, superseded=superseded, reopened=reopened, orphans=orphans)
@@ -135,7 +135,7 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
     cache = calibration_key(members[0], device, the_plan.precision)
     size = store.pack_size(cache)  # a peer runner may have measured it meanwhile
     if size is None and not worth_calibrating(members, int(dataset.train_x.shape[0]), cap):
-        return min(CPU_DEFAULT_PACK, cap)
+        return min(CPU_DEFAULT_PACK[the_plan.precision], cap)
     if size is None:
         try:  # up to the cap, not to the runs waiting: a later sweep of the shape reuses the measurement
             size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap)
@@ -143,8 +143,8 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
             if is_device_error(err):
                 raise
             log(f"pack size of {describe_shape(members[0])} not measured ({type(err).__name__}: {err}); "
-                f"packs of {min(CPU_DEFAULT_PACK, cap)}")
-            return min(CPU_DEFAULT_PACK, cap)
+                f"packs of {min(CPU_DEFAULT_PACK[the_plan.precision], cap)}")
+            return min(CPU_DEFAULT_PACK[the_plan.precision], cap)
         if cap == max_pack_size(members[0], device):  # every size was tried (not only up to --max-pack)
             store.save_pack_size(cache, size, rates)
         log(f"pack size {size} for {describe_shape(members[0])} ({the_plan.precision}; model-samples/s by pack "
