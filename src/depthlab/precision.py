@@ -2,8 +2,8 @@
 
 `auto` (the default of `depthlab run` and of the commands that evaluate) is bf16 autocast on CUDA devices and on
 CPUs with native bf16 arithmetic (x86: AVX-512 BF16 or AMX-BF16; Arm: the BF16 extension), and float32 elsewhere:
-a CPU without those instructions emulates bf16 and would run slower than float32. `fp32` is exactly what the
-engine computed before precisions were a choice. Under autocast, matrix products and convolutions run in bf16
+a CPU without those instructions emulates bf16 and would run slower than float32. `fp32` trains exactly as the
+engine did before precisions were a choice. Under autocast, matrix products and convolutions run in bf16
 while losses, normalisation statistics, the optimizer and the weights stay float32.
 
 Precision is how a run is computed, like the device it ran on: it is recorded with every run (its environment's

@@ -294,7 +294,7 @@ def use_channels_last(device: torch.device, spec, precision: str, given: bool | 
     """Whether a pack's activations run channels_last (`given` decides when not None). They do on CUDA; on the
     CPU for large depthwise kernels, whose NCHW weight gradient is ~3x slower on one thread and 10-100x slower
     with several threads on a busy machine (bench/lk_speed.py), and in bf16, whose CPU kernels are blocked for
-    NHWC (bench/cpu_throughput.py). float32 on the CPU stays NCHW: the float32 numerics of recipe 1, bit for bit.
+    NHWC (bench/cpu_throughput.py). float32 on the CPU stays NCHW: recipe 1's float32 training, bit for bit.
     Only activations: weights stay contiguous so that the optimizer can view them as (M, -1)."""
     if given is not None:
         return given
