@@ -208,3 +208,31 @@ def test_branch_initialisation_does_not_depend_on_the_topology():
         net = ResidualNet(spec.replace(topology=topology))  # the raw constructor, without build's rewiring
         stds[topology] = torch.cat([layer.conv2.weight.flatten() for layer in net.layers]).std().item()
     assert stds["parallel"] == pytest.approx(stds["sequential"], rel=0.05)
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_channels_last_heads_give_the_same_logits_and_a_channels_last_gradient(head):
+    """The head reads channels_last activations through their NHWC view: the logits are those of the NCHW path,
+    and the gradient of its activation's output is channels_last (an NCHW one sends the activation's and the
+    norm's backward down the CPU's slow strided path)."""
+    import torch
+
+    from depthlab.models import ModelSpec, build, pack
+
+    spec = ModelSpec(width=4, blocks=2, kernel=3, head=head, in_channels=1, input_size=12, num_classes=10)
+    net = pack([build(spec, seed=s) for s in range(3)])
+    x = torch.randn(3, 5, 1, 12, 12)
+    nchw = net(x)
+    feats = net.features(net.to_packed_input(x).to(memory_format=torch.channels_last)).detach().requires_grad_()
+    assert feats.is_contiguous(memory_format=torch.channels_last) and not feats.is_contiguous()
+    grads = []
+
+    def keep_gradient(module, args, out):
+        out.register_hook(grads.append)
+
+    net.head.act.register_forward_hook(keep_gradient)
+    logits = net.head(feats)
+    assert torch.allclose(logits, nchw, atol=1e-5)
+    logits.square().sum().backward()
+    (grad,) = grads
+    assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()

@@ -118,8 +118,21 @@ class PackedHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm(x))
         batch = x.shape[0]
+        # channels_last activations are pooled or flattened through their NHWC view, so that the gradient comes back
+        # channels_last too: an elementwise backward (ReLU, norm) whose gradient and saved activation differ in
+        # layout takes a strided path on the CPU (ReLU's: ~2x slower for a pooling gradient, ~40x for a flattened
+        # one), and the NCHW gradient of a plain flatten would reach every layer below
+        nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.kind == "gap":
-            features = x.mean(dim=(2, 3)).reshape(batch, self.models, -1)
+            pooled = x.permute(0, 2, 3, 1).mean(dim=(1, 2)) if nhwc else x.mean(dim=(2, 3))
+            features = pooled.reshape(batch, self.models, -1)
+        elif nhwc:  # positions then channels (a view, no copy), against the weight read in that order
+            m, (_, c_all, h, w) = self.models, x.shape
+            c = c_all // m
+            features = x.permute(0, 2, 3, 1).reshape(batch, h * w, m, c)
+            weight = self.weight.view(m, -1, c, h * w).transpose(2, 3)  # (M, K, H·W, C)
+            logits = torch.einsum("bsmc,mksc->mbk", features, weight.to(features.dtype))
+            return logits + self.bias[:, None, :].to(logits.dtype)
         else:
             features = x.reshape(batch, self.models, -1)
         logits = torch.einsum("bmf,mkf->mbk", features, self.weight.to(features.dtype))
