@@ -17,14 +17,20 @@ from __future__ import annotations
 import functools
 import platform
 import subprocess
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# torch is imported in the functions: the CLI builds its --precision choices from PRECISIONS while `--help` stays
+# free of torch (tests/cli/test_startup.py)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve(precision: str, device: torch.device | str) -> str:
     """The precision `precision` means on `device`: "fp32" or "bf16"."""
+    import torch
+
     if precision not in PRECISIONS:
         from depthlab.errors import SpecError
 
@@ -36,12 +42,16 @@ def resolve(precision: str, device: torch.device | str) -> str:
 
 def autocast(precision: str, device: torch.device | str):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
+    import torch
+
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 natively (not emulated)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -53,6 +63,8 @@ def native_bf16(device: torch.device) -> bool:
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX-BF16 on x86, the BF16 extension on Arm: from PyTorch's own CPU probe where it has one,
     else from the flags the operating system lists."""
+    import torch
+
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
         try:

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 
-from depthlab.cli.args import non_negative_int, positive_float, positive_int
+from depthlab.cli.args import add_precision, non_negative_int, positive_float, positive_int
 from depthlab.errors import DepthlabError
 from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
@@ -186,7 +186,7 @@ def register(subparsers) -> None:
     _training_options(p)
     p.add_argument("--no-plain", action="store_true", help="skip the plain-network contrast")
     _store_options(p)
-    _precision_option(p)
+    add_precision(p, help=PRECISION_HELP)
     _common(p)
     p.set_defaults(func=cmd_lesion)
 
@@ -206,15 +206,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-recalibrate", action="store_true",
                    help="do not re-estimate BatchNorm statistics after the conversion")
     _store_options(p)
-    _precision_option(p)
+    add_precision(p, help=PRECISION_HELP)
     _common(p)
     p.set_defaults(func=cmd_convert)
-
-
-def _precision_option(p):
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="what the runs train in and the networks are evaluated in: auto is bf16 where the device "
-                   "computes it natively (CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32 (default: auto)")
 
 
 def _store_options(p):
@@ -223,6 +217,9 @@ def _store_options(p):
     p.add_argument("--run", default=None, help="analyse this trained run of --store (its id or a unique prefix; "
                    "needs weights kept by `depthlab run --save-weights`) instead of a fresh model")
 
+
+PRECISION_HELP = ("what the runs train in and the networks are evaluated in: auto is bf16 where the device computes "
+                  "it natively (CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32")
 
 # The run a lesion or conversion trains from its flags (each flag's default; None = not given on the command line,
 # which matters with --run: the stored run's config decides, and a training flag given with it is an error).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from depthlab.precision import PRECISIONS
+
 
 def int_between(text: str, low: int, high: int | None = None) -> int:
     """`text` as an integer in [low, high] (no upper bound when high is None)."""
@@ -34,3 +36,8 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def add_precision(parser, help: str) -> None:
+    """The `--precision` option of the commands that train or evaluate (`depthlab.precision`; default auto)."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=help)

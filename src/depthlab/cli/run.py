@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 
-from depthlab.cli.args import positive_int
+from depthlab.cli.args import add_precision, positive_int
 from depthlab.errors import SpecError
 from depthlab.sweep.spec import PRESETS, check_name
 from depthlab.sweep.store import DEFAULT_STORE
@@ -37,10 +37,9 @@ def register(subparsers) -> None:
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 BF16, "
-                   "AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 numerics. Recorded per "
-                   "run (not part of its identity: a finished run is not trained again in another precision)")
+    add_precision(p, help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 "
+                  "BF16, AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 training. Recorded "
+                  "per run (not part of its identity: a finished run is not trained again in another precision)")
     p.add_argument("--no-complexity", dest="complexity", action="store_false",
                    help="skip each run's geometric complexity (10 backward passes over 128 examples at the end; "
                    "recorded as null, and as complexity: false in the run's environment)")
@@ -109,8 +108,8 @@ def run_command(args) -> int:
     trained = summary["trained"]
     counts = summary["counts"]
     print(f"sweep {spec.name}: trained {sum(trained.values())} runs in {summary['seconds']:.1f} s on "
-          f"{summary['device']} in {summary['precision']} ({trained.get('done', 0)} done, {trained.get('diverged', 0)} diverged, "
-          f"{trained.get('failed', 0)} failed); store {args.store}: "
+          f"{summary['device']} in {summary['precision']} ({trained.get('done', 0)} done, "
+          f"{trained.get('diverged', 0)} diverged, {trained.get('failed', 0)} failed); store {args.store}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if not args.no_compare and counts.get("done", 0):
         from depthlab.analysis.compare import compare_report, format_report

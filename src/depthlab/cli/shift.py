@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthlab.cli.args import positive_int
+from depthlab.cli.args import add_precision, positive_int
 
 METHOD_NAMES = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")  # = depthlab.shift.methods.METHODS
 
@@ -87,10 +87,9 @@ def register(subparsers) -> None:
                    "(default: $DEPTHLAB_DATA or ~/.cache/depthlab)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default on a CPU: 1; small test batches are fastest on one)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="what the networks compute in: auto is bf16 where the device computes it natively (CUDA, "
-                   "CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32; recorded in each row's env, not part of its "
-                   "key (rows already measured are kept)")
+    add_precision(p, help="what the networks compute in: auto is bf16 where the device computes it natively "
+                  "(CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32; recorded in each row's env, not part of "
+                  "its key (rows already measured are kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_shift)
 
