@@ -47,7 +47,7 @@ from depthlab.models import build, flops, pack  # noqa: E402
 from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
 from depthlab.sweep.config import RunConfig  # noqa: E402
 from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
-from depthlab.sweep.packs import CPU_DEFAULT_PACK, make_packs  # noqa: E402
+from depthlab.sweep.packs import make_packs  # noqa: E402
 
 DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
             batch_size=100, schedule="cosine")
@@ -79,7 +79,7 @@ def forward_flops(config: RunConfig, data) -> int:
 def engine_run(configs, data, precision: str) -> tuple[float, float]:
     """Every config through the engine, packed as `depthlab run` packs them on a CPU. (train_seconds, wall)."""
     start, training = time.perf_counter(), 0.0
-    for members in make_packs(configs, "cpu", sizes={c.pack_key(): CPU_DEFAULT_PACK[precision] for c in configs}):
+    for members in make_packs(configs, "cpu", precision=precision, defaults=True):
         training += train_pack(members, data, precision=precision)[0].train_seconds
     return training, time.perf_counter() - start
 

@@ -128,7 +128,7 @@ def main(argv=None):
     configs = configs_for(args.set, seeds, samples, subset)
     c0 = configs[0]
     data = load_data(c0.dataset, subset, device, args.data_root, args.test)
-    packs = make_packs(configs, device, args.max_pack)
+    packs = make_packs(configs, device, args.max_pack, precision=resolve(args.precision, device))
     steps = subset // 128 * c0.epochs
     model_samples = len(configs) * steps * 128
     work = sum(3 * flops(c.model_spec(data.in_channels, data.input_size, data.num_classes)) for c in configs) \

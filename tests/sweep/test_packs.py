@@ -139,3 +139,12 @@ def test_epochs_and_data_subsets_share_a_calibration_shapes_do_not():
     for other in (base.replace(width=8), base.replace(batch_size=64), base.replace(optimizer="sgd")):
         assert packs.calibration_key(other, cpu, "bf16") != packs.calibration_key(base, cpu, "bf16")
     assert packs.calibration_key(base, cpu, "fp32") != packs.calibration_key(base, cpu, "bf16")
+
+
+def test_the_gpu_memory_estimate_follows_the_precision():
+    """A pack planned for float32 on a GPU must not be sized as if its activations were bf16 (half as large)."""
+    from depthlab.sweep.engine import bytes_per_model
+
+    config = RunConfig(width=32, blocks=4, batch_size=128)
+    fp32, bf16 = (bytes_per_model(config, 1, 28, p) for p in ("fp32", "bf16"))
+    assert 1.9 * bf16 < fp32 < 2 * bf16  # activations dominate; parameters and optimizer state stay float32

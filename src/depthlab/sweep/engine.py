@@ -129,14 +129,14 @@ def environment(device: torch.device, pack_size: int, precision: str, compiled: 
     return env
 
 
-def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, amp: bool) -> int:
+def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, precision: str) -> int:
     """Rough training memory of one model of a pack: the activations autograd keeps for a batch, plus
     parameters, gradients and optimizer state. Used to choose pack sizes; an OOM still splits the pack."""
     spec = config.model_spec(in_channels=in_channels, input_size=input_size)
     hw = spec.feature_size ** 2
     per_block = 3 * spec.hidden_channels + 2 * spec.width        # conv1 out, norm out, act out, conv2 out, sum
     activations = (spec.width * 2 + spec.blocks * per_block) * hw + in_channels * input_size ** 2
-    element = 2 if amp else 4
+    element = 2 if precision == "bf16" else 4
     return int(1.5 * config.batch_size * activations * element + 16 * spec_params(spec))
 
 

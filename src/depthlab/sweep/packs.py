@@ -44,14 +44,16 @@ CALIBRATION_PAYBACK = 20      # measure only shapes whose runs train 20x the sam
 SPEED_NEUTRAL = ("epochs", "schedule", "train_subset", "val_split", "test_subset")
 
 
-def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = None) -> int:
-    """How many models of `config`'s shape may share one pack on `device` (memory on a GPU, the cap on a CPU)."""
+def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = None,
+                  precision: str = "fp32") -> int:
+    """How many models of `config`'s shape may share one pack on `device` (memory in `precision` on a GPU, the
+    cap on a CPU)."""
     channels, size, _, _ = DATASET_SHAPES[config.dataset]
     if device.type == "meta":  # planned for a device elsewhere (e.g. Ray workers): only the caller's limit
         return max(1, limit or CPU_MAX_PACK)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        fit = int(free * GPU_MEMORY_FRACTION // bytes_per_model(config, channels, size, amp=True))
+        fit = int(free * GPU_MEMORY_FRACTION // bytes_per_model(config, channels, size, precision))
         size_cap = 256
     else:
         fit, size_cap = CPU_MAX_PACK, CPU_MAX_PACK
@@ -71,15 +73,26 @@ def split(members: list[RunConfig], size: int) -> list[list[RunConfig]]:
 
 
 def make_packs(configs: list[RunConfig], device: torch.device | str = "cpu", max_models: int | None = None,
-               sizes: dict | None = None) -> list[list[RunConfig]]:
-    """Packs in the order their first run appears; each at most as large as fits on `device` (and
-    `max_models`), and as `sizes[pack_key]` says (a calibrated or default size) where given."""
+               sizes: dict | None = None, precision: str = "fp32", defaults: bool = False) -> list[list[RunConfig]]:
+    """Packs in the order their first run appears; each at most as large as fits on `device` in `precision` (and
+    `max_models`): `sizes[pack_key]` where one was measured, else with `defaults` (what `depthlab run` does)
+    `default_pack_size`, else the largest that fits."""
     device = torch.device(device)
     packs = []
     for members in groups(configs):
-        cap = max_pack_size(members[0], device, max_models)
-        packs.extend(split(members, min((sizes or {}).get(members[0].pack_key(), cap), cap)))
+        cap = max_pack_size(members[0], device, max_models, precision)
+        measured = (sizes or {}).get(members[0].pack_key())
+        if measured:
+            size = min(measured, cap)
+        else:
+            size = default_pack_size(device, precision, cap) if defaults else cap
+        packs.extend(split(members, size))
     return packs
+
+
+def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
+    """The pack size where none was measured: on a CPU CPU_DEFAULT_PACK of the precision, elsewhere the cap."""
+    return min(CPU_DEFAULT_PACK[precision], cap) if device.type == "cpu" else cap
 
 
 def calibration_key(config: RunConfig, device: torch.device, precision: str) -> str:

@@ -26,7 +26,7 @@ from depthlab.records import run_id
 from depthlab.sweep import engine, weights
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
-from depthlab.sweep.packs import (CPU_DEFAULT_PACK, calibrate, calibration_key, groups, make_packs, max_pack_size,
+from depthlab.sweep.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
                                   split, worth_calibrating)
 from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
@@ -115,27 +115,27 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
             sizes[members[0].pack_key()] = size
         elif len(members) > 1 and max_pack_size(members[0], device, max_pack) > 1:
             uncalibrated += 1
-    default = {g[0].pack_key(): CPU_DEFAULT_PACK[precision] for g in groups(todo)} if device.type == "cpu" else {}
-    packs = make_packs(todo, device, max_pack, {**default, **sizes})
-    return SweepPlan(total=len(configs), finished=finished, todo=todo, packs=packs, precision=precision, sizes=sizes,
-                     uncalibrated=uncalibrated, superseded=superseded, reopened=reopened, orphans=orphans)
+    return SweepPlan(total=len(configs), finished=finished, todo=todo,
+                     packs=make_packs(todo, device, max_pack, sizes, precision, defaults=True), precision=precision,
+                     sizes=sizes, uncalibrated=uncalibrated, superseded=superseded, reopened=reopened, orphans=orphans)
 
 
 def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, dataset, device: torch.device,
               max_pack: int | None, log) -> int:
     """The pack size of a group of same-shape runs: the store's calibrated size; else, on a CPU with more than one
-    run waiting, measured now and saved when the runs are work enough to repay it, or CPU_DEFAULT_PACK when they
+    run waiting, measured now and saved when the runs are work enough to repay it, or the default size when they
     are not (depthlab.sweep.packs); else (a GPU) the cap."""
-    cap = max_pack_size(members[0], device, max_pack)
+    cap = max_pack_size(members[0], device, max_pack, the_plan.precision)
+    default = default_pack_size(device, the_plan.precision, cap)
     key = members[0].pack_key()
     if key in the_plan.sizes:
         return min(the_plan.sizes[key], cap)
     if device.type != "cpu" or len(members) == 1 or cap == 1:
-        return cap
+        return default
     cache = calibration_key(members[0], device, the_plan.precision)
     size = store.pack_size(cache)  # a peer runner may have measured it meanwhile
     if size is None and not worth_calibrating(members, int(dataset.train_x.shape[0]), cap):
-        return min(CPU_DEFAULT_PACK[the_plan.precision], cap)
+        return default
     if size is None:
         try:  # up to the cap, not to the runs waiting: a later sweep of the shape reuses the measurement
             size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap)
@@ -143,9 +143,9 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
             if is_device_error(err):
                 raise
             log(f"pack size of {describe_shape(members[0])} not measured ({type(err).__name__}: {err}); "
-                f"packs of {min(CPU_DEFAULT_PACK[the_plan.precision], cap)}")
-            return min(CPU_DEFAULT_PACK[the_plan.precision], cap)
-        if cap == max_pack_size(members[0], device):  # every size was tried (not only up to --max-pack)
+                f"packs of {default}")
+            return default
+        if cap == max_pack_size(members[0], device, precision=the_plan.precision):  # every size was tried
             store.save_pack_size(cache, size, rates)
         log(f"pack size {size} for {describe_shape(members[0])} ({the_plan.precision}; model-samples/s by pack "
             "size: " + ", ".join(f"{s}: {r:,.0f}" for s, r in rates.items()) + ")")
@@ -317,6 +317,6 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
         bar.close()
     counts = store.counts(spec.name)
     store.close()
-    return {"sweep": spec.name, "precision": the_plan.precision, "total": the_plan.total, "trained": trained, "counts": counts,
-            "seconds": time.perf_counter() - started, "device": str(device)}
+    return {"sweep": spec.name, "precision": the_plan.precision, "total": the_plan.total, "trained": trained,
+            "counts": counts, "seconds": time.perf_counter() - started, "device": str(device)}
 
