@@ -30,7 +30,6 @@ def evaluate(net, x, y, mean, std, models: int | None = None, precision: str = "
     loss_sum = torch.zeros(models, device=x.device)
     correct = torch.zeros(models, device=x.device)
     count = 0
-    precision = precisions.resolve(precision, x.device)
     try:
         with torch.inference_mode(), precisions.autocast(precision, x.device):
             for xb, yb in eval_batches(x, y, batch_size, mean, std):

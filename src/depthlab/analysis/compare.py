@@ -497,7 +497,7 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     if recipes["n_superseded"]:
         notes.append(f"{recipes['n_superseded']} run(s) trained by an older recipe of a config that a newer recipe "
                      "trained again are left out (superseded).")
-    by_precision = Counter(precision_of(r) for r in latest_recipes(records)[0] if precision_of(r))
+    by_precision = Counter(filter(None, map(precision_of, latest_recipes(records)[0])))
     if len(by_precision) > 1:
         notes.append("Runs were trained in several precisions (" + ", ".join(
             f"{p} {n}" for p, n in sorted(by_precision.items())) + "): a pair whose two runs differ in precision "

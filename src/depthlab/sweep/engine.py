@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import math
 import os
 import platform
@@ -181,9 +182,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     precision = precisions.resolve(precision, device)
     c0, models = configs[0], len(configs)
-    shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
     start = time.perf_counter()
-    starts, pruning = _starting_models(configs, shape, initial), {}
+    starts, pruning = _starting_models(configs, dataset, initial), {}
     if c0.cropped:  # PreCropping: the dense, narrower network the mask's layer densities describe
         starts, pruning = _cropped(configs, starts, dataset)
     spec = starts[0].spec
@@ -247,9 +247,10 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         finals[split] = (loss.tolist(), acc.tolist())
     # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
     erf = effective_receptive_field(net, dataset.train_x[:ERF_EXAMPLES], dataset.mean, dataset.std).tolist()
-    gc_values = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std, models,
-                                     batch_size=max(1, c0.batch_size // 2)).tolist() if complexity \
-        else [None] * models
+    gc_values = [None] * models
+    if complexity:
+        gc_values = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
+                                         models, batch_size=max(1, c0.batch_size // 2)).tolist()
     seconds = time.perf_counter() - start
     env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
                       train_eval_examples=train_eval, complexity=complexity)
@@ -336,24 +337,20 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
     (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.sweep.packs`)."""
     device = torch.device(device)
     precision = precisions.resolve(precision, device)
-    shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
-    net = pack(_starting_models(configs, shape, None)).to(device).train()
+    net = pack(_starting_models(configs, dataset, None)).to(device).train()
     net.channels_last = use_channels_last(device, net.spec, precision, channels_last)
     optimizer, batches = _optimizer(configs, net), _batches(configs, dataset)
     alive = torch.ones(len(configs), dtype=torch.bool, device=device)
-    done, samples, started = 0, 0, 0.0
-    while done < warmup + steps:
-        for xb, yb, _ in batches.epoch(done):
-            if done == warmup:
-                synchronize(device)
-                started = time.perf_counter()
-            _forward_backward(net, xb, yb, alive, precision, device)
-            optimizer.step(1.0, active=alive)
-            optimizer.zero_grad()
-            done += 1
-            samples += yb.numel() if done > warmup else 0
-            if done == warmup + steps:
-                break
+    stream = itertools.chain.from_iterable(batches.epoch(epoch) for epoch in itertools.count())
+    samples, started = 0, time.perf_counter()
+    for step, (xb, yb, _) in enumerate(itertools.islice(stream, warmup + steps)):
+        if step == warmup:
+            synchronize(device)
+            samples, started = 0, time.perf_counter()
+        _forward_backward(net, xb, yb, alive, precision, device)
+        optimizer.step(1.0, active=alive)
+        optimizer.zero_grad()
+        samples += yb.numel()
     synchronize(device)
     return samples / max(time.perf_counter() - started, 1e-9)
 
@@ -404,8 +401,10 @@ def _cropped(configs, models, dataset) -> tuple[list, dict]:
     return [model], {0: record}
 
 
-def _starting_models(configs: list[RunConfig], shape: dict, initial) -> list:
-    """Each config's model before training: built from its seed, or the given one (checked to fit)."""
+def _starting_models(configs: list[RunConfig], dataset, initial) -> list:
+    """Each config's model for `dataset` before training: built from its seed, or the given one (checked to
+    fit)."""
+    shape = dict(in_channels=dataset.in_channels, input_size=dataset.input_size, num_classes=dataset.num_classes)
     initial = [None] * len(configs) if initial is None else list(initial)
     if len(initial) != len(configs):
         raise ValueError(f"initial: {len(initial)} entries for {len(configs)} configs")
