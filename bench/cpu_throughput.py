@@ -9,8 +9,11 @@ In one run, on the demo's shapes (`depthlab run`: MNIST, width 16, kernel 3, str
    from tensors in memory; what the engine did on a CPU before precision was a choice is no faster: it trained
    float32 packs, which gain nothing here);
 3. the engine on the same configs and data, packed as `depthlab run` packs them (`CPU_DEFAULT_PACK`), in float32
-   and at the default precision (auto): its training steps alone (`train_seconds`) and end to end (with the
-   per-epoch validation, final evaluation and geometric complexity);
+   and at the default precision (auto), one pack at a time and (default precision) with the packs spread over
+   `depthlab run`'s worker threads (`depthlab.sweep.workers`): its training steps alone and end to end (with the
+   per-epoch validation, final evaluation and geometric complexity). One pack at a time, the training seconds
+   are the packs' `train_seconds`; with W workers, the steady-state rate of W packs stepping at once (each
+   shape's default pack, `engine.training_throughput` in W threads) applied to the demo's samples of each shape;
 4. the choices behind the defaults: the engine's training step (`engine.training_throughput`) for packs of 1, 2,
    4 and 8 models, float32 and bf16, NCHW and channels_last; and evaluation throughput of a pack of 4 in each
    layout, at the engine's evaluation batch (`engine.evaluation_batch`: about 400 model-images per forward on a
@@ -47,7 +50,8 @@ from depthlab.models import build, flops, pack  # noqa: E402
 from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
 from depthlab.sweep.config import RunConfig  # noqa: E402
 from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
-from depthlab.sweep.packs import make_packs  # noqa: E402
+from depthlab.sweep.packs import default_pack_size, make_packs  # noqa: E402
+from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker  # noqa: E402
 
 DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
             batch_size=100, schedule="cosine")
@@ -76,12 +80,39 @@ def forward_flops(config: RunConfig, data) -> int:
     return flops(config.model_spec(data.in_channels, data.input_size, data.num_classes))
 
 
-def engine_run(configs, data, precision: str) -> tuple[float, float]:
-    """Every config through the engine, packed as `depthlab run` packs them on a CPU. (train_seconds, wall)."""
-    start, training = time.perf_counter(), 0.0
-    for members in make_packs(configs, "cpu", precision=precision, defaults=True):
-        training += train_pack(members, data, precision=precision)[0].train_seconds
-    return training, time.perf_counter() - start
+def engine_run(configs, data, precision: str, workers: int = 1) -> tuple[float, float]:
+    """Every config through the engine, packed and spread over `workers` threads as `depthlab run` does on a
+    CPU. (training seconds: the packs' train_seconds, summed, and the wall time.)"""
+    packs = make_packs(configs, "cpu", precision=precision, defaults=True, workers=workers)
+    training = []
+    start = time.perf_counter()
+    with intra_op_threads(threads_per_worker(workers)):
+        Workers(workers).run(packs, lambda members: training.append(
+            train_pack(members, data, precision=precision)[0].train_seconds))
+    return sum(training), time.perf_counter() - start
+
+
+def side_by_side_rate(configs, data, precision: str, workers: int, steps: int, warmup: int) -> float:
+    """Model-samples/s of `workers` packs of `configs` (one shape) stepping at once, each in its own thread
+    on its share of the cores: the engine's training step as `depthlab run` runs it."""
+    rates = []
+    with intra_op_threads(threads_per_worker(workers)):
+        Workers(workers).run(range(workers), lambda i: rates.append(training_throughput(
+            [c.replace(seed=c.seed + 100 * i) for c in configs], data, precision=precision, steps=steps,
+            warmup=warmup)))
+    return sum(rates)
+
+
+def side_by_side_training(configs, data, precision: str, workers: int, steps: int, warmup: int) -> float:
+    """Seconds the demo's training steps take with `workers` packs stepping at once: each shape's samples at
+    its side-by-side rate."""
+    seconds = 0.0
+    for shape in {c.pack_key(): None for c in configs}:
+        members = [c for c in configs if c.pack_key() == shape]
+        size = min(default_pack_size(torch.device("cpu"), precision, len(members)), -(-len(members) // workers))
+        samples = sum(c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size for c in members)
+        seconds += samples / side_by_side_rate(members[:size], data, precision, workers, steps, warmup)
+    return seconds
 
 
 def eval_rate(config: RunConfig, data, precision: str, channels_last: bool, models: int, batch: int,
@@ -145,20 +176,26 @@ def main(argv=None):
     for precision in {"fp32", default}:
         engine_run(warm, data, precision)
 
+    workers = default_workers(torch.device("cpu"), len(configs))
     t_base = baseline(configs, data, torch.device("cpu"))
-    rows = [("baseline: plain fp32 loop", "fp32", t_base, None)]
+    rows = [("baseline: plain fp32 loop", "fp32", t_base)]
     for precision in ("fp32", default) if default != "fp32" else ("fp32",):
         t_train, t_all = engine_run(configs, data, precision)
-        rows.append((f"engine {precision}: training", precision, t_train, None))
-        rows.append((f"engine {precision}: end to end", precision, t_all, "with evaluation"))
-    print(f"\n{'':<30} {'seconds':>8} {'model-samples/s':>16} {'GFLOP/s':>8} {'vs baseline':>12} {'of ceiling':>11}")
-    for label, precision, seconds, _ in rows:
+        rows.append((f"engine {precision}: training", precision, t_train))
+        rows.append((f"engine {precision}: end to end", precision, t_all))
+    if workers > 1:
+        t_all = engine_run(configs, data, default, workers)[1]
+        t_train = side_by_side_training(configs, data, default, workers, args.steps, args.warmup)
+        rows.append((f"engine {default}, {workers} workers: training", default, t_train))
+        rows.append((f"engine {default}, {workers} workers: end to end", default, t_all))
+    print(f"\n{'':<34} {'seconds':>8} {'model-samples/s':>16} {'GFLOP/s':>8} {'vs baseline':>12} {'of ceiling':>11}")
+    for label, precision, seconds in rows:
         gflops = work / seconds / 1e9
         of = f"{gflops / ceiling[precision]:.0%}" if ceiling.get(precision) else "-"
-        print(f"{label:<30} {seconds:>8.2f} {samples / seconds:>16,.0f} {gflops:>8.1f} {t_base / seconds:>11.2f}x "
+        print(f"{label:<34} {seconds:>8.2f} {samples / seconds:>16,.0f} {gflops:>8.1f} {t_base / seconds:>11.2f}x "
               f"{of:>11}")
-    if native:
-        trained = next(s for label, p, s, _ in rows if label == f"engine {default}: training")
+    if native:  # as `depthlab run` trains: the default precision, its workers side by side
+        trained = rows[-2][2]
         gflops = work / trained / 1e9
         print(f"targets (native bf16): >= 2x the baseline: {t_base / trained:.2f}x "
               f"({'met' if t_base / trained >= 2 else 'NOT met'}); >= 40% of the bf16 ceiling: "

@@ -97,11 +97,12 @@ def test_cpu_throughput_prints_the_ceiling_the_ratios_and_the_tables(capsys, mon
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)  # bf16 columns on any CPU (emulated)
     module = bench("cpu_throughput")
     monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(module, "default_workers", lambda device, runs: 2)  # as on two cores or more
     module.main(TINY_CPU)
     out = capsys.readouterr().out
     assert re.search(r"ceiling \(64x64 matmul\): fp32 [\d.]+ GFLOP/s, bf16 [\d.]+ GFLOP/s", out)
     for label in ("baseline: plain fp32 loop", "engine fp32: training", "engine bf16: training",
-                  "engine bf16: end to end"):
+                  "engine bf16: end to end", "engine bf16, 2 workers: training", "engine bf16, 2 workers: end to end"):
         (line,) = [row for row in out.splitlines() if row.startswith(label)]
         assert float(re.findall(r"(\d+\.\d+)x", line)[0]) > 0
     assert "targets (native bf16): >= 2x the baseline:" in out

@@ -78,8 +78,9 @@ def test_a_shape_is_measured_once_per_store_and_its_size_used(tmp_path, monkeypa
     # a new sweep of the same shapes: the sizes come from the store, nothing is measured again
     assert the_plan.uncalibrated == 0 and len(the_plan.sizes) == 2
     expected = []
-    for size in the_plan.sizes.values():  # 6 runs of each shape, in packs of the stored size
-        expected += [min(size, 6 - start) for start in range(0, 6, size)]
+    for size in the_plan.sizes.values():  # 6 runs of each shape, in the fewest even packs of the stored size
+        count = -(-6 // size)
+        expected += [6 // count + (i < 6 % count) for i in range(count)]
     assert sorted(len(p) for p in the_plan.packs) == sorted(expected)
     run_sweep(spec(seed=[5, 6, 7, 8, 9, 10]), store, device="cpu", precision="fp32", progress=False,
               log=logs.append)
@@ -122,7 +123,7 @@ def test_runs_too_small_to_repay_a_measurement_take_the_default_size(tmp_path, m
         assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}  # 5 runs: 2 + 2 + 1
     # the default follows the precision: 4 in bf16, 2 in float32 (bench/cpu_throughput.py)
     cpu = runner.resolve_device("cpu")
-    assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="bf16").packs) == [1, 1, 4, 4]
+    assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="bf16").packs) == [2, 2, 3, 3]  # 5 runs: 3 + 2
     assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="fp32").packs) == [1, 1, 2, 2, 2, 2]
     assert not packs.worth_calibrating([RunConfig(dataset="synthetic", epochs=1)] * 5, 128, 8)
     # 16 runs of 5 epochs over MNIST's 55,000 examples: 4.4M samples against 11 x 128 x 15 = 21,120

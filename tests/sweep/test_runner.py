@@ -220,7 +220,7 @@ def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
     store.claim(ids, owner)
     before = store.running()[0]
     beat = Heartbeat(store, owner, every=0.05)
-    beat.ids = ids
+    beat.hold(0, ids)
     time.sleep(0.3)
     beat.stop()
     after = store.running()[0]

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from depthlab.cli.args import add_precision, positive_int
-from depthlab.errors import SpecError
+from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.spec import PRESETS, check_name
 from depthlab.sweep.store import DEFAULT_STORE
 
@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="packs trained at once in this process, each on its share of torch's threads (local "
+                   "backend; default: 2 on a CPU with two or more, 1 on a GPU). Small networks do not keep two "
+                   "cores busy within one operator: two packs side by side train 1.3-1.5x faster. Recorded per run")
     add_precision(p, help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 "
                   "BF16, AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 training. Recorded "
                   "per run (not part of its identity: a finished run is not trained again in another precision)")
@@ -84,16 +88,21 @@ def run_command(args) -> int:
                   "validating each (dry run: nothing trained)")
             return 0
         store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
-        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision)
+        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision,
+                        workers=args.workers)
         if store is not None:
             store.close()
         measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "
                     "and the number of packs change" if the_plan.uncalibrated else "")
         print(f"sweep {spec.name}: {the_plan.total} runs, {the_plan.finished} already finished in {args.store}, "
               f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} in {the_plan.precision}"
+              f"{f', {the_plan.workers} at a time' if the_plan.workers > 1 else ''}"
               f"{measured} (dry run: nothing trained)")
         return 0
     if args.backend == "ray":
+        if args.workers is not None:
+            raise DepthlabError("--workers is for the local backend: Ray trains a pack per Ray worker "
+                                "(give Ray its CPUs instead)")
         from depthlab.sweep.ray_backend import run_sweep_ray
         summary = run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
                                 address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
@@ -104,16 +113,16 @@ def run_command(args) -> int:
         summary = run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                             compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
                             progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
-                            complexity=args.complexity)
+                            complexity=args.complexity, workers=args.workers)
     trained = summary["trained"]
     counts = summary["counts"]
+    workers = f" ({summary['workers']} packs at a time)" if summary.get("workers", 1) > 1 else ""
     print(f"sweep {spec.name}: trained {sum(trained.values())} runs in {summary['seconds']:.1f} s on "
-          f"{summary['device']} in {summary['precision']} ({trained.get('done', 0)} done, "
+          f"{summary['device']}{workers} in {summary['precision']} ({trained.get('done', 0)} done, "
           f"{trained.get('diverged', 0)} diverged, {trained.get('failed', 0)} failed); store {args.store}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
     if not args.no_compare and counts.get("done", 0):
         from depthlab.analysis.compare import compare_report, format_report
-        from depthlab.errors import DepthlabError
 
         with Store(args.store, readonly=True) as store:
             records = store.records(sweep=spec.name)

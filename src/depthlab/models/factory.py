@@ -6,10 +6,9 @@ so a sequential/parallel pair of one seed differs in its wiring alone.
 
 from __future__ import annotations
 
-import torch
-
 from depthlab.models.network import ResidualNet
 from depthlab.models.rewire import regroup
+from depthlab.models.rng import global_rng
 from depthlab.models.spec import ModelSpec
 
 
@@ -20,8 +19,7 @@ def build(spec: ModelSpec, seed: int | None = None, models: int = 1) -> Residual
     differs in its wiring alone."""
     if seed is None:
         return _initialised(spec, models)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng(seed):  # one thread at a time (depthlab.models.rng)
         return _initialised(spec, models)
 
 

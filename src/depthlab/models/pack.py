@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from depthlab.models.network import ResidualNet
+from depthlab.models.rng import blank
 
 
 def pack(models: list[ResidualNet]) -> ResidualNet:
@@ -20,7 +21,7 @@ def pack(models: list[ResidualNet]) -> ResidualNet:
         if not same_shape(other.spec, spec):
             raise ValueError(f"pack() needs models of one shape; got {spec} and {other.spec}")
     ref = models[0]
-    packed = ResidualNet(spec, models=sum(m.models for m in models)).to(
+    packed = blank(ResidualNet, spec, models=sum(m.models for m in models)).to(
         device=next(ref.parameters()).device, dtype=next(ref.parameters()).dtype)
     states = [m.state_dict() for m in models]
     merged = {}
@@ -49,7 +50,7 @@ def unpack(packed: ResidualNet) -> list[ResidualNet]:
     """The pack's models as separate modules (copies of their weights and statistics)."""
     m = packed.models
     ref = next(packed.parameters())
-    singles = [ResidualNet(packed.spec, 1).to(device=ref.device, dtype=ref.dtype) for _ in range(m)]
+    singles = [blank(ResidualNet, packed.spec, 1).to(device=ref.device, dtype=ref.dtype) for _ in range(m)]
     state = packed.state_dict()
     for i, single in enumerate(singles):
         part = {}

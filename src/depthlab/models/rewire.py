@@ -17,6 +17,7 @@ from torch import nn
 from depthlab.models.branches import hidden_slice
 from depthlab.models.layers import ResidualLayer
 from depthlab.models.network import ResidualNet
+from depthlab.models.rng import blank
 
 
 def block_weights(layer: ResidualLayer, branch: int) -> dict[str, torch.Tensor]:
@@ -64,7 +65,7 @@ def regroup(model: ResidualNet, topology: str) -> ResidualNet:
     """The same blocks (same weights, same statistics) wired as `topology`; a new module."""
     spec = model.spec.replace(topology=topology)
     ref = next(model.parameters())
-    new = ResidualNet(spec, model.models).to(device=ref.device, dtype=ref.dtype)
+    new = blank(ResidualNet, spec, model.models).to(device=ref.device, dtype=ref.dtype)
     state = {k: v for k, v in model.state_dict().items() if k.startswith(("stem.", "head."))}
     new.load_state_dict(state, strict=False)
     with torch.no_grad():

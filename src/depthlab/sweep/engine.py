@@ -122,7 +122,7 @@ def environment(device: torch.device, pack_size: int, precision: str, compiled: 
     env = {"depthlab": __version__, "git_commit": git_commit(), "recipe": RECIPE, "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
            "device": describe_device(device), "pack_size": pack_size, "precision": precision,
-           "compile": compiled, **settings}
+           "threads": torch.get_num_threads(), "compile": compiled, **settings}
     if dataset is not None:
         env["data_source"] = getattr(dataset, "source", None)
         if not getattr(dataset, "complete", True):
@@ -168,7 +168,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
     order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
     computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for large depthwise kernels); `complexity`
-    (False: skip the geometric complexity, recorded as None)."""
+    (False: skip the geometric complexity, recorded as None); `interrupt()`, called before every training step
+    (raise from it to stop: how a sweep's worker threads stop, see depthlab.sweep.workers)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
@@ -176,7 +177,8 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
 
 def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
                 on_epoch=None, keep_weights: bool = False, precision: str = "fp32",
-                channels_last: bool | None = None, initial=None, complexity: bool = True) -> list[RunResult]:
+                channels_last: bool | None = None, initial=None, complexity: bool = True,
+                interrupt=None) -> list[RunResult]:
     keys = {c.pack_key() for c in configs}
     if len(keys) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
@@ -207,6 +209,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         correct = torch.zeros(models, device=device)
         seen = 0
         for xb, yb, _ in batches.epoch(epoch):
+            if interrupt is not None:
+                interrupt()
             losses, out = _forward_backward(forward, xb, yb, alive, precision, device)
             optimizer.step(lr_factor(c0.schedule, step / steps_total), active=alive)
             if masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them

@@ -68,26 +68,46 @@ def groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
     return list(found.values())
 
 
-def split(members: list[RunConfig], size: int) -> list[list[RunConfig]]:
-    return [members[i:i + size] for i in range(0, len(members), size)]
+def split(members: list[RunConfig], size: int, at_least: int = 1) -> list[list[RunConfig]]:
+    """`members` in the fewest packs of at most `size` (but at least `at_least` packs, as far as there are
+    members), as even as can be: 5 runs at size 4 make 3 + 2, not 4 + 1, whose lone model trains slowest."""
+    count = min(len(members), max(-(-len(members) // size), at_least))
+    if count <= 1:
+        return [members] if members else []
+    base, extra = divmod(len(members), count)
+    packs, start = [], 0
+    for i in range(count):
+        end = start + base + (i < extra)
+        packs.append(members[start:end])
+        start = end
+    return packs
 
 
 def make_packs(configs: list[RunConfig], device: torch.device | str = "cpu", max_models: int | None = None,
-               sizes: dict | None = None, precision: str = "fp32", defaults: bool = False) -> list[list[RunConfig]]:
+               sizes: dict | None = None, precision: str = "fp32", defaults: bool = False,
+               workers: int = 1) -> list[list[RunConfig]]:
     """Packs in the order their first run appears; each at most as large as fits on `device` in `precision` (and
     `max_models`): `sizes[pack_key]` where one was measured, else with `defaults` (what `depthlab run` does)
-    `default_pack_size`, else the largest that fits."""
+    `default_pack_size`, else the largest that fits. With `workers` training packs side by side, runs of a
+    single shape are spread over at least that many packs (see `spread`)."""
     device = torch.device(device)
     packs = []
-    for members in groups(configs):
+    shapes = groups(configs)
+    for members in shapes:
         cap = max_pack_size(members[0], device, max_models, precision)
         measured = (sizes or {}).get(members[0].pack_key())
         if measured:
             size = min(measured, cap)
         else:
             size = default_pack_size(device, precision, cap) if defaults else cap
-        packs.extend(split(members, size))
+        packs.extend(split(members, size, spread(shapes, workers)))
     return packs
+
+
+def spread(shapes: list[list[RunConfig]], workers: int) -> int:
+    """The fewest packs a shape's runs go into when `workers` train side by side: one per worker when there is
+    only one shape (else one pack would leave the others idle), one otherwise."""
+    return workers if len(shapes) == 1 else 1
 
 
 def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
@@ -95,11 +115,13 @@ def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
     return min(CPU_DEFAULT_PACK[precision], cap) if device.type == "cpu" else cap
 
 
-def calibration_key(config: RunConfig, device: torch.device, precision: str) -> str:
-    """What a calibrated pack size depends on: the shape and training step, the precision, and the machine."""
+def calibration_key(config: RunConfig, device: torch.device, precision: str, threads: int | None = None) -> str:
+    """What a calibrated pack size depends on: the shape and training step, the precision, and the machine with
+    the intra-op threads a pack trains on (`threads`, default torch's now)."""
     step = [list(kv) for kv in config.pack_key() if kv[0] not in SPEED_NEUTRAL]
+    threads = torch.get_num_threads() if threads is None else threads
     return canonical_json({"pack_key": step, "precision": precision,
-                           "device": describe_device(device), "threads": torch.get_num_threads(),
+                           "device": describe_device(device), "threads": threads,
                            "torch": torch.__version__, "cpus": os.cpu_count()})
 
 

@@ -2,7 +2,9 @@
 
 Every run (a config trained by the engine's `RECIPE`) is added to the store as `pending` first. A runner then
 repeatedly claims a pack (only runs still pending are claimed, so two runners never train one run), trains it,
-and writes each run's result in its own transaction, its weights (when kept) before it is marked done. A
+and writes each run's result in its own transaction, its weights (when kept) before it is marked done. On a CPU
+a runner does this in two worker threads at once (depthlab.sweep.workers), sharing its store connection, data
+and progress bar. A
 killed runner's runs are reclaimed by the next runner, or by one already running, before it claims a pack
 (`Store.reclaim_stale`): nothing finished is trained twice or lost; what was interrupted restarts from scratch.
 Results of an older recipe stay in the store; the runner says how many and trains their configs again.
@@ -27,10 +29,11 @@ from depthlab.sweep import engine, weights
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
-                                  split, worth_calibrating)
+                                  split, spread, worth_calibrating)
 from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store, owner_token
+from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -55,18 +58,25 @@ class SweepPlan:
     precision: str = "fp32"  # what the runs train in: fp32 or bf16 (auto resolved for the device)
     sizes: dict = dataclasses.field(default_factory=dict)  # {pack key: calibrated pack size} known to the store
     uncalibrated: int = 0  # shapes without a measured pack size: measured when they first train, if worth it
+    workers: int = 1      # packs trained side by side (depthlab.sweep.workers)
+    threads: int = 1      # torch's intra-op threads for each of them
     superseded: dict = dataclasses.field(default_factory=dict)  # {older recipe: finished runs of these configs}
     reopened: int = 0     # done runs put back to pending: their weights were asked for and are missing
     orphans: int = 0      # pending runs of the sweep that the spec no longer lists (an edited spec)
 
 
 class DataCache:
-    """Datasets loaded once per runner and kept on the device (as uint8)."""
+    """Datasets loaded once per runner and kept on the device (as uint8); shared by its worker threads."""
 
     def __init__(self, device: torch.device, root=None):
         self.device, self.root, self._cache = device, root, {}
+        self._lock = threading.Lock()
 
     def get(self, config: RunConfig):
+        with self._lock:  # two workers asking for one dataset load it once
+            return self._get(config)
+
+    def _get(self, config: RunConfig):
         from depthlab.data import load
 
         key = (config.dataset, config.val_split, config.train_subset, config.test_subset)
@@ -82,11 +92,12 @@ class DataCache:
 
 def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
          max_pack: int | None = None, add: bool = True, retry_failed: bool = False, store_path=None,
-         save_weights: bool = False, precision: str = "fp32") -> SweepPlan:
+         save_weights: bool = False, precision: str = "fp32", workers: int | None = None) -> SweepPlan:
     """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
     (with `retry_failed`, its failed runs are put back to pending; with `save_weights`, its done runs whose
     weights file under `store_path` is missing are put back to pending, to be trained again with them).
-    Packs take the pack sizes the store has calibrated for `device` and `precision` (see depthlab.sweep.packs)."""
+    Packs take the pack sizes the store has calibrated for `device`, `precision` and the intra-op threads of
+    each of `workers` (None: the default; see depthlab.sweep.packs and depthlab.sweep.workers)."""
     precision = precisions.resolve(precision, device) if device.type != "meta" else precision
     configs = spec.configs()
     if not configs:
@@ -108,16 +119,19 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     finished = len(configs) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    sizes, uncalibrated = {}, 0
+    workers = default_workers(device, len(todo), workers)
+    sizes, uncalibrated, threads = {}, 0, threads_per_worker(workers)
     for members in groups(todo) if device.type == "cpu" else ():
-        size = store.pack_size(calibration_key(members[0], device, precision)) if store is not None else None
+        key = calibration_key(members[0], device, precision, threads)
+        size = store.pack_size(key) if store is not None else None
         if size is not None:
             sizes[members[0].pack_key()] = size
         elif len(members) > 1 and max_pack_size(members[0], device, max_pack) > 1:
             uncalibrated += 1
     return SweepPlan(total=len(configs), finished=finished, todo=todo,
-                     packs=make_packs(todo, device, max_pack, sizes, precision, defaults=True), precision=precision,
-                     sizes=sizes, uncalibrated=uncalibrated, superseded=superseded, reopened=reopened, orphans=orphans)
+                     packs=make_packs(todo, device, max_pack, sizes, precision, defaults=True, workers=workers),
+                     precision=precision, sizes=sizes, uncalibrated=uncalibrated, workers=workers, threads=threads,
+                     superseded=superseded, reopened=reopened, orphans=orphans)
 
 
 def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, dataset, device: torch.device,
@@ -132,7 +146,7 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
         return min(the_plan.sizes[key], cap)
     if device.type != "cpu" or len(members) == 1 or cap == 1:
         return default
-    cache = calibration_key(members[0], device, the_plan.precision)
+    cache = calibration_key(members[0], device, the_plan.precision, the_plan.threads)
     size = store.pack_size(cache)  # a peer runner may have measured it meanwhile
     if size is None and not worth_calibrating(members, int(dataset.train_x.shape[0]), cap):
         return default
@@ -216,27 +230,33 @@ def is_device_error(err: BaseException) -> bool:
 def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack, log):
     """The plan's runs in packs, a group of same-shape runs at a time, each group's pack size decided (and, on a
     CPU, measured) just before its first pack trains."""
-    for members in groups(the_plan.todo):
+    shapes = groups(the_plan.todo)
+    for members in shapes:
         stopping.check()
         size = pack_size(members, the_plan, store, data.get(members[0]), device, max_pack, log)
-        yield from split(members, size)
+        yield from split(members, size, spread(shapes, the_plan.workers))
 
 
 class Heartbeat:
-    """Keeps the claimed runs' heartbeats fresh while a pack trains (epochs can outlast the stale timeout)."""
+    """Keeps the claimed runs' heartbeats fresh while packs train (epochs can outlast the stale timeout).
+    `hold(worker, ids)` sets the runs a worker holds; each beat covers every worker's."""
 
     def __init__(self, store: Store, owner: str, every: float = 60.0):
         self.store, self.owner, self.every = store, owner, every
-        self.ids: list[str] = []
+        self._held: dict[int, list[str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
+    def hold(self, worker: int, ids: list[str]) -> None:
+        self._held = {**self._held, worker: list(ids)}  # a new dict: _beat reads it without a lock
+
     def _beat(self):
         while not self._stop.wait(self.every):
-            if self.ids:
+            ids = [i for held in self._held.values() for i in held]
+            if ids:
                 try:
-                    self.store.heartbeat(list(self.ids), self.owner)
+                    self.store.heartbeat(ids, self.owner)
                 except Exception:  # noqa: BLE001 - a missed beat is retried at the next tick
                     pass
 
@@ -247,9 +267,11 @@ class Heartbeat:
 
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
-              retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True) -> dict:
+              retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True,
+              workers: int | None = None) -> dict:
     """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
-    depthlab.precision), with or without the geometric complexity. Returns a summary dict."""
+    depthlab.precision), with or without the geometric complexity, `workers` packs at a time (None: two on a CPU
+    with two cores or more, one on a GPU; see depthlab.sweep.workers). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device) if isinstance(device, str) else device
     store = Store(store_path)
@@ -257,7 +279,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     if reclaimed:
         log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
     the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed, store_path=store_path,
-                    save_weights=save_weights, precision=precision)
+                    save_weights=save_weights, precision=precision, workers=workers)
     for line in describe_plan(the_plan, store_path, spec.name):
         log(line)
     owner = owner_token()
@@ -265,50 +287,72 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     trained = {"done": 0, "diverged": 0, "failed": 0}
     bar = SweepProgress(the_plan.todo, f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)",
                         enabled=progress)
+    count = the_plan.workers
+    pool = Workers(count)
+    lock = threading.Lock()  # the progress bar and the counts are shared by the workers
     started = time.perf_counter()
     heartbeat = Heartbeat(store, owner)
-    try:
-        for pack_configs in _packs(the_plan, store, data, device, max_pack, log):
-            stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
-            ids = [rid(c) for c in pack_configs]
-            store.reclaim_stale(ids)  # a peer that crashed while holding some of them
-            claimed = set(store.claim(ids, owner))
+
+    def train(pack_configs):
+        stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
+        worker = threading.get_ident()
+        ids = [rid(c) for c in pack_configs]
+        store.reclaim_stale(ids)  # a peer that crashed while holding some of them
+        claimed = set(store.claim(ids, owner))
+        with lock:
             for config, i in zip(pack_configs, ids):
                 if i not in claimed:  # another runner has it
                     bar.elsewhere(config)
-            pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
-            if not pack_configs:
-                continue
-            pack_ids = [rid(c) for c in pack_configs]
-            heartbeat.ids = pack_ids
-            dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
-            try:
-                results = train_pack_splitting(
-                    pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
-                    precision=the_plan.precision, complexity=complexity,
-                    initial=starting_models(pack_configs, store_path, dataset),
-                    on_epoch=lambda i, metrics: (store.record_epoch(pack_ids[i], owner, metrics),
-                                                 bar.epoch(pack_configs[i]), stopping.check()),
-                    on_split=lambda sizes: (log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}"),
-                                            bar.restart(pack_configs)))
-            except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
-                if is_device_error(err):
-                    raise
-                message = f"{type(err).__name__}: {err}"
-                log(f"pack of {len(pack_configs)} failed: {message}")
-                for run in pack_ids:
-                    store.fail(run, owner, message + "\n" + traceback.format_exc(limit=5))
+        pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
+        if not pack_configs:
+            return
+        pack_ids = [rid(c) for c in pack_configs]
+        heartbeat.hold(worker, pack_ids)
+        dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
+
+        def on_epoch(i, metrics):
+            store.record_epoch(pack_ids[i], owner, metrics)
+            with lock:
+                bar.epoch(pack_configs[i])
+            stopping.check()
+
+        def on_split(sizes):
+            log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}")
+            with lock:
+                bar.restart(pack_configs)
+
+        try:
+            results = train_pack_splitting(
+                pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
+                precision=the_plan.precision, complexity=complexity,
+                initial=starting_models(pack_configs, store_path, dataset),
+                on_epoch=on_epoch, on_split=on_split, interrupt=pool.check)
+        except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
+            if is_device_error(err):
+                raise
+            message = f"{type(err).__name__}: {err}"
+            log(f"pack of {len(pack_configs)} failed: {message}")
+            for run in pack_ids:
+                store.fail(run, owner, message + "\n" + traceback.format_exc(limit=5))
+            with lock:
                 trained["failed"] += len(pack_ids)
                 for config in pack_configs:
                     bar.finished(config, "failed")
-                continue
-            heartbeat.ids = []
-            for result in results:
-                if record(store, owner, result, store_path if save_weights else None):
+            return
+        heartbeat.hold(worker, [])
+        for result in results:
+            result.env = {**result.env, "workers": count}
+            recorded = record(store, owner, result, store_path if save_weights else None)
+            if not recorded:
+                log(f"run {rid(result.config)} was reclaimed by another runner; result dropped")
+            with lock:
+                if recorded:
                     trained[result.status] = trained.get(result.status, 0) + 1
-                else:
-                    log(f"run {rid(result.config)} was reclaimed by another runner; result dropped")
                 bar.finished(result.config, result.status)
+
+    try:
+        with intra_op_threads(the_plan.threads):
+            pool.run(_packs(the_plan, store, data, device, max_pack, log), train)
     except BaseException:
         store.release([rid(c) for c in the_plan.todo], owner)
         raise
@@ -318,5 +362,4 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     counts = store.counts(spec.name)
     store.close()
     return {"sweep": spec.name, "precision": the_plan.precision, "total": the_plan.total, "trained": trained,
-            "counts": counts, "seconds": time.perf_counter() - started, "device": str(device)}
-
+            "counts": counts, "seconds": time.perf_counter() - started, "device": str(device), "workers": count}
