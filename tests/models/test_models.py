@@ -236,3 +236,16 @@ def test_channels_last_heads_give_the_same_logits_and_a_channels_last_gradient(h
     logits.square().sum().backward()
     (grad,) = grads
     assert grad.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous()
+
+
+def test_a_changed_residual_scale_is_used_after_a_forward(randomise):
+    """λ = 1 spares its multiplication; a λ loaded afterwards (a pack's models' λ, a state dict) is applied."""
+    one = ModelSpec(width=4, blocks=2, topology="sequential", residual_scale="1", input_size=8)
+    model, scaled = build(one, seed=0), randomise(build(one.replace(residual_scale="1/n"), seed=0))
+    x = torch.randn(2, 1, 8, 8)
+    model.eval(), scaled.eval()
+    model(x)  # the unit scale is seen here
+    model.load_state_dict(scaled.state_dict())
+    assert torch.equal(model(x), scaled(x))
+    mixed = pack([randomise(build(one, seed=1), seed=1), scaled]).eval()
+    assert torch.equal(mixed(torch.stack([x, x]))[1], scaled(x))

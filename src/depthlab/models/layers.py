@@ -83,7 +83,17 @@ class ResidualLayer(nn.Module):
         y = self.conv2(h)
         if self.bias2 is not None:
             y = y + self.bias2.sum(1).reshape(1, -1, 1, 1).to(y.dtype)
+        if self._unit_scale():  # y·1 is y exactly: spare a pass over the activations, forward and backward
+            return y
         return y * self.scale.repeat_interleave(self.width).reshape(1, -1, 1, 1).to(y.dtype)
+
+    def _unit_scale(self) -> bool:
+        """Whether every model's λ is 1, read from the buffer once per change of it (its version counter and
+        storage: a load_state_dict or a move to another device), not once per step: on CUDA a read waits for it."""
+        seen = (self.scale._version, self.scale.data_ptr())
+        if getattr(self, "_unit_seen", None) != seen:
+            self._unit, self._unit_seen = bool((self.scale == 1).all()), seen
+        return self._unit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual(x) if self.skip else self.residual(x)
