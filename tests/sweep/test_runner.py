@@ -134,6 +134,25 @@ def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
     assert any(r["attempts"] == 2 for r in after.values()) or len(before) == 6
 
 
+def test_ctrl_c_stops_the_workers_releases_the_held_runs_and_keeps_the_finished(tmp_path):
+    spec = write_spec(tmp_path, epochs=3)
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen(depthlab("run", spec, "--store", store, "--max-pack", "1", "--workers", "2", "--quiet",
+                                     "--no-compare"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True,  # Python turns SIGINT into KeyboardInterrupt only if not ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and (not store.exists() or len(finished(store)) < 2):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; everything finished so far is saved" in err.decode()
+    records = Store(store).records()
+    assert 2 <= sum(r["status"] == "done" for r in records) < 6, "the interrupt should land mid-sweep"
+    assert {r["status"] for r in records} == {"done", "pending"}
+    assert all(r["env"]["workers"] == 2 for r in records if r["status"] == "done")
+
+
 def test_sigterm_releases_the_held_runs_and_keeps_the_finished(tmp_path):
     spec = write_spec(tmp_path, epochs=3)
     store = tmp_path / "s.sqlite"

@@ -37,10 +37,10 @@ def register(subparsers) -> None:
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")
-    p.add_argument("--workers", type=positive_int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="packs trained at once in this process, each on its share of torch's threads (local "
                    "backend; default: 2 on a CPU with two or more, 1 on a GPU). Small networks do not keep two "
-                   "cores busy within one operator: two packs side by side train 1.3-1.5x faster. Recorded per run")
+                   "cores busy within one operator: two packs side by side train 1.15-1.5x faster. Recorded per run")
     add_precision(p, help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 "
                   "BF16, AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 training. Recorded "
                   "per run (not part of its identity: a finished run is not trained again in another precision)")

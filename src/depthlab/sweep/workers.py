@@ -2,9 +2,10 @@
 
 Why: the demo's layers (16 channels on 14×14 maps, batches of 100) are too small for one operator to keep two
 cores busy. A training step on one intra-op thread runs almost as fast as on two, so two packs trained at once,
-one per core, get through 1.3-1.5× the model-samples of one pack on both (two AVX-512 cores, bf16, the demo's
-shapes; the demo's training went from 18.5 s to 13.5 s: `bench/cpu_throughput.py`). PyTorch releases the GIL
-inside its operators, so threads suffice: one process keeps one copy of the data and pays start-up once.
+one per core, get through more model-samples than one pack on both: 1.15-1.5× in training steps, depending on
+the shape and the minute, and `depthlab run`'s demo took 14.0 s instead of 16.5 s end to end (two AVX-512 cores,
+bf16; `bench/cpu_throughput.py`). PyTorch releases the GIL inside its operators, so threads suffice: one process
+keeps one copy of the data and pays start-up once.
 
 What a run computes does not depend on it: each pack trains as it would alone, and float32 results are the same
 bit for bit on one intra-op thread or two (tests/sweep/test_workers.py); bf16 ones differ at round-off, as bf16
