@@ -18,6 +18,10 @@ How many models go into one pack depends on the device:
   best in the benchmark (4 in bf16, 2 in float32). When the device is planned for elsewhere (Ray workers), the
   cap is used.
 
+A shape's runs then go into the fewest packs of that size, as even as can be (`split`: 5 runs at 4 make 3 + 2),
+and a sweep of one shape into at least one pack per worker thread (`spread`, depthlab.sweep.workers). The
+calibration is keyed by the intra-op threads of one worker, the threads a pack trains on.
+
 Pack size changes only the speed: each model of a pack trains as it would alone (tests/sweep/test_engine.py).
 """
 
