@@ -7,7 +7,9 @@ In one run, on the demo's shapes (`depthlab run`: MNIST, width 16, kernel 3, str
    natively, `depthlab.precision`; elsewhere the bf16 columns say "no native bf16" and are skipped);
 2. the baseline: a plain float32 loop, one model at a time (build, `torch.optim.Adam`, shuffled minibatches
    from tensors in memory; what the engine did on a CPU before precision was a choice is no faster: it trained
-   float32 packs, which gain nothing here);
+   float32 packs, which gain nothing here), in the process as a plain script has it; then, for comparison,
+   again once the process keeps freed memory as `depthlab run` has it (`depthlab.sweep.allocator`), which the
+   engine's rows below all run with;
 3. the engine on the same configs and data, packed as `depthlab run` packs them (`CPU_DEFAULT_PACK`), in float32
    and at the default precision (auto), one pack at a time and (default precision) with the packs spread over
    `depthlab run`'s worker threads (`depthlab.sweep.workers`): its training steps alone and end to end (with the
@@ -48,6 +50,7 @@ from depthlab.data import load, locate  # noqa: E402
 from depthlab.measure import evaluate  # noqa: E402
 from depthlab.models import build, flops, pack  # noqa: E402
 from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
+from depthlab.sweep.allocator import keep_freed_memory  # noqa: E402
 from depthlab.sweep.config import RunConfig  # noqa: E402
 from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
 from depthlab.sweep.packs import default_pack_size, make_packs  # noqa: E402
@@ -173,12 +176,16 @@ def main(argv=None):
     # warm-up over the timed shapes (allocator, oneDNN kernels), one short pass each
     warm = [c.replace(epochs=1) for c in configs[::args.seeds]]
     baseline(warm, data, torch.device("cpu"))
+    t_base = baseline(configs, data, torch.device("cpu"))  # the process as a plain script runs it
+    # then as `depthlab run` keeps its process: freed memory stays (for good: the baseline is measured again)
+    kept = keep_freed_memory()
     for precision in {"fp32", default}:
         engine_run(warm, data, precision)
 
     workers = default_workers(torch.device("cpu"), len(configs))
-    t_base = baseline(configs, data, torch.device("cpu"))
     rows = [("baseline: plain fp32 loop", "fp32", t_base)]
+    if kept:
+        rows.append(("baseline, freed memory kept", "fp32", baseline(configs, data, torch.device("cpu"))))
     for precision in ("fp32", default) if default != "fp32" else ("fp32",):
         t_train, t_all = engine_run(configs, data, precision)
         rows.append((f"engine {precision}: training", precision, t_train))

@@ -26,6 +26,7 @@ from depthlab import stopping
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import run_id
 from depthlab.sweep import engine, weights
+from depthlab.sweep.allocator import keep_freed_memory
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import RunResult, train_pack_splitting
 from depthlab.sweep.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
@@ -287,6 +288,8 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     trained = {"done": 0, "diverged": 0, "failed": 0}
     bar = SweepProgress(the_plan.todo, f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)",
                         enabled=progress)
+    if device.type == "cpu":
+        keep_freed_memory()  # a step's activations keep their pages from one step to the next
     count = the_plan.workers
     pool = Workers(count)
     lock = threading.Lock()  # the progress bar and the counts are shared by the workers
