@@ -26,7 +26,11 @@ baseline measured in the same run; fractions of the ceiling compare float32 runs
 bf16 runs with the bf16 product. Targets on a CPU with native bf16: the default precision at ≥ 2× the baseline
 and ≥ 40% of the bf16 ceiling.
 
+The ceiling, the baseline and the engine's rows are measured in `--rounds` rounds, each ratio within its round
+(this kind of machine drifts by ±20% from one minute to the next), and the medians printed.
+
     python bench/cpu_throughput.py                 # MNIST as the demo trains it (synthetic digits if absent)
+    python bench/cpu_throughput.py --rounds 3      # steadier ratios, three times as long
     python bench/cpu_throughput.py --quick         # fewer steps, for a first look
 """
 
@@ -146,6 +150,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=12, help="timed steps per cell of the step table")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each cell of the step table")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the ceiling and evaluation timings")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the ceiling, baseline and engine rows "
+                        "(medians of the ratios taken within each round; 3 steadies them on a drifting machine)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 1 epoch, 6 steps: a first look")
     args = parser.parse_args(argv)
     if args.quick:
@@ -168,45 +174,68 @@ def main(argv=None):
     print(f"demo shapes: {len(configs)} runs ({args.seeds} per shape), {args.epochs} epoch(s) of "
           f"{len(data.train_x)} {data.name} examples, batch {DEMO['batch_size']}")
 
-    ceiling = {"fp32": matmul_gflops(torch.float32, args.matmul, args.repeats)}
-    ceiling["bf16"] = matmul_gflops(torch.bfloat16, args.matmul, args.repeats) if native else None
-    print(f"\nceiling ({args.matmul}x{args.matmul} matmul): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 "
-          + (f"{ceiling['bf16']:.1f} GFLOP/s" if native else "no native bf16 (skipped)"))
+    def ceilings() -> dict:
+        return {"fp32": matmul_gflops(torch.float32, args.matmul, args.repeats),
+                "bf16": matmul_gflops(torch.bfloat16, args.matmul, args.repeats) if native else None}
 
     # warm-up over the timed shapes (allocator, oneDNN kernels), one short pass each
     warm = [c.replace(epochs=1) for c in configs[::args.seeds]]
     baseline(warm, data, torch.device("cpu"))
-    t_base = baseline(configs, data, torch.device("cpu"))  # the process as a plain script runs it
-    # then as `depthlab run` keeps its process: freed memory stays (for good: the baseline is measured again)
+    t_plain = baseline(configs, data, torch.device("cpu"))  # the process as a plain script runs it
+    # then as `depthlab run` keeps its process: freed memory stays, for good (the baseline of each round below)
     kept = keep_freed_memory()
     for precision in {"fp32", default}:
         engine_run(warm, data, precision)
 
+    # Rounds, each measuring every row once, the ceiling and the baseline included: this machine's speed drifts
+    # from minute to minute, so each ratio is taken within a round, and the medians over the rounds are printed.
     workers = default_workers(torch.device("cpu"), len(configs))
-    rows = [("baseline: plain fp32 loop", "fp32", t_base)]
+    rounds = []
+    for _ in range(args.rounds):
+        rows = {"ceiling": ceilings(), "baseline": baseline(configs, data, torch.device("cpu"))}
+        for precision in ("fp32", default) if default != "fp32" else ("fp32",):
+            rows[f"engine {precision}: training"], rows[f"engine {precision}: end to end"] = \
+                engine_run(configs, data, precision)
+        if workers > 1:
+            rows[f"engine {default}, {workers} workers: training"] = side_by_side_training(
+                configs, data, default, workers, args.steps, args.warmup)
+            rows[f"engine {default}, {workers} workers: end to end"] = engine_run(configs, data, default, workers)[1]
+        rounds.append(rows)
+    ceiling = {p: statistics.median(r["ceiling"][p] for r in rounds) if rounds[0]["ceiling"][p] else None
+               for p in ("fp32", "bf16")}
+    print(f"\nceiling ({args.matmul}x{args.matmul} matmul): fp32 {ceiling['fp32']:.1f} GFLOP/s, bf16 "
+          + (f"{ceiling['bf16']:.1f} GFLOP/s" if native else "no native bf16 (skipped)")
+          + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else ""))
+
+    def ratio(label: str) -> float:  # to the baseline of the same round
+        return statistics.median(r["baseline"] / r[label] for r in rounds)
+
+    def of_ceiling(label: str, precision: str) -> float | None:  # to the ceiling of the same round
+        if not rounds[0]["ceiling"][precision]:
+            return None
+        return statistics.median(work / r[label] / 1e9 / r["ceiling"][precision] for r in rounds)
+
+    labels = ["baseline"] + [k for k in rounds[0] if k.startswith("engine")]
+    names = {"baseline": "baseline: plain fp32 loop" + (", freed memory kept" if kept else "")}
+    print(f"\n{'':<46} {'seconds':>8} {'model-samples/s':>16} {'GFLOP/s':>8} {'vs baseline':>12} {'of ceiling':>11}")
     if kept:
-        rows.append(("baseline, freed memory kept", "fp32", baseline(configs, data, torch.device("cpu"))))
-    for precision in ("fp32", default) if default != "fp32" else ("fp32",):
-        t_train, t_all = engine_run(configs, data, precision)
-        rows.append((f"engine {precision}: training", precision, t_train))
-        rows.append((f"engine {precision}: end to end", precision, t_all))
-    if workers > 1:
-        t_all = engine_run(configs, data, default, workers)[1]
-        t_train = side_by_side_training(configs, data, default, workers, args.steps, args.warmup)
-        rows.append((f"engine {default}, {workers} workers: training", default, t_train))
-        rows.append((f"engine {default}, {workers} workers: end to end", default, t_all))
-    print(f"\n{'':<34} {'seconds':>8} {'model-samples/s':>16} {'GFLOP/s':>8} {'vs baseline':>12} {'of ceiling':>11}")
-    for label, precision, seconds in rows:
-        gflops = work / seconds / 1e9
-        of = f"{gflops / ceiling[precision]:.0%}" if ceiling.get(precision) else "-"
-        print(f"{label:<34} {seconds:>8.2f} {samples / seconds:>16,.0f} {gflops:>8.1f} {t_base / seconds:>11.2f}x "
-              f"{of:>11}")
+        print(f"{'baseline: plain fp32 loop, as a script':<46} {t_plain:>8.2f} {samples / t_plain:>16,.0f} "
+              f"{work / t_plain / 1e9:>8.1f} {'(first)':>12} {'':>11}")
+    for label in labels:
+        precision = "fp32" if label == "baseline" or "fp32" in label else default
+        seconds = statistics.median(r[label] for r in rounds)
+        of = of_ceiling(label, precision)
+        print(f"{names.get(label, label):<46} {seconds:>8.2f} {samples / seconds:>16,.0f} {work / seconds / 1e9:>8.1f} "
+              f"{ratio(label):>11.2f}x {f'{of:.0%}' if of is not None else '-':>11}")
     if native:  # as `depthlab run` trains: the default precision, its workers side by side
-        trained = rows[-2][2]
-        gflops = work / trained / 1e9
-        print(f"targets (native bf16): >= 2x the baseline: {t_base / trained:.2f}x "
-              f"({'met' if t_base / trained >= 2 else 'NOT met'}); >= 40% of the bf16 ceiling: "
-              f"{gflops / ceiling['bf16']:.0%} ({'met' if gflops >= 0.4 * ceiling['bf16'] else 'NOT met'})")
+        trained = labels[-2]
+        times, of = ratio(trained), of_ceiling(trained, default)
+        by_round = "" if args.rounds == 1 else " (by round: " + ", ".join(
+            f"{r['baseline'] / r[trained]:.2f}x {work / r[trained] / 1e9 / r['ceiling'][default]:.0%}"
+            for r in rounds) + ")"
+        print(f"targets (native bf16), {trained}: >= 2x the baseline: {times:.2f}x "
+              f"({'met' if times >= 2 else 'NOT met'}); >= 40% of the bf16 ceiling: {of:.0%} "
+              f"({'met' if of >= 0.4 else 'NOT met'}){by_round}")
 
     precisions = ["fp32", "bf16"] if native else ["fp32"]
     print(f"\nengine training step, model-samples/s ({args.steps} steps after {args.warmup} untimed; pack size x "
