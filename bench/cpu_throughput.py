@@ -150,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=12, help="timed steps per cell of the step table")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each cell of the step table")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the ceiling and evaluation timings")
-    parser.add_argument("--rounds", type=int, default=1, help="rounds of the ceiling, baseline and engine rows "
+    parser.add_argument("--rounds", type=lambda text: max(1, int(text)), default=1, help="rounds of the ceiling, baseline and engine rows "
                         "(medians of the ratios taken within each round; 3 steadies them on a drifting machine)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 1 epoch, 6 steps: a first look")
     args = parser.parse_args(argv)

@@ -277,7 +277,8 @@ def crop_spec(net, masks: dict[str, torch.Tensor]):
     chosen so that the blocks hold what the mask kept in them, plus what rounding C' made the stem and the head
     miss, shared in proportion: the cropped network has the mask's weights to within one hidden channel per
     block. Parallel layers of branch types with grouped layers (lk) or GroupNorm get one width per layer."""
-    from depthlab.models import build
+    from depthlab.models import ResidualNet
+    from depthlab.models.rng import blank
 
     spec = net.spec
     densities = layer_densities(net, masks)[0]
@@ -286,8 +287,9 @@ def crop_spec(net, masks: dict[str, torch.Tensor]):
     width = max(1, min(spec.width, round(densities["head"] * spec.width)))
     blocks = range(spec.blocks)
     per_block = lambda s: [sum(v for n, v in s.items() if n.startswith(f"block{i}.")) for i in blocks]
-    one = layer_sizes(build(spec.replace(width=width, hidden=1)))  # block weights are a·h + b
-    two = per_block(layer_sizes(build(spec.replace(width=width, hidden=2))))
+    # block weights are a·h + b; only the shapes count, so the modules are not drawn from the global RNG
+    one = layer_sizes(blank(ResidualNet, spec.replace(width=width, hidden=1)))
+    two = per_block(layer_sizes(blank(ResidualNet, spec.replace(width=width, hidden=2))))
     slope = [t - o for t, o in zip(two, per_block(one))]
     offset = [o - a for o, a in zip(per_block(one), slope)]
     outside = sum(v for n, v in one.items() if not n.startswith("block"))

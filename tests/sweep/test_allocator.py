@@ -1,6 +1,7 @@
 """Keeping freed memory (depthlab.sweep.allocator): training steps stop faulting their activations' pages in."""
 
 import ctypes.util
+import os
 import platform
 import subprocess
 import sys
@@ -35,8 +36,9 @@ print(default, kept, faults())
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or "musl" in (ctypes.util.find_library("c") or ""),
-                    reason="glibc's malloc only")
+@pytest.mark.skipif(platform.system() != "Linux" or "musl" in (ctypes.util.find_library("c") or "")
+                    or "LD_PRELOAD" in os.environ or any(k.startswith("MALLOC_") for k in os.environ),
+                    reason="glibc's malloc with its defaults only (not another allocator preloaded, not tuned)")
 def test_freed_blocks_keep_their_pages_once_the_thresholds_are_raised():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120)
     default, kept, after = out.stdout.split()

@@ -59,9 +59,9 @@ def test_a_shape_is_measured_once_per_store_and_its_size_used(tmp_path, monkeypa
     calls = []
     real = runner.calibrate
 
-    def counting(config, *args):
+    def counting(config, *args, **kwargs):
         calls.append(config.topology)
-        return real(config, *args)
+        return real(config, *args, **kwargs)
 
     monkeypatch.setattr(runner, "calibrate", counting)
     store = tmp_path / "s.sqlite"
@@ -93,7 +93,7 @@ def test_a_shape_is_measured_once_per_store_and_its_size_used(tmp_path, monkeypa
 
 def test_max_pack_caps_the_calibration_and_one_waiting_run_is_not_measured(tmp_path, monkeypatch, always_measure):
     seen = []
-    monkeypatch.setattr(runner, "calibrate", lambda config, data, device, precision, cap: (seen.append(cap), (cap, {cap: 1.0}))[1])
+    monkeypatch.setattr(runner, "calibrate", lambda config, data, device, precision, cap, **kw: (seen.append(cap), (cap, {cap: 1.0}))[1])
     run_sweep(spec(), tmp_path / "s.sqlite", device="cpu", precision="fp32", progress=False, max_pack=2,
               log=lambda m: None)
     assert seen == [2, 2]
@@ -103,7 +103,7 @@ def test_max_pack_caps_the_calibration_and_one_waiting_run_is_not_measured(tmp_p
 
 
 def test_a_calibration_that_fails_costs_speed_not_runs(tmp_path, monkeypatch, always_measure):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("no timer")
 
     monkeypatch.setattr(runner, "calibrate", broken)
@@ -117,7 +117,7 @@ def test_a_calibration_that_fails_costs_speed_not_runs(tmp_path, monkeypatch, al
 
 
 def test_runs_too_small_to_repay_a_measurement_take_the_default_size(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "calibrate", lambda *args: pytest.fail("measured a shape not worth it"))
+    monkeypatch.setattr(runner, "calibrate", lambda *args, **kwargs: pytest.fail("measured a shape not worth it"))
     run_sweep(spec(), tmp_path / "s.sqlite", device="cpu", precision="fp32", progress=False, log=lambda m: None)
     with Store(tmp_path / "s.sqlite", readonly=True) as s:
         assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}  # 5 runs: 2 + 2 + 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from depthlab.data import load
+from depthlab.errors import DepthlabError
 from depthlab.records import METRICS
 from depthlab.sweep import engine, packs
 from depthlab.sweep.config import RunConfig
@@ -108,6 +109,8 @@ def test_the_default_is_two_workers_on_a_cpu_one_on_a_gpu(monkeypatch):
     assert default_workers(cpu, runs=20) == 2
     assert default_workers(cpu, runs=1) == 1
     assert default_workers(torch.device("cuda"), runs=20) == 1
+    with pytest.raises(DepthlabError, match="side by side is for CPUs"):
+        default_workers(torch.device("cuda"), runs=20, asked=2)
     assert default_workers(cpu, runs=20, asked=3) == 3 and default_workers(cpu, runs=2, asked=3) == 2
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert default_workers(cpu, runs=20) == 1
@@ -117,8 +120,9 @@ def test_the_default_is_two_workers_on_a_cpu_one_on_a_gpu(monkeypatch):
 
 def test_intra_op_threads_are_restored():
     before = torch.get_num_threads()
-    with intra_op_threads(1):
-        assert torch.get_num_threads() == 1
+    other = 1 if before > 1 else 2
+    with intra_op_threads(other):
+        assert torch.get_num_threads() == other
     assert torch.get_num_threads() == before
 
 
@@ -151,14 +155,21 @@ def test_float32_training_is_the_same_on_one_intra_op_thread_or_two(topology):
         assert one.final == pytest.approx(two.final, rel=1e-5)
 
 
-def test_training_leaves_the_global_rng_alone():
+@pytest.mark.parametrize("fields", [{}, {"prune": "precrop_params", "density": 0.5}, {"prune": "snip", "density": 0.5}])
+def test_training_leaves_the_global_rng_alone(fields, tmp_path):
     """What lets packs train side by side and learn what they learn alone: nothing in the engine draws from the
-    global RNG, which another worker may be holding seeded to build a model (depthlab.models.rng)."""
+    global RNG, which another worker may be holding seeded to build a model (depthlab.models.rng); nor does
+    loading a trained run's weights to start from."""
+    from depthlab.sweep import weights
+
     data = load("synthetic", val_split=32, n_train=128, n_test=32, shape=(1, 12, 12))
-    configs = [RunConfig(dataset="synthetic", width=4, batch_size=32, epochs=1, seed=s, topology="parallel")
-               for s in range(2)]
+    configs = [RunConfig(dataset="synthetic", width=4, batch_size=32, epochs=1, seed=s, topology="parallel",
+                         **fields) for s in range(2)]
     before = torch.random.get_rng_state()
-    train_pack(configs, data, precision="fp32", keep_weights=True)
+    results = train_pack(configs, data, precision="fp32", keep_weights=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    weights.save_weights(tmp_path / "s.sqlite", "0123abcd", configs[0], results[0].state_dict)
+    weights.load_trained(tmp_path / "s.sqlite", "0123abcd", data)
     assert torch.equal(torch.random.get_rng_state(), before)
 
 

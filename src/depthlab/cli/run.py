@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="packs trained at once in this process, each on its share of torch's threads (local "
                    "backend; default: 2 on a CPU with two or more, 1 on a GPU). Small networks do not keep two "
-                   "cores busy within one operator: two packs side by side train 1.15-1.5x faster. Recorded per run")
+                   "cores busy within one operator: two packs side by side train about 1.1x faster. Recorded per run")
     add_precision(p, help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 "
                   "BF16, AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 training. Recorded "
                   "per run (not part of its identity: a finished run is not trained again in another precision)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from depthlab.models.network import ResidualNet
 from depthlab.models.rewire import regroup
-from depthlab.models.rng import global_rng
+from depthlab.models.rng import global_rng, held
 from depthlab.models.spec import ModelSpec
 
 
@@ -18,7 +18,8 @@ def build(spec: ModelSpec, seed: int | None = None, models: int = 1) -> Residual
     the network is initialised as the deep stack and rewired, so a sequential/parallel pair of one seed
     differs in its wiring alone."""
     if seed is None:
-        return _initialised(spec, models)
+        with held():  # drawn from the global RNG as it stands, one thread at a time
+            return _initialised(spec, models)
     with global_rng(seed):  # one thread at a time (depthlab.models.rng)
         return _initialised(spec, models)
 

@@ -88,11 +88,15 @@ class ResidualLayer(nn.Module):
         return y * self.scale.repeat_interleave(self.width).reshape(1, -1, 1, 1).to(y.dtype)
 
     def _unit_scale(self) -> bool:
-        """Whether every model's λ is 1, read from the buffer once per change of it (its version counter and
-        storage: a load_state_dict or a move to another device), not once per step: on CUDA a read waits for it."""
-        seen = (self.scale._version, self.scale.data_ptr())
-        if getattr(self, "_unit_seen", None) != seen:
-            self._unit, self._unit_seen = bool((self.scale == 1).all()), seen
+        """Whether every model's λ is 1, read from the buffer once per change of it (the buffer object and its
+        version counter: a load_state_dict, a move to another device), not once per step: on CUDA a read waits
+        for the device. (A write through `.data` would go unseen: nothing here writes λ that way.) Under
+        torch.compile the multiplication stays, as the check would break the graph."""
+        if torch.compiler.is_compiling():
+            return False
+        seen = getattr(self, "_unit_seen", None)
+        if seen is None or seen[0] is not self.scale or seen[1] != self.scale._version:
+            self._unit, self._unit_seen = bool((self.scale == 1).all()), (self.scale, self.scale._version)
         return self._unit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

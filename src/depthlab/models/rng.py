@@ -26,6 +26,13 @@ def global_rng(seed: int | None = None):
         yield
 
 
+@contextmanager
+def held():
+    """Hold the global RNG without seeding or restoring it: for constructions meant to draw from it."""
+    with _HELD:
+        yield
+
+
 def blank(cls, *args, **kwargs):
     """`cls(*args, **kwargs)` built without moving the global RNG: for modules whose weights are overwritten."""
     with global_rng():

@@ -335,10 +335,11 @@ def _forward_backward(forward, xb, yb, alive, precision: str, device: torch.devi
 
 
 def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", precision: str = "fp32",
-                        channels_last: bool | None = None, steps: int = 4, warmup: int = 2) -> float:
+                        channels_last: bool | None = None, steps: int = 4, warmup: int = 2, interrupt=None) -> float:
     """Model-samples per second of the engine's training step (forward, backward, optimizer) on a pack of
     `configs` (one pack key) from their initial weights, timed over `steps` steps after `warmup` untimed ones
-    (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.sweep.packs`)."""
+    (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.sweep.packs`). `interrupt()` is
+    called before every step, as in `train_pack`."""
     device = torch.device(device)
     precision = precisions.resolve(precision, device)
     net = pack(_starting_models(configs, dataset, None)).to(device).train()
@@ -348,6 +349,8 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
     stream = itertools.chain.from_iterable(batches.epoch(epoch) for epoch in itertools.count())
     samples, started = 0, time.perf_counter()
     for step, (xb, yb, _) in enumerate(itertools.islice(stream, warmup + steps)):
+        if interrupt is not None:
+            interrupt()
         if step == warmup:
             synchronize(device)
             samples, started = 0, time.perf_counter()

@@ -129,16 +129,17 @@ def calibration_key(config: RunConfig, device: torch.device, precision: str, thr
                            "torch": torch.__version__, "cpus": os.cpu_count()})
 
 
-def calibrate(config: RunConfig, dataset, device: torch.device, precision: str, cap: int) -> tuple[int, dict]:
+def calibrate(config: RunConfig, dataset, device: torch.device, precision: str, cap: int,
+              interrupt=None) -> tuple[int, dict]:
     """The pack size of `config`'s shape that trains fastest on `device`, and {size: model-samples/s} of the
     sizes tried. Sizes double from 1 up to `cap`; the search stops once a size is clearly slower than the
-    fastest so far (a larger pack will not win either)."""
+    fastest so far (a larger pack will not win either). `interrupt()` is called before every step."""
     rates: dict[int, float] = {}
     for size in calibration_sizes(cap):
         # copies of the first config with other seeds: only the shape and the loop matter to the speed
         copies = [config.replace(seed=config.seed + i, init_from=None) for i in range(size)]
         rates[size] = training_throughput(copies, dataset, device=device, precision=precision,
-                                          steps=CALIBRATION_STEPS, warmup=CALIBRATION_WARMUP)
+                                          steps=CALIBRATION_STEPS, warmup=CALIBRATION_WARMUP, interrupt=interrupt)
         if rates[size] < (1 - CALIBRATION_GIVE_UP) * max(rates.values()):
             break
     best = max(rates.values())

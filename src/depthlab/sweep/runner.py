@@ -136,7 +136,7 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
 
 
 def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, dataset, device: torch.device,
-              max_pack: int | None, log) -> int:
+              max_pack: int | None, log, interrupt=None) -> int:
     """The pack size of a group of same-shape runs: the store's calibrated size; else, on a CPU with more than one
     run waiting, measured now and saved when the runs are work enough to repay it, or the default size when they
     are not (depthlab.sweep.packs); else (a GPU) the cap."""
@@ -153,7 +153,7 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
         return default
     if size is None:
         try:  # up to the cap, not to the runs waiting: a later sweep of the shape reuses the measurement
-            size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap)
+            size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap, interrupt=interrupt)
         except Exception as err:  # noqa: BLE001 - a measurement that fails costs speed, not results
             if is_device_error(err):
                 raise
@@ -228,13 +228,13 @@ def is_device_error(err: BaseException) -> bool:
         marker in text for marker in ("CUDA error", "CUDNN_STATUS", "cuDNN error", "CUBLAS_STATUS", "device-side"))
 
 
-def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack, log):
+def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack, log, interrupt=None):
     """The plan's runs in packs, a group of same-shape runs at a time, each group's pack size decided (and, on a
     CPU, measured) just before its first pack trains."""
     shapes = groups(the_plan.todo)
     for members in shapes:
         stopping.check()
-        size = pack_size(members, the_plan, store, data.get(members[0]), device, max_pack, log)
+        size = pack_size(members, the_plan, store, data.get(members[0]), device, max_pack, log, interrupt)
         yield from split(members, size, spread(shapes, the_plan.workers))
 
 
@@ -245,12 +245,14 @@ class Heartbeat:
     def __init__(self, store: Store, owner: str, every: float = 60.0):
         self.store, self.owner, self.every = store, owner, every
         self._held: dict[int, list[str]] = {}
+        self._lock = threading.Lock()  # two workers' updates must not lose one another's runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
 
     def hold(self, worker: int, ids: list[str]) -> None:
-        self._held = {**self._held, worker: list(ids)}  # a new dict: _beat reads it without a lock
+        with self._lock:
+            self._held = {**self._held, worker: list(ids)}  # a new dict: _beat reads it without the lock
 
     def _beat(self):
         while not self._stop.wait(self.every):
@@ -355,7 +357,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
 
     try:
         with intra_op_threads(the_plan.threads):
-            pool.run(_packs(the_plan, store, data, device, max_pack, log), train)
+            pool.run(_packs(the_plan, store, data, device, max_pack, log, pool.check), train)
     except BaseException:
         store.release([rid(c) for c in the_plan.todo], owner)
         raise

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from depthlab.errors import DepthlabError
-from depthlab.models import ResidualNet, build
+from depthlab.models import ResidualNet
+from depthlab.models.rng import blank
 from depthlab.sweep.config import RunConfig
 
 _ID = re.compile(r"^[0-9a-f]{1,16}$")
@@ -72,7 +73,7 @@ def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunCo
         config = RunConfig.from_dict(saved["config"])
         spec = config.model_spec() if dataset is None else config.model_spec(
             dataset.in_channels, dataset.input_size, dataset.num_classes)
-        model = build(spec)
+        model = blank(ResidualNet, spec)  # its weights are the file's: nothing drawn from the global RNG
         model.load_state_dict(saved["state_dict"])
     except DepthlabError:
         raise

@@ -2,10 +2,12 @@
 
 Why: the demo's layers (16 channels on 14×14 maps, batches of 100) are too small for one operator to keep two
 cores busy. A training step on one intra-op thread runs almost as fast as on two, so two packs trained at once,
-one per core, get through more model-samples than one pack on both: 1.15-1.5× in training steps, depending on
-the shape and the minute, and `depthlab run`'s demo took 14.0 s instead of 16.5 s end to end (two AVX-512 cores,
-bf16; `bench/cpu_throughput.py`). PyTorch releases the GIL inside its operators, so threads suffice: one process
-keeps one copy of the data and pays start-up once.
+one per core, get through more model-samples than one pack on both: 1.14× in the training steps of the demo's
+shapes (median of three rounds of `bench/cpu_throughput.py`, two AVX-512 cores, bf16; single shapes 1.05-1.5×).
+End to end the demo gains less, 12.9 s against 13.3 s: its evaluations and start-up do not overlap as well.
+(Before freed memory was kept, depthlab.sweep.allocator, two workers also hid page faults: 14.0 s against 16.5 s.)
+PyTorch releases the GIL inside its operators, so threads suffice: one process keeps one copy of the data and
+pays start-up once.
 
 What a run computes does not depend on it: each pack trains as it would alone, and float32 results are the same
 bit for bit on one intra-op thread or two (tests/sweep/test_workers.py); bf16 ones differ at round-off, as bf16
@@ -23,6 +25,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from depthlab.errors import DepthlabError
+
 CPU_WORKERS = 2  # packs a CPU trains at once by default (with at least two cores and two packs to train)
 
 
@@ -37,6 +41,9 @@ def default_workers(device: torch.device, runs: int, asked: int | None = None) -
     if asked is not None:
         if asked < 1:
             raise ValueError(f"workers must be at least 1, not {asked}")
+        if asked > 1 and device.type != "cpu":
+            raise DepthlabError(f"--workers {asked}: side by side is for CPUs; on {device.type} one worker's "
+                                "packs fill the device (give --max-pack instead)")
         return max(1, min(asked, runs))
     if device.type != "cpu":
         return 1
@@ -91,16 +98,18 @@ class Workers:
         # Not daemons, and waited for through events: a thread still inside torch when the interpreter exits
         # aborts it (pytorch/pytorch#38228), and a Thread.join() that Ctrl-C interrupts may report a running
         # thread as ended (CPython's _wait_for_tstate_lock race).
-        for i, end in enumerate(ended):
-            threading.Thread(target=self._work, args=(iterator, work, end), name=f"depthlab-worker-{i}").start()
-        try:
+        threads = []
+        try:  # a stop may land while a thread starts: the started ones must be stopped too
+            for i, end in enumerate(ended):
+                thread = threading.Thread(target=self._work, args=(iterator, work, end), name=f"depthlab-worker-{i}")
+                threads.append(thread)
+                thread.start()
             for end in ended:
                 while not end.wait(0.2):  # a bare wait() would hold Ctrl-C back until the worker ends
                     pass
         except BaseException:
-            self._stop.set()
-            for end in ended:
-                end.wait()
+            self._stop.set()  # a thread that began too late to be waited for stops before its first item
+            _wait_through_stops([end for thread, end in zip(threads, ended) if thread.ident is not None])
             raise
         if self._errors:
             raise self._errors[0]
@@ -112,6 +121,7 @@ class Workers:
                     item = next(iterator, _END)
                 if item is _END:
                     return
+                self.check()  # stopped while this worker waited for its item
                 work(item)
         except Stopped:
             pass
@@ -124,3 +134,15 @@ class Workers:
 
 
 _END = object()
+
+
+def _wait_through_stops(ended: list[threading.Event]) -> None:
+    """Wait until these workers have ended, whatever more Ctrl-C presses come meanwhile: the caller gives their
+    runs back next, which must not happen while one of them still trains (it would claim again)."""
+    for end in ended:
+        while True:
+            try:
+                if end.wait(0.2):
+                    break
+            except KeyboardInterrupt:
+                continue
