@@ -478,3 +478,38 @@ def test_records_of_given_runs(store):
     assert [r["run_id"] for r in store.records(run_ids=[ids[2], ids[0]])] == [ids[0], ids[2]]  # insertion order
     assert store.records(run_ids=[]) == [] and store.records(run_ids=["nope"]) == []
     assert [r["run_id"] for r in store.records(run_ids=ids[1:], status="pending", sweep="a")] == ids[1:]
+
+
+def test_opening_a_store_while_a_peer_creates_it_reads_one_snapshot(tmp_path, monkeypatch):
+    """A runner polling a store that another `depthlab run` is still creating: the peer committed schema 1, and
+    commits the other migrations between the opener's reads of the schema version and of the tables. Read apart,
+    the newer tables looked foreign to schema 1 ("not a depthlab results store")."""
+    from depthlab.sweep import store as store_module
+
+    path = tmp_path / "s.sqlite"
+    peer = sqlite3.connect(path, isolation_level=None)
+    peer.execute("PRAGMA journal_mode = WAL")
+
+    def migrate(steps):
+        for version, _, step, _ in steps:
+            peer.execute("BEGIN IMMEDIATE")
+            step(peer, str(path))
+            peer.execute(f"PRAGMA user_version = {version}")
+            peer.execute("COMMIT")
+
+    migrate(store_module.MIGRATIONS[:1])
+    connect = Store._connect
+
+    def interleaved(self):
+        conn = connect(self)
+
+        def trace(sql):
+            if "sqlite_master" in sql and peer.execute("PRAGMA user_version").fetchone()[0] == 1:
+                migrate(store_module.MIGRATIONS[1:])  # the peer finishes while this opener reads
+        conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(Store, "_connect", interleaved)
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+    peer.close()
