@@ -9,12 +9,14 @@ End to end the demo gains less, 12.9 s against 13.3 s: its evaluations and start
 PyTorch releases the GIL inside its operators, so threads suffice: one process keeps one copy of the data and
 pays start-up once.
 
-What a run computes does not depend on it: each pack trains as it would alone, and float32 results are the same
-bit for bit on one intra-op thread or two (tests/sweep/test_workers.py); bf16 ones differ at round-off, as bf16
-does between machines. Each run records `threads` (intra-op threads) and `workers` in its env.
+What a run learns does not depend on it: each pack trains as it would alone, float32 weights are the same bit
+for bit on one intra-op thread or two, and evaluations' sums agree to float32 round-off
+(tests/sweep/test_workers.py); bf16 results differ at round-off, as bf16 does between machines. Seeded models are
+built one at a time (depthlab.models.rng). Each run records `threads` (intra-op threads) and `workers` in its env.
 
-On a GPU one worker feeds the device (packing is what fills it). With more than two cores the default stays at
-two workers, each with half the cores: measured on two cores only, so `--workers N` lets a machine choose.
+On a GPU one worker feeds the device (packing is what fills it; more are refused). With more than two cores the
+default stays at two workers, each with half the cores: measured on two cores only, so `--workers N` lets a
+machine choose.
 """
 
 from __future__ import annotations
