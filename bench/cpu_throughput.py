@@ -57,7 +57,7 @@ from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
 from depthlab.sweep.allocator import keep_freed_memory  # noqa: E402
 from depthlab.sweep.config import RunConfig  # noqa: E402
 from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
-from depthlab.sweep.packs import default_pack_size, make_packs  # noqa: E402
+from depthlab.sweep.packs import groups, make_packs  # noqa: E402
 from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker  # noqa: E402
 
 DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
@@ -81,6 +81,11 @@ def demo_configs(dataset: str, subset: int, val: int, seeds: int, epochs: int) -
     return [RunConfig(dataset=dataset, train_subset=subset, val_split=val, test_subset=2000, topology=topology,
                       blocks=blocks, epochs=epochs, seed=seed, **DEMO)
             for (topology, blocks), seed in itertools.product(SHAPES, range(seeds))]
+
+
+def trained_samples(config: RunConfig, data) -> int:
+    """The samples a run trains on: whole batches of the training split, every epoch."""
+    return config.epochs * (len(data.train_x) // config.batch_size) * config.batch_size
 
 
 def forward_flops(config: RunConfig, data) -> int:
@@ -112,12 +117,12 @@ def side_by_side_rate(configs, data, precision: str, workers: int, steps: int, w
 
 def side_by_side_training(configs, data, precision: str, workers: int, steps: int, warmup: int) -> float:
     """Seconds the demo's training steps take with `workers` packs stepping at once: each shape's samples at
-    its side-by-side rate."""
+    the side-by-side rate of its largest pack as `depthlab run` packs it."""
+    packs = make_packs(configs, "cpu", precision=precision, defaults=True, workers=workers)
     seconds = 0.0
-    for shape in {c.pack_key(): None for c in configs}:
-        members = [c for c in configs if c.pack_key() == shape]
-        size = min(default_pack_size(torch.device("cpu"), precision, len(members)), -(-len(members) // workers))
-        samples = sum(c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size for c in members)
+    for members in groups(configs):
+        size = max(len(p) for p in packs if p[0].pack_key() == members[0].pack_key())
+        samples = sum(trained_samples(c, data) for c in members)
         seconds += samples / side_by_side_rate(members[:size], data, precision, workers, steps, warmup)
     return seconds
 
@@ -165,9 +170,8 @@ def main(argv=None):
     else:
         data = load("mnist", val_split=args.val, train_subset=args.subset)
     configs = demo_configs(dataset, args.subset, args.val, args.seeds, args.epochs)
-    samples = sum(c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size for c in configs)
-    work = sum(3 * forward_flops(c, data) * c.epochs * (len(data.train_x) // c.batch_size) * c.batch_size
-               for c in configs)
+    samples = sum(trained_samples(c, data) for c in configs)
+    work = sum(3 * forward_flops(c, data) * trained_samples(c, data) for c in configs)
 
     print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}; native bf16: {'yes' if native else 'no'}; auto precision: {default}")
