@@ -75,9 +75,9 @@ def groups(configs: list[RunConfig]) -> list[list[RunConfig]]:
 def split(members: list[RunConfig], size: int, at_least: int = 1) -> list[list[RunConfig]]:
     """`members` in the fewest packs of at most `size` (but at least `at_least` packs, as far as there are
     members), as even as can be: 5 runs at size 4 make 3 + 2, not 4 + 1, whose lone model trains slowest."""
+    if not members:
+        return []
     count = min(len(members), max(-(-len(members) // size), at_least))
-    if count <= 1:
-        return [members] if members else []
     base, extra = divmod(len(members), count)
     packs, start = [], 0
     for i in range(count):
