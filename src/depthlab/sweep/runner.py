@@ -4,9 +4,9 @@ Every run (a config trained by the engine's `RECIPE`) is added to the store as `
 repeatedly claims a pack (only runs still pending are claimed, so two runners never train one run), trains it,
 and writes each run's result in its own transaction, its weights (when kept) before it is marked done. On a CPU
 a runner does this in two worker threads at once (depthlab.sweep.workers), sharing its store connection, data
-and progress bar. A
-killed runner's runs are reclaimed by the next runner, or by one already running, before it claims a pack
-(`Store.reclaim_stale`): nothing finished is trained twice or lost; what was interrupted restarts from scratch.
+and progress bar. A killed runner's runs are reclaimed by the next runner, or by one already running, before it
+claims a pack (`Store.reclaim_stale`): nothing finished is trained twice or lost; what was interrupted restarts
+from scratch.
 Results of an older recipe stay in the store; the runner says how many and trains their configs again.
 """
 
