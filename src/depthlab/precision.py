@@ -15,6 +15,7 @@ one run, trained once per store. Use separate stores to compare precisions as a 
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from typing import TYPE_CHECKING
@@ -59,12 +60,23 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+# oneDNN's instruction-set caps below its bf16 kernels (`ONEDNN_MAX_CPU_ISA`, read when torch loads)
+_ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX-BF16 on x86, the BF16 extension on Arm: from PyTorch's own CPU probe where it has one,
-    else from the flags the operating system lists."""
+    else from the flags the operating system lists.
+
+    On x86 the instructions must also be the ones torch dispatches to: `ATEN_CPU_CAPABILITY=avx2` and
+    `ONEDNN_MAX_CPU_ISA=AVX2` (both read when torch loads) make an AVX-512 machine compute as an AVX2-only one
+    does, bf16 emulated, so `auto` picks float32 there as it would on that machine. This is how the test suite and
+    a user check the AVX2-only path on a machine with native bf16."""
     import torch
 
+    if not _dispatches_to_avx512(torch):
+        return False
     capabilities = getattr(torch.cpu, "get_capabilities", None)
     if capabilities is not None:
         try:
@@ -76,6 +88,16 @@ def cpu_has_native_bf16() -> bool:
         if found.get("architecture") == "x86_64":
             return False
     return bool(_os_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _dispatches_to_avx512(torch) -> bool:
+    """False where x86 kernels are capped below AVX-512 BF16 (ATen's capability or oneDNN's ISA cap); True
+    elsewhere, Arm included (ATen names no bf16 level there)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("DEFAULT", "AVX2"):
+        return platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+    isa = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return isa not in _ONEDNN_NO_BF16
 
 
 def _os_cpu_flags() -> set[str]:
