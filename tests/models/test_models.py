@@ -246,6 +246,8 @@ def test_a_changed_residual_scale_is_used_after_a_forward(randomise):
     model.eval(), scaled.eval()
     model(x)  # the unit scale is seen here
     model.load_state_dict(scaled.state_dict())
-    assert torch.equal(model(x), scaled(x))
+    assert torch.equal(model(x), scaled(x))  # the same weights through the same operators: bit for bit
     mixed = pack([randomise(build(one, seed=1), seed=1), scaled]).eval()
-    assert torch.equal(mixed(torch.stack([x, x]))[1], scaled(x))
+    # a pack computes through grouped convolutions, whose sums the CPU's kernels may order otherwise than a
+    # plain convolution's (one float32 step apart on AVX2): a skipped λ = 1/n would be off by far more
+    assert rel_err(mixed(torch.stack([x, x]))[1], scaled(x)) < 1e-6

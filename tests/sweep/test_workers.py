@@ -36,6 +36,16 @@ def no_worker_left(timeout=5.0) -> bool:
     return not worker_threads()
 
 
+def until_stopped(check, seconds=60.0):
+    """A long pack's loop: `check()` until it raises (the worker was told to stop); a worker never told fails
+    the test after `seconds` instead of holding the suite."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check()
+        time.sleep(0.01)
+    raise AssertionError(f"a worker was not stopped within {seconds:.0f} s")
+
+
 def test_every_item_is_worked_once_across_the_threads():
     seen, names = [], set()
 
@@ -63,9 +73,7 @@ def test_a_workers_error_stops_the_others_and_is_raised_in_the_caller():
         started.append(item)
         if item == 0:
             raise ValueError("pack 0 broke")
-        while True:  # a long pack: stops at its next check
-            pool.check()
-            time.sleep(0.01)
+        until_stopped(pool.check)  # a long pack: stops at its next check
 
     with pytest.raises(ValueError, match="pack 0 broke"):
         pool.run(iter(range(10)), work)
@@ -81,10 +89,11 @@ def test_an_interrupt_in_the_caller_stops_the_workers_and_waits_for_them():
     checks = []
 
     def work(item):
-        while True:
+        def check():
             checks.append(item)
             pool.check()
-            time.sleep(0.01)
+
+        until_stopped(check)
 
     def interrupt(signum, frame):
         raise Interrupt()
@@ -234,16 +243,25 @@ def test_a_failed_pack_beside_a_good_one_is_recorded_and_the_sweep_goes_on(tmp_p
     assert no_worker_left()
 
 
-def test_a_device_error_in_one_worker_stops_the_sweep_and_gives_every_run_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # packs of 2 and of 4 by default on a CPU
+def test_a_device_error_in_one_worker_stops_the_sweep_and_gives_every_run_back(tmp_path, monkeypatch, precision):
+    calls, lock = [], threading.Lock()
+    both_started = threading.Barrier(2, timeout=60)  # each worker holds a pack, however the runs were packed
+
     def broken(configs, *args, interrupt=None, **kwargs):
-        if configs[0].topology == "parallel":
+        with lock:
+            calls.append(configs)
+            call = len(calls)
+        if call <= 2:
+            both_started.wait()
+        if call == 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        while True:  # the other worker's pack: stopped at its next step
-            interrupt()
-            time.sleep(0.01)
+        until_stopped(interrupt)  # the other worker's pack: stopped at its next step
 
     monkeypatch.setattr(engine, "train_pack", broken)
     store = tmp_path / "s.sqlite"
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        run_sweep(SweepSpec.from_dict(SPEC), store, device="cpu", progress=False, workers=2, log=lambda m: None)
+        run_sweep(SweepSpec.from_dict(SPEC), store, device="cpu", progress=False, workers=2, log=lambda m: None,
+                  precision=precision)
+    assert len(calls) == 2  # nothing new was started once the error was seen
     assert Store(store).counts()["pending"] == 6 and no_worker_left()
