@@ -54,3 +54,37 @@ def _randomise(model, seed=0):
 @pytest.fixture
 def randomise():
     return _randomise
+
+
+# --- the two kinds of CPU the suite runs on ---------------------------------------------------------------------
+# `--precision auto` trains in bf16 where the CPU has native bf16 (AVX-512 BF16, AMX) and in float32 where it has
+# only AVX2; the pack sizes follow (depthlab.sweep.packs.CPU_DEFAULT_PACK). Tests marked `auto_precision` go
+# through `auto`, so they run once per kind this machine can stand for: on a native-bf16 machine also as an
+# AVX2-only one would (`auto` resolving to float32 in this process; subprocesses started by the test get the
+# AVX2 kernels themselves through ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA, see depthlab.precision).
+FLOAT32_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def cpu_kinds() -> list[str]:
+    from depthlab import precision
+
+    return ["native-bf16", "float32-only"] if precision.cpu_has_native_bf16() else ["float32-only"]
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("auto_precision"):
+        metafunc.parametrize("cpu_kind", cpu_kinds(), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def cpu_kind(request, monkeypatch):
+    """The kind of CPU an `auto_precision` test runs as (None for the others: this machine as it is)."""
+    kind = getattr(request, "param", None)
+    if kind == "float32-only":
+        from depthlab import precision
+
+        if precision.cpu_has_native_bf16():
+            monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+            for name, value in FLOAT32_CPU_ENV.items():
+                monkeypatch.setenv(name, value)
+    return kind

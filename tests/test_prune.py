@@ -220,6 +220,7 @@ def test_a_crop_keep_run_trains(data):
     assert result.status == "done" and result.final["widths"][0] <= 8
 
 
+@pytest.mark.auto_precision
 def test_pruned_runs_resume_like_any_run(tmp_path):
     from depthlab.sweep.runner import run_sweep
     from depthlab.sweep.spec import SweepSpec

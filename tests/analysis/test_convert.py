@@ -75,6 +75,7 @@ def test_recalibration_is_the_cumulative_batch_statistics(data):
     assert again is not None  # no BatchNorm: nothing to do
 
 
+@pytest.mark.auto_precision
 def test_cli_convert_fine_tunes_through_the_engine(tmp_path, capsys):
     from depthlab.sweep.store import Store
 

@@ -130,6 +130,7 @@ def test_residual_network_survives_lesions_a_plain_one_does_not():
     assert scores(models[0], *test) == a["intact"]
 
 
+@pytest.mark.auto_precision
 def test_cli_lesion_trains_both_networks_through_the_engine_with_one_recipe(tmp_path, capsys):
     from depthlab.records import run_id
     from depthlab.sweep import engine
@@ -163,6 +164,7 @@ def test_cli_lesion_trains_both_networks_through_the_engine_with_one_recipe(tmp_
         assert len(s.records()) == 2
 
 
+@pytest.mark.auto_precision
 def test_cli_lesion_of_a_stored_run_reports_its_recorded_loss_and_refuses_training_flags(tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     base = ["--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--width",

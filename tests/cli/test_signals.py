@@ -11,6 +11,9 @@ import time
 import pytest
 import yaml
 
+# the runs train with `--precision auto`: as on either kind of CPU (tests/conftest.py)
+pytestmark = pytest.mark.auto_precision
+
 SPEC = {"name": "long", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 512,
                                      "test_subset": 32, "width": 2, "stem_stride": 2, "batch_size": 32,
                                      "epochs": 100_000},

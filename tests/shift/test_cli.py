@@ -16,6 +16,9 @@ from depthlab.report import plots
 from depthlab.shift.records import load_shift_records
 from depthlab.sweep.store import Store
 
+# the measurements evaluate at `--precision auto`: as on either kind of CPU (tests/conftest.py)
+pytestmark = pytest.mark.auto_precision
+
 
 @pytest.fixture(autouse=True)
 def data_home(tmp_path, monkeypatch):

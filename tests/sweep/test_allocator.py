@@ -48,6 +48,7 @@ def test_freed_blocks_keep_their_pages_once_the_thresholds_are_raised():
     assert int(default) > 5_000 and int(after) < int(default) // 5
 
 
+@pytest.mark.auto_precision
 def test_a_cpu_sweep_keeps_freed_memory(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "keep_freed_memory", lambda: calls.append(1))

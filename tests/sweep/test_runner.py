@@ -15,6 +15,9 @@ from depthlab.sweep.runner import run_sweep
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store
 
+# the runs train with `--precision auto`: as on either kind of CPU (tests/conftest.py)
+pytestmark = pytest.mark.auto_precision
+
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 256,
                                      "test_subset": 64, "width": 4, "stem_stride": 2,
                                      "batch_size": 32, "epochs": 2},
