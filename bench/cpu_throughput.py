@@ -77,9 +77,10 @@ def matmul_gflops(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def demo_configs(dataset: str, subset: int, val: int, seeds: int, epochs: int) -> list[RunConfig]:
-    return [RunConfig(dataset=dataset, train_subset=subset, val_split=val, test_subset=2000, topology=topology,
-                      blocks=blocks, epochs=epochs, seed=seed, **DEMO)
+def demo_configs(dataset: str, subset: int, val: int, seeds: int, epochs: int, test: int = 2000,
+                 batch: int = DEMO["batch_size"]) -> list[RunConfig]:
+    return [RunConfig(dataset=dataset, train_subset=subset, val_split=val, test_subset=test, topology=topology,
+                      blocks=blocks, epochs=epochs, seed=seed, **{**DEMO, "batch_size": batch})
             for (topology, blocks), seed in itertools.product(SHAPES, range(seeds))]
 
 
@@ -150,6 +151,9 @@ def main(argv=None):
     parser.add_argument("--val", type=int, default=1000, help="validation examples (demo: 1000)")
     parser.add_argument("--seeds", type=int, default=5, help="runs per shape (demo: 5)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (demo: 3)")
+    parser.add_argument("--test", type=int, default=2000, help="test examples each run evaluates (demo: 2000)")
+    parser.add_argument("--batch", type=int, default=DEMO["batch_size"],
+                        help=f"training batch per model (demo: {DEMO['batch_size']})")
     parser.add_argument("--matmul", type=int, default=2048, help="side of the ceiling's matrix product")
     parser.add_argument("--sizes", default="1,2,4,8", help="pack sizes of the step table")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per cell of the step table")
@@ -166,17 +170,17 @@ def main(argv=None):
     default = resolve("auto", "cpu")
     dataset = args.dataset if args.dataset == "synthetic" or locate("mnist") is not None else "synthetic"
     if dataset == "synthetic":
-        data = load("synthetic", val_split=args.val, n_train=args.subset, n_test=2000, shape=(1, 28, 28))
+        data = load("synthetic", val_split=args.val, n_train=args.subset, n_test=args.test, shape=(1, 28, 28))
     else:
         data = load("mnist", val_split=args.val, train_subset=args.subset)
-    configs = demo_configs(dataset, args.subset, args.val, args.seeds, args.epochs)
+    configs = demo_configs(dataset, args.subset, args.val, args.seeds, args.epochs, args.test, args.batch)
     samples = sum(trained_samples(c, data) for c in configs)
     work = sum(3 * forward_flops(c, data) * trained_samples(c, data) for c in configs)
 
     print(f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}; native bf16: {'yes' if native else 'no'}; auto precision: {default}")
     print(f"demo shapes: {len(configs)} runs ({args.seeds} per shape), {args.epochs} epoch(s) of "
-          f"{len(data.train_x)} {data.name} examples, batch {DEMO['batch_size']}")
+          f"{len(data.train_x)} {data.name} examples, batch {args.batch}")
 
     def ceilings() -> dict:
         return {"fp32": matmul_gflops(torch.float32, args.matmul, args.repeats),
@@ -257,7 +261,7 @@ def main(argv=None):
               + " ".join(f"{rates[s]:>9,.0f}" for s in sizes) + f" {best:>6}")
 
     models = 4
-    batch = evaluation_batch(torch.device("cpu"), DEMO["batch_size"], models)
+    batch = evaluation_batch(torch.device("cpu"), args.batch, models)
     print(f"\nevaluation, model-images/s (a pack of {models} on the {len(data.val_x)} validation images; the "
           f"engine's batch: {batch} per model)")
     print(f"{'shape':<16} {'precision':<9} {'NCHW':>10} {'channels_last':>14} {'channels_last, 400/model':>25}")
