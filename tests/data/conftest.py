@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from depthlab.data import load
-from depthlab.data.mnist import FILES, SPLIT_FILES, write_idx
+from depthlab.data.idx import FILES, SPLIT_FILES, write_idx
 
 DEAD_URL = "http://127.0.0.1:9/"  # the discard port: connection refused at once
 
@@ -23,6 +23,7 @@ def offline_env(tmp_path, monkeypatch):
     """An empty data home, and mirrors that refuse connections: a test downloads only from its own server."""
     monkeypatch.setenv("DEPTHLAB_DATA", str(tmp_path / "data_home"))
     monkeypatch.setenv("DEPTHLAB_MNIST_MIRRORS", DEAD_URL)
+    monkeypatch.setenv("DEPTHLAB_FASHION_MNIST_MIRRORS", DEAD_URL)
     monkeypatch.setenv("DEPTHLAB_CIFAR10_URL", DEAD_URL + "cifar-10-python.tar.gz")
 
 
@@ -33,7 +34,7 @@ def md5(path) -> str:
 @pytest.fixture
 def make_mnist_files():
     """make(directory, n_train=60, n_test=20, seed=0) -> {file name: md5}: the four IDX gz files, random
-    pixels, labels cycling 0..9."""
+    pixels, labels cycling 0..9 (MNIST's format, and Fashion-MNIST's)."""
 
     def make(directory, n_train=60, n_test=20, seed=0):
         directory.mkdir(parents=True, exist_ok=True)

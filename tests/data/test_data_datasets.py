@@ -8,10 +8,10 @@ from depthlab.errors import DataError, SpecError
 
 
 def test_available_and_unknown_name():
-    assert available() == ["cifar10", "mnist", "synthetic"]
+    assert available() == ["cifar10", "fashion_mnist", "mnist", "synthetic"]
     with pytest.raises(SpecError) as err:
         load("imagenet")
-    assert err.value.field == "dataset" and "cifar10, mnist, synthetic" in str(err.value)
+    assert err.value.field == "dataset" and "cifar10, fashion_mnist, mnist, synthetic" in str(err.value)
 
 
 def test_unknown_option_is_refused():

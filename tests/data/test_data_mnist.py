@@ -6,9 +6,12 @@ import torch
 
 from depthlab.data import load, locate
 from depthlab.data import mnist
-from depthlab.data.mnist import FILES, read_idx, read_zarr, write_idx
+from depthlab.data.idx import read_idx, write_idx
+from depthlab.data.mnist import read_zarr
+from depthlab.data.registry import entry
 from depthlab.errors import DataError, SpecError
 
+FILES = entry("mnist").checksums.files  # file name -> md5
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

@@ -10,7 +10,8 @@ import pytest
 
 from depthlab.cli.main import main
 from depthlab.data import cifar, load, mnist
-from depthlab.data.mnist import FILES, package_path
+from depthlab.data.idx import FILES
+from depthlab.data.mnist import package_path
 from depthlab.errors import DataError
 
 

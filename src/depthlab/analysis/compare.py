@@ -28,6 +28,7 @@ from collections import Counter
 
 import numpy as np
 
+from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import METRICS, STATUSES, canonical_json, config_of, finite, precision_of
 from depthlab.sweep.export import varied_fields
@@ -42,7 +43,6 @@ DEFAULT_METRICS = ("val_loss", "train_loss", "val_acc")
 RELATIVE_MARGIN = 0.05  # default margin for losses: 5% of the pooled mean
 ACCURACY_MARGIN = 0.01  # default margin for accuracies: one percentage point
 BAND_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess; every built-in dataset has 10 classes
 BLOWN_UP = 10  # a final training loss above BLOWN_UP × chance level is a blown-up run, not a result
 
 
@@ -183,7 +183,11 @@ def blown_up(record: dict) -> bool:
     its weights blew up without a NaN (e.g. Adam at a huge learning rate), so its metrics mean nothing and it is
     left out of the pairing like a diverged run."""
     loss = finite(record.get("train_loss"))
-    return record.get("status") == "done" and loss is not None and loss > BLOWN_UP * CHANCE_LOSS
+    if record.get("status") != "done" or loss is None:
+        return False
+    dataset = config_of(record).get("dataset")
+    # a dataset the registry does not know (a hand-made record) has no chance level to compare with
+    return dataset in registry.REGISTRY and loss > BLOWN_UP * registry.entry(dataset).chance_loss
 
 
 def latest_recipes(records: list[dict]) -> tuple[list[dict], int]:

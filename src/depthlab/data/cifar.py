@@ -16,19 +16,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from depthlab.data import registry
 from depthlab.data.download import default_data_dir, fetch, verify_file
 from depthlab.errors import DataError
 
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-MD5 = "c58f30108f718f92721af3b95e74349a"
-URL_ENV = "DEPTHLAB_CIFAR10_URL"
+ENTRY = registry.entry("cifar10")  # its shape, classes, sizes, archive URL and md5, cache folder
+URL = ENTRY.remote[0]
 ARCHIVE = "cifar-10-python.tar.gz"
+MD5 = ENTRY.checksums.files[ARCHIVE]
+URL_ENV = "DEPTHLAB_CIFAR10_URL"
 DIRNAME = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 MARKERS = (*TRAIN_FILES, TEST_FILE, "batches.meta")  # any of these marks a batches directory
-NUM_CLASSES = 10
-SHAPE = (3, 32, 32)
 
 # What a CIFAR batch pickle may reference: numpy array reconstruction (numpy 1 and 2 names) and bytes.
 _ALLOWED_GLOBALS = {
@@ -80,19 +80,20 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: b'labels' is not a list of integers. {_fix(path)}") from None
     if labels.shape != (data.shape[0],):
         raise DataError(f"{path}: {labels.shape} labels for {data.shape[0]} images; expected one each. {_fix(path)}")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}; expected 0..9. {_fix(path)}")
-    return data.reshape(-1, *SHAPE), labels
+    if labels.size and (labels.min() < 0 or labels.max() >= ENTRY.num_classes):
+        raise DataError(f"{path}: labels span {labels.min()}..{labels.max()}; expected "
+                        f"0..{ENTRY.num_classes - 1}. {_fix(path)}")
+    return data.reshape(-1, *ENTRY.shape), labels
 
 
 def candidate_dirs(root: Path | None) -> list[Path]:
     """Where the batches may be: `root` itself, `root/cifar-10-batches-py`, `root/cifar10[/...]`;
     without root, default_data_dir()/cifar10[/cifar-10-batches-py]."""
     if root is None:
-        base = default_data_dir() / "cifar10"
+        base = default_data_dir() / ENTRY.cache
         return [base, base / DIRNAME]
     root = Path(root)
-    return [root, root / DIRNAME, root / "cifar10", root / "cifar10" / DIRNAME]
+    return [root, root / DIRNAME, root / ENTRY.cache, root / ENTRY.cache / DIRNAME]
 
 
 def find_dir(root: Path | None) -> Path | None:
@@ -191,7 +192,7 @@ def download_cifar10(directory: Path, url: str | None = None, md5: str | None = 
 
 def _placed_archive(root: Path | None) -> Path | None:
     """An archive the user put in the dataset directory (offline installs): extracted, never deleted."""
-    directory = Path(root) if root is not None else default_data_dir() / "cifar10"
+    directory = Path(root) if root is not None else default_data_dir() / ENTRY.cache
     return directory / ARCHIVE if (directory / ARCHIVE).is_file() else None
 
 
@@ -207,7 +208,7 @@ def load_cifar10(
     if found is not None:
         source = f"cache:{found}"
     else:
-        target = Path(root) if root is not None else default_data_dir() / "cifar10"
+        target = Path(root) if root is not None else default_data_dir() / ENTRY.cache
         archive = _placed_archive(root)
         if archive is not None:
             fix = f"Fix: delete {archive} (and load again to download it), or replace it with the standard archive."
@@ -234,7 +235,5 @@ def load_cifar10(
         train_y=torch.from_numpy(np.concatenate([y for _, y in train])),
         test_x=torch.from_numpy(test_x.copy()),  # the unpickled array may be read-only
         test_y=torch.from_numpy(test_y),
-        num_classes=NUM_CLASSES,
-        flip_ok=True,
         source=source,
     )

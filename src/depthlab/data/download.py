@@ -81,7 +81,8 @@ def fetch(urls: list[str], dest: Path, md5: str | None, *, timeout: float = 60.0
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
             failures.append(f"{url}: {err}")
     tried = "; ".join(failures) or "no URL given"
+    expected = f" (expected md5 {md5})" if md5 is not None else ""
     raise DataError(
-        f"{dest}: could not download a verified copy (expected md5 {md5}). Tried: {tried}. "
+        f"{dest}: could not download a verified copy{expected}. Tried: {tried}. "
         f"Fix: check the network or the mirror list, or place the standard file at {dest} yourself."
     )

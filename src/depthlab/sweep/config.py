@@ -10,12 +10,11 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
+from depthlab.data import registry
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
 from depthlab.models.spec import SCALE_RULES
 
-# (channels, size, classes, horizontal flip is valid) of the built-in datasets; synthetic mirrors MNIST's shape.
-DATASET_SHAPES = {"mnist": (1, 28, 10, False), "cifar10": (3, 32, 10, True), "synthetic": (1, 28, 10, True)}
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 SCHEDULES = ("constant", "cosine", "linear")
@@ -65,17 +64,16 @@ class RunConfig:
     init_from: str | None = None         # start from this run's trained weights (rewired to this topology)
 
     def __post_init__(self):
-        if self.dataset not in DATASET_SHAPES:
-            raise SpecError("dataset", self.dataset, ", ".join(DATASET_SHAPES))
+        data = registry.entry(self.dataset)  # its shape, classes and whether it may be flipped
         if self.optimizer not in OPTIMIZERS:
             raise SpecError("optimizer", self.optimizer, ", ".join(OPTIMIZERS))
         if self.schedule not in SCHEDULES:
             raise SpecError("schedule", self.schedule, ", ".join(SCHEDULES))
         if self.augment not in AUGMENTS:
             raise SpecError("augment", self.augment, ", ".join(AUGMENTS))
-        if "flip" in self.augment and not DATASET_SHAPES[self.dataset][3]:
-            raise SpecError("augment", self.augment, f"none or translate for {self.dataset} (flipping digits "
-                            "changes their meaning)")
+        if "flip" in self.augment and not data.flip_ok:
+            raise SpecError("augment", self.augment, f"none or translate for {self.dataset} (a flip changes "
+                            "what its images show)")
         for name in ("batch_size", "epochs"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -131,7 +129,7 @@ class RunConfig:
     @property
     def translate(self) -> int:
         """Padding (pixels) of the random-translation augmentation; 0 when off."""
-        return (2 if DATASET_SHAPES[self.dataset][1] <= 28 else 4) if "translate" in self.augment else 0
+        return (2 if registry.entry(self.dataset).size <= 28 else 4) if "translate" in self.augment else 0
 
     @property
     def flip(self) -> bool:
@@ -139,13 +137,13 @@ class RunConfig:
 
     def model_spec(self, in_channels: int | None = None, input_size: int | None = None,
                    num_classes: int | None = None) -> ModelSpec:
-        channels, size, classes, _ = DATASET_SHAPES[self.dataset]
+        data = registry.entry(self.dataset)
         return ModelSpec(width=self.width, blocks=self.blocks, kernel=self.kernel, hidden=self.hidden,
                          topology=self.topology, residual_scale=self.residual_scale, norm=self.norm, head=self.head,
                          act=self.act, init=self.init, stem_stride=self.stem_stride, skip=self.skip,
                          branch=self.branch, reparam=self.reparam,
-                         in_channels=in_channels or channels, input_size=input_size or size,
-                         num_classes=num_classes or classes)
+                         in_channels=in_channels or data.channels, input_size=input_size or data.size,
+                         num_classes=num_classes or data.num_classes)
 
     def _meet_budget(self) -> None:
         """Set hidden (or width) so that the inference parameters (`spec_params(merged=True)`) come as close as

@@ -31,8 +31,9 @@ import os
 
 import torch
 
+from depthlab.data import registry
 from depthlab.records import canonical_json
-from depthlab.sweep.config import DATASET_SHAPES, RunConfig
+from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import bytes_per_model, describe_device, training_throughput
 
 CPU_MAX_PACK = 8         # the largest pack a CPU is calibrated for: beyond it progress and memory get lumpy
@@ -52,12 +53,12 @@ def max_pack_size(config: RunConfig, device: torch.device, limit: int | None = N
                   precision: str = "fp32") -> int:
     """How many models of `config`'s shape may share one pack on `device` (memory in `precision` on a GPU, the
     cap on a CPU)."""
-    channels, size, _, _ = DATASET_SHAPES[config.dataset]
+    data = registry.entry(config.dataset)
     if device.type == "meta":  # planned for a device elsewhere (e.g. Ray workers): only the caller's limit
         return max(1, limit or CPU_MAX_PACK)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        fit = int(free * GPU_MEMORY_FRACTION // bytes_per_model(config, channels, size, precision))
+        fit = int(free * GPU_MEMORY_FRACTION // bytes_per_model(config, data.channels, data.size, precision))
         size_cap = 256
     else:
         fit, size_cap = CPU_MAX_PACK, CPU_MAX_PACK

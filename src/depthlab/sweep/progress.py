@@ -13,14 +13,13 @@ import time
 
 from tqdm import tqdm
 
+from depthlab.data import registry
 from depthlab.data.datasets import validation_count
 from depthlab.models import flops
 from depthlab.sweep.config import RunConfig
 from depthlab.records import config_id
 
 BAR = "{desc}: {percentage:3.0f}%|{bar}|"  # the run counts and the ETA follow (see SweepProgress._refresh)
-# Training examples of the built-in datasets before a validation split (synthetic: its loader's default).
-TRAIN_EXAMPLES = {"mnist": 60_000, "cifar10": 50_000, "synthetic": 1_024}
 
 
 def progress_bar(iterable=None, *, total=None, desc="", enabled=None):
@@ -33,7 +32,7 @@ def progress_bar(iterable=None, *, total=None, desc="", enabled=None):
 
 def training_examples(config: RunConfig) -> int:
     """How many examples a run trains on, from its config alone (no dataset is loaded)."""
-    total = TRAIN_EXAMPLES[config.dataset]
+    total = registry.entry(config.dataset).sizes[0]  # the standard train count, before a validation split
     left = max(1, total - validation_count(total, config.val_split))
     return min(left, config.train_subset) if config.train_subset is not None else left
 

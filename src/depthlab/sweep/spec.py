@@ -164,7 +164,8 @@ def check_data_sizes(config: RunConfig) -> None:
     """SpecError unless val_split, train_subset and test_subset fit the dataset's standard train and test sizes
     (as `depthlab.data.load` would carve them), so that a run too big for its data is refused before anything
     trains."""
-    from depthlab.data.datasets import entry, validation_count
+    from depthlab.data.datasets import validation_count
+    from depthlab.data.registry import entry
 
     n_train, n_test = entry(config.dataset).sizes
     n_val = validation_count(n_train, config.val_split)
