@@ -13,8 +13,10 @@ import torch.nn.functional as F
 
 from depthlab import precision as precisions
 
+# Examples per evaluation forward by default: speed and memory, and the float32 round-off of the summed losses
+# (eval mode: the examples do not interact). The engine caps its evaluation batch with it; how many examples it
+# measures a run on is the recipe's (`depthlab.sweep.recipe.TABLE`).
 EVAL_BATCH = 1000
-COMPLEXITY_EXAMPLES = 128  # training examples over which the engine averages the geometric complexity
 
 
 def evaluate(net, x, y, mean, std, models: int | None = None, precision: str = "fp32",
@@ -54,9 +56,10 @@ def scores(net, x, y, mean, std, batch_size: int = EVAL_BATCH, precision: str = 
 
 
 def geometric_complexity(net, x, mean, std, models: int | None = None,
-                         batch_size: int = COMPLEXITY_EXAMPLES) -> torch.Tensor:
+                         batch_size: int | None = None) -> torch.Tensor:
     """Geometric complexity (Dherin et al., 2022), per model: the mean over the examples `x` of
-    ‖∂logits/∂input‖_F² (eval mode, float32), the discrete Dirichlet energy of the learnt function.
+    ‖∂logits/∂input‖_F² (eval mode, float32), the discrete Dirichlet energy of the learnt function; `batch_size`
+    examples at a time (None: all of them at once).
 
     One backward pass per class: in eval mode the examples do not interact, so the gradient of Σ_b f_k(x_b)
     w.r.t. the batch is, row by row, each example's gradient of f_k; and each model's logits depend only on its
@@ -67,6 +70,7 @@ def geometric_complexity(net, x, mean, std, models: int | None = None,
     was_training = net.training
     net.eval()
     total = torch.zeros(models, device=x.device)
+    batch_size = batch_size or max(1, x.shape[0])
     try:
         for start in range(0, x.shape[0], batch_size):
             chunk = normalise(x[start:start + batch_size], mean, std)
@@ -81,8 +85,7 @@ def geometric_complexity(net, x, mean, std, models: int | None = None,
     return total / x.shape[0]
 
 
-ERF_EXAMPLES = 16  # images whose gradients the engine sums for a run's effective receptive field
-ERF_FRACTIONS = (0.5, 0.9)
+ERF_FRACTIONS = (0.5, 0.9)  # the mass fractions of erf50 and erf90: the metrics' names say them
 
 
 def centred_square_side(mass: torch.Tensor, fraction: float) -> int:

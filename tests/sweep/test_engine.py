@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from depthlab.data import load
-from depthlab.sweep import engine
+from depthlab.sweep import engine, recipe
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import train_pack, train_pack_splitting
 
@@ -122,11 +122,6 @@ def test_mixed_pack_keys_are_refused(data):
         train_pack([config(width=4), config(width=8)], data)
 
 
-def test_lr_schedules():
-    assert engine.lr_factor("cosine", 0.0) == 1.0 and engine.lr_factor("cosine", 0.5) == pytest.approx(0.5)
-    assert engine.lr_factor("linear", 0.25) == 0.75 and engine.lr_factor("constant", 0.9) == 1.0
-
-
 def test_bf16_training_ends_close_to_fp32(data):
     """bf16 autocast (channels_last by default with it) trains a pack to within 5% of float32's final losses,
     on any CPU (emulated where bf16 is not native); channels_last alone changes only float32 round-off."""
@@ -153,7 +148,7 @@ def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
     for c, r in zip(configs, results):
         model = build(c.model_spec(1, 12, 10))
         model.load_state_dict(r.state_dict)
-        x = normalise(data.train_x[:engine.COMPLEXITY_EXAMPLES], data.mean, data.std)
+        x = normalise(data.train_x[:recipe.TABLE.complexity_examples], data.mean, data.std)
         assert r.final["geometric_complexity"] == pytest.approx(complexity_oracle(model, x), rel=1e-4)
     assert results[0].final["geometric_complexity"] != results[1].final["geometric_complexity"]
 
@@ -172,10 +167,12 @@ def test_the_environment_records_provenance_and_partial_data(data):
 
 
 def test_the_final_train_metrics_cover_at_most_the_recorded_number_of_examples(data, monkeypatch):
-    """Recipe 2: the final train loss/accuracy are measured on the first TRAIN_EVAL_EXAMPLES training examples."""
+    """Recipe 2: the final train loss/accuracy are measured on the first `train_eval_examples` training examples."""
+    import dataclasses
+
     from depthlab.measure import evaluate
 
-    monkeypatch.setattr(engine, "TRAIN_EVAL_EXAMPLES", 100)
+    monkeypatch.setattr(recipe, "TABLE", dataclasses.replace(recipe.TABLE, train_eval_examples=100))
     (result,) = train_pack([config(epochs=1)], data, keep_weights=True)
     assert result.env["train_eval_examples"] == 100
     from depthlab.models import build
@@ -185,7 +182,7 @@ def test_the_final_train_metrics_cover_at_most_the_recorded_number_of_examples(d
     loss, acc = evaluate(model, data.train_x[:100], data.train_y[:100], data.mean, data.std)
     assert result.final["train_loss"] == pytest.approx(float(loss[0]), rel=1e-5)
     assert result.final["train_acc"] == pytest.approx(float(acc[0]))
-    monkeypatch.setattr(engine, "TRAIN_EVAL_EXAMPLES", 10_000)  # more than the data: all of it
+    monkeypatch.setattr(recipe, "TABLE", dataclasses.replace(recipe.TABLE, train_eval_examples=10_000))  # all
     (whole,) = train_pack([config(epochs=1)], data)
     assert whole.env["train_eval_examples"] == len(data.train_x)
 

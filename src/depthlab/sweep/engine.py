@@ -13,11 +13,13 @@ augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole val
 epoch's wall time and `train_seconds` the part spent in the training steps (validation excluded), both
 for the whole pack (every model of a pack reports the same times: sum over packs, not over runs). Final metrics
 (`final`): validation and test loss/accuracy measured in eval mode on the whole split after training, train
-loss/accuracy likewise on the first `TRAIN_EVAL_EXAMPLES` training examples (all of a smaller training set; the
+loss/accuracy likewise on the first `train_eval_examples` training examples (all of a smaller training set; the
 count is recorded as the environment's `train_eval_examples`), and the geometric complexity (mean
-‖∂logits/∂input‖_F², Dherin et al.) over the first 128 training examples unless it is turned off (recorded as
-`complexity`), all measured by `depthlab.measure` at the run's precision (the complexity in float32). `RECIPE`
-versions all of this (see below).
+‖∂logits/∂input‖_F², Dherin et al.) over the first `complexity_examples` training examples unless it is turned off
+(recorded as `complexity`), all measured by `depthlab.measure` at the run's precision (the complexity in float32).
+`RECIPE` versions all of this, and its table (`depthlab.sweep.recipe.TABLE`: those counts, the optimizer's and the
+schedule's constants, the augmentation's shifts) holds every constant the engine trains and measures with; each
+run records it (the environment's `recipe_table`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
-import math
 import os
 import platform
 import socket
@@ -39,27 +40,20 @@ import torch.nn.functional as F
 
 import depthlab
 from depthlab import __version__
-from depthlab.measure import (COMPLEXITY_EXAMPLES, ERF_EXAMPLES, EVAL_BATCH, effective_receptive_field, evaluate,
-                              geometric_complexity)
+from depthlab.measure import EVAL_BATCH, effective_receptive_field, evaluate, geometric_complexity
 from depthlab.models import build, pack, param_count, q_ratio, receptive_field, spec_params, unpack
 from depthlab.models.pack import same_shape
 from depthlab import precision as precisions
 from depthlab import prune
 from depthlab.records import finite
+from depthlab.sweep import recipe
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.optim import PackedOptimizer
+from depthlab.sweep.recipe import RECIPE  # the recipe's version, and its history: depthlab.sweep.recipe
 
-# The recipe: the version of what this engine does to a config (optimizer, schedule, data order, evaluation,
-# numerics). Bump it with every change that alters what training produces; a run is a config trained by a
-# recipe (see depthlab.records), so the store then trains the configs again instead of reusing old results, and
-# `compare` does not pair runs of different recipes. Changes that only add a field with a default that
-# reproduces the old behaviour, or make the engine faster with identical results, keep the recipe. Where and in
-# what precision a run is computed is recorded with it, not part of the recipe (see depthlab.precision).
-#   1: the first versioned recipe.
-#   2: the final train loss/accuracy over at most TRAIN_EVAL_EXAMPLES training examples (recipe 1: all of them).
-RECIPE = 2
-TRAIN_EVAL_EXAMPLES = 10_000  # the final train-set metrics' examples: the first ones, in the fixed data order
-CPU_EVAL_IMAGES = 400  # model-images per evaluation forward on a CPU (see evaluation_batch)
+# Model-images per evaluation forward on a CPU (see evaluation_batch). Speed only, so not in the recipe's table:
+# the evaluation batch moves float32 sums of the losses in the 7th digit, as a pack's layout does, and is recorded.
+CPU_EVAL_IMAGES = 400
 
 
 @dataclass
@@ -75,15 +69,6 @@ class RunResult:
     env: dict = field(default_factory=dict)
     error: str | None = None
     state_dict: dict | None = None   # the trained single model's weights (CPU), when asked for
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """Learning-rate multiplier at `progress` ∈ [0, 1) of training."""
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1 - progress
-    return 1.0
 
 
 def synchronize(device: torch.device) -> None:
@@ -119,8 +104,9 @@ def environment(device: torch.device, pack_size: int, precision: str, compiled: 
                 **settings) -> dict:
     """Software, hardware, provenance and the execution settings (`settings`: channels_last, ...) of a pack's
     runs. (Runs recorded before precision was a choice have `amp`, "bf16" or "off": `records.precision_of`.)"""
-    env = {"depthlab": __version__, "git_commit": git_commit(), "recipe": RECIPE, "torch": torch.__version__,
-           "python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+    env = {"depthlab": __version__, "git_commit": git_commit(), "recipe": RECIPE,
+           "recipe_table": recipe.TABLE.record(), "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "host": socket.gethostname(),
            "device": describe_device(device), "pack_size": pack_size, "precision": precision,
            "threads": torch.get_num_threads(), "compile": compiled, **settings}
     if dataset is not None:
@@ -183,7 +169,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     if len(keys) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     precision = precisions.resolve(precision, device)
-    c0, models = configs[0], len(configs)
+    c0, models, table = configs[0], len(configs), recipe.TABLE
     start = time.perf_counter()
     starts, pruning = _starting_models(configs, dataset, initial), {}
     if c0.cropped:  # PreCropping: the dense, narrower network the mask's layer densities describe
@@ -197,7 +183,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     net.train()
     net.channels_last = channels_last = use_channels_last(device, spec, precision, channels_last)
     forward = torch.compile(net) if compile else net
-    optimizer, batches = _optimizer(configs, net), _batches(configs, dataset)
+    optimizer, batches = _optimizer(configs, net, table), _batches(configs, dataset, table)
     steps_total = max(1, c0.epochs * len(batches))
     eval_batch = evaluation_batch(device, c0.batch_size, models)
     alive = torch.ones(models, dtype=torch.bool, device=device)
@@ -212,7 +198,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
             if interrupt is not None:
                 interrupt()
             losses, out = _forward_backward(forward, xb, yb, alive, precision, device)
-            optimizer.step(lr_factor(c0.schedule, step / steps_total), active=alive)
+            optimizer.step(table.lr_factor(c0.schedule, step / steps_total), active=alive)
             if masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
                 prune.apply_masks(net, masks)
             optimizer.zero_grad()
@@ -244,20 +230,20 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
         if not any(alive_list):
             break
     finals = {"val": (val_loss, val_acc)}  # the last epoch's validation pass saw the final weights already
-    train_eval = min(TRAIN_EVAL_EXAMPLES, int(dataset.train_x.shape[0]))
+    train_eval = min(table.train_eval_examples, int(dataset.train_x.shape[0]))
     for split, (x, y) in {"train": (dataset.train_x[:train_eval], dataset.train_y[:train_eval]),
                           "test": (dataset.test_x, dataset.test_y)}.items():
         loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, precision, eval_batch)
         finals[split] = (loss.tolist(), acc.tolist())
     # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
-    erf = effective_receptive_field(net, dataset.train_x[:ERF_EXAMPLES], dataset.mean, dataset.std).tolist()
+    erf = effective_receptive_field(net, dataset.train_x[:table.erf_examples], dataset.mean, dataset.std).tolist()
     gc_values = [None] * models
     if complexity:
-        gc_values = geometric_complexity(net, dataset.train_x[:COMPLEXITY_EXAMPLES], dataset.mean, dataset.std,
-                                         models, batch_size=max(1, c0.batch_size // 2)).tolist()
+        gc_values = geometric_complexity(net, dataset.train_x[:table.complexity_examples], dataset.mean,
+                                         dataset.std, models, batch_size=max(1, c0.batch_size // 2)).tolist()
     seconds = time.perf_counter() - start
     env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
-                      train_eval_examples=train_eval, complexity=complexity)
+                      train_eval_examples=train_eval, complexity=complexity, eval_batch=eval_batch)
     params = param_count(net) // models
     inference_params, reach = spec_params(spec, merged=True), receptive_field(spec)
     q = q_ratio(spec, int(dataset.train_x.shape[0]))
@@ -306,18 +292,21 @@ def use_channels_last(device: torch.device, spec, precision: str, given: bool | 
     return device.type == "cuda" or spec.branch == "lk" or precision == "bf16"
 
 
-def _optimizer(configs, net) -> PackedOptimizer:
+def _optimizer(configs, net, table) -> PackedOptimizer:
     c0 = configs[0]
     return PackedOptimizer(net, len(configs), kind=c0.optimizer, lr=[c.learning_rate for c in configs],
-                           weight_decay=[float(c.weight_decay) for c in configs])
+                           weight_decay=[float(c.weight_decay) for c in configs], momentum=table.sgd_momentum,
+                           betas=table.adam_betas, eps=table.adam_eps)
 
 
-def _batches(configs, dataset):
+def _batches(configs, dataset, table):
+    """The pack's training batches; each config's translation follows the table (`RunConfig.translate`)."""
     from depthlab.data import DeviceBatches
 
     return DeviceBatches(dataset.train_x, dataset.train_y, batch_size=configs[0].batch_size,
                          seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
-                         translate=[c.translate for c in configs], flip=[c.flip for c in configs])
+                         translate=[c.translate for c in configs], flip=[c.flip for c in configs],
+                         drop_last=table.drop_last)
 
 
 def _forward_backward(forward, xb, yb, alive, precision: str, device: torch.device):
@@ -344,7 +333,7 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
     precision = precisions.resolve(precision, device)
     net = pack(_starting_models(configs, dataset, None)).to(device).train()
     net.channels_last = use_channels_last(device, net.spec, precision, channels_last)
-    optimizer, batches = _optimizer(configs, net), _batches(configs, dataset)
+    optimizer, batches = _optimizer(configs, net, recipe.TABLE), _batches(configs, dataset, recipe.TABLE)
     alive = torch.ones(len(configs), dtype=torch.bool, device=device)
     stream = itertools.chain.from_iterable(batches.epoch(epoch) for epoch in itertools.count())
     samples, started = 0, time.perf_counter()

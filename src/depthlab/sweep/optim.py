@@ -24,8 +24,11 @@ def decays(name: str) -> bool:
 
 
 class PackedOptimizer:
-    def __init__(self, model: nn.Module, models: int, *, kind: str, lr, weight_decay, momentum: float = 0.9,
-                 betas=(0.9, 0.999), eps: float = 1e-8):
+    """`momentum` (sgd), `betas` and `eps` (adam) have no defaults: the recipe's table holds them
+    (`depthlab.sweep.recipe`), and the engine passes them."""
+
+    def __init__(self, model: nn.Module, models: int, *, kind: str, lr, weight_decay, momentum: float, betas,
+                 eps: float):
         self.models, self.kind, self.momentum, self.betas, self.eps = models, kind, momentum, betas, eps
         ref = next(model.parameters())
         self.lr = torch.as_tensor(lr, dtype=torch.float32, device=ref.device).reshape(models, 1)
