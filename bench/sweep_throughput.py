@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from depthlab.data import load, locate, normalise
 from depthlab.models import build, flops
-from depthlab.precision import resolve
+from depthlab.precision import PRECISIONS, resolve
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.engine import synchronize, train_pack
 from depthlab.sweep.packs import make_packs
@@ -117,7 +117,7 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=1000, help="test images the engine evaluates (default: 1,000)")
     parser.add_argument("--max-pack", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 
+from depthlab import choices
 from depthlab.cli.args import add_precision, non_negative_int, positive_float, positive_int
 from depthlab.data import registry
 from depthlab.errors import DepthlabError
@@ -105,8 +106,8 @@ def _model_options(p, *, width=8, blocks=8, norm="none", act="relu"):
     p.add_argument("--width", type=int, default=width, help="channels of the residual stream")
     p.add_argument("--blocks", type=int, default=blocks, help="residual blocks n")
     p.add_argument("--kernel", type=int, default=3, help="kernel size of both convolutions of a branch")
-    p.add_argument("--norm", default=norm, choices=["none", "batch", "group"], help="normalisation in the branches")
-    p.add_argument("--act", default=act, choices=["relu", "gelu", "identity"], help="activation in the branches")
+    p.add_argument("--norm", default=norm, choices=choices.NORMS, help="normalisation in the branches")
+    p.add_argument("--act", default=act, choices=choices.ACTS, help="activation in the branches")
 
 
 def _common(p):
@@ -131,7 +132,7 @@ def register(subparsers) -> None:
     p.add_argument("--depths", type=_int_list, default=None,
                    help="comma-separated depths to tabulate (default: --blocks alone)")
     p.add_argument("--scales", type=_str_list, default=["1", "1/sqrt(n)", "1/n"],
-                   help="comma-separated residual-scale rules: 1, 1/sqrt(n), 1/n, learnable or a number")
+                   help=f"comma-separated residual-scale rules: {', '.join(choices.SCALE_RULES)} or a number")
     p.add_argument("--dataset", default="mnist",
                    help=f"inputs: a depthlab dataset ({', '.join(registry.available())}) or 'random' (Gaussian)")
     p.add_argument("--batch", type=int, default=32, help="number of inputs")
@@ -148,7 +149,8 @@ def register(subparsers) -> None:
         "(--act identity, norm none or batch); for nonlinear ones orders 0-2 are the Taylor terms and higher "
         "orders an approximation (the output says which).")
     _model_options(p, act="identity")
-    p.add_argument("--scale", default="1", help="residual-scale rule: 1, 1/sqrt(n), 1/n, learnable or a number")
+    p.add_argument("--scale", default="1",
+                   help=f"residual-scale rule: {', '.join(choices.SCALE_RULES)} or a number")
     p.add_argument("--max-order", type=int, default=None, help="highest order computed (default: n)")
     p.add_argument("--dataset", default="mnist", help="inputs: a depthlab dataset or 'random' (Gaussian)")
     p.add_argument("--batch", type=int, default=32, help="number of inputs")
@@ -172,7 +174,7 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, default=8, help="height and width of the Gaussian inputs")
     p.add_argument("--batch", type=int, default=16, help="number of inputs")
     p.add_argument("--kernel", type=int, default=3, help="kernel size")
-    p.add_argument("--act", default="relu", choices=["relu", "gelu", "identity"], help="activation")
+    p.add_argument("--act", default="relu", choices=choices.ACTS, help="activation")
     _common(p)
     p.set_defaults(func=cmd_signal)
 
@@ -243,21 +245,23 @@ def _training_options(p):
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"training batch size (default: {d['batch_size']})")
     p.add_argument("--lr", type=positive_float, default=None, help=f"AdamW learning rate (default: {d['lr']})")
-    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "linear"],
+    p.add_argument("--schedule", default=None, choices=choices.SCHEDULES,
                    help=f"learning-rate schedule (default: {d['schedule']})")
     p.add_argument("--width", type=positive_int, default=None, help=f"channels of the residual stream "
                    f"(default: {d['width']})")
     p.add_argument("--blocks", type=positive_int, default=None, help=f"residual blocks n (default: {d['blocks']})")
     p.add_argument("--kernel", type=positive_int, default=None, help=f"kernel size (default: {d['kernel']})")
-    p.add_argument("--norm", default=None, choices=["none", "batch", "group"],
+    p.add_argument("--norm", default=None, choices=choices.NORMS,
                    help=f"normalisation in the branches (default: {d['norm']})")
-    p.add_argument("--act", default=None, choices=["relu", "gelu", "identity"],
+    p.add_argument("--act", default=None, choices=choices.ACTS,
                    help=f"activation in the branches (default: {d['act']})")
+    # the help names the fixed rules: the plain network that a lesion contrasts refuses a learnable scale
+    fixed = [rule for rule in choices.SCALE_RULES if rule != "learnable"]
     p.add_argument("--scale", dest="residual_scale", default=None,
-                   help="residual-scale rule: 1, 1/sqrt(n), 1/n or a number (default: 1)")
-    p.add_argument("--stem-stride", type=int, default=None, choices=[1, 2],
+                   help=f"residual-scale rule: {', '.join(fixed)} or a number (default: {d['residual_scale']})")
+    p.add_argument("--stem-stride", type=int, default=None, choices=choices.STEM_STRIDES,
                    help="stride of the stem (2 quarters the cost of every block; default: 2)")
-    p.add_argument("--head", default=None, choices=["gap", "flatten"],
+    p.add_argument("--head", default=None, choices=choices.HEADS,
                    help="classifier on every position (flatten, the default) or on the global average (gap; then "
                    "the small receptive field of a few 3x3 blocks limits what the model can learn)")
 

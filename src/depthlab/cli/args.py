@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
-from depthlab.precision import PRECISIONS
+from depthlab import precision
 
 
 def int_between(text: str, low: int, high: int | None = None) -> int:
@@ -40,4 +41,13 @@ def positive_float(text: str) -> float:
 
 def add_precision(parser, help: str) -> None:
     """The `--precision` option of the commands that train or evaluate (`depthlab.precision`; default auto)."""
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=help)
+    parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS, help=help)
+
+
+def described(values: dict[str, str], width: int = 104) -> str:
+    """A registry's values and what each means, one under the other with the meanings aligned (for a raw
+    description: `depthlab.choices` declares both, so a new value shows up here by itself)."""
+    indent = " " * (2 + max(map(len, values)) + 2)
+    return "\n".join(textwrap.fill(text, width, initial_indent=f"  {name}".ljust(len(indent)),
+                                   subsequent_indent=indent, break_on_hyphens=False)
+                     for name, text in values.items())

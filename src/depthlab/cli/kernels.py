@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from depthlab import choices
 from depthlab.cli.args import positive_int
 from depthlab.errors import DepthlabError
 from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
@@ -125,13 +126,14 @@ def register(subparsers) -> None:
         "(the gradient of the stream's central position with respect to the input, |grad| summed over images, as "
         "the side of the centred square holding 50% and 90% of it). Fresh models for every combination of the "
         "lists below, or --store S --run ID for a trained run.")
-    p.add_argument("--branch", type=_csv(str), default=["conv", "lk"], help="branch types (conv, lk)")
+    p.add_argument("--branch", type=_csv(str), default=list(choices.BRANCH_TYPES),
+                   help=f"branch types ({', '.join(choices.BRANCH_TYPES)})")
     p.add_argument("--kernels", type=_csv(int), default=[3, 13], help="kernel sizes")
     p.add_argument("--blocks", type=_csv(int), default=[1, 4, 8], help="numbers of blocks")
     p.add_argument("--topologies", type=_csv(str), default=["sequential", "parallel"], help="wirings")
-    p.add_argument("--reparam", default="none", help="lk's re-param: none, dilated, same_kernel, same_equivalent")
+    p.add_argument("--reparam", default="none", help=f"lk's re-param: {', '.join(choices.REPARAMS)}")
     p.add_argument("--width", type=positive_int, default=8, help="channels of the residual stream")
-    p.add_argument("--norm", default="batch", choices=["batch", "group", "none"], help="normalisation")
+    p.add_argument("--norm", default="batch", choices=choices.NORMS, help="normalisation")
     p.add_argument("--input-size", type=positive_int, default=48, help="side of the random input images")
     p.add_argument("--batch", type=positive_int, default=16, help="images whose gradients are summed")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the images")

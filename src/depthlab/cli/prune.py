@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from depthlab import choices
 from depthlab.cli.args import positive_int
 
 
@@ -101,9 +102,10 @@ def register(subparsers) -> None:
     p.add_argument("--width", type=positive_int, default=16, help="channels of the residual stream")
     p.add_argument("--blocks", type=positive_int, default=8, help="residual blocks")
     p.add_argument("--kernel", type=positive_int, default=3, help="kernel size")
-    p.add_argument("--head", default="flatten", choices=["gap", "flatten"], help="classifier head")
+    p.add_argument("--head", default="flatten", choices=choices.HEADS, help="classifier head")
     p.add_argument("--iterations", type=positive_int, default=100, help="SynFlow's pruning iterations")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights (and of random masks)")
-    p.add_argument("--plot", metavar="FILE", help="also write the density profile as a .png or .svg figure")
+    p.add_argument("--plot", metavar="FILE", help="also write the density profile as a "
+                   f"{' or '.join('.' + f for f in choices.IMAGE_FORMATS)} figure")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_prune)

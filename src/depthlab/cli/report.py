@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from depthlab.cli.args import positive_float, positive_int
+from depthlab import choices
+from depthlab.cli.args import described, positive_float, positive_int
+from depthlab.choices import PLOT_KINDS  # noqa: F401  (tests/report reads the kinds from here)
 
-# The figure kinds of `depthlab plot`; the same as depthlab.report.plots.KINDS (a test checks), listed here so
-# that building the parser does not import matplotlib.
-PLOT_KINDS = ("scatter-val", "scatter-train", "loss-vs-q", "curves", "winrate", "erf", "prune")
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 
 
@@ -37,6 +36,7 @@ def register(subparsers) -> None:
     from depthlab.sweep.store import DEFAULT_STORE
 
     fmt = argparse.RawDescriptionHelpFormatter
+    images = " or ".join("." + f for f in choices.IMAGE_FORMATS)
     p = subparsers.add_parser(
         "report", help="write the sweep report: one self-contained HTML file", formatter_class=fmt,
         description="Write one HTML file (no network needed to open it: CSS and figures inline) with the sweep's\n"
@@ -62,19 +62,13 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "plot", help="write one figure of the report as PNG or SVG", formatter_class=fmt,
-        description="Write one figure, for a paper or slides:\n"
-        "  scatter-val    sequential vs parallel final validation loss, one point per matched pair\n"
-        "  scatter-train  the same for the training loss\n"
-        "  loss-vs-q      final validation loss against Q, both topologies\n"
-        "  curves         validation loss per epoch of the pairs that differ most (--runs N)\n"
-        "  winrate        share of pairs where parallel has the lower validation loss, blocks x width\n"
-        "  erf            effective against theoretical receptive field per run (kernels, branch types)\n"
-        "  prune          the density pruning kept in each block, per method and wiring\n"
-        "The format follows the --out extension (.png or .svg).",
+        description=f"Write one figure, for a paper or slides:\n{described(choices.PLOT_KINDS)}\n"
+        f"The format follows the --out extension ({images}).",
     )
-    p.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help="one of: " + ", ".join(PLOT_KINDS))
+    p.add_argument("kind", choices=choices.PLOT_KINDS, metavar="KIND",
+                   help="one of: " + ", ".join(choices.PLOT_KINDS))
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
-    p.add_argument("--out", metavar="FILE", help="output .png or .svg (default: KIND.png)")
+    p.add_argument("--out", metavar="FILE", help=f"output {images} (default: KIND.png)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
     p.add_argument("--runs", type=positive_int, default=8, metavar="N",
                    help="for curves: at most N runs (default: %(default)s)")

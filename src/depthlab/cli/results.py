@@ -7,6 +7,7 @@ import argparse
 import json
 import time
 
+from depthlab import choices
 from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
 
@@ -123,7 +124,11 @@ def cmd_compare(args) -> int:
 
     table = getattr(args, "table", "runs")
     records = _sweep_records(args) if table == "runs" else _shift_records(args)
-    metrics = args.metric or list(DEFAULT_METRICS if table == "runs" else SHIFT_METRICS)
+    if table == "runs":
+        default = DEFAULT_METRICS
+    else:
+        from depthlab.shift.records import METRICS as default  # what a shift row measures
+    metrics = args.metric or list(default)
     by = _combined_by(records, args.by, args.contrast)
     report = compare_report(records, margin=args.margin, by=by, metrics=metrics, alpha=args.alpha,
                             n_boot=args.n_boot, seed=args.seed, contrast=args.contrast,
@@ -135,9 +140,6 @@ def cmd_compare(args) -> int:
             "and val columns do not apply. Methods with an alpha carry it in their name (alpha_bn:0.1); "
             "core_reconstructed is a reconstruction of the alpha-BN paper's Core loss, not its published formula.")
     return _print(report, args.json, format_report)
-
-
-SHIFT_METRICS = ("test_acc", "test_loss")
 
 
 def _shift_records(args) -> list[dict]:
@@ -247,7 +249,7 @@ def register(subparsers) -> None:
                    help="the config field whose values are compared (default: %(default)s)")
     p.add_argument("--by", metavar="FIELD[,FIELD]", help="also split every group by this config field (e.g. head, "
                    "norm), or by the combinations of several (e.g. method,corruption)")
-    p.add_argument("--table", choices=("runs", "shift"), default="runs",
+    p.add_argument("--table", choices=choices.COMPARE_TABLES, default="runs",
                    help="runs: the trained runs (default); shift: the measurements of `depthlab shift`, one per run, "
                    "corruption, severity, method (with its alpha), eval_batch_size and shift_seed; their metrics "
                    "are test_acc and test_loss on the corrupted stream (the default metrics then)")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 
+from depthlab import choices
 from depthlab.cli.args import add_precision, positive_int
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.spec import PRESETS, check_name
@@ -30,10 +31,10 @@ def register(subparsers) -> None:
                    "the sweep is named with its overrides (a short hash of them when they are long; see --name)")
     p.add_argument("--name", type=_sweep_name, default=None,
                    help="the sweep's name in the store, instead of the spec's name and its [overrides] suffix")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--device", default="auto", choices=choices.DEVICES, help="where to train")
     p.add_argument("--limit", type=positive_int, default=None, help="train at most N runs in this invocation")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and packs; train nothing")
-    p.add_argument("--backend", default="local", choices=["local", "ray"],
+    p.add_argument("--backend", default="local", choices=choices.BACKENDS,
                    help="local: this process; ray: packs as Ray tasks (an existing or a new local Ray instance)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     p.add_argument("--max-pack", type=positive_int, default=None, help="at most this many models per pack")

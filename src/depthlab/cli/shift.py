@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from depthlab.cli.args import add_precision, positive_int
+from depthlab import choices
+from depthlab.cli.args import add_precision, described, positive_int
 
-METHOD_NAMES = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")  # = depthlab.shift.methods.METHODS
+DEFAULT_METHODS = ("source", "norm", "alpha_bn", "tent")  # the published ones: not our reconstruction
 
 
 def _list(kind):
@@ -44,13 +45,7 @@ def register(subparsers) -> None:
         "copies of its test split (MNIST-C's 15 corruptions for MNIST, CIFAR-10-C's 15 + 4 for CIFAR-10;\n"
         "`depthlab data corrupt list` shows them), with each test-time method, at each evaluation batch size.\n"
         "Methods (each works on a copy; the stored weights never change):\n"
-        "  source              the model in eval mode (BN with its training statistics)\n"
-        "  norm                BN with the test batch's statistics\n"
-        "  alpha_bn            BN with (1 - alpha) x source + alpha x batch statistics (You et al. 2021)\n"
-        "  tent                TENT: BN affine trained online on the prediction entropy, Adam lr 1e-3, one\n"
-        "                      step per batch (predictions from before the step; --episodic resets per batch)\n"
-        "  core_reconstructed  OUR RECONSTRUCTION of the alpha-BN paper's Core loss (its formula is not public):\n"
-        "                      alpha-BN plus online steps on the off-diagonal mass of the class correlations\n"
+        f"{described(choices.SHIFT_METHODS)}\n"
         "One row per (run, corruption, severity, method, batch size, alpha, seed) goes to the store as soon as\n"
         "it is measured: a stopped or killed `depthlab shift` resumes where it stopped. The test stream has one\n"
         "order per seed, the same for every method and run. Compare with\n"
@@ -67,9 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--severity", type=_severity, default=[1, 2, 3, 4, 5], metavar="LEVELS",
                    help="1-5 (default), a list such as 1,3,5, or mnistc: each corruption at its MNIST-C benchmark "
                    "severity. Corruptions without levels (stripe, dotted_line, zigzag, canny_edges) have severity 0")
-    p.add_argument("--methods", type=_list(str), default=["source", "norm", "alpha_bn", "tent"],
-                   metavar="NAME[,NAME...]",
-                   help=f"of: {', '.join(METHOD_NAMES)} (default: source,norm,alpha_bn,tent)")
+    p.add_argument("--methods", type=_list(str), default=list(DEFAULT_METHODS), metavar="NAME[,NAME...]",
+                   help=f"of: {', '.join(choices.SHIFT_METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--batch-size", type=_list(positive_int), default=[1, 16, 200], metavar="B[,B...]",
                    help="evaluation batch sizes (default: 1,16,200)")
     p.add_argument("--alpha", type=_list(float), default=[0.1], metavar="A[,A...]",
@@ -81,7 +75,7 @@ def register(subparsers) -> None:
                    help="the first N examples of each run's test split (default: all)")
     p.add_argument("--episodic", action="store_true",
                    help="reset tent and core_reconstructed before every batch (stored as tent_episodic, ...)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to evaluate "
+    p.add_argument("--device", default="cpu", choices=choices.DEVICES, help="where to evaluate "
                    "(default: %(default)s)")
     p.add_argument("--data-root", default=None, help="dataset directory, also where corrupted sets are cached "
                    "(default: $DEPTHLAB_DATA or ~/.cache/depthlab)")

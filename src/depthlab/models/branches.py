@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from depthlab.choices import REPARAMS
+
 # UniRepLKNet's (kernel, dilation) lists of the Dilated Reparam Block per large kernel size K
 # (AILab-CVC/UniRepLKNet, unireplknet.py, DilatedReparamBlock.__init__).
 DILATED_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
@@ -40,8 +42,7 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
     17: ((5, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
 }
 # dilated: the table; same_kernel: the same small kernels, dilation 1; same_equivalent: dense kernels of the
-# dilated ones' equivalent sizes (k−1)r+1 (the paper's two controls).
-REPARAMS = ("none", "dilated", "same_kernel", "same_equivalent")
+# dilated ones' equivalent sizes (k−1)r+1 (the paper's two controls). The names are declared in depthlab.choices.
 _NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 

@@ -22,14 +22,11 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
+# the choice lists live in depthlab.choices, which the CLI reads without importing torch
+from depthlab.choices import ACTS, BRANCH_TYPES, HEADS, INITS, NORMS, REPARAMS, SCALE_RULES, STEM_STRIDES
 from depthlab.errors import SpecError
-from depthlab.models.branches import BRANCHES, DILATED_BRANCHES, REPARAMS
+from depthlab.models.branches import DILATED_BRANCHES
 
-NORMS = ("batch", "group", "none")
-ACTS = ("relu", "gelu", "identity")
-HEADS = ("gap", "flatten")
-INITS = ("default", "fixup", "skipinit")
-SCALE_RULES = ("1", "1/sqrt(n)", "1/n", "learnable")  # residual_scale by name (spaces ignored), or a number
 RESIDUAL_SCALES = (*SCALE_RULES, "<number>")
 TOPOLOGIES = "sequential, parallel or groups:g with g dividing blocks"
 
@@ -80,12 +77,12 @@ class ModelSpec:
             raise SpecError("head", self.head, ", ".join(HEADS))
         if self.init not in INITS:
             raise SpecError("init", self.init, ", ".join(INITS))
-        if isinstance(self.stem_stride, bool) or self.stem_stride not in (1, 2):  # True == 1 in Python
-            raise SpecError("stem_stride", self.stem_stride, "1 or 2")
+        if isinstance(self.stem_stride, bool) or self.stem_stride not in STEM_STRIDES:  # True == 1 in Python
+            raise SpecError("stem_stride", self.stem_stride, " or ".join(map(str, STEM_STRIDES)))
         self.stages  # validates topology
         self.scale  # validates residual_scale
-        if self.branch not in BRANCHES:
-            raise SpecError("branch", self.branch, ", ".join(BRANCHES))
+        if self.branch not in BRANCH_TYPES:
+            raise SpecError("branch", self.branch, ", ".join(BRANCH_TYPES))
         if self.reparam not in REPARAMS:
             raise SpecError("reparam", self.reparam, ", ".join(REPARAMS))
         if self.reparam != "none" and self.branch != "lk":

@@ -406,7 +406,7 @@ def build_report(records: list[dict], title: str = "depthlab report", compare: d
     `source`: where the records came from (shown in the header); `shift`: the store's shift measurements as
     flat records (`depthlab.shift.records`), shown in a section of their own when there are any."""
     if image_format not in plots.FORMATS:
-        raise DepthlabError(f"image format {image_format!r}: use png or svg")
+        raise DepthlabError(f"image format {image_format!r}: use {' or '.join(plots.FORMATS)}")
     if compare is None:
         compare = compare_report(records)
     from depthlab import __version__

@@ -19,6 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band
+from depthlab.choices import IMAGE_FORMATS as FORMATS
+from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
 from depthlab.errors import DepthlabError
 from depthlab.sweep.export import varied_fields
 from depthlab.records import config_of
@@ -30,7 +32,6 @@ BAND_MARKERS = dict(zip(BAND_LABELS, ("o", "s", "^", "D")), **{NO_BAND: "X"})
 DATASET_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 METRIC_LABELS = {"val_loss": "validation loss", "train_loss": "training loss", "val_acc": "validation accuracy",
                  "train_acc": "training accuracy", "test_loss": "test loss", "test_acc": "test accuracy"}
-FORMATS = ("png", "svg")
 DPI = 110
 
 
@@ -369,7 +370,8 @@ def receptive_fields(records: list[dict]) -> Figure:
     return fig
 
 
-# The figures of `depthlab plot KIND`, and of the report (in this order).
+# How each figure of `depthlab plot KIND` is drawn, keyed and ordered as depthlab.choices.PLOT_KINDS (which the
+# CLI reads without importing matplotlib; tests/cli/test_choices.py keeps the two equal).
 KINDS = {
     "scatter-val": lambda records, n: scatter_pairs(records, "val_loss"),
     "scatter-train": lambda records, n: scatter_pairs(records, "train_loss"),
@@ -385,8 +387,8 @@ CONDITIONAL = {"erf": ("kernel", "branch", "reparam"), "prune": ("prune", "densi
 
 def figure(kind: str, records: list[dict], n: int = 8) -> Figure:
     """The figure of one KIND (see `KINDS`); raises NoData when it has nothing to draw."""
-    if kind not in KINDS:
-        raise DepthlabError(f"unknown figure {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in PLOT_KINDS:
+        raise DepthlabError(f"unknown figure {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
     return KINDS[kind](records, n)
 
 
@@ -394,7 +396,8 @@ def image_format(path) -> str:
     """"png" or "svg", from the file name's extension."""
     ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if ext not in FORMATS:
-        raise DepthlabError(f"{os.fspath(path)}: cannot tell the image format; use a .png or .svg file name")
+        raise DepthlabError(f"{os.fspath(path)}: cannot tell the image format; use a "
+                            f"{' or '.join('.' + f for f in FORMATS)} file name")
     return ext
 
 
@@ -430,7 +433,7 @@ def shift_cells(records: list[dict]) -> dict:
 
 def _method_order(method: str):
     base = method.split(":")[0].removesuffix("_episodic")
-    known = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")
+    known = tuple(SHIFT_METHODS)
     return (known.index(base) if base in known else len(known), method)
 
 

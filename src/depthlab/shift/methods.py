@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from depthlab.choices import SHIFT_METHODS
 from depthlab.errors import SpecError
 from depthlab.shift.bn import mixed_layers, with_mixed_bn
 
-METHODS = ("source", "norm", "alpha_bn", "tent", "core_reconstructed")
+METHODS = tuple(SHIFT_METHODS)  # the names, in order: depthlab.choices declares them, and what each does
 ADAPTIVE = ("tent", "core_reconstructed")  # the methods that take optimiser steps
 WITH_ALPHA = ("alpha_bn", "core_reconstructed")  # the methods whose α is a setting
 DEFAULT_ALPHA = 0.1

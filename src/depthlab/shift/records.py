@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from depthlab.errors import DepthlabError
 from depthlab.records import config_id
+from depthlab.shift.methods import EPISODIC, WITH_ALPHA
 
 SETTINGS = ("corruption", "severity", "method", "eval_batch_size", "shift_seed")
 METRICS = ("test_acc", "test_loss")  # what a shift measurement records, the comparison's default metrics
@@ -27,8 +28,8 @@ def label(row: dict) -> str:
     stored = (row.get("settings") or {}).get("label")
     if stored:
         return stored
-    base = row["method"].removesuffix("_episodic")
-    return row["method"] + (f":{row['alpha']:g}" if base in ("alpha_bn", "core_reconstructed") else "")
+    base = row["method"].removesuffix(EPISODIC)
+    return row["method"] + (f":{row['alpha']:g}" if base in WITH_ALPHA else "")
 
 
 def shift_records(run_records: list[dict], rows: list[dict]) -> list[dict]:

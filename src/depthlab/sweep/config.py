@@ -10,16 +10,14 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 
+from depthlab.choices import AUGMENTS, BUDGET_BY, OPTIMIZERS, SCHEDULES  # the CLI reads them too
 from depthlab.data import registry
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
 from depthlab.models.spec import SCALE_RULES
+from depthlab.sweep import recipe
 
-OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
-SCHEDULES = ("constant", "cosine", "linear")
-AUGMENTS = ("none", "translate", "flip", "translate+flip")
-BUDGET_BY = ("hidden", "width")
 BUDGET_TOLERANCE = 0.01  # param_budget must be met within 1%
 MAX_BUDGET_WIDTH = 1024
 
@@ -129,7 +127,7 @@ class RunConfig:
     @property
     def translate(self) -> int:
         """Padding (pixels) of the random-translation augmentation; 0 when off."""
-        return (2 if registry.entry(self.dataset).size <= 28 else 4) if "translate" in self.augment else 0
+        return recipe.TABLE.translate_pixels(registry.entry(self.dataset).size) if "translate" in self.augment else 0
 
     @property
     def flip(self) -> bool:
