@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from depthlab.data import idx, registry
-from depthlab.errors import DataError, SpecError
 
-SOURCES = ("cache", "package", "download")
+SOURCES = idx.SOURCES
 ENTRY = registry.entry("fashion_mnist")
 MIRRORS_ENV = "DEPTHLAB_FASHION_MNIST_MIRRORS"
 
@@ -72,29 +71,9 @@ def load_fashion_mnist(
     """Load Fashion-MNIST from the first source that has it; one DataError naming what was tried, and the three
     ways to get it, when none does. `checksums` replaces the registry's sha256 of a file's decompressed bytes
     (None: unchecked)."""
-    sources = (sources,) if isinstance(sources, str) else tuple(sources)
-    for s in sources:
-        if s not in SOURCES:
-            raise SpecError("sources", s, ", ".join(SOURCES))
-    tried = []
-    if "cache" in sources:
-        found = idx.find_dir(cache_dirs(root))
-        if found is not None:
-            return idx.to_result(idx.read_dir(found, ENTRY, checksums), f"cache:{found}")
-        tried.append(f"cache: no complete set of the four IDX gz files in {' or '.join(map(str, cache_dirs(root)))}")
-    if "package" in sources:
-        found = package_dir()
-        if found is not None:
-            return idx.to_result(idx.read_dir(found, ENTRY, checksums), f"package:{ENTRY.packages[0].name}")
-        tried.append(f"package: {ENTRY.packages[0].name} is not installed (no files in {ENTRY.packages[0].path})")
-    target = cache_dirs(root)[0]
-    if "download" in sources and download:
-        try:
-            idx.download(target, ENTRY, idx.mirror_list(mirrors, MIRRORS_ENV, ENTRY), checksums, timeout)
-        except DataError as err:
-            tried.append(f"download: {str(err).rstrip('.')}")
-        else:
-            return idx.to_result(idx.read_dir(target, ENTRY, checksums), f"download:{target}")
-    elif "download" in sources:
-        tried.append("download: not allowed (download=False)")
-    raise DataError(f"Fashion-MNIST: not found. Tried: {'; '.join(tried)}. {how_to_get(target)}")
+    package = ENTRY.packages[0]
+    return idx.load_first(
+        ENTRY, root, download, sources, title="Fashion-MNIST", installed=package_dir,
+        read_installed=lambda found: idx.read_dir(found, ENTRY, checksums),
+        not_installed=f"{package.name} is not installed (no files in {package.path})", fix=how_to_get,
+        mirrors=mirrors, mirrors_env=MIRRORS_ENV, checksums=checksums, timeout=timeout)

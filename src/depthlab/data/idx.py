@@ -13,13 +13,14 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from depthlab.data.download import default_data_dir, fetch, verify_file
 from depthlab.data.registry import IDX_FILES as SPLIT_FILES, IDX_NAMES as FILES, Entry
-from depthlab.errors import DataError
+from depthlab.errors import DataError, SpecError
 
 
 # ---------------------------------------------------------------------------------------------- one file
@@ -231,3 +232,40 @@ def to_result(arrays: dict[str, np.ndarray], source: str) -> dict:
 
     return dict(train_x=images(arrays["train_images"]), train_y=labels(arrays["train_labels"]),
                 test_x=images(arrays["test_images"]), test_y=labels(arrays["test_labels"]), source=source)
+
+
+SOURCES = ("cache", "package", "download")  # where an IDX dataset is looked for, in this order
+
+
+def load_first(entry: Entry, root: Path | None, allow_download: bool, sources, *, title: str,
+               installed: Callable[[], Path | None], read_installed: Callable[[Path], dict[str, np.ndarray]],
+               not_installed: str, fix: Callable[[Path], str], mirrors=None, mirrors_env: str = "",
+               checksums: dict[str, str | None] | None = None, timeout: float = 60.0) -> dict:
+    """The raw splits of an IDX dataset from the first of `sources` that has it: its four files in the cache
+    directory, the copy an installed package ships (`installed()` finds it, `read_installed` reads it), or a
+    download into the cache (verified). One DataError naming what was tried and `fix(cache dir)` otherwise."""
+    sources = (sources,) if isinstance(sources, str) else tuple(sources)
+    for s in sources:
+        if s not in SOURCES:
+            raise SpecError("sources", s, ", ".join(SOURCES))
+    tried, dirs = [], cache_dirs(root, entry)
+    if "cache" in sources:
+        found = find_dir(dirs)
+        if found is not None:
+            return to_result(read_dir(found, entry, checksums), f"cache:{found}")
+        tried.append(f"cache: no complete set of the four IDX gz files in {' or '.join(map(str, dirs))}")
+    if "package" in sources:
+        path = installed()
+        if path is not None:
+            return to_result(read_installed(path), f"package:{entry.packages[0].name}")
+        tried.append(f"package: {not_installed}")
+    if "download" in sources and allow_download:
+        try:
+            download(dirs[0], entry, mirror_list(mirrors, mirrors_env, entry), checksums, timeout)
+        except DataError as err:
+            tried.append(f"download: {str(err).rstrip('.')}")
+        else:
+            return to_result(read_dir(dirs[0], entry, checksums), f"download:{dirs[0]}")
+    elif "download" in sources:
+        tried.append("download: not allowed (download=False)")
+    raise DataError(f"{title}: not found. Tried: {'; '.join(tried)}. {fix(dirs[0])}")

