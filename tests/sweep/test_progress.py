@@ -1,13 +1,14 @@
 """The sweep progress bar fills by cost, so its ETA holds when cheap and costly runs are mixed."""
 
 import io
+import re
 import time
 
 import pytest
 
 from depthlab.models import flops
 from depthlab.sweep.config import RunConfig
-from depthlab.sweep.progress import SweepProgress, run_cost, training_examples
+from depthlab.sweep.progress import SweepProgress, fit_name, run_cost, training_examples
 
 
 def config(**fields):
@@ -63,3 +64,43 @@ def test_restarted_runs_give_back_their_credit_and_runs_taken_elsewhere_leave_th
     everything_elsewhere = SweepProgress([a], "sweep", file=io.StringIO())
     everything_elsewhere.elsewhere(a)
     everything_elsewhere.close()
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_the_percentage_and_eta_come_first_after_a_cut_name(monkeypatch):
+    import os
+
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=None: os.terminal_size((60, 24)))
+    runs = [config(seed=s) for s in range(3)]
+    out = Terminal()
+    bar = SweepProgress(runs, "a-sweep-with-a-very-long-name-" * 4 + "(0/3 done before)", file=out)
+    bar.finished(runs[0])
+    line = out.getvalue().split("\r")[-1]
+    assert line.startswith("a-sweep-with-a-very…: ")  # 20 of 60 columns
+    assert re.search(r"…:  33% ETA \S+ \|", line[:60]), line  # visible in 60 columns, before the bar
+    assert "1/3 runs" in line
+    bar.close()
+    assert fit_name("short", 60) == "short" and len(fit_name("x" * 100, 60)) == 20
+    assert len(fit_name("x" * 100, 10)) == 12  # never shorter than NAME_MIN
+
+
+def test_piped_output_writes_plain_lines_per_few_percent_or_pack_not_a_redrawn_bar():
+    runs = [config(seed=s) for s in range(40)]
+    out = io.StringIO()
+    bar = SweepProgress(runs, "sweep", file=out)
+    for run in runs:  # 40 runs finishing at once: every 2.5% of the work
+        bar.epoch(run)
+        bar.finished(run)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[0] == "sweep:   0% ETA ?, 0/40 runs, " + lines[0].split("0/40 runs, ")[1]
+    assert lines[-1].startswith("sweep: 100% ETA 00:00, 40/40 runs")
+    assert 10 <= len(lines) <= 22  # at most one per 5%, plus the first and the last: not one per update
+    quiet = io.StringIO()
+    SweepProgress(runs, "sweep", file=quiet, enabled=False).close()
+    assert quiet.getvalue() == ""

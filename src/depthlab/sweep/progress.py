@@ -4,10 +4,17 @@ A sweep over depth mixes runs whose costs differ a hundredfold (256 blocks again
 alone is wrong by that much whenever the cheap runs come first. Here the bar fills by estimated training FLOPs
 (forward FLOPs × 3 × examples × epochs), credited epoch by epoch where the backend reports epochs, and the ETA is
 the elapsed time scaled by the work still to do.
+
+On a terminal the bar keeps the percentage and the ETA first, after the sweep's name cut to what the width leaves
+(tqdm trims the less important counts at the end of the line instead). Elsewhere (a pipe, a log file, a notebook
+cell's captured stderr) a bar redrawn with carriage returns would repeat its line hundreds of times, so plain lines
+are written instead: one at the start, one per `PLAIN_STEP` of the work or per finished pack (runs that finish
+within `PLAIN_QUIET` seconds of the last line share it), and one at the end.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -19,7 +26,10 @@ from depthlab.models import flops
 from depthlab.sweep.config import RunConfig
 from depthlab.records import config_id
 
-BAR = "{desc}: {percentage:3.0f}%|{bar}|"  # the run counts and the ETA follow (see SweepProgress._refresh)
+BAR = "{desc}: {percentage:3.0f}% "  # the ETA, the bar and the run counts follow (see SweepProgress._refresh)
+PLAIN_STEP = 0.05   # a plain line per 5% of the work ...
+PLAIN_QUIET = 1.0   # ... or per finished pack: runs finishing within a second of the last line share it
+NAME_MIN = 12       # the shortest a cut name gets: enough to tell sweeps apart
 
 
 def progress_bar(iterable=None, *, total=None, desc="", enabled=None):
@@ -53,8 +63,11 @@ class SweepProgress:
         self.work_total, self.work_done = sum(self.cost.values()), 0.0  # the sums of cost and credited
         self.runs, self.done, self.diverged, self.taken = len(configs), 0, 0, 0
         self.started = time.perf_counter()
-        self.bar = tqdm(total=self.work_total or 1.0, desc=desc, disable=not enabled,
-                        file=file or sys.stderr, dynamic_ncols=True, bar_format=BAR)
+        self.file, self.desc, self.enabled = file or sys.stderr, desc, enabled
+        self.interactive = enabled and _is_terminal(self.file)
+        self.printed = None  # (work fraction, runs done, time) of the last plain line
+        self.bar = tqdm(total=self.work_total or 1.0, desc=desc, disable=not self.interactive,
+                        file=self.file, dynamic_ncols=True, bar_format=BAR)
         self._refresh()
 
     def _credit(self, key: str, amount: float) -> None:
@@ -97,17 +110,55 @@ class SweepProgress:
             return None
         return (time.perf_counter() - self.started) * (self.work_total - self.work_done) / self.work_done
 
-    def _refresh(self) -> None:
-        elapsed = time.perf_counter() - self.started
-        eta = self.eta()
-        status = (f"{self.done}/{self.runs} runs, {tqdm.format_interval(elapsed)} elapsed, ETA "
-                  f"{'?' if eta is None else tqdm.format_interval(eta)}, {self.done / max(elapsed, 1e-9):.2f} runs/s, "
-                  f"{self.diverged} diverged" + (f", {self.taken} taken by other runners" if self.taken else ""))
-        # the status goes into the format itself: tqdm's own postfix would be printed after a stray ", "
-        self.bar.bar_format = BAR + " " + status.replace("{", "{{").replace("}", "}}")
+    def fraction(self) -> float:
+        return min(1.0, self.work_done / self.work_total) if self.work_total > 0 else 1.0
+
+    def _counts(self, elapsed: float) -> str:
+        return (f"{self.done}/{self.runs} runs, {tqdm.format_interval(elapsed)} elapsed, "
+                f"{self.done / max(elapsed, 1e-9):.2f} runs/s, {self.diverged} diverged"
+                + (f", {self.taken} taken by other runners" if self.taken else ""))
+
+    def _refresh(self, final: bool = False) -> None:
+        elapsed, eta = time.perf_counter() - self.started, self.eta()
+        eta_text = f"ETA {'?' if eta is None else tqdm.format_interval(eta)}"
         self.bar.total = max(self.work_total, 1e-9)  # tqdm divides by it
         self.bar.n = self.work_done
+        if not self.interactive:
+            if self.enabled and (final or self._plain_due()):
+                print(f"{self.desc}: {100 * self.fraction():3.0f}% {eta_text}, {self._counts(elapsed)}",
+                      file=self.file, flush=True)
+                self.printed = (self.fraction(), self.done, time.perf_counter())
+            return
+        # the status goes into the format itself (tqdm's own postfix would follow a stray ", "), escaped for it
+        tail = f"{eta_text} |{{bar}}| " + self._counts(elapsed).replace("{", "{{").replace("}", "}}")
+        self.bar.desc = fit_name(self.desc, shutil.get_terminal_size().columns)
+        self.bar.bar_format = BAR + tail
         self.bar.refresh()
 
+    def _plain_due(self) -> bool:
+        """Whether a plain line is due: the first, the next PLAIN_STEP of the work, or a run finished since the
+        last line and no other line for PLAIN_QUIET seconds (the rest of its pack finishes in that time)."""
+        if self.printed is None:
+            return True
+        fraction, done, at = self.printed
+        return (self.fraction() >= fraction + PLAIN_STEP
+                or (self.done > done and time.perf_counter() - at >= PLAIN_QUIET))
+
     def close(self) -> None:
+        if not self.interactive and self.printed is not None and self.printed[1:2] != (self.done,):
+            self._refresh(final=True)  # the last runs' line, unless it was printed already
         self.bar.close()
+
+
+def fit_name(name: str, columns: int) -> str:
+    """`name` cut (with an ellipsis) so that its percentage, ETA and a short bar fit in `columns`: about 40
+    characters follow it ('100% ETA 01:02:03 |' and ten of bar)."""
+    room = max(NAME_MIN, columns - 40)
+    return name if len(name) <= room else name[:room - 1] + "…"
+
+
+def _is_terminal(file) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):  # a closed or a file-like object without a terminal behind it
+        return False
