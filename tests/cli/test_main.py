@@ -87,3 +87,13 @@ def test_run_refuses_bad_numbers_and_names(tmp_path, option, value, says):
     proc = run_cli("run", "smoke", "--store", tmp_path / "s.sqlite", option, value)
     assert proc.returncode == 2 and says in proc.stderr
     assert not (tmp_path / "s.sqlite").exists()  # refused before anything was opened or trained
+
+
+@pytest.mark.parametrize("command", [["run"], ["prune"], ["lesion"], ["erf"]])
+def test_help_gives_defaults_of_options_but_not_of_flags(command, capsys):
+    """A flag's stored default is not its default behaviour: `--no-complexity` once read "(default: True)"."""
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "(default: " in text  # options that take a value still give theirs

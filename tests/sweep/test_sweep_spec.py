@@ -303,3 +303,9 @@ def test_name_option_renames_the_sweep(tmp_path, capsys):
     store = tmp_path / "s.sqlite"
     assert main(["run", "smoke", "--set", "width=2", "--name", "mine", "--store", str(store), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("sweep mine: 4 runs")
+
+
+def test_a_field_given_as_the_spec_points_to_set():
+    """`depthlab run epochs=1` (Hydra's habit) names --set instead of only saying the file is missing."""
+    with pytest.raises(DepthlabError, match=r"epochs=1: no such spec file; .*--set epochs=1 "):
+        load_spec("epochs=1")

@@ -15,12 +15,12 @@ import math
 import sys
 
 from depthlab import choices
-from depthlab.cli.args import add_precision, non_negative_int, positive_float, positive_int
+from depthlab.cli.args import Defaults, add_precision, non_negative_int, positive_float, positive_int
 from depthlab.data import registry
 from depthlab.errors import DepthlabError
 from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
-FMT = argparse.ArgumentDefaultsHelpFormatter
+FMT = Defaults
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -8,6 +8,16 @@ import textwrap
 from depthlab import precision
 
 
+class Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that gives each option's default, except a flag's: `--no-complexity` is off unless given, and its
+    stored default (True: complexity on) read as "(default: True)" beside the flag that turns it off."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0:  # store_true / store_false / store_const / help
+            return action.help
+        return super()._get_help_string(action)
+
+
 def int_between(text: str, low: int, high: int | None = None) -> int:
     """`text` as an integer in [low, high] (no upper bound when high is None)."""
     try:

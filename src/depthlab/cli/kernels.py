@@ -8,7 +8,7 @@ import json
 import sys
 
 from depthlab import choices
-from depthlab.cli.args import positive_int
+from depthlab.cli.args import Defaults, positive_int
 from depthlab.errors import DepthlabError
 from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
@@ -117,7 +117,7 @@ def cmd_reparam(args) -> int:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = Defaults
     p = subparsers.add_parser(
         "erf", formatter_class=fmt,
         help="theoretical and effective receptive fields of fresh models or a stored run",

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from depthlab import choices
-from depthlab.cli.args import positive_int
+from depthlab.cli.args import Defaults, positive_int
 
 
 def _methods(text: str) -> list[str]:
@@ -88,7 +88,7 @@ def cmd_prune(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "prune", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "prune", formatter_class=Defaults,
         help="layer densities each pruning-at-initialisation method assigns, deep vs shallow",
         description="For a fresh network (no training) in each wiring: the density that each pruning-at-"
         "initialisation method keeps in each block, the stem and the head, and the widths of the dense network "

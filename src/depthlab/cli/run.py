@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from depthlab import choices
-from depthlab.cli.args import add_precision, positive_int
+from depthlab.cli.args import Defaults, add_precision, positive_int
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.sweep.spec import PRESETS, check_name
 from depthlab.sweep.store import DEFAULT_STORE
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         description="Train every run of a sweep that the store does not hold yet, a pack of same-shape models at a "
         "time, then print the deep-vs-shallow comparison. Safe to stop and restart: finished runs are kept and "
         "never trained twice; interrupted ones restart. Several `depthlab run` processes may share one store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=Defaults)
     p.add_argument("spec", nargs="?", default="demo",
                    help=f"a YAML sweep spec, or a preset: {', '.join(PRESETS)}")
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results file (created if missing)")

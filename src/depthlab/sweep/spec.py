@@ -305,6 +305,9 @@ def load_spec(source: str | Path) -> SweepSpec:
     else:
         path = Path(source)
         if not path.exists():
+            if re.fullmatch(r"[A-Za-z_]\w*=.*", str(source)):  # FIELD=VALUE, as Hydra takes overrides
+                raise DepthlabError(f"{source}: no such spec file; to give a field a value in every run, use "
+                                    f"--set {source} (e.g. depthlab run demo --set {source})")
             raise DepthlabError(f"{path}: no such spec file; {give}")
         if path.is_dir():
             raise DepthlabError(f"{path}: is a directory, not a spec file; {give}")
