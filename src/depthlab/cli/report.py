@@ -7,6 +7,7 @@ import argparse
 from depthlab import choices
 from depthlab.cli.args import described, positive_float, positive_int
 from depthlab.choices import PLOT_KINDS  # noqa: F401  (tests/report reads the kinds from here)
+from depthlab.outputs import check_out
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 
@@ -14,6 +15,7 @@ STORE_HELP = "results store (SQLite file; default: %(default)s)"
 def cmd_report(args) -> int:
     from depthlab.report.html import write_report
 
+    check_out(args.out, args.store)  # before the store is read: never over the store, its WAL or its weights
     out = write_report(args.store, args.out, sweep=args.sweep, runs=args.runs, title=args.title,
                        margin=args.margin, contrast=args.contrast, allow_mixed_recipes=args.allow_mixed_recipes)
     print(f"wrote {out}")
@@ -24,7 +26,7 @@ def cmd_plot(args) -> int:
     from depthlab.report.html import load_records
     from depthlab.report.plots import figure, image_format, save
 
-    out = args.out or f"{args.kind}.png"
+    out = check_out(args.out or f"{args.kind}.png", args.store)
     image_format(out)  # a bad file name fails before the store is read
     records = load_records(args.store, args.sweep)
     save(figure(args.kind, records, args.runs), out)  # NoData is a DepthlabError: printed as one line

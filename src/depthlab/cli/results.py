@@ -10,6 +10,7 @@ import time
 from depthlab import choices
 from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
+from depthlab.outputs import check_out
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 
@@ -94,6 +95,8 @@ def _check_sweep(store, sweep) -> None:
 def cmd_results(args) -> int:
     from depthlab.sweep.export import write_results
 
+    if args.out != "-":
+        check_out(args.out, args.store)  # before the store is read: never over the store, its WAL or its weights
     with _open_store(args.store) as store:
         _check_sweep(store, args.sweep)
         records = store.records(status=args.status, sweep=args.sweep)

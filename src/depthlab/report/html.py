@@ -20,6 +20,7 @@ from html import escape
 
 from depthlab.analysis.compare import ALL, _ci, _fmt, compare_report, q_band, value_label
 from depthlab.errors import DepthlabError
+from depthlab.outputs import replaced
 from depthlab.report import plots
 from depthlab.sweep.export import varied_fields
 from depthlab.records import STATUSES, config_of
@@ -476,7 +477,7 @@ def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, 
                         shift=load_shift(store_path, sweep))
     out_path = os.fspath(out_path)
     try:
-        with open(out_path, "w", encoding="utf-8") as f:
+        with replaced(out_path) as temp, open(temp, "w", encoding="utf-8") as f:
             f.write(page)
     except OSError as err:
         raise DepthlabError(f"cannot write {out_path}: {err.strerror or err}") from err

@@ -22,6 +22,7 @@ from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band
 from depthlab.choices import IMAGE_FORMATS as FORMATS
 from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
 from depthlab.errors import DepthlabError
+from depthlab.outputs import replaced
 from depthlab.sweep.export import varied_fields
 from depthlab.records import config_of
 from depthlab.records import finite as store_finite
@@ -406,7 +407,8 @@ def save(fig: Figure, path) -> str:
     path = os.fspath(path)
     ext = image_format(path)
     try:
-        fig.savefig(path, format=ext, dpi=DPI)
+        with replaced(path) as temp:
+            fig.savefig(temp, format=ext, dpi=DPI)
     except OSError as err:
         raise DepthlabError(f"cannot write {path}: {err.strerror or err}") from err
     return path

@@ -10,6 +10,7 @@ import sys
 from contextlib import contextmanager
 
 from depthlab.errors import DepthlabError, SpecError
+from depthlab.outputs import replaced
 from depthlab.records import config_of
 
 RESULT_FIELDS = [
@@ -64,15 +65,15 @@ def flat_table(records: list[dict]) -> list[dict]:
 
 @contextmanager
 def _opened(out):
+    """stdout for "-", else a text file that replaces `out` only once complete (depthlab.outputs.replaced)."""
     if out == "-":
         yield sys.stdout
         return
     try:
-        f = open(out, "w", newline="", encoding="utf-8")
+        with replaced(out) as temp, open(temp, "w", newline="", encoding="utf-8") as f:
+            yield f
     except OSError as err:
-        raise DepthlabError(f"cannot write {out}: {err.strerror}") from err
-    with f:
-        yield f
+        raise DepthlabError(f"cannot write {out}: {err.strerror or err}") from err
 
 
 def _arrow_column(values: list):
@@ -99,8 +100,9 @@ def write_results(records: list[dict], fmt: str = "csv", out="-") -> int:
                 "writing parquet needs pyarrow: pip install 'depthlab[parquet]' (or use --format csv/json)"
             ) from err
         table = pa.table({c: pa.array(_arrow_column([r[c] for r in rows])) for c in columns})
-        try:
-            pq.write_table(table, str(out))
+        try:  # into a file beside it: pyarrow removes what it was writing when it fails, never `out` itself
+            with replaced(out) as temp:
+                pq.write_table(table, str(temp))
         except OSError as err:
             raise DepthlabError(f"cannot write {out}: {err}") from err
         return len(rows)
