@@ -69,11 +69,8 @@ def replaced(out) -> Iterator[Path]:
     """A temporary path beside `out` to write to; renamed over `out` when the block ends without an error, removed
     otherwise (the previous `out`, if any, is untouched). A new file gets the usual mode (0666 less the umask)."""
     out = Path(os.fspath(out))
-    try:
-        fd, name = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.",
-                                    suffix=".part")
-    except OSError as err:
-        raise DepthlabError(f"cannot write {out}: {err.strerror or err}") from err
+    # an OSError (a read-only folder, a full disk) reaches the caller as it is: each says what it was writing
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     os.close(fd)
     temp = Path(name)
     try:

@@ -2,6 +2,8 @@
 strength, more damage at higher severity; and the cache of corrupted sets with its checksum."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -167,6 +169,18 @@ def test_sets_are_cached_with_a_checksum_and_made_again_when_damaged(tmp_path, m
     corrupted_set(images[:2], "mnist", "fog", 5, seed=0, root=tmp_path)
     assert len(cached_sets(tmp_path)) == 2
     assert json.loads((cache_dir(tmp_path) / f"{meta['name']}.json").read_text())["seed"] == 0
+
+
+def test_cached_sets_get_the_usual_file_mode(tmp_path):
+    """Shared data directories: a cached set is readable by whoever may read the folder (mkstemp made it 0600)."""
+    umask = os.umask(0o022)
+    try:
+        corrupted_set(digits(2), "mnist", "fog", 1, seed=0, root=tmp_path)
+    finally:
+        os.umask(umask)
+    files = sorted(cache_dir(tmp_path).iterdir())
+    assert [f.suffix for f in files] == [".json", ".npy"]  # and no temporary file left behind
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o644}
 
 
 def test_data_corrupt_list_and_verify(tmp_path, capsys):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import numpy as np
 from depthlab.data import corrupt
 from depthlab.data.download import default_data_dir
 from depthlab.errors import DataError
+from depthlab.outputs import replaced
 
 
 def cache_dir(root=None) -> Path:
@@ -47,14 +46,10 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """`write(binary file)` into a file beside `path`, renamed over it once complete (depthlab.outputs.replaced:
+    the usual file mode, not mkstemp's 0600)."""
+    with replaced(path) as temp, open(temp, "wb") as f:
+        write(f)
 
 
 def problem(meta_path: Path) -> str | None:
