@@ -2,6 +2,7 @@
 
 import pytest
 
+from depthlab.errors import DepthlabError
 from depthlab.sweep.spec import SweepSpec
 from depthlab.sweep.store import Store
 
@@ -25,3 +26,74 @@ def test_ray_backend_trains_every_run_once(tmp_path):
     # a second pass finds nothing to do
     again = run_sweep_ray(spec, store_path, device="cpu", progress=False, num_cpus=2)
     assert sum(again["trained"].values()) == 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    """One local Ray for the module, which every sweep here uses and leaves running: starting one costs seconds."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def sweep(tmp_path, grid=None, **defaults) -> SweepSpec:
+    return SweepSpec.from_dict({**SPEC, "defaults": {**SPEC["defaults"], **defaults}, "grid": grid or SPEC["grid"]})
+
+
+def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
+    """As the local backend does: the history grows in the store while the pack trains, not only at its end."""
+    from depthlab.sweep.ray_backend import run_sweep_ray
+
+    recorded, real = [], Store.record_epoch
+
+    def record_epoch(self, run_id, owner, metrics):
+        recorded.append(run_id)
+        return real(self, run_id, owner, metrics)
+
+    monkeypatch.setattr(Store, "record_epoch", record_epoch)
+    store_path = tmp_path / "ray.sqlite"
+    run_sweep_ray(sweep(tmp_path, {"topology": ["sequential", "parallel"]}, epochs=2), store_path, device="cpu",
+                  max_pack=1, progress=False)
+    records = Store(store_path).records()
+    assert sorted(recorded) == sorted([r["run_id"] for r in records] * 2)
+    assert all(r["status"] == "done" and len(r["history"]) == 2 for r in records)
+
+
+def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from depthlab.sweep import ray_backend
+
+    def fails_after_an_epoch(*args, **kwargs):  # defined here: Ray ships it to the workers by value
+        yield ("loaded",)
+        yield ("epoch", 0, {"epoch": 1, "train_loss": 2.0})
+        raise ValueError("a broken pack")
+
+    monkeypatch.setattr(ray_backend, "_train_task", fails_after_an_epoch)
+    store_path = tmp_path / "ray.sqlite"
+    summary = ray_backend.run_sweep_ray(sweep(tmp_path), store_path, device="cpu", max_pack=1, progress=False,
+                                        log=lambda m: None)
+    assert summary["trained"] == {"done": 0, "diverged": 0, "failed": 4}
+    records = Store(store_path).records()
+    assert all(r["status"] == "failed" and "ValueError: a broken pack" in r["error"] for r in records)
+    assert all(r["history"] == [{"epoch": 1, "train_loss": 2.0}] for r in records)
+
+
+@pytest.mark.parametrize("loaded, error", [(True, RuntimeError("CUDA error: an illegal memory access")),
+                                           (False, DepthlabError("dataset cifar10 not found"))])
+def test_a_device_or_data_error_on_ray_stops_the_sweep_and_gives_every_run_back(tmp_path, monkeypatch, loaded,
+                                                                                error):
+    """As in the local backend: every later pack would fail the same way, so no run is marked failed."""
+    from depthlab.sweep import ray_backend
+
+    def broken(*args, **kwargs):
+        if loaded:
+            yield ("loaded",)
+        raise error
+
+    monkeypatch.setattr(ray_backend, "_train_task", broken)
+    store_path = tmp_path / "ray.sqlite"
+    with pytest.raises(type(error), match=str(error)):
+        ray_backend.run_sweep_ray(sweep(tmp_path), store_path, device="cpu", max_pack=1, progress=False,
+                                  log=lambda m: None)
+    records = Store(store_path).records()
+    assert {r["status"] for r in records} == {"pending"}
+    assert sum(r["attempts"] for r in records) == 2  # the two packs in flight; nothing new started after the error

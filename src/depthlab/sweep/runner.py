@@ -2,11 +2,12 @@
 
 Every run (a config trained by the engine's `RECIPE`) is added to the store as `pending` first. A runner then
 repeatedly claims a pack (only runs still pending are claimed, so two runners never train one run), trains it,
-and writes each run's result in its own transaction, its weights (when kept) before it is marked done. On a CPU
-a runner does this in two worker threads at once (depthlab.sweep.workers), sharing its store connection, data
-and progress bar. A killed runner's runs are reclaimed by the next runner, or by one already running, before it
-claims a pack (`Store.reclaim_stale`): nothing finished is trained twice or lost; what was interrupted restarts
-from scratch.
+and writes each run's result in its own transaction, its weights (when kept) before it is marked done. That
+claim → train → record loop is depthlab.sweep.driver's, shared with the Ray backend; here packs train in this
+process (`LocalExecutor`): on a CPU two at once, in worker threads (depthlab.sweep.workers) that share the
+runner's store connection, data and progress bar. A killed runner's runs are reclaimed by the next runner, or by
+one already running, before it claims a pack (`Store.reclaim_stale`): nothing finished is trained twice or lost;
+what was interrupted restarts from scratch.
 Results of an older recipe stay in the store; the runner says how many and trains their configs again.
 """
 
@@ -15,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-import time
-import traceback
 from dataclasses import dataclass
 
 import torch
@@ -24,16 +23,15 @@ import torch
 from depthlab import precision as precisions
 from depthlab import stopping
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.records import run_id
 from depthlab.sweep import engine, weights
 from depthlab.sweep.allocator import keep_freed_memory
 from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import RunResult, train_pack_splitting
+from depthlab.sweep.driver import Driver, Heartbeat, is_device_error, rid  # noqa: F401 - Heartbeat: its old home
+from depthlab.sweep.engine import train_pack_splitting
 from depthlab.sweep.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
                                   split, spread, worth_calibrating)
-from depthlab.sweep.progress import SweepProgress
 from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store, owner_token
+from depthlab.sweep.store import Store
 from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker
 
 
@@ -43,11 +41,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SpecError("--device", name, "auto or cpu (no CUDA device is visible here)")
     return torch.device(name)
-
-
-def rid(config: RunConfig) -> str:
-    """The run id of `config` trained by the engine's current recipe."""
-    return run_id(config.to_dict(), engine.RECIPE)
 
 
 @dataclass
@@ -206,28 +199,6 @@ def describe_plan(the_plan: SweepPlan, store_path="STORE", sweep: str = "NAME") 
     return lines
 
 
-def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool:
-    """Write a result; False (and nothing written) when the run is no longer this owner's. Weights first
-    (atomically), then the row: a run is never done without the weights that were asked for."""
-    run = rid(result.config)
-    if result.state_dict is not None and store_path is not None:
-        weights.save_weights(store_path, run, result.config, result.state_dict)
-    return store.finish(run, owner, status=result.status, final=result.final, history=result.history,
-                        params=result.params, q=result.q, seconds=result.seconds, env=result.env,
-                        error=result.error, train_seconds=result.train_seconds)
-
-
-def is_device_error(err: BaseException) -> bool:
-    """A broken accelerator (illegal address, device-side assert, cuDNN/cuBLAS failure): every later pack would
-    fail the same way, so the sweep stops and the runs go back to pending instead of being marked failed."""
-    accelerator_error = getattr(torch, "AcceleratorError", None)
-    if accelerator_error is not None and isinstance(err, accelerator_error):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        marker in text for marker in ("CUDA error", "CUDNN_STATUS", "cuDNN error", "CUBLAS_STATUS", "device-side"))
-
-
 def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack, log, interrupt=None):
     """The plan's runs in packs, a group of same-shape runs at a time, each group's pack size decided (and, on a
     CPU, measured) just before its first pack trains."""
@@ -238,34 +209,51 @@ def _packs(the_plan: SweepPlan, store: Store, data: DataCache, device, max_pack,
         yield from split(members, size, spread(shapes, the_plan.workers))
 
 
-class Heartbeat:
-    """Keeps the claimed runs' heartbeats fresh while packs train (epochs can outlast the stale timeout).
-    `hold(worker, ids)` sets the runs a worker holds; each beat covers every worker's."""
+def open_sweep(spec: SweepSpec, store_path, device: torch.device, log, **options) -> tuple[Store, SweepPlan]:
+    """The store at `store_path`, a dead runner's claims taken back, and the plan of `spec` against it (its runs
+    added; `options` as `plan` takes them), said to the user: how every backend starts a sweep."""
+    store = Store(store_path)
+    reclaimed = store.reclaim_stale()
+    if reclaimed:
+        log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
+    the_plan = plan(spec, store, device, store_path=store_path, **options)
+    for line in describe_plan(the_plan, store_path, spec.name):
+        log(line)
+    return store, the_plan
 
-    def __init__(self, store: Store, owner: str, every: float = 60.0):
-        self.store, self.owner, self.every = store, owner, every
-        self._held: dict[int, list[str]] = {}
-        self._lock = threading.Lock()  # two workers' updates must not lose one another's runs
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
 
-    def hold(self, worker: int, ids: list[str]) -> None:
-        with self._lock:
-            self._held = {**self._held, worker: list(ids)}  # a new dict: _beat reads it without the lock
+class LocalExecutor:
+    """Packs trained in this process, `plan.workers` at a time on worker threads (depthlab.sweep.workers), each
+    on its share of torch's intra-op threads; they share the driver's store connection and the runner's data."""
 
-    def _beat(self):
-        while not self._stop.wait(self.every):
-            ids = [i for held in self._held.values() for i in held]
-            if ids:
-                try:
-                    self.store.heartbeat(ids, self.owner)
-                except Exception:  # noqa: BLE001 - a missed beat is retried at the next tick
-                    pass
+    def __init__(self, data: DataCache, device: torch.device, *, max_pack, compile: bool, complexity: bool):
+        self.data, self.device, self.max_pack = data, device, max_pack
+        self.compile, self.complexity = compile, complexity
 
-    def stop(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def run(self, driver: Driver) -> None:
+        pool = Workers(driver.plan.workers)
+        packs = _packs(driver.plan, driver.store, self.data, self.device, self.max_pack, driver.log, pool.check)
+        with intra_op_threads(driver.plan.threads):
+            pool.run(packs, lambda configs: self.train(driver, configs, pool.check))
+
+    def train(self, driver: Driver, configs: list[RunConfig], interrupt) -> None:
+        """Claim and train one pack on this worker thread (`interrupt` stops it at its next step)."""
+        slot = threading.get_ident()
+        configs = driver.claim(slot, configs)
+        if not configs:
+            return
+        dataset = self.data.get(configs[0])  # a data error stops the sweep; its runs go back to pending
+        try:
+            results = train_pack_splitting(
+                configs, dataset, device=self.device, compile=self.compile, keep_weights=driver.save_weights,
+                precision=driver.plan.precision, complexity=self.complexity,
+                initial=starting_models(configs, driver.store_path, dataset),
+                on_epoch=lambda i, metrics: driver.epoch(configs[i], metrics),
+                on_split=lambda sizes: driver.split(configs, sizes), interrupt=interrupt)
+        except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
+            driver.failed(slot, configs, err)  # a device error is raised again: it stops the sweep
+            return
+        driver.finished(slot, results)
 
 
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
@@ -277,94 +265,14 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     with two cores or more, one on a GPU; see depthlab.sweep.workers). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device) if isinstance(device, str) else device
-    store = Store(store_path)
-    reclaimed = store.reclaim_stale()
-    if reclaimed:
-        log(f"{reclaimed} interrupted run(s) from a stopped runner will be trained again")
-    the_plan = plan(spec, store, device, limit, max_pack, retry_failed=retry_failed, store_path=store_path,
-                    save_weights=save_weights, precision=precision, workers=workers)
-    for line in describe_plan(the_plan, store_path, spec.name):
-        log(line)
-    owner = owner_token()
-    data = DataCache(device, data_root)
-    trained = {"done": 0, "diverged": 0, "failed": 0}
-    bar = SweepProgress(the_plan.todo, f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)",
-                        enabled=progress)
+    store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,
+                                 retry_failed=retry_failed, save_weights=save_weights, precision=precision,
+                                 workers=workers)
+    driver = Driver(spec.name, store, the_plan, store_path=store_path, log=log, save_weights=save_weights,
+                    title=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)", progress=progress,
+                    env={"workers": the_plan.workers})
     if device.type == "cpu":
         keep_freed_memory()  # a step's activations keep their pages from one step to the next
-    count = the_plan.workers
-    pool = Workers(count)
-    lock = threading.Lock()  # the progress bar and the counts are shared by the workers
-    started = time.perf_counter()
-    heartbeat = Heartbeat(store, owner)
-
-    def train(pack_configs):
-        stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
-        worker = threading.get_ident()
-        ids = [rid(c) for c in pack_configs]
-        store.reclaim_stale(ids)  # a peer that crashed while holding some of them
-        claimed = set(store.claim(ids, owner))
-        with lock:
-            for config, i in zip(pack_configs, ids):
-                if i not in claimed:  # another runner has it
-                    bar.elsewhere(config)
-        pack_configs = [c for c, i in zip(pack_configs, ids) if i in claimed]
-        if not pack_configs:
-            return
-        pack_ids = [rid(c) for c in pack_configs]
-        heartbeat.hold(worker, pack_ids)
-        dataset = data.get(pack_configs[0])  # a data error stops the sweep; its runs go back to pending
-
-        def on_epoch(i, metrics):
-            store.record_epoch(pack_ids[i], owner, metrics)
-            with lock:
-                bar.epoch(pack_configs[i])
-            stopping.check()
-
-        def on_split(sizes):
-            log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}")
-            with lock:
-                bar.restart(pack_configs)
-
-        try:
-            results = train_pack_splitting(
-                pack_configs, dataset, device=device, compile=compile, keep_weights=save_weights,
-                precision=the_plan.precision, complexity=complexity,
-                initial=starting_models(pack_configs, store_path, dataset),
-                on_epoch=on_epoch, on_split=on_split, interrupt=pool.check)
-        except Exception as err:  # noqa: BLE001 - a failed pack is recorded, the sweep goes on
-            if is_device_error(err):
-                raise
-            message = f"{type(err).__name__}: {err}"
-            log(f"pack of {len(pack_configs)} failed: {message}")
-            for run in pack_ids:
-                store.fail(run, owner, message + "\n" + traceback.format_exc(limit=5))
-            with lock:
-                trained["failed"] += len(pack_ids)
-                for config in pack_configs:
-                    bar.finished(config, "failed")
-            return
-        heartbeat.hold(worker, [])
-        for result in results:
-            result.env = {**result.env, "workers": count}
-            recorded = record(store, owner, result, store_path if save_weights else None)
-            if not recorded:
-                log(f"run {rid(result.config)} was reclaimed by another runner; result dropped")
-            with lock:
-                if recorded:
-                    trained[result.status] = trained.get(result.status, 0) + 1
-                bar.finished(result.config, result.status)
-
-    try:
-        with intra_op_threads(the_plan.threads):
-            pool.run(_packs(the_plan, store, data, device, max_pack, log, pool.check), train)
-    except BaseException:
-        store.release([rid(c) for c in the_plan.todo], owner)
-        raise
-    finally:
-        heartbeat.stop()
-        bar.close()
-    counts = store.counts(spec.name)
-    store.close()
-    return {"sweep": spec.name, "precision": the_plan.precision, "total": the_plan.total, "trained": trained,
-            "counts": counts, "seconds": time.perf_counter() - started, "device": str(device), "workers": count}
+    summary = driver.run(LocalExecutor(DataCache(device, data_root), device, max_pack=max_pack, compile=compile,
+                                       complexity=complexity))
+    return {**summary, "precision": the_plan.precision, "device": str(device), "workers": the_plan.workers}
