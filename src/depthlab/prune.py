@@ -12,9 +12,10 @@ version (Cai et al., arXiv 2203.02549): maximise Σ_l log p_l under a parameter 
 p_l = min(1, τ/N_l) with τ found by bisection.
 
 A *layer* here is one weight tensor of one block (its slice of a broad layer: `depthlab.models.block_weights`),
-the stem's and the head's, so densities mean the same in every wiring. Conv and linear weights are scored (not
-norms, not biases); a score mask is global over one model's layers and keeps `density` of its weights. A pack is
-scored per model: every model's loss and outputs depend on its own parameters only.
+the stem's and the head's, so densities mean the same in every wiring. The tensors the model declares prunable
+are scored (`ResidualNet.parameter_groups`: conv and linear weights, not norms, not biases); a score mask is
+global over one model's layers and keeps `density` of its weights. A pack is scored per model: every model's loss
+and outputs depend on its own parameters only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from depthlab.models import block_weights, locate
-from depthlab.models.branches import is_weight_name, view_roles
+from depthlab.models.branches import branch_type, tensor_groups, view_roles
 
 METHODS = ("none", "random", "magnitude", "snip", "grasp", "synflow", "erk", "precrop_params", "precrop_flops")
 SCORED = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -54,7 +55,7 @@ def layer_views(net, tensors: dict | None = None, shadow=None) -> dict[str, torc
     for i in range(net.spec.blocks):
         layer, branch = locate(net, i)
         for key, view in block_weights(layer, branch).items():
-            if is_weight_name(key):
+            if tensor_groups(layer, key)[1]:
                 views[f"block{i}.{key}"] = view
     views["head"] = net.head.weight
     return views
@@ -76,7 +77,8 @@ def layer_flops(net) -> dict[str, int]:
 
 
 def _params(net) -> dict[str, torch.Tensor]:
-    return {name: p for name, p in net.named_parameters() if is_weight_name(name)}
+    """The prunable parameters, as the model declares them."""
+    return {name: p for name, p, _, prunable in net.parameter_groups() if prunable}
 
 
 def scores(net, method: str, data=None, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -276,7 +278,7 @@ def crop_spec(net, masks: dict[str, torch.Tensor]):
     width C' follows the head's density (the classifier reads C' channels); then each block's hidden width is
     chosen so that the blocks hold what the mask kept in them, plus what rounding C' made the stem and the head
     miss, shared in proportion: the cropped network has the mask's weights to within one hidden channel per
-    block. Parallel layers of branch types with grouped layers (lk) or GroupNorm get one width per layer."""
+    block. Parallel layers whose branch type needs equal widths (`equal_widths`) get one width per layer."""
     from depthlab.models import ResidualNet
     from depthlab.models.rng import blank
 
@@ -297,7 +299,7 @@ def crop_spec(net, masks: dict[str, torch.Tensor]):
     budget = sum(kept.values()) - outside
     share = [budget * t / max(sum(target_blocks), 1e-12) for t in target_blocks]
     hidden = [max(1, round((s - b) / a)) for s, a, b in zip(share, slope, offset)]
-    if spec.branch == "lk" or spec.norm == "group":
+    if branch_type(spec.branch).equal_widths(spec.norm):
         b = spec.branches_per_stage
         for start in range(0, len(hidden), b):
             mean = max(1, round(sum(hidden[start:start + b]) / b))
@@ -329,12 +331,14 @@ def keep_cropped(dense, masks: dict[str, torch.Tensor], cropped) -> None:
         layer, branch = locate(mask_net, i)
         score = torch.zeros(layer.hidden[branch])
         for key, view in block_weights(layer, branch).items():
+            if not tensor_groups(layer, key)[1]:
+                continue  # only the prunable weights carry the mask
             roles = view_roles(layer, key)
             for axis, role in enumerate(roles):
                 dims = tuple(d + 1 for d in range(len(roles)) if d != axis)
-                if role == "stream" and is_weight_name(key):
+                if role == "stream":
                     stream += view.sum(dims)[0] if dims else view[0]
-                if role == "hidden" and is_weight_name(key):
+                if role == "hidden":
                     score += view.sum(dims)[0] if dims else view[0]
         hidden_scores.append(score)
     too_wide = [(i, h, s.numel()) for i, (h, s) in enumerate(zip(small.block_hidden, hidden_scores)) if h > s.numel()]

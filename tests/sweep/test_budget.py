@@ -45,7 +45,7 @@ def test_a_budget_by_width_and_the_named_error():
 
 def test_weight_decay_covers_every_branch_types_weights():
     spec = RunConfig(branch="lk", kernel=7, reparam="dilated").model_spec()
-    names = {n for n, _ in build(spec).named_parameters() if decays(n)}
+    names = {n for n, decay in decays(build(spec)).items() if decay}
     assert {"stem.weight", "head.weight", "layers.0.dw.weight", "layers.0.dw_extra.0.weight", "layers.0.pw1.weight",
             "layers.0.conv2.weight"} <= names
     assert not any("norm" in n or n.endswith("bias") or n.endswith("alpha") or n.endswith("bias2") for n in names)

@@ -38,6 +38,7 @@ def cmd_erf(args) -> int:
 
     from depthlab.measure import effective_receptive_field
     from depthlab.models import ModelSpec, build, receptive_field
+    from depthlab.models.branches import takes_reparam
 
     fractions = (0.5, 0.9)
     rows = []
@@ -57,7 +58,7 @@ def cmd_erf(args) -> int:
         for branch, kernel, blocks, topology in itertools.product(args.branch, args.kernels, args.blocks,
                                                                   args.topologies):
             spec = ModelSpec(width=args.width, blocks=blocks, kernel=kernel, branch=branch, topology=topology,
-                             reparam=args.reparam if branch == "lk" else "none", norm=args.norm,
+                             reparam=args.reparam if takes_reparam(branch) else "none", norm=args.norm,
                              input_size=args.input_size, stem_stride=1)
             erf = effective_receptive_field(build(spec, seed=args.seed), x, (0.5,), (0.25,),
                                             fractions=fractions)[0].tolist()

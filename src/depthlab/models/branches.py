@@ -7,7 +7,17 @@ branches). `depthlab.models.layers.ResidualLayer` owns that last convolution, it
 branch type owns the front. It says how to build the front's modules on the layer, run it, view one branch's
 tensors inside the packed ones (`views`, which rewiring and lesions use), compute one branch from its own slices
 (`reference`, what the broad layer is tested against), fold it for inference (`fuse`), initialise it for Fixup,
-and count its parameters, FLOPs and reach. A new branch type is a new class here and an entry in `BRANCHES`.
+and count its parameters, FLOPs and reach.
+
+It also declares what the rest of depthlab would otherwise decide by its name (`BranchType` lists it all): the
+re-params it takes (`reparams`, which spec validation and the CLI read), its width rule (`roles`, the axis roles
+of each view that PreCropping crops along, and `equal_widths`, whether the branches of one layer must share a
+hidden width), whether its activations run channels_last on a CPU (`channels_last_on_cpu`, the engine's layout),
+the activations autograd keeps per block (`activations`, the engine's memory estimate for pack sizes), and which
+of its tensors weight decay and pruning act on (`decays`, `prunable`; the network gathers them into its
+`parameter_groups`, as nanoGPT's model declares its optimizer groups). A new branch type is a new class here,
+an entry in `BRANCHES` and its name in `depthlab.choices.BRANCH_TYPES`; tests/models/test_branch_invariants.py
+then checks every invariant on it.
 
 - ``conv``: F(x) = conv_k(act(norm(conv_k(x)))).
 - ``lk``: F(x) = pw2(act(pw1(norm(dw_K(x))))), UniRepLKNet's block without its extras (Ding et al., "UniRepLKNet:
@@ -23,6 +33,7 @@ and count its parameters, FLOPs and reach. A new branch type is a new class here
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +77,6 @@ def dense_kernel(weight: torch.Tensor, dilation: int, size: int) -> torch.Tensor
     dense[..., ::dilation, ::dilation] = weight
     pad = (size - span) // 2
     return F.pad(dense, (pad, pad, pad, pad))
-
-
-def is_weight_name(name: str) -> bool:
-    """Whether a parameter (by name) is a convolution's or the classifier's weight, not a norm's, a bias or a
-    branch scale: what weight decay and pruning act on."""
-    return name.rsplit(".", 1)[-1] == "weight" and "norm" not in name
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +148,54 @@ def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, *, groups: int, 
     return conv
 
 
+@runtime_checkable
+class BranchType(Protocol):
+    """What a branch type is: its layout and mathematics, and the capabilities the rest of depthlab asks it about
+    instead of testing its name. Implemented by classes of static methods (registered in `BRANCHES`). `layer` is
+    the `depthlab.models.layers.ResidualLayer` the front lives on; a `key` names one of its tensors as
+    `block_weights` does (the parameter's or buffer's name inside the layer: "conv1.weight", "norm.running_mean")."""
+
+    name: str
+    reparams: tuple[str, ...]      # the re-params it takes ("none" first; ("none",) for a type without any)
+    channels_last_on_cpu: bool     # whether its activations run channels_last on a CPU in float32
+
+    def last_kernel(self, kernel: int) -> int: ...  # the kernel of the layer's last (linear) conv
+
+    def build(self, layer, *, norm: str, act: str, reparam: str) -> None: ...
+
+    def front(self, layer, x: torch.Tensor) -> torch.Tensor: ...
+
+    def views(self, layer, branch: int) -> dict[str, torch.Tensor]: ...
+
+    def roles(self, key: str) -> tuple: ...  # the width rule: what each axis of a view indexes (for the crop)
+
+    def equal_widths(self, norm: str) -> str | None: ...  # why one layer's branches share a width, or None
+
+    def decays(self, key: str) -> bool: ...
+
+    def prunable(self, key: str) -> bool: ...
+
+    def reference(self, layer, views: dict, x: torch.Tensor) -> torch.Tensor: ...
+
+    def fuse(self, layer) -> None: ...
+
+    def fixup(self, layer, blocks: int) -> None: ...
+
+    def params(self, c: int, h: int, k: int, norm: str, reparam: str, merged: bool) -> int: ...
+
+    def macs(self, c: int, h: int, k: int, reparam: str, merged: bool) -> int: ...
+
+    def activations(self, c: int, h: int, k: int, norm: str, reparam: str) -> int: ...
+
+    def reach(self, kernel: int) -> int: ...
+
+
 class ConvBranch:
     """F(x) = conv_k(act(norm(conv_k(x)))): the front is conv1 → norm → act on the layer."""
 
     name = "conv"
+    reparams = ("none",)
+    channels_last_on_cpu = False  # recipe 1's float32 CPU training is NCHW, bit for bit
 
     @staticmethod
     def last_kernel(kernel: int) -> int:
@@ -181,6 +230,19 @@ class ConvBranch:
         if key == "conv1.weight":
             return ("hidden", "stream", None, None)
         return ("hidden",)  # conv1.bias, norm.*
+
+    @staticmethod
+    def equal_widths(norm: str) -> str | None:
+        """GroupNorm over the layer's [model][branch][hidden] channels groups them evenly; otherwise every branch
+        may have its own width."""
+        return "GroupNorm over the hidden channels needs equal groups" if norm == "group" else None
+
+    @staticmethod
+    def decays(key: str) -> bool:
+        """The first conv's weight decays; its bias and the norm do not."""
+        return key == "conv1.weight"
+
+    prunable = decays  # the same tensor: pruning scores the convolution's weights
 
     @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
@@ -221,6 +283,12 @@ class ConvBranch:
         return c * h * k * k
 
     @staticmethod
+    def activations(c: int, h: int, k: int, norm: str, reparam: str) -> int:
+        """Values autograd keeps per output position for one block: conv1's, the norm's and the activation's
+        outputs (h each), the last conv's output and the sum (c each)."""
+        return 3 * h + 2 * c
+
+    @staticmethod
     def reach(kernel: int) -> int:
         """Input positions one branch adds to the receptive field (minus one): two k×k convs."""
         return 2 * (kernel - 1)
@@ -234,6 +302,10 @@ class LargeKernelBranch:
     `norm` (over [model][branch][channel]), `pw1` (grouped by model and branch) and `act`."""
 
     name = "lk"
+    reparams = REPARAMS
+    # the depthwise weight gradient is ~3x slower in NCHW on one thread, 10-100x with several on a busy machine
+    # (bench/lk_speed.py)
+    channels_last_on_cpu = True
 
     @staticmethod
     def last_kernel(kernel: int) -> int:
@@ -304,9 +376,21 @@ class LargeKernelBranch:
             return ("hidden", "stream", None, None)
         if key == "pw1.bias":
             return ("hidden",)
-        if key.endswith(".weight") and key.startswith("dw"):
+        if key.endswith(".weight") and key.startswith(("dw.", "dw_extra.")):  # not dw_norms: per channel
             return ("stream", None, None, None)
         return ("stream",)  # depthwise biases, their norms, the block norm (over the stream's channels)
+
+    @staticmethod
+    def equal_widths(norm: str) -> str | None:
+        return "the pointwise pair is grouped by branch and needs equal groups"
+
+    @staticmethod
+    def decays(key: str) -> bool:
+        """The depthwise kernels (the K×K one and the re-param ones) and pw1's weight; not their biases, the
+        re-param BatchNorms or the block norm."""
+        return key in ("dw.weight", "pw1.weight") or (key.startswith("dw_extra.") and key.endswith(".weight"))
+
+    prunable = decays  # the same tensors: pruning scores the convolutions' weights
 
     @staticmethod
     def reference(layer, views: dict, x: torch.Tensor) -> torch.Tensor:
@@ -376,6 +460,15 @@ class LargeKernelBranch:
         return c * k * k + sum(c * kk * kk for kk, _ in extra) + c * h
 
     @staticmethod
+    def activations(c: int, h: int, k: int, norm: str, reparam: str) -> int:
+        """Values autograd keeps per output position for one block: each depthwise conv's output (and its
+        BatchNorm's, in a re-param block), the block norm's, pw1's and the activation's, the last conv's output and
+        the sum. (The stream repeated for the branches of a parallel layer is a copy more.)"""
+        convs = 1 + len(reparam_kernels(k, reparam))
+        depthwise = convs * c * (2 if convs > 1 and norm == "batch" else 1)
+        return depthwise + c + 2 * h + 2 * c
+
+    @staticmethod
     def reach(kernel: int) -> int:
         """One K×K depthwise conv (the re-param kernels are no larger) and two pointwise ones."""
         return kernel - 1
@@ -384,19 +477,35 @@ class LargeKernelBranch:
 BRANCHES = {cls.name: cls for cls in (ConvBranch, LargeKernelBranch)}
 
 
+# The layer's own tensors, whatever its branch type (`depthlab.models.layers.ResidualLayer`): the last conv's
+# weight, its per-branch bias and α, each with (the axis roles of its view, decays, prunable).
+LAYER_TENSORS = {"conv2.weight": (("stream", "hidden", None, None), True, True),
+                 "bias2": (("stream",), False, False),
+                 "alpha": ((), False, False)}
+
+
 def view_roles(layer, key: str) -> tuple:
     """The axis roles of a `block_weights` view: the branch type's, or the layer's own (last conv, bias, α)."""
-    if key == "conv2.weight":
-        return ("stream", "hidden", None, None)
-    if key == "bias2":
-        return ("stream",)
-    if key == "alpha":
-        return ()
+    if key in LAYER_TENSORS:
+        return LAYER_TENSORS[key][0]
     return layer.branch.roles(key)
 
 
-def branch_type(name: str):
+def tensor_groups(layer, key: str) -> tuple[bool, bool]:
+    """(decays, prunable) of the layer's tensor `key`: the layer's own, or as its branch type declares."""
+    if key in LAYER_TENSORS:
+        return LAYER_TENSORS[key][1:]
+    return layer.branch.decays(key), layer.branch.prunable(key)
+
+
+def branch_type(name: str) -> BranchType:
     return BRANCHES[name]
+
+
+def takes_reparam(name: str) -> bool:
+    """Whether branch type `name` has re-param variants (a name not registered is left to the spec's validation,
+    which names the allowed ones)."""
+    return name not in BRANCHES or BRANCHES[name].reparams != ("none",)
 
 
 def make_act(kind: str) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from depthlab.models.branches import tensor_groups
 from depthlab.models.layers import PackedHead, ResidualLayer
 from depthlab.models.spec import ModelSpec
 
@@ -33,6 +34,19 @@ class ResidualNet(nn.Module):
                                feature_size=spec.feature_size, norm=spec.norm, act=spec.act)
         if spec.init == "fixup":
             fixup_init(self)
+
+    def parameter_groups(self):
+        """(name, parameter, decays, prunable) of every parameter, in `named_parameters` order: the model declares
+        what weight decay and pruning act on, as nanoGPT's model declares its optimizer groups. The stem's and the
+        classifier's weights, the last conv's weight of every layer and the front's tensors its branch type names
+        (`depthlab.models.branches.tensor_groups`); never a norm, a bias or a branch scale."""
+        for name, p in self.named_parameters():
+            if name.startswith("layers."):
+                _, index, key = name.split(".", 2)
+                decays, prunable = tensor_groups(self.layers[int(index)], key)
+            else:
+                decays = prunable = name in ("stem.weight", "head.weight")
+            yield name, p, decays, prunable
 
     def to_packed_input(self, x: torch.Tensor) -> torch.Tensor:
         """(M, B, C, H, W) → (B, M·C, H, W)."""

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 # the choice lists live in depthlab.choices, which the CLI reads without importing torch
 from depthlab.choices import ACTS, BRANCH_TYPES, HEADS, INITS, NORMS, REPARAMS, SCALE_RULES, STEM_STRIDES
 from depthlab.errors import SpecError
-from depthlab.models.branches import DILATED_BRANCHES
+from depthlab.models.branches import BRANCHES, DILATED_BRANCHES
 
 RESIDUAL_SCALES = (*SCALE_RULES, "<number>")
 TOPOLOGIES = "sequential, parallel or groups:g with g dividing blocks"
@@ -85,18 +85,21 @@ class ModelSpec:
             raise SpecError("branch", self.branch, ", ".join(BRANCH_TYPES))
         if self.reparam not in REPARAMS:
             raise SpecError("reparam", self.reparam, ", ".join(REPARAMS))
-        if self.reparam != "none" and self.branch != "lk":
-            raise SpecError("reparam", self.reparam, "none for branch conv (the re-param block is lk's depthwise "
-                            "kernel)")
+        kind = BRANCHES[self.branch]  # what the branch type declares, rather than tests of its name
+        if self.reparam not in kind.reparams:
+            others = ", ".join(name for name, other in BRANCHES.items() if len(other.reparams) > 1)
+            raise SpecError("reparam", self.reparam, f"{', '.join(kind.reparams)} for branch {self.branch} "
+                            f"(the branch types with re-params: {others})")
         if self.reparam != "none" and self.kernel not in DILATED_BRANCHES:
             raise SpecError("kernel", self.kernel, f"one of {', '.join(map(str, DILATED_BRANCHES))} with reparam "
                             f"{self.reparam} (UniRepLKNet's table), or reparam none")
-        if isinstance(self.hidden, tuple) and (self.norm == "group" or self.branch == "lk"):
+        why = kind.equal_widths(self.norm)
+        if isinstance(self.hidden, tuple) and why:
             for stage in range(self.stages):
                 if len(set(self.layer_hidden(stage))) > 1:
                     raise SpecError("hidden", list(self.hidden), "equal widths for the branches of each layer with "
-                                    f"norm group or branch lk (layer {stage} has {list(self.layer_hidden(stage))}); "
-                                    "their grouped layers need equal groups")
+                                    f"branch {self.branch} and norm {self.norm} (layer {stage} has "
+                                    f"{list(self.layer_hidden(stage))}): {why}")
         if not isinstance(self.skip, bool):
             raise SpecError("skip", self.skip, "true (residual) or false (the plain network, no identity)")
         if not self.skip and self.learnable_scale:

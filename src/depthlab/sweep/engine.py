@@ -5,8 +5,8 @@ Each model of the pack keeps its own seed (initial weights and data order), lear
 augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
 on. The precision (`depthlab.precision`: float32, or bf16 autocast where the device has native bf16) is the
 caller's choice and recorded; float32 is what the tests check against one-model-at-a-time training. On CUDA, and
-on the CPU in bf16 or for large depthwise kernels, activations are channels_last (measured faster there:
-`bench/cpu_throughput.py`, `bench/lk_speed.py`); a pack may be `torch.compile`d.
+on the CPU in bf16 or for branch types that declare it (large depthwise kernels), activations are channels_last
+(measured faster there: `bench/cpu_throughput.py`, `bench/lk_speed.py`); a pack may be `torch.compile`d.
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
 augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split; `seconds` is the
@@ -42,6 +42,7 @@ import depthlab
 from depthlab import __version__
 from depthlab.measure import EVAL_BATCH, effective_receptive_field, evaluate, geometric_complexity
 from depthlab.models import build, pack, param_count, q_ratio, receptive_field, spec_params, unpack
+from depthlab.models.branches import branch_type
 from depthlab.models.pack import same_shape
 from depthlab import precision as precisions
 from depthlab import prune
@@ -121,7 +122,8 @@ def bytes_per_model(config: RunConfig, in_channels: int, input_size: int, precis
     parameters, gradients and optimizer state. Used to choose pack sizes; an OOM still splits the pack."""
     spec = config.model_spec(in_channels=in_channels, input_size=input_size)
     hw = spec.feature_size ** 2
-    per_block = 3 * spec.hidden_channels + 2 * spec.width        # conv1 out, norm out, act out, conv2 out, sum
+    per_block = branch_type(spec.branch).activations(spec.width, spec.hidden_channels, spec.kernel, spec.norm,
+                                                     spec.reparam)  # what its branch type keeps per position
     activations = (spec.width * 2 + spec.blocks * per_block) * hw + in_channels * input_size ** 2
     element = 2 if precision == "bf16" else 4
     return int(1.5 * config.batch_size * activations * element + 16 * spec_params(spec))
@@ -153,9 +155,9 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     the store); `keep_weights`; `initial`: one entry per config, None (initialise from the config's seed) or a
     one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
     order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
-    computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for large depthwise kernels); `complexity`
-    (False: skip the geometric complexity, recorded as None); `interrupt()`, called before every training step
-    (raise from it to stop: how a sweep's worker threads stop, see depthlab.sweep.workers)."""
+    computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for the branch types that declare it);
+    `complexity` (False: skip the geometric complexity, recorded as None); `interrupt()`, called before every
+    training step (raise from it to stop: how a sweep's worker threads stop, see depthlab.sweep.workers)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
@@ -283,13 +285,14 @@ def evaluation_batch(device: torch.device, batch_size: int, models: int) -> int:
 
 def use_channels_last(device: torch.device, spec, precision: str, given: bool | None = None) -> bool:
     """Whether a pack's activations run channels_last (`given` decides when not None). They do on CUDA; on the
-    CPU for large depthwise kernels, whose NCHW weight gradient is ~3x slower on one thread and 10-100x slower
-    with several threads on a busy machine (bench/lk_speed.py), and in bf16, whose CPU kernels are blocked for
-    NHWC (bench/cpu_throughput.py). float32 on the CPU stays NCHW: recipe 1's float32 training, bit for bit.
-    Only activations: weights stay contiguous so that the optimizer can view them as (M, -1)."""
+    CPU for the branch types that declare it (`channels_last_on_cpu`: large depthwise kernels, whose NCHW weight
+    gradient is ~3x slower on one thread and 10-100x slower with several threads on a busy machine,
+    bench/lk_speed.py), and in bf16, whose CPU kernels are blocked for NHWC (bench/cpu_throughput.py). Otherwise
+    float32 on the CPU stays NCHW: recipe 1's float32 training, bit for bit. Only activations: weights stay
+    contiguous so that the optimizer can view them as (M, -1)."""
     if given is not None:
         return given
-    return device.type == "cuda" or spec.branch == "lk" or precision == "bf16"
+    return device.type == "cuda" or branch_type(spec.branch).channels_last_on_cpu or precision == "bf16"
 
 
 def _optimizer(configs, net, table) -> PackedOptimizer:

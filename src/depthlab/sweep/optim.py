@@ -6,8 +6,8 @@ frozen with `torch.where` (a multiplication by 0 would keep its NaNs alive in th
 
 - adam: AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments.
 - sgd:  SGD with Nesterov momentum, L2 weight decay added to the gradient.
-Weight decay applies to convolution and classifier weights only (every branch type's), not to norms, biases or
-branch scales.
+Weight decay applies to the tensors the model declares decaying (`ResidualNet.parameter_groups`: convolution and
+classifier weights, every branch type's as it declares them), not to norms, biases or branch scales.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from depthlab.models.branches import is_weight_name
 
-
-def decays(name: str) -> bool:
-    """Convolution and classifier weights decay; norms, biases and branch scales do not."""
-    return is_weight_name(name)
+def decays(model: nn.Module) -> dict[str, bool]:
+    """{parameter name: whether weight decay acts on it}, as the model declares its groups."""
+    return {name: decay for name, _, decay, _ in model.parameter_groups()}
 
 
 class PackedOptimizer:
@@ -33,7 +31,8 @@ class PackedOptimizer:
         ref = next(model.parameters())
         self.lr = torch.as_tensor(lr, dtype=torch.float32, device=ref.device).reshape(models, 1)
         wd = torch.as_tensor(weight_decay, dtype=torch.float32, device=ref.device).reshape(models, 1)
-        self.params = [(p, wd if decays(name) else torch.zeros_like(wd))
+        decay = decays(model)
+        self.params = [(p, wd if decay[name] else torch.zeros_like(wd))
                        for name, p in model.named_parameters() if p.requires_grad]
         self.state = [{} for _ in self.params]
         self.steps = 0
