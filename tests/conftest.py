@@ -88,3 +88,15 @@ def cpu_kind(request, monkeypatch):
             for name, value in FLOAT32_CPU_ENV.items():
                 monkeypatch.setenv(name, value)
     return kind
+
+
+STORE_V4 = Path(__file__).parent / "fixtures" / "store_v4"  # written at schema 4, when run ids hashed every field
+
+
+@pytest.fixture
+def store_v4(tmp_path) -> Path:
+    """A copy of the committed schema-4 store (and its weights) of commit 43ec188: see its README."""
+    path = tmp_path / "store.sqlite"
+    shutil.copy(STORE_V4 / "store.sqlite", path)
+    shutil.copytree(STORE_V4 / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
+    return path

@@ -3,10 +3,17 @@
 A *run* is a config (a flat dict of `depthlab.sweep.config.RunConfig` fields) trained by one *recipe*: the
 version of the training code (`depthlab.sweep.engine.RECIPE`). Two ids name it:
 
-- `config_id(config)`: the sha256 of the config's canonical JSON (16 hex digits), the same under every recipe;
-- `run_id(config, recipe)`: the sha256 of the config AND the recipe. A change to the training code that alters
-  what it produces bumps the recipe, so the same config trained again gets a new id and the old result stays
-  in the store, told apart by its recipe (see `depthlab.sweep.store`).
+- `config_id(config)`: the sha256 of the canonical config's JSON (16 hex digits), the same under every recipe;
+- `run_id(config, recipe)`: the sha256 of the canonical config AND the recipe. A change to the training code that
+  alters what it produces bumps the recipe, so the same config trained again gets a new id and the old result
+  stays in the store, told apart by its recipe (see `depthlab.sweep.store`).
+
+The *canonical config* (`canonical_config`) is the config without the fields at their *neutral* value: a field
+added after the first release declares, with its default (`added`), the value that reproduces what runs did
+before it existed (`skip: true`, `prune: none`, ...). A config that holds such a field at that value and one that
+predates the field are the same run, so adding a field renames no stored run and needs no store migration. The
+run config declares its fields' neutral values here when it is defined (`declare_run_fields`): this module sits
+below it and cannot import it.
 
 A *record* is what `Store.records()` returns for one run: a plain dict holding every config field at the top
 level (so `rec["topology"]` works), the result fields of `RECORD_FIELDS`, any extra final metrics (e.g.
@@ -16,9 +23,12 @@ field (the runs' epochs are `epochs_run`; `epochs` is the config's planned numbe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+from types import MappingProxyType
+from typing import Mapping
 
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged", "failed")
@@ -60,16 +70,60 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def config_id(config: dict) -> str:
-    """Stable id of a config, whatever recipe trains it: 16 hex digits of the sha256 of its canonical JSON."""
-    return _digest(canonical_json(config))
+# -- identity: the canonical config --------------------------------------------------------------------------
+
+NEUTRAL = "neutral"  # the dataclasses.field metadata key of a field's neutral value
+_DEFAULT = object()
 
 
-def run_id(config: dict, recipe: int) -> str:
-    """Stable id of a run: the config trained by recipe `recipe`."""
+def added(default, *, neutral=_DEFAULT) -> dataclasses.Field:
+    """A run field added after the first release, with its default and its neutral value: the one that
+    reproduces what runs did before the field existed (the default, unless told otherwise)."""
+    return dataclasses.field(default=default, metadata={NEUTRAL: default if neutral is _DEFAULT else neutral})
+
+
+def neutral_values(cls) -> dict:
+    """{field: neutral value} of a dataclass's fields declared with `added`."""
+    return {f.name: f.metadata[NEUTRAL] for f in dataclasses.fields(cls) if NEUTRAL in f.metadata}
+
+
+_declared: Mapping | None = None  # the run fields' neutral values, once the run config is defined
+
+
+def declare_run_fields(cls):
+    """Class decorator of the run config (`depthlab.sweep.config.RunConfig`): its fields' neutral values are the
+    ones that ids leave out."""
+    global _declared
+    _declared = MappingProxyType(neutral_values(cls))
+    return cls
+
+
+def neutral_defaults() -> Mapping:
+    """{field: neutral value} of the run config's fields that have one."""
+    if _declared is None:  # an id computed without them would not be the run's: refuse rather than guess
+        raise RuntimeError("run ids need the run fields' neutral values: import depthlab.sweep.config first")
+    return _declared
+
+
+def canonical_config(config: dict, neutral: Mapping | None = None) -> dict:
+    """`config` without the fields at their neutral value (`neutral`, default the run config's): what ids hash,
+    and what `compare` pairs runs on. Values are compared as their canonical JSON (1.0 is not 1, as in ids)."""
+    neutral = neutral_defaults() if neutral is None else neutral
+    return {k: v for k, v in config.items()
+            if k not in neutral or canonical_json(v) != canonical_json(neutral[k])}
+
+
+def config_id(config: dict, neutral: Mapping | None = None) -> str:
+    """Stable id of a config, whatever recipe trains it: 16 hex digits of the sha256 of the canonical JSON of its
+    canonical config (`neutral` as in `canonical_config`)."""
+    return _digest(canonical_json(canonical_config(config, neutral)))
+
+
+def run_id(config: dict, recipe: int, neutral: Mapping | None = None) -> str:
+    """Stable id of a run: the canonical config trained by recipe `recipe`."""
     if isinstance(recipe, bool) or not isinstance(recipe, int) or recipe < 1:
         raise ValueError(f"recipe must be a positive integer, got {recipe!r}")
-    return _digest(canonical_json({"config": config, "recipe": recipe}))
+    return _digest(canonical_json({"config": canonical_config(config, neutral), "recipe": recipe}))
 
 
 def finite(value):

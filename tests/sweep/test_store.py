@@ -491,7 +491,7 @@ def test_opening_a_store_while_a_peer_creates_it_reads_one_snapshot(tmp_path, mo
     peer.execute("PRAGMA journal_mode = WAL")
 
     def migrate(steps):
-        for version, _, step, _ in steps:
+        for version, _, step in steps:
             peer.execute("BEGIN IMMEDIATE")
             step(peer, str(path))
             peer.execute(f"PRAGMA user_version = {version}")

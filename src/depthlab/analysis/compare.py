@@ -15,6 +15,9 @@ parameters), or any other (`kernel`, `skip`, `norm`, ...). Two views:
 Pairs with a diverged or failed member cannot give a loss difference; they are left out of the statistics but
 counted per value, since a value that diverges more often would otherwise look better than it is.
 
+Fields added later: a record stored before a field existed pairs with one that holds the field at its neutral
+value, as their run ids say (`depthlab.records.canonical_config`).
+
 Recipes: a run is a config trained by a recipe (`depthlab.records`). Of a config trained by several recipes
 only the newest counts (the older runs are superseded and counted); a pair whose two runs were trained by
 different recipes is not formed unless asked (`allow_mixed_recipes`), and `compare_report` refuses such a mix.
@@ -30,7 +33,7 @@ import numpy as np
 
 from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.records import METRICS, STATUSES, canonical_json, config_of, finite, precision_of
+from depthlab.records import METRICS, STATUSES, canonical_config, canonical_json, config_of, finite, precision_of
 from depthlab.sweep.export import varied_fields
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
@@ -109,28 +112,41 @@ def value_label(field: str, value) -> str:
     return f"{field}={json.dumps(value) if not isinstance(value, str) else value}"
 
 
-def _field_value(rec: dict, field: str):
-    cfg = config_of(rec)
+def _neutral_for(records: list[dict]) -> dict:
+    """The run fields' neutral values where the records need them: when some record lacks a field that another
+    holds (stored before the field existed). Records that hold the same fields pair alike with or without them,
+    and the declaration (depthlab.sweep.config) imports torch, which a comparison otherwise does without."""
+    if len({frozenset(config_of(r)) for r in records}) <= 1:
+        return {}
+    from depthlab.sweep.config import neutral
+
+    return dict(neutral())
+
+
+def _field_value(rec: dict, field: str, neutral: dict | None = None):
+    """The record's value of `field` (a list for a compound contrast); a field it predates has its neutral value."""
+    cfg, neutral = config_of(rec), neutral or {}
     fields = contrast_fields(field)
     if len(fields) > 1:
-        return [cfg.get(f, rec.get(f)) for f in fields]
-    return cfg.get(field, rec.get(field))
+        return [cfg.get(f, neutral.get(f, rec.get(f))) for f in fields]
+    return cfg.get(field, neutral.get(field, rec.get(field)))
 
 
-def pairing_key(cfg: dict, contrast: str) -> str:
-    """What two runs of a pair share: their configs without the contrast's fields and, for runs sized by a
-    parameter budget, without the size the budget chose (hidden or width follow from the other fields)."""
+def pairing_key(cfg: dict, contrast: str, neutral: dict | None = None) -> str:
+    """What two runs of a pair share: their canonical configs (`neutral`: see `_neutral_for`) without the
+    contrast's fields and, for runs sized by a parameter budget, without the size the budget chose (hidden or width
+    follow from the other fields)."""
     drop = set(contrast_fields(contrast))
     if cfg.get("param_budget") is not None:
         drop.add(cfg.get("budget_by") or "hidden")
-    return canonical_json({k: v for k, v in cfg.items() if k not in drop})
+    return canonical_json({k: v for k, v in canonical_config(cfg, neutral or {}).items() if k not in drop})
 
 
 def contrast_values(records: list[dict], field: str) -> list:
     """The distinct values of `field` in the records' configs, in contrast order."""
-    seen = {}
+    seen, neutral = {}, _neutral_for(records)
     for rec in records:
-        value = _field_value(rec, field)
+        value = _field_value(rec, field, neutral)
         seen.setdefault(canonical_json(value), value)
     return sorted(seen.values(), key=lambda v: contrast_order(field, v))
 
@@ -158,9 +174,10 @@ def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[di
     runs that have the metric."""
     groups: dict[tuple, list[dict]] = {}
     values: dict[str, object] = {}
+    neutral = _neutral_for(records)
     for rec in records:
         if rec.get("status") == "done":
-            value = _field_value(rec, contrast)
+            value = _field_value(rec, contrast, neutral)
             values[canonical_json(value)] = value
             key = (str(rec.get("dataset")), canonical_json(value), q_band(rec.get("q")))
             groups.setdefault(key, []).append(rec)
@@ -194,11 +211,12 @@ def latest_recipes(records: list[dict]) -> tuple[list[dict], int]:
     """The records without those superseded by a newer recipe of the same config (a record without a recipe,
     e.g. a hand-made one, is its own), and how many were superseded."""
     newest: dict[str, int] = {}
+    neutral = _neutral_for(records)
+    key = lambda rec: canonical_json(canonical_config(config_of(rec), neutral))
     for rec in records:
         if rec.get("recipe") is not None:
-            key = canonical_json(config_of(rec))
-            newest[key] = max(newest.get(key, rec["recipe"]), rec["recipe"])
-    kept = [r for r in records if r.get("recipe") is None or r["recipe"] == newest[canonical_json(config_of(r))]]
+            newest[key(rec)] = max(newest.get(key(rec), rec["recipe"]), rec["recipe"])
+    kept = [r for r in records if r.get("recipe") is None or r["recipe"] == newest[key(r)]]
     return kept, len(records) - len(kept)
 
 
@@ -218,12 +236,13 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
         a, b = first_two_values(records, contrast)
     key_a, key_b = canonical_json(a), canonical_json(b)
     buckets: dict[str, dict[str, list]] = {}
+    neutral = _neutral_for(records)
     for rec in records:
         cfg = config_of(rec)
-        value = canonical_json(_field_value(rec, contrast))
+        value = canonical_json(_field_value(rec, contrast, neutral))
         if value not in (key_a, key_b):
             continue
-        key = pairing_key(cfg, contrast)
+        key = pairing_key(cfg, contrast, neutral)
         buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
     pairs, unpaired, duplicate, identical, mixed, mixed_precisions = [], 0, 0, 0, 0, 0
     for bucket in buckets.values():

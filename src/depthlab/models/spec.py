@@ -1,5 +1,8 @@
 """`ModelSpec`: the typed, validated description of one residual CNN.
 
+Its fields are those a run chooses (`ModelFields`: declared and validated here once, and composed by the run config
+`depthlab.sweep.config.RunConfig`) and those its dataset decides (input channels, classes, input size).
+
 A network is "a stack of layers of the same dimension": a 3x3 stem to width C, then n residual blocks of width C,
 then a head. The blocks are wired by `topology`:
 
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from depthlab.choices import ACTS, BRANCH_TYPES, HEADS, INITS, NORMS, REPARAMS, SCALE_RULES, STEM_STRIDES
 from depthlab.errors import SpecError
 from depthlab.models.branches import BRANCHES, DILATED_BRANCHES
+from depthlab.records import added
 
 RESIDUAL_SCALES = (*SCALE_RULES, "<number>")
 TOPOLOGIES = "sequential, parallel or groups:g with g dividing blocks"
@@ -34,11 +38,15 @@ _GROUPS = re.compile(r"^groups:(\d+)$")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelFields:
+    """The network fields a run chooses, with their defaults and their validation. Those added after the first
+    release are `added`: their default reproduces the networks from before they existed, and run ids leave it
+    out (depthlab.records)."""
+
     width: int = 16                  # C: channels of the residual stream
     blocks: int = 2                  # n: residual blocks (branches)
     kernel: int = 3                  # k: odd kernel size of both convolutions of a branch
-    hidden: int | None = None        # hidden channels of a branch (default: width)
+    hidden: int | tuple | None = None  # hidden channels of a branch (default: width), or one per block
     topology: str = "sequential"
     residual_scale: str | float = "1"
     norm: str = "batch"
@@ -46,15 +54,12 @@ class ModelSpec:
     act: str = "relu"
     init: str = "default"
     stem_stride: int = 1
-    skip: bool = True                # identity connections; False: the plain control x_i = λ·F_i(x_{i-1})
-    branch: str = "conv"             # conv: conv_k(act(norm(conv_k))); lk: pw(act(pw(norm(dw_K)))), K = kernel
-    reparam: str = "none"            # lk's depthwise K×K: none, dilated (UniRepLKNet), same_kernel, same_equivalent
-    in_channels: int = 1
-    num_classes: int = 10
-    input_size: int = 28
+    skip: bool = added(True)         # identity connections; False: the plain control x_i = λ·F_i(x_{i-1})
+    branch: str = added("conv")      # conv: conv_k(act(norm(conv_k))); lk: pw(act(pw(norm(dw_K)))), K = kernel
+    reparam: str = added("none")     # lk's depthwise K×K: none, dilated (UniRepLKNet), same_kernel, same_equivalent
 
     def __post_init__(self):
-        for name in ("width", "blocks", "in_channels", "num_classes", "input_size"):
+        for name in ("width", "blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(name, value, "a positive integer")
@@ -178,6 +183,22 @@ class ModelSpec:
     @property
     def alpha_init(self) -> float:
         return 1.0 if self.init == "fixup" else 0.0
+
+
+@dataclass(frozen=True)
+class ModelSpec(ModelFields):
+    """A network: the fields a run chooses and those its dataset decides."""
+
+    in_channels: int = 1
+    num_classes: int = 10
+    input_size: int = 28
+
+    def __post_init__(self):
+        for name in ("in_channels", "num_classes", "input_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(name, value, "a positive integer")
+        super().__post_init__()
 
     @property
     def feature_size(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from depthlab.errors import DepthlabError
 from depthlab.records import config_id
 from depthlab.shift.methods import EPISODIC, WITH_ALPHA
+from depthlab.sweep.config import neutral  # the run fields' neutral values, which a config id leaves out
 
 SETTINGS = ("corruption", "severity", "method", "eval_batch_size", "shift_seed")
 METRICS = ("test_acc", "test_loss")  # what a shift measurement records, the comparison's default metrics
@@ -51,7 +52,7 @@ def shift_records(run_records: list[dict], rows: list[dict]) -> list[dict]:
         config.update(settings)
         rec = dict(config)
         rec.update(
-            run_id=row["run_id"], config_id=config_id(config), recipe=run.get("recipe"), sweep=run.get("sweep"),
+            run_id=row["run_id"], config_id=config_id(config, neutral()), recipe=run.get("recipe"), sweep=run.get("sweep"),
             sweeps=run.get("sweeps", []), status=row["status"], params=run.get("params"), q=run.get("q"),
             train_loss=None, val_loss=None, train_acc=None, val_acc=None,
             test_loss=row.get("loss"), test_acc=row.get("accuracy"), epochs_run=None, seconds=row.get("seconds"),

@@ -1,7 +1,14 @@
 """`RunConfig`: one training run, as a flat record of model, training and data fields.
 
 The flat dict (`to_dict`) is what the store hashes into a run id, so every field that changes a result is here,
-and nothing else is. Validation happens on construction: a bad value names the field and the allowed values.
+and nothing else is. The model's fields are `depthlab.models.spec.ModelFields`, declared and validated there once;
+`RunConfig` extends them with the data and training fields. Validation happens on construction: a bad value names
+the field and the allowed values.
+
+A field added after the first release is declared with `added(default)`: its default is the neutral value that
+reproduces what runs did before it existed, and run ids leave a field at that value out (`depthlab.records`), so
+adding one renames no stored run. A new field with another neutral value than its default says so
+(`added(default, neutral=...)`).
 """
 
 from __future__ import annotations
@@ -9,12 +16,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping
 
-from depthlab.choices import AUGMENTS, BUDGET_BY, OPTIMIZERS, SCHEDULES  # the CLI reads them too
+from depthlab.choices import AUGMENTS, BUDGET_BY, OPTIMIZERS, SCALE_RULES, SCHEDULES  # the CLI reads them too
 from depthlab.data import registry
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
-from depthlab.models.spec import SCALE_RULES
+from depthlab.models.spec import ModelFields
+from depthlab.records import added, canonical_config, canonical_json, declare_run_fields, neutral_defaults
 from depthlab.sweep import recipe
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
@@ -22,34 +31,22 @@ BUDGET_TOLERANCE = 0.01  # param_budget must be met within 1%
 MAX_BUDGET_WIDTH = 1024
 
 
+@declare_run_fields
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(ModelFields):
+    # model: the fields of depthlab.models.spec.ModelFields (width, blocks, kernel, hidden, topology, ...)
     # data
     dataset: str = "mnist"
     train_subset: int | None = None      # first K training examples (a fixed order), None = all
     val_split: int | float = 5000        # validation examples carved from train (count or fraction)
     test_subset: int | None = None       # evaluate on the first K test examples only, None = all
-    # model (see depthlab.models.ModelSpec)
-    topology: str = "sequential"
-    blocks: int = 2
-    width: int = 16
-    kernel: int = 3
-    hidden: int | tuple | None = None    # per branch, or one per block (pruning decides them)
-    norm: str = "batch"
-    act: str = "relu"
-    head: str = "gap"
-    init: str = "default"
-    residual_scale: str | float = "1"
-    stem_stride: int = 1
-    skip: bool = True                    # identity connections (False: the plain network, a control)
-    branch: str = "conv"                 # conv (two k×k convs) or lk (depthwise K×K + pointwise pair)
-    reparam: str = "none"                # lk only: none, dilated, same_kernel, same_equivalent
-    param_budget: int | None = None      # choose hidden (or width) so the inference parameters are about this
-    budget_by: str = "hidden"            # what param_budget sets: hidden or width
-    prune: str = "none"                  # pruning at initialisation: see depthlab.prune.METHODS
-    density: float = 1.0                 # the kept fraction of the prunable weights, in (0, 1]
-    prune_structure: str = "mask"        # mask (sparse, kept through training) or crop (PreCropping: narrower)
-    crop_init: str = "reinit"            # crop: reinit (fresh, its own fan-in) or keep (the dense weights kept)
+    # model sizing and pruning at initialisation
+    param_budget: int | None = added(None)   # choose hidden (or width) so the inference parameters are about this
+    budget_by: str = added("hidden")         # what param_budget sets: hidden or width
+    prune: str = added("none")               # pruning at initialisation: see depthlab.prune.METHODS
+    density: float = added(1.0)              # the kept fraction of the prunable weights, in (0, 1]
+    prune_structure: str = added("mask")     # mask (sparse, kept through training) or crop (PreCropping: narrower)
+    crop_init: str = added("reinit")         # crop: reinit (fresh, its own fan-in) or keep (the dense weights kept)
     # training
     optimizer: str = "adam"              # adam = AdamW (decoupled weight decay); sgd = SGD with Nesterov momentum
     lr: float | None = None              # None: the optimizer's default (adam 1e-3, sgd 0.05)
@@ -59,7 +56,7 @@ class RunConfig:
     schedule: str = "cosine"
     augment: str = "none"
     seed: int = 0
-    init_from: str | None = None         # start from this run's trained weights (rewired to this topology)
+    init_from: str | None = added(None)  # start from this run's trained weights (rewired to this topology)
 
     def __post_init__(self):
         data = registry.entry(self.dataset)  # its shape, classes and whether it may be flipped
@@ -104,13 +101,11 @@ class RunConfig:
             raise SpecError("prune_structure", self.prune_structure, ", ".join(STRUCTURES))
         if self.crop_init not in CROP_INITS:
             raise SpecError("crop_init", self.crop_init, ", ".join(CROP_INITS))
-        if isinstance(self.hidden, list):  # per-block widths: a tuple, hashable like every other field
-            object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.param_budget is not None:
             self._meet_budget()
         elif self.budget_by not in BUDGET_BY:
             raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
-        self.model_spec()  # validates the model fields
+        super().__post_init__()  # the model fields (ModelFields), with the size a budget chose
         # One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
         # which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1").
         object.__setattr__(self, "residual_scale", canonical_scale(self.residual_scale))
@@ -136,10 +131,7 @@ class RunConfig:
     def model_spec(self, in_channels: int | None = None, input_size: int | None = None,
                    num_classes: int | None = None) -> ModelSpec:
         data = registry.entry(self.dataset)
-        return ModelSpec(width=self.width, blocks=self.blocks, kernel=self.kernel, hidden=self.hidden,
-                         topology=self.topology, residual_scale=self.residual_scale, norm=self.norm, head=self.head,
-                         act=self.act, init=self.init, stem_stride=self.stem_stride, skip=self.skip,
-                         branch=self.branch, reparam=self.reparam,
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelFields)},
                          in_channels=in_channels or data.channels, input_size=input_size or data.size,
                          num_classes=num_classes or data.num_classes)
 
@@ -192,13 +184,14 @@ class RunConfig:
         """Runs with equal keys share a network shape and a training loop, so they can train as one pack.
         Per-model within a pack: seed (weights and data order), lr, weight decay, augmentation, the weights it
         starts from, and a fixed residual scale λ (a per-model buffer); a learnable scale is a parameter, so it
-        is part of the shape."""
-        values = self.to_dict()
+        is part of the shape. Fields at their neutral value are left out, as from run ids, so that adding a field
+        keeps the pack sizes calibrated for a shape (the store keys them by this)."""
+        values = canonical_config(self.to_dict())
         for per_model in ("seed", "lr", "weight_decay", "augment", "init_from"):
-            values.pop(per_model)
+            values.pop(per_model, None)
         values["residual_scale"] = "learnable" if self.residual_scale == "learnable" else "fixed"
         if self.cropped:  # the shape follows from this run's own mask: it trains alone
-            values["seed"], values["run"] = self.seed, str(self.to_dict())
+            values["seed"], values["run"] = self.seed, canonical_json(canonical_config(self.to_dict()))
         return tuple(sorted((k, str(v)) for k, v in values.items()))
 
     @property
@@ -225,6 +218,12 @@ def canonical_scale(value):
 
 def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
+
+
+def neutral() -> Mapping:
+    """{field: neutral value} of the run fields declared with `added`: what run ids leave out. For modules that
+    import this one only where they need it (it brings torch); the others may ask `records.neutral_defaults()`."""
+    return neutral_defaults()
 
 
 def _is_int(value) -> bool:

@@ -17,6 +17,10 @@ Schema versions: the file's SQLite `user_version` is the schema version. `MIGRAT
 in one transaction with the version bump; a store of a newer depthlab (a higher version) is refused, and so
 is an SQLite file that is not a depthlab store (checked before anything is written).
 
+Run ids hash the canonical config (without the fields at their neutral value, see `depthlab.records`), so a new
+run field with a neutral default needs no migration: declare it with `added(...)` beside the others. Schema 5 is
+the last re-keying: it moved every store to the canonical ids.
+
 Open one `Store` per process (a SQLite connection must not cross a fork); within a process it may be shared
 between threads (e.g. a heartbeat thread).
 """
@@ -32,6 +36,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Mapping
 from urllib.parse import quote
 
 from depthlab.errors import DepthlabError, SpecError
@@ -46,12 +51,15 @@ SHIFT_STATUSES = ("done", "diverged")  # a measurement under shift either finish
 # The columns of the runs table at version 1 (the first schema, written before versions were recorded).
 _V1_COLUMNS = ("run_id", "sweep", "config", "status", "owner", "attempts", "created_at", "claimed_at",
                "heartbeat_at", "finished_at", "history", *METRICS, "final", "params", "q", "seconds", "env", "error")
-# Fields that version 2 added to every run config, with the value every earlier run had.
-# (Fields added after version 2 has shipped need a migration of their own.)
-_V2_NEW_FIELDS = {"skip": True, "init_from": None, "branch": "conv", "reparam": "none", "param_budget": None,
-                  "budget_by": "hidden", "prune": "none", "density": 1.0, "prune_structure": "mask",
-                  "crop_init": "reinit"}
 _V2_RECIPE = 1  # the recipe of every run trained before recipes were recorded
+
+
+def _run_fields() -> Mapping:
+    """The run fields' neutral values, which ids leave out. Their declaration (depthlab.sweep.config) is imported
+    here, where ids are computed, not at the top: it imports torch, which `status` and `results` do without."""
+    from depthlab.sweep.config import neutral
+
+    return neutral()
 
 
 def _v1(c: sqlite3.Connection, path: str) -> None:
@@ -87,30 +95,12 @@ def _v1(c: sqlite3.Connection, path: str) -> None:
 
 
 def _v2(c: sqlite3.Connection, path: str) -> None:
-    """Recipes: a run is a config trained by a recipe. Adds `recipe`, `config_id` and `train_seconds`, gives
-    every stored config the fields added since (`skip`, `init_from`, `branch`, ..., at the value those runs had),
-    and re-keys
-    each run by (config, recipe 1). Saved weights are renamed after the commit (see `_after_v2`)."""
+    """Recipes: a run is a config trained by a recipe. Adds `recipe` (1 for every run so far), `config_id` and
+    `train_seconds`. The runs keep their ids here: version 5 re-keys them (and renames their weights)."""
     for column in ("recipe INTEGER", "config_id TEXT", "train_seconds REAL"):
         c.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-    renames = []
-    for old, text in c.execute("SELECT run_id, config FROM runs").fetchall():
-        config = {**_V2_NEW_FIELDS, **json.loads(text)}
-        new = run_id(config, _V2_RECIPE)
-        c.execute("UPDATE runs SET run_id = ?, config = ?, config_id = ?, recipe = ? WHERE run_id = ?",
-                  (new, canonical_json(config), config_id(config), _V2_RECIPE, old))
-        c.execute("UPDATE sweep_runs SET run_id = ? WHERE run_id = ?", (new, old))
-        renames.append((old, new))
+    c.execute("UPDATE runs SET recipe = ?", (_V2_RECIPE,))
     c.execute("CREATE INDEX IF NOT EXISTS runs_config ON runs (config_id)")
-    return renames
-
-
-def _after_v2(path: str, renames) -> None:
-    folder = Path(f"{path}.weights")
-    for old, new in renames or ():
-        source = folder / f"{old}.pt"
-        if source.is_file() and not (folder / f"{new}.pt").exists():
-            source.replace(folder / f"{new}.pt")
 
 
 def _v3(c: sqlite3.Connection, path: str) -> None:
@@ -147,19 +137,98 @@ def _v4(c: sqlite3.Connection, path: str) -> None:
     )""")
 
 
-# (version, what it does, migration(connection, path) -> data for after, after(path, data) or None)
+def _v5(c: sqlite3.Connection, path: str) -> None:
+    """Ids stable under additions: every run re-keyed by its canonical config and recipe (`depthlab.records`), its
+    stored config completed with the neutral values of the fields it predates, an `init_from` rewritten to the new
+    id of the run it names; the tables keyed by run id follow, and so do the pack sizes' keys (`RunConfig.pack_key`
+    leaves neutral fields out too). Each re-keying is recorded in `rekeyed`, in this transaction: the weights files
+    are renamed from there after the commit (`Store._rename_weights`), so a process killed in between leaves the
+    renames to the next open instead of stranding the files under ids the store no longer knows."""
+    c.execute("CREATE TABLE IF NOT EXISTS rekeyed (old_id TEXT PRIMARY KEY, new_id TEXT NOT NULL, "
+              "renamed INTEGER NOT NULL DEFAULT 0)")
+    runs = {rid: (json.loads(text), recipe) for rid, text, recipe in
+            c.execute("SELECT run_id, config, recipe FROM runs ORDER BY rowid").fetchall()}
+    packs = c.execute("SELECT key FROM pack_sizes").fetchall()
+    if not runs and not packs:
+        return  # a new store: nothing to re-key, and no need of the run fields (their module brings torch)
+    neutral = _run_fields()
+    new = _new_ids(runs, neutral)
+    kept = _kept(c, path, new)
+    for old in runs:  # first, so that no new id meets a row still under it
+        if kept[new[old]] != old:  # the same run stored twice (before its fields were canonical): one stays
+            c.execute("DELETE FROM runs WHERE run_id = ?", (old,))
+    for old, (config, _) in runs.items():
+        config = {**neutral, **config}
+        c.execute("UPDATE runs SET run_id = ?, config = ?, config_id = ? WHERE run_id = ?",
+                  (new[old], canonical_json(config), config_id(config, neutral), old))
+        if new[old] != old:
+            for table in ("sweep_runs", "shift_results"):  # a row the kept run has already stays once
+                c.execute(f"UPDATE OR IGNORE {table} SET run_id = ? WHERE run_id = ?", (new[old], old))
+                c.execute(f"DELETE FROM {table} WHERE run_id = ?", (old,))
+            c.execute("INSERT OR REPLACE INTO rekeyed (old_id, new_id) VALUES (?, ?)", (old, new[old]))
+    for (key,) in packs:
+        c.execute("UPDATE OR REPLACE pack_sizes SET key = ? WHERE key = ?", (_canonical_pack_key(key, neutral), key))
+
+
+def _new_ids(runs: dict, neutral: Mapping) -> dict:
+    """{old id: canonical id} of `runs` ({id: (config, recipe)}), rewriting each `init_from` that names one of them
+    in place: a run's new id hashes the new id of the run it starts from, so that one is computed first."""
+    new: dict[str, str] = {}
+
+    def rekey(old, chain=()):
+        if old in chain:
+            raise DepthlabError(f"run {old} starts from itself through init_from ({' -> '.join(chain)})")
+        if old not in new:
+            config, recipe = runs[old]
+            if config.get("init_from") in runs:
+                config["init_from"] = rekey(config["init_from"], (*chain, old))
+            new[old] = run_id(config, recipe, neutral)
+        return new[old]
+
+    for old in runs:
+        rekey(old)
+    return new
+
+
+def _kept(c: sqlite3.Connection, path: str, new: dict) -> dict:
+    """{new id: the old id whose row stays}: of the rows one run was stored under twice, the furthest along
+    (done first), then one with saved weights, then the latest to finish."""
+    rank = {status: i for i, status in enumerate(("done", "diverged", "failed", "running", "pending"))}
+    rows = c.execute("SELECT run_id, status, finished_at FROM runs").fetchall()
+    weights = Path(f"{path}.weights")
+    best = {}
+    for old, status, finished in rows:
+        key = (rank[status], not (weights / f"{old}.pt").is_file(), -(finished or 0))
+        if new[old] not in best or key < best[new[old]][0]:
+            best[new[old]] = (key, old)
+    return {rid: old for rid, (_, old) in best.items()}
+
+
+def _canonical_pack_key(key: str, neutral: Mapping) -> str:
+    """A calibrated pack size's key (`packs.calibration_key`) without the fields at their neutral value."""
+    try:
+        value = json.loads(key)
+        value["pack_key"] = [[k, v] for k, v in value["pack_key"] if k not in neutral or v != str(neutral[k])]
+    except (ValueError, TypeError, KeyError):
+        return key  # not a key this depthlab wrote: left as it is
+    return canonical_json(value)
+
+
+# (version, what it does, migration(connection, path))
 MIGRATIONS = [
-    (1, "runs and sweep_runs tables", _v1, None),
-    (2, "recipes: recipe, config_id and train_seconds columns; runs keyed by config and recipe", _v2, _after_v2),
-    (3, "shift_results: measurements of trained runs under covariate shift", _v3, None),
-    (4, "pack_sizes: pack sizes calibrated on this machine", _v4, None),
+    (1, "runs and sweep_runs tables", _v1),
+    (2, "recipes: recipe, config_id and train_seconds columns", _v2),
+    (3, "shift_results: measurements of trained runs under covariate shift", _v3),
+    (4, "pack_sizes: pack sizes calibrated on this machine", _v4),
+    (5, "run ids of canonical configs (stable under added fields); weights, init_from and keys follow", _v5),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
-_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[2]  # versions 3 and 4 add tables, not columns of runs
+_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[5] = _COLUMNS[2]  # versions 3 to 5 add tables, not columns of runs
 # The tables a store may hold at each version (a store without the later ones is migrated; any other is foreign).
 _TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"},
-           4: {"runs", "sweep_runs", "shift_results", "pack_sizes"}}
+           4: {"runs", "sweep_runs", "shift_results", "pack_sizes"},
+           5: {"runs", "sweep_runs", "shift_results", "pack_sizes", "rekeyed"}}
 
 
 # -- owners ---------------------------------------------------------------------------------------------------
@@ -264,13 +333,14 @@ class Store:
                 self._conn.backup(memory)
                 self._conn.close()
                 self._conn = memory
-                self._migrate(after=False)
+                self._migrate()
                 self._conn.execute("PRAGMA query_only = ON")  # the copy is as read-only as the file
             return
         self._conn.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL survives any process crash; only a power cut may lose the last commits.
         self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate(after=True)
+        self._migrate()
+        self._rename_weights()
 
     @classmethod
     def existing(cls, path, **kwargs) -> "Store":
@@ -313,17 +383,32 @@ class Store:
                                 "point --store to a depthlab store or to a new file")
         return version
 
-    def _migrate(self, after: bool) -> None:
+    def _migrate(self) -> None:
         """Run the migrations the file has not had, in order, each in one transaction with its version bump."""
-        for version, _, migrate, then in MIGRATIONS:
+        for version, _, migrate in MIGRATIONS:
             with self._tx() as c:
                 if c.execute("PRAGMA user_version").fetchone()[0] >= version:
                     continue  # done before, or by another process while we waited for the lock
-                data = migrate(c, self.path)
+                migrate(c, self.path)
                 c.execute(f"PRAGMA user_version = {int(version)}")
             self.migrated.append(version)
-            if after and then is not None:
-                then(self.path, data)
+
+    def _rename_weights(self) -> None:
+        """Give the saved weights of re-keyed runs (schema 5) their new ids. Each rename is idempotent and marked
+        done once the file is under its new name (or there is none to rename), so every write open finishes what
+        an open killed after the migration's commit left; a read-only open leaves files alone."""
+        pending = self._query("SELECT old_id, new_id FROM rekeyed WHERE renamed = 0")
+        folder = Path(f"{self.path}.weights")
+        for row in pending:
+            source, target = folder / f"{row['old_id']}.pt", folder / f"{row['new_id']}.pt"
+            if source.is_file() and not target.exists():
+                try:
+                    source.replace(target)
+                except FileNotFoundError:
+                    pass  # a peer opening the store at the same moment renamed it first
+        if pending:
+            with self._tx() as c:
+                c.executemany("UPDATE rekeyed SET renamed = 1 WHERE old_id = ?", [(r["old_id"],) for r in pending])
 
     @property
     def schema_version(self) -> int:
@@ -364,13 +449,15 @@ class Store:
     def add_runs(self, configs: list[dict], sweep: str = "", *, recipe: int) -> list[str]:
         """Add pending runs of `configs` trained by `recipe` to `sweep`; a run already present (any status) is
         left as it is and only joins the sweep, so it is never trained twice. Returns their ids."""
-        ids = [run_id(c, recipe) for c in configs]
+        neutral = _run_fields()
+        ids = [run_id(c, recipe, neutral) for c in configs]
         now = time.time()
         with self._tx() as c:
             c.executemany(
                 "INSERT OR IGNORE INTO runs (run_id, sweep, config, config_id, recipe, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(i, sweep, canonical_json(cfg), config_id(cfg), recipe, now) for i, cfg in zip(ids, configs)],
+                [(i, sweep, canonical_json(cfg), config_id(cfg, neutral), recipe, now)
+                 for i, cfg in zip(ids, configs)],
             )
             c.executemany("INSERT OR IGNORE INTO sweep_runs (sweep, run_id) VALUES (?, ?)", [(sweep, i) for i in ids])
         return ids
@@ -378,7 +465,8 @@ class Store:
     def older_recipes(self, configs: list[dict], recipe: int) -> dict[int, int]:
         """{older recipe: runs}: finished runs of these configs trained by a recipe older than `recipe` (kept in
         the store, but superseded: the same configs are to be trained again under `recipe`)."""
-        wanted = {config_id(c) for c in configs}
+        neutral = _run_fields()
+        wanted = {config_id(c, neutral) for c in configs}
         out: dict[int, int] = {}
         for row in self._query("SELECT config_id, recipe FROM runs WHERE recipe < ? AND status IN "
                                f"({', '.join('?' * len(FINISHED))})", (recipe, *FINISHED)):
@@ -664,6 +752,13 @@ class Store:
                 out.append(r)
         return out
 
+
+    # -- re-keyed runs (schema 5) ---------------------------------------------------------------------------
+
+    def rekeyed(self) -> list[tuple[str, str, bool]]:
+        """(old id, new id, weights renamed) of every run that schema 5 gave a new id, in the order they had."""
+        return [(r["old_id"], r["new_id"], bool(r["renamed"]))
+                for r in self._query("SELECT old_id, new_id, renamed FROM rekeyed ORDER BY rowid")]
 
     # -- pack sizes (schema 4; calibrated by depthlab.sweep.packs) --------------------------------------------
 

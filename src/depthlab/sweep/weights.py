@@ -52,14 +52,42 @@ def resolve(store_path, run: str) -> Path:
     """The weights file of run `run`: its full id or a unique prefix of one."""
     weights_path(store_path, run)  # validates the id
     folder = weights_dir(store_path)
-    names = sorted(os.listdir(folder)) if folder.is_dir() else []
-    matches = [folder / n for n in names if n.endswith(".pt") and n.startswith(run)]
+    matches = _named(folder, run)
+    if not matches and _renamed_now(store_path, run):
+        matches = _named(folder, run)
     if not matches:
         raise DepthlabError(f"run {run!r}: no saved weights under {folder}; train with "
                             "`depthlab run ... --save-weights` to keep them")
     if len(matches) > 1:
         raise DepthlabError(f"run {run!r} is ambiguous: " + ", ".join(m.stem for m in matches[:5]))
     return matches[0]
+
+
+def _named(folder: Path, run: str) -> list[Path]:
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    return [folder / n for n in names if n.endswith(".pt") and n.startswith(run)]
+
+
+def _renamed_now(store_path, run: str) -> bool:
+    """For a run without weights under that name, whose id store schema 5 changed (`depthlab.sweep.store`): an
+    old id is refused, naming the new one; the new id of a store not opened for writing since it was written by an
+    older depthlab opens it once for writing, as any command that trains would, which renames the weights. True
+    when it did."""
+    from depthlab.sweep.store import Store
+
+    if not os.path.isfile(store_path):
+        return False
+    with Store.existing(store_path, readonly=True) as store:  # an older store: its migrated in-memory copy
+        rekeyed = store.rekeyed()
+    now = sorted({new for old, new, _ in rekeyed if old.startswith(run)})
+    if now:
+        raise DepthlabError(f"run {run!r} is run {' or '.join(now)} now: run ids leave out the fields at their "
+                            "neutral value since store schema 5, which gave stored runs new ids; name it by its "
+                            "new id (`depthlab results` lists them)")
+    if not any(new.startswith(run) and not renamed for _, new, renamed in rekeyed):
+        return False
+    Store(store_path).close()
+    return True
 
 
 def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunConfig, str]:
