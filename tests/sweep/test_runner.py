@@ -281,7 +281,7 @@ def test_weights_are_written_before_the_run_is_done(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise DepthlabError("cannot write the weights: No space left on device")
 
-    monkeypatch.setattr(weights, "save_weights", full_disk)
+    monkeypatch.setattr(weights, "stage_weights", full_disk)  # where the driver writes them
     with pytest.raises(DepthlabError, match="No space left"):
         run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
     assert Store(store).counts()["done"] == 0 and Store(store).counts()["pending"] == 1  # not done without them

@@ -41,14 +41,26 @@ def rid(config: RunConfig) -> str:
 
 
 def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool:
-    """Write a result; False (and nothing written) when the run is no longer this owner's. Weights first
-    (atomically), then the row: a run is never done without the weights that were asked for."""
+    """Write a result; False (and nothing written) when the run is no longer this owner's. The weights are
+    written aside first, then moved into place inside the row's transaction once the run is known to be this
+    owner's: a run is never done without the weights that were asked for, and a runner that lost its claim never
+    writes over the file of the runner that holds it now."""
     run = rid(result.config)
+    staged = None
     if result.state_dict is not None and store_path is not None:
-        weights.save_weights(store_path, run, result.config, result.state_dict)
-    return store.finish(run, owner, status=result.status, final=result.final, history=result.history,
-                        params=result.params, q=result.q, seconds=result.seconds, env=result.env,
-                        error=result.error, train_seconds=result.train_seconds)
+        staged = weights.stage_weights(store_path, run, result.config, result.state_dict)
+
+    def into_place():
+        staged.replace(weights.weights_path(store_path, run))
+
+    try:
+        return store.finish(run, owner, status=result.status, final=result.final, history=result.history,
+                            params=result.params, q=result.q, seconds=result.seconds, env=result.env,
+                            error=result.error, train_seconds=result.train_seconds,
+                            then=into_place if staged is not None else None)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)  # moved into place, or not this owner's to write
 
 
 def is_device_error(err: BaseException) -> bool:

@@ -587,10 +587,12 @@ class Store:
 
     def finish(self, run_id: str, owner: str, *, status: str, final: dict, history: list[dict], params: int,
                q: float, seconds: float, env: dict, error: str | None = None,
-               train_seconds: float | None = None) -> bool:
+               train_seconds: float | None = None, then=None) -> bool:
         """Record a finished run (its own committed transaction). Only if it is running by `owner`: a run
         reclaimed and claimed by someone else meanwhile is theirs; then nothing is written and False returned.
-        Extra final metrics (keys of `final` besides METRICS) are kept; none may be named like a record field."""
+        Extra final metrics (keys of `final` besides METRICS) are kept; none may be named like a record field.
+        `then()` runs inside the transaction once the run is known to be the owner's, before the commit (the
+        driver moves the run's weights into place there); if it raises, nothing is recorded."""
         if status not in FINISHED:
             raise SpecError("status", status, ", ".join(FINISHED))
         final = dict(final or {})
@@ -611,6 +613,8 @@ class Store:
                     dumps(env or {}), error, run_id, owner,
                 ),
             )
+            if cur.rowcount == 1 and then is not None:
+                then()
             return cur.rowcount == 1
 
     def fail(self, run_id: str, owner: str, error: str) -> bool:

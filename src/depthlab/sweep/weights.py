@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -37,15 +38,26 @@ def has_weights(store_path, rid: str) -> bool:
 def save_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> Path:
     """Write, then rename: a killed process never leaves a half-written file under the final name."""
     final = weights_path(store_path, rid)
-    final.parent.mkdir(exist_ok=True)
-    tmp = final.with_suffix(".pt.tmp")
-    try:
-        torch.save({"config": config.to_dict(), "state_dict": state_dict}, tmp)
-        tmp.replace(final)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DepthlabError(f"cannot write the weights of run {rid} to {final}: {err.strerror or err}") from err
+    staged = stage_weights(store_path, rid, config, state_dict)
+    staged.replace(final)
     return final
+
+
+def stage_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> Path:
+    """The weights written under a name of their own in the weights folder (hidden, unique to this call), to be
+    renamed into place (`weights_path`) only once the run is known to be the writer's: two runners that trained
+    the same run never write over each other's file."""
+    final = weights_path(store_path, rid)
+    final.parent.mkdir(exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{rid}.", suffix=".pt.part")
+    os.close(fd)
+    staged = Path(name)
+    try:
+        torch.save({"config": config.to_dict(), "state_dict": state_dict}, staged)
+    except OSError as err:
+        staged.unlink(missing_ok=True)
+        raise DepthlabError(f"cannot write the weights of run {rid} to {final}: {err.strerror or err}") from err
+    return staged
 
 
 def resolve(store_path, run: str) -> Path:

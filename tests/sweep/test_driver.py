@@ -1,0 +1,45 @@
+"""The driver's record step: a result is written only while its runner holds the run, weights included."""
+
+import torch
+
+from depthlab.sweep import weights
+from depthlab.sweep.config import RunConfig
+from depthlab.sweep.driver import record, rid
+from depthlab.sweep.engine import RunResult
+from depthlab.sweep.store import Store
+
+CONFIG = RunConfig(dataset="synthetic", width=4, epochs=1)
+FINAL = {"train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}
+
+
+def result(value: float) -> RunResult:
+    return RunResult(config=CONFIG, status="done", final=FINAL, state_dict={"w": torch.full((2,), value)})
+
+
+def saved(store_path) -> torch.Tensor:
+    return torch.load(weights.weights_path(store_path, rid(CONFIG)), weights_only=False)["state_dict"]["w"]
+
+
+def test_a_runner_that_lost_its_claim_writes_neither_its_row_nor_its_weights(tmp_path):
+    """A runner whose claim went stale (and was taken by another) once wrote its weights over the new owner's,
+    then reported the result dropped: the store's metrics and the file belonged to different trainings."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path, stale_after=0.0)
+    (run,) = store.add_runs([CONFIG.to_dict()], sweep="s", recipe=2)
+    assert store.claim([run], "old") == [run]
+    assert store.reclaim_stale() == 1  # "old" looks dead: its run goes back to pending
+    assert store.claim([run], "new") == [run]
+    assert record(store, "new", result(2.0), path)
+    assert not record(store, "old", result(1.0), path)  # the late result of the lost claim
+    assert torch.equal(saved(path), torch.full((2,), 2.0))
+    assert [p.name for p in weights.weights_dir(path).iterdir()] == [f"{run}.pt"]  # no staged file left
+    assert store.records()[0]["status"] == "done"
+
+
+def test_weights_are_in_place_when_the_row_says_done(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    (run,) = store.add_runs([CONFIG.to_dict()], sweep="s", recipe=2)
+    store.claim([run], "me")
+    assert record(store, "me", result(3.0), path)
+    assert torch.equal(saved(path), torch.full((2,), 3.0))
