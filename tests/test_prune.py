@@ -179,15 +179,17 @@ def test_cli_prune_prints_densities_and_the_cropped_widths(tmp_path, capsys):
 
 
 def test_the_report_draws_the_pruning_profile_of_a_pruned_sweep():
+    from depthlab.records import RunRecord
     from depthlab.report import build_report, plots
 
     records = []
     for i, (method, topology) in enumerate([(m, t) for m in ("snip", "synflow") for t in ("sequential",
                                                                                           "parallel")]):
         config = dict(dataset="synthetic", topology=topology, prune=method, density=0.3, blocks=2, seed=0)
-        records.append(dict(config, config=config, run_id=f"r{i}", status="done", val_loss=1.0, train_loss=1.0,
-                            layer_density={"stem": 1.0, "block0.conv1.weight": 0.4, "block0.conv2.weight": 0.2,
-                                           "block1.conv1.weight": 0.3, "block1.conv2.weight": 0.3, "head": 0.1}))
+        records.append(RunRecord.make(
+            config, run_id=f"r{i}", status="done", val_loss=1.0, train_loss=1.0,
+            layer_density={"stem": 1.0, "block0.conv1.weight": 0.4, "block0.conv2.weight": 0.2,
+                           "block1.conv1.weight": 0.3, "block1.conv2.weight": 0.3, "head": 0.1}))
     rows = plots.prune_rows(records)
     assert len(rows) == 4 and rows[0]["blocks"] == pytest.approx([0.3, 0.3])
     assert 'id="fig-prune"' in build_report(records, title="pruned")
@@ -237,4 +239,4 @@ def test_pruned_runs_resume_like_any_run(tmp_path):
     second = run_sweep(spec, store, device="cpu", progress=False)
     assert sum(second["trained"].values()) == 1 and second["counts"]["done"] == 4
     records = Store(store).records()
-    assert all(r["realised_density"] and r["pruned_params"] and r["layer_density"] for r in records)
+    assert all(r.extra["realised_density"] and r.extra["pruned_params"] and r.extra["layer_density"] for r in records)

@@ -320,6 +320,22 @@ def keep_cropped(dense, masks: dict[str, torch.Tensor], cropped) -> None:
     channels the mask used most: the C' stream channels and, per block, the h' hidden channels holding the most
     kept weights. Each cropped width must be at most the dense one."""
     spec, small = dense.spec, cropped.spec
+    stream, hidden_scores = _kept_per_channel(dense, masks)
+    too_wide = [(i, h, s.numel()) for i, (h, s) in enumerate(zip(small.block_hidden, hidden_scores)) if h > s.numel()]
+    if small.width > spec.width or too_wide:
+        raise ValueError(f"crop_init keep: the cropped network is wider than the dense one (stream {small.width} of "
+                         f"{spec.width}; blocks {too_wide}): use crop_init reinit")
+    keep_stream = torch.topk(stream, small.width).indices.sort().values
+    keep_hidden = [torch.topk(s, h).indices.sort().values for s, h in zip(hidden_scores, small.block_hidden)]
+    _copy_channels(dense, cropped, keep_stream, keep_hidden)
+
+
+@torch.no_grad()
+def _kept_per_channel(dense, masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The kept weights that touch each channel: of the residual stream (stem, head and the blocks' prunable
+    weights), and of each block's hidden channels. Counted on a copy of `dense` whose parameters are their masks
+    (zeros where a parameter has none)."""
+    spec = dense.spec
     mask_net = copy.deepcopy(dense)
     for name, p in mask_net.named_parameters():
         p.data = masks[name].clone() if name in masks else torch.zeros_like(p)
@@ -341,12 +357,15 @@ def keep_cropped(dense, masks: dict[str, torch.Tensor], cropped) -> None:
                 if role == "hidden":
                     score += view.sum(dims)[0] if dims else view[0]
         hidden_scores.append(score)
-    too_wide = [(i, h, s.numel()) for i, (h, s) in enumerate(zip(small.block_hidden, hidden_scores)) if h > s.numel()]
-    if small.width > spec.width or too_wide:
-        raise ValueError(f"crop_init keep: the cropped network is wider than the dense one (stream {small.width} of "
-                         f"{spec.width}; blocks {too_wide}): use crop_init reinit")
-    keep_stream = torch.topk(stream, small.width).indices.sort().values
-    keep_hidden = [torch.topk(s, h).indices.sort().values for s, h in zip(hidden_scores, small.block_hidden)]
+    return stream, hidden_scores
+
+
+@torch.no_grad()
+def _copy_channels(dense, cropped, keep_stream: torch.Tensor, keep_hidden: list[torch.Tensor]) -> None:
+    """Copy `dense`'s weights at the kept channels into `cropped`: the stem's and the head's (with its norm's
+    statistics) at the kept stream channels, each block's at the kept stream and hidden channels, and each
+    block's residual scale."""
+    spec = dense.spec
     pick = {"stream": keep_stream}
     cropped.stem.weight.copy_(dense.stem.weight[keep_stream])
     if dense.stem.bias is not None:

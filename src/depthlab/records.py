@@ -15,10 +15,12 @@ predates the field are the same run, so adding a field renames no stored run and
 run config declares its fields' neutral values here when it is defined (`declare_run_fields`): this module sits
 below it and cannot import it.
 
-A *record* is what `Store.records()` returns for one run: a plain dict holding every config field at the top
-level (so `rec["topology"]` works), the result fields of `RECORD_FIELDS`, any extra final metrics (e.g.
-`geometric_complexity`), and the untouched config under "config". No result key ever has the name of a config
-field (the runs' epochs are `epochs_run`; `epochs` is the config's planned number), so nothing is shadowed.
+A *record* (`RunRecord`) is what `Store.records()` returns for one run: a frozen record whose attributes are
+the result fields (`record.status`, `record.val_loss`, `record.env`, ...), whose `config` is the run's config as
+stored (read-only), and whose `extra` holds any extra final metrics (e.g. `geometric_complexity`, `erf50`). The
+analyses read attributes; the one flat view, every config field beside the result fields as the CSV/JSON
+columns show them, is `record.as_row()`. No result field ever has the name of a config field (the runs' epochs
+are `epochs_run`; `epochs` is the config's planned number), so the flat view shadows nothing.
 """
 
 from __future__ import annotations
@@ -33,26 +35,6 @@ from typing import Mapping
 STATUSES = ("pending", "running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged", "failed")
 METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "test_loss", "test_acc")
-
-# The result keys of a record, besides the config's fields and extra final metrics.
-RECORD_FIELDS = (
-    "run_id",          # this run: config + recipe
-    "config_id",       # the config alone: equal for the same config trained by different recipes
-    "recipe",          # the training code's recipe version that produced the result
-    "sweep",           # the sweep it was read for (with `Store.records(sweep=...)`), else the first to list it
-    "sweeps",          # every sweep that lists it, in the order they added it
-    "status",          # one of STATUSES
-    "params", "q",     # free parameters of one model, determination ratio Q = K·M/P
-    *METRICS,          # final metrics, eval mode, whole splits (None for a diverged run)
-    "epochs_run",      # epochs recorded in the history (the config's `epochs` is the number planned)
-    "seconds",         # wall time of the run's whole pack (training, evaluation, complexity)
-    "train_seconds",   # the pack's time in training steps alone
-    "history",         # per-epoch metrics
-    "env",             # software, hardware and provenance (depthlab version, git commit, device, ...)
-    "error",           # why it failed or diverged
-    "attempts",        # how many times it was claimed
-    "config",          # the config as stored
-)
 
 
 def canonical_json(value) -> str:
@@ -154,18 +136,102 @@ def dumps(obj) -> str:
     return json.dumps(plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def precision_of(record: dict) -> str | None:
+def precision_of(env: Mapping) -> str | None:
     """The precision a run trained in ("fp32" or "bf16"; `depthlab.precision`), from its environment; runs of
     before it was a choice recorded `amp` ("bf16" or "off"); None when unknown (unfinished, or hand-made)."""
-    env = record.get("env") or {}
+    env = env or {}
     if env.get("precision"):
         return env["precision"]
     return {"bf16": "bf16", "off": "fp32"}.get(env.get("amp"))
 
 
-def config_of(record: dict) -> dict:
-    """The config of a record from `Store.records` (or of a hand-made flat record without a "config" key)."""
-    cfg = record.get("config")
-    if isinstance(cfg, dict):
-        return cfg
-    return {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+# -- records: one run as the store returns it --------------------------------------------------------------------
+
+def _read_only(mapping) -> Mapping:
+    """A read-only view of a copy: a record handed to several analyses cannot be changed by one of them."""
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One run: its config (read-only), its result fields and its extra final metrics. The store builds them
+    (`Store.records`), tests build them by hand (`RunRecord.make`), and `dataclasses.replace` derives one from
+    another (a shift measurement's record from its run's)."""
+
+    run_id: str | None = None          # this run: config + recipe
+    config_id: str | None = None       # the config alone: equal for the same config trained by different recipes
+    recipe: int | None = None          # the training code's recipe version that produced the result
+    sweep: str | None = None           # the sweep it was read for (`Store.records(sweep=...)`), else the first
+    sweeps: tuple[str, ...] = ()       # every sweep that lists it, in the order they added it
+    status: str | None = None          # one of STATUSES
+    params: int | None = None          # free parameters of one model
+    q: float | None = None             # determination ratio Q = K·M/P
+    # final metrics (METRICS), eval mode, whole splits (None for a diverged run)
+    train_loss: float | None = None
+    val_loss: float | None = None
+    train_acc: float | None = None
+    val_acc: float | None = None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    epochs_run: int | None = None      # epochs recorded in the history (the config's `epochs` is the number planned)
+    seconds: float | None = None       # wall time of the run's whole pack (training, evaluation, complexity)
+    train_seconds: float | None = None  # the pack's time in training steps alone
+    history: tuple[Mapping, ...] = dataclasses.field(default=(), repr=False)  # per-epoch metrics
+    env: Mapping = dataclasses.field(default_factory=dict, repr=False)  # software, hardware, provenance (device, ...)
+    error: str | None = None           # why it failed or diverged
+    attempts: int | None = None        # how many times it was claimed
+    config: Mapping = dataclasses.field(default_factory=dict)  # the config as stored
+    extra: Mapping = dataclasses.field(default_factory=dict)   # extra final metrics (erf50, layer_density, ...)
+
+    def __post_init__(self):
+        # read-only copies, whatever the caller passed (lists, dicts): a frozen record is frozen one level down
+        freeze = lambda name, value: object.__setattr__(self, name, value)
+        freeze("config", _read_only(self.config))
+        freeze("env", _read_only(self.env))
+        freeze("extra", _read_only(self.extra))
+        freeze("sweeps", tuple(self.sweeps or ()))
+        freeze("history", tuple(_read_only(h) for h in self.history or ()))
+
+    @classmethod
+    def make(cls, config: Mapping | None = None, **values) -> "RunRecord":
+        """A hand-made record: `values` named like a result field set it, any other name is an extra metric
+        (`RunRecord.make({"topology": "parallel"}, status="done", val_loss=0.3, erf50=4.0)`)."""
+        fields = {k: v for k, v in values.items() if k in _FIELD_NAMES}
+        extra = {k: v for k, v in values.items() if k not in _FIELD_NAMES}
+        return cls(config=config or {}, **fields, extra={**fields.pop("extra", {}), **extra})
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended, done or not (diverged, failed)."""
+        return self.status in FINISHED
+
+    @property
+    def precision(self) -> str | None:
+        """The precision it trained in (`precision_of`), None when unknown."""
+        return precision_of(self.env)
+
+    @property
+    def pack_size(self) -> int | None:
+        """How many models trained side by side in its pack, None when not recorded."""
+        return self.env.get("pack_size")
+
+    def metric(self, name: str):
+        """A final metric by name: one of METRICS, else an extra one (None where the run has none)."""
+        return getattr(self, name) if name in METRICS else self.extra.get(name)
+
+    def as_row(self) -> dict:
+        """The flat view the results columns and exports read: every config field, then the result fields,
+        then the extra metrics that no config field or result field hides; plain, JSON-ready values."""
+        row = dict(self.config)
+        row.update((name, getattr(self, name)) for name in _RESULTS)
+        row.update(sweeps=list(self.sweeps), history=[dict(h) for h in self.history], env=dict(self.env))
+        for name, value in self.extra.items():
+            row.setdefault(name, value)
+        return row
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunRecord))
+_RESULTS = tuple(f.name for f in dataclasses.fields(RunRecord) if f.name not in ("config", "extra"))
+# The result fields of a record (the flat row's keys besides the config's fields and extra metrics) and "config":
+# no extra final metric may take one of these names (`Store.finish` refuses it).
+RECORD_FIELDS = (*_RESULTS, "config")

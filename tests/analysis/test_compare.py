@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,16 +13,23 @@ from depthlab.analysis.compare import (
     BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, pair_records, paired, paired_stats, q_band,
     tost_p,
 )
+from depthlab.records import RunRecord
 from depthlab.sweep.store import Store
 
 
-def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, kernel=3, **extra):
-    """A flat record like Store.records() gives (without the "config" key: pairing must work from flat keys)."""
-    r = dict(dataset=dataset, topology=topology, blocks=4, width=8, kernel=kernel, head=head, seed=i, **extra)
-    r.update(run_id=f"{topology}-{dataset}-{head}-{kernel}-{i}", status=status, params=1000, q=q,
-             val_loss=loss, train_loss=None if loss is None else loss / 2,
-             val_acc=acc, train_acc=acc, test_loss=None, test_acc=None, epochs=3, seconds=1.0)
-    return r
+def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, kernel=3, **fields):
+    """A record like Store.records() gives; `fields`: more config fields."""
+    config = dict(dataset=dataset, topology=topology, blocks=4, width=8, kernel=kernel, head=head, seed=i, epochs=3,
+                  **fields)
+    return RunRecord.make(config, run_id=f"{topology}-{dataset}-{head}-{kernel}-{i}", status=status, params=1000,
+                          q=q, val_loss=loss, train_loss=None if loss is None else loss / 2, val_acc=acc,
+                          train_acc=acc, seconds=1.0)
+
+
+def with_config(record, **changes):
+    """The record with some config fields changed (None: removed)."""
+    config = {k: v for k, v in {**record.config, **changes}.items() if v is not None}
+    return replace(record, config=config)
 
 
 def pairs(seq_losses, par_losses, start=0, **kw):
@@ -254,22 +262,20 @@ def test_diverged_and_failed_pairs_are_counted_and_excluded():
 
 def test_duplicates_are_skipped_and_counted():
     records = pairs(BASE[:3], BASE[:3] - 0.1)
-    dup = run(0, "parallel", 0.0)
-    dup["run_id"] = "copy"
+    dup = replace(run(0, "parallel", 0.0), run_id="copy")
     pairs_, info = pair_records(records + [dup])
     assert len(pairs_) == 2 and info == {"n_unpaired": 0, "n_duplicate": 3, "n_identical": 0, "n_superseded": 0,
                                          "n_mixed_recipes": 0, "n_mixed_precisions": 0}
-    assert [(s["seed"], p["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
+    assert [(s.config["seed"], p.config["seed"]) for s, p in pairs_] == [(1, 1), (2, 2)]
 
 
 def test_pairs_that_mix_precisions_are_compared_and_said():
     """Precision is how a run was computed, not what it is: pairs across precisions are formed, counted in the
     comparison line, and a note says which precisions the runs have; runs recorded before precision was a
     choice (env amp "off"/"bf16") count as fp32/bf16."""
-    records = pairs(BASE[:6], BASE[:6] - 0.1)
-    for i, r in enumerate(records):
-        r["env"] = {"precision": "bf16"} if i < 4 else {"amp": "off"}
-    records[0]["env"] = {"precision": "fp32"}  # pair 0: fp32 vs bf16; pair 1: bf16 vs bf16; pairs 2-5: fp32
+    records = [replace(r, env={"precision": "bf16"} if i < 4 else {"amp": "off"})
+               for i, r in enumerate(pairs(BASE[:6], BASE[:6] - 0.1))]
+    records[0] = replace(records[0], env={"precision": "fp32"})  # pair 0: fp32 vs bf16; 1: bf16 vs bf16; 2-5: fp32
     pairs_, info = pair_records(records)
     assert len(pairs_) == 6 and info["n_mixed_precisions"] == 1
     report = compare_report(records, metrics=("val_loss",), n_boot=200)
@@ -277,7 +283,7 @@ def test_pairs_that_mix_precisions_are_compared_and_said():
     text = format_report(report)
     assert "1 pairs mix precisions (compared)" in text and "precision bf16, fp32" in text
     assert "several precisions (bf16 3, fp32 9)" in text
-    one = compare_report([dict(r, env={"precision": "bf16"}) for r in records], metrics=("val_loss",), n_boot=200)
+    one = compare_report([replace(r, env={"precision": "bf16"}) for r in records], metrics=("val_loss",), n_boot=200)
     assert "mix precisions" not in format_report(one) and "several precisions" not in format_report(one)
 
 
@@ -308,7 +314,7 @@ def test_pairs_from_a_store_use_the_config(tmp_path):
 def test_compare_report_and_text():
     records = (pairs(BASE[:10], BASE[:10] - 0.1 + NOISE[:10], head="gap")
                + pairs(BASE[10:], BASE[10:] + 0.1 + NOISE[10:], head="flatten"))
-    records[1].update(status="diverged", val_loss=float("nan"), train_loss=float("inf"))
+    records[1] = replace(records[1], status="diverged", val_loss=float("nan"), train_loss=float("inf"))
     report = compare_report(records, by="head")
     text = json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
     assert json.loads(text) == report
@@ -335,8 +341,7 @@ def test_bad_metric():
 
 def test_one_block_pairs_are_identical_networks_and_left_out():
     records = pairs(BASE[:3], BASE[:3] - 0.1)
-    for r in records[:2]:  # the seed-0 pair has one block: the same network wired "two ways"
-        r["blocks"] = 1
+    records[:2] = [with_config(r, blocks=1) for r in records[:2]]  # the seed-0 pair: the same network wired "two ways"
     pairs_, info = pair_records(records)
     assert len(pairs_) == 2 and info["n_identical"] == 2
 
@@ -408,17 +413,15 @@ def test_a_verdict_never_contradicts_itself():
 
 
 def test_runs_of_an_older_recipe_are_superseded_and_a_mix_is_refused():
-    old = pairs(BASE[:5], BASE[:5] - 0.1)
-    for r in old:
-        r["recipe"] = 1
-    new = [dict(r, recipe=2, run_id=r["run_id"] + "-2", val_loss=r["val_loss"] + 1) for r in old]
+    old = [replace(r, recipe=1) for r in pairs(BASE[:5], BASE[:5] - 0.1)]
+    new = [replace(r, recipe=2, run_id=r.run_id + "-2", val_loss=r.val_loss + 1) for r in old]
     # every config retrained by recipe 2: only the new runs count, the old ones are counted as superseded
     report = compare_report(old + new, metrics=["val_loss"])
     assert report["recipes"] == {"recipes": [2], "n_superseded": 10, "n_mixed_recipes": 0}
     assert group(report["paired"]["val_loss"][0])["n_pairs"] == 5
     assert any("superseded" in n for n in report["notes"])
     # half retrained: pairs would mix recipes -> refused, unless asked
-    mixed = old + [r for r in new if r["topology"] == "sequential"][:2]
+    mixed = old + [r for r in new if r.config["topology"] == "sequential"][:2]
     with pytest.raises(DepthlabError, match="mix recipes 1, 2.*--allow-mixed-recipes"):
         compare_report(mixed)
     allowed = compare_report(mixed, metrics=["val_loss"], allow_mixed_recipes=True)
@@ -456,6 +459,5 @@ def test_a_compound_contrast_and_budget_sized_runs_pair():
     g = group(res)
     assert g["n_pairs"] == 4 and g["mean"] == pytest.approx(-0.2) and g["verdict"] == "branch=lk,kernel=13 better"
     # without a budget, a differing hidden is a different experiment: no pairs
-    for r in records:
-        r.pop("param_budget")
+    records = [with_config(r, param_budget=None) for r in records]
     assert compare_report(records, contrast="branch+kernel")["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 0

@@ -88,10 +88,10 @@ def test_cli_convert_fine_tunes_through_the_engine(tmp_path, capsys):
     with Store(store) as s:
         deep, tuned = s.records(sweep="convert")
     # the fine-tune is a run of its own: the deep run's config, parallel, starting from the deep run's weights
-    assert tuned["config"]["init_from"] == deep["run_id"] and tuned["config"]["topology"] == "parallel"
-    assert {k: v for k, v in tuned["config"].items() if k not in ("init_from", "topology")} == \
-        {k: v for k, v in deep["config"].items() if k not in ("init_from", "topology")}
-    assert tuned["status"] == "done" and tuned["recipe"] == deep["recipe"]
+    assert tuned.config["init_from"] == deep.run_id and tuned.config["topology"] == "parallel"
+    assert {k: v for k, v in tuned.config.items() if k not in ("init_from", "topology")} == \
+        {k: v for k, v in deep.config.items() if k not in ("init_from", "topology")}
+    assert tuned.status == "done" and tuned.recipe == deep.recipe
     assert cli_main.main(argv + ["--json", "--norm", "none"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["topology"] == "parallel" and result["params_original"] == result["params_converted"]

@@ -145,21 +145,21 @@ def test_cli_lesion_trains_both_networks_through_the_engine_with_one_recipe(tmp_
     assert "plain acc" in out and "residual acc" in out and "none (intact)" in out and "final train loss" in out
     with Store(store) as s:
         records = s.records(sweep="lesion")
-    residual, plain = sorted(records, key=lambda r: not r["config"]["skip"])
+    residual, plain = sorted(records, key=lambda r: not r.config["skip"])
     # the plain network is the residual run's config with skip off: skip restored, it IS the residual run
-    assert RunConfig.from_dict(plain["config"]).replace(skip=True).to_dict() == residual["config"]
-    assert run_id(dict(plain["config"], skip=True), plain["recipe"]) == residual["run_id"]
+    assert RunConfig.from_dict(plain.config).replace(skip=True).to_dict() == residual.config
+    assert run_id(dict(plain.config, skip=True), plain.recipe) == residual.run_id
     # ... trained by the same engine and recipe (optimizer, schedule, data order all follow from the config)
-    assert residual["recipe"] == plain["recipe"] == engine.RECIPE
-    assert residual["status"] == plain["status"] == "done"
-    assert residual["env"]["recipe"] == plain["env"]["recipe"] == engine.RECIPE
+    assert residual.recipe == plain.recipe == engine.RECIPE
+    assert residual.status == plain.status == "done"
+    assert residual.env["recipe"] == plain.env["recipe"] == engine.RECIPE
     # the second time, both runs are found in the store: nothing is trained again
     assert cli_main.main(argv + ["--json", "--no-plain"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "plain" not in result and len(result["residual"]["lesions"]) == 2
     assert result["n_train"] == 64 and result["n_test"] == 32
-    assert result["residual"]["run"]["run_id"] == residual["run_id"]
-    assert result["residual"]["run"]["train_loss"] == pytest.approx(residual["train_loss"])
+    assert result["residual"]["run"]["run_id"] == residual.run_id
+    assert result["residual"]["run"]["train_loss"] == pytest.approx(residual.train_loss)
     with Store(store) as s:
         assert len(s.records()) == 2
 

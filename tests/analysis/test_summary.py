@@ -7,13 +7,15 @@ import pytest
 import depthlab.cli.main as main_mod
 from depthlab.analysis.summary import format_summary, summarise, summary_fields
 from depthlab.errors import SpecError
+from depthlab.records import RunRecord
 from depthlab.sweep.store import Store
 
 
 def run(blocks, scale, seed, status="done", loss=None):
-    return dict(run_id=f"{blocks}-{scale}-{seed}", status=status, dataset="mnist", topology="sequential",
-                blocks=blocks, width=8, kernel=3, residual_scale=scale, seed=seed,
-                train_loss=loss, val_loss=None if loss is None else loss + 0.1, val_acc=None)
+    config = dict(dataset="mnist", topology="sequential", blocks=blocks, width=8, kernel=3, residual_scale=scale,
+                  seed=seed)
+    return RunRecord.make(config, run_id=f"{blocks}-{scale}-{seed}", status=status, train_loss=loss,
+                          val_loss=None if loss is None else loss + 0.1, val_acc=None)
 
 
 RECORDS = [

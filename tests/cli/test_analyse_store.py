@@ -30,13 +30,13 @@ def test_saved_weights_reproduce_the_recorded_metrics(trained):
     from depthlab.sweep.engine import evaluate
 
     store, record = trained
-    model, config, rid = load_trained(store, record["run_id"][:6])
-    assert rid == record["run_id"] and config.blocks == 3
+    model, config, rid = load_trained(store, record.run_id[:6])
+    assert rid == record.run_id and config.blocks == 3
     ds = load("synthetic", val_split=32, train_subset=256)
     # at the run's precision and layout (bf16 where the CPU has it natively: `depthlab run`'s auto)
-    model.channels_last = record["env"]["channels_last"]
-    loss, acc = evaluate(model, ds.val_x, ds.val_y, ds.mean, ds.std, 1, precision=record["env"]["precision"])
-    assert float(loss[0]) == pytest.approx(record["val_loss"], rel=1e-5)
+    model.channels_last = record.env["channels_last"]
+    loss, acc = evaluate(model, ds.val_x, ds.val_y, ds.mean, ds.std, 1, precision=record.env["precision"])
+    assert float(loss[0]) == pytest.approx(record.val_loss, rel=1e-5)
 
 
 def test_missing_weights_say_how_to_keep_them(tmp_path):
@@ -49,7 +49,7 @@ def test_missing_weights_say_how_to_keep_them(tmp_path):
 def test_analysis_commands_take_a_trained_run(trained, command, capsys):
     store, record = trained
     torch.set_num_threads(1)
-    assert main([*command, "--store", str(store), "--run", record["run_id"], "--json", "--quiet"]) == 0
+    assert main([*command, "--store", str(store), "--run", record.run_id, "--json", "--quiet"]) == 0
     out = capsys.readouterr().out
     payload = json.loads(out)
     assert payload["spec"]["blocks"] == 3

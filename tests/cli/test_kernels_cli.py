@@ -28,18 +28,18 @@ def trained(tmp_path_factory):
 
 def test_a_trained_lk_run_records_its_reach_and_size(trained):
     _, record = trained
-    assert record["status"] == "done" and record["receptive_field"] == 3 + 4 * 2
-    assert record["inference_params"] < record["params"]  # re-param kernels and BatchNorms merge away
-    assert 1 <= record["erf50"] <= record["erf90"] <= 28
+    assert record.status == "done" and record.extra["receptive_field"] == 3 + 4 * 2
+    assert record.extra["inference_params"] < record.params  # re-param kernels and BatchNorms merge away
+    assert 1 <= record.extra["erf50"] <= record.extra["erf90"] <= 28
 
 
 def test_reparam_writes_a_merged_model_that_computes_the_same(trained, tmp_path, capsys):
     store, record = trained
     out = tmp_path / "merged.pt"
-    assert main(["reparam", "--store", str(store), "--run", record["run_id"], "--out", str(out), "--json"]) == 0
+    assert main(["reparam", "--store", str(store), "--run", record.run_id, "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["max_relative_error"] < 1e-5 and report["test_acc"] == report["test_acc_merged"]
-    assert report["params_merged"] == record["inference_params"] < report["params"]
+    assert report["params_merged"] == record.extra["inference_params"] < report["params"]
     assert report["flops_merged"] < report["flops"]
     saved = torch.load(out, weights_only=True)
     config = RunConfig.from_dict(saved["config"])
@@ -57,7 +57,7 @@ def test_erf_on_fresh_models_and_a_stored_run(trained, capsys):
     assert deep[7, 4]["receptive_field"] == 3 + 4 * 6 and deep[7, 1]["receptive_field"] == 3 + 6
     assert all(r["erf50"] <= r["erf90"] <= r["receptive_field"] for r in rows)
     store, record = trained
-    assert main(["erf", "--store", str(store), "--run", record["run_id"][:8]]) == 0
+    assert main(["erf", "--store", str(store), "--run", record.run_id[:8]]) == 0
     out = capsys.readouterr().out
     assert "ERF 90%" in out and "lk" in out
     with pytest.raises(SystemExit):

@@ -77,7 +77,7 @@ def test_a_foreign_database_with_a_runs_table_is_refused_unchanged(tmp_path, cap
 
 
 def test_a_truncated_weights_file_is_one_clear_error(store, capsys):
-    run = Store(store).records()[0]["run_id"]
+    run = Store(store).records()[0].run_id
     weights = store.parent / f"{store.name}.weights" / f"{run}.pt"
     saved = weights.read_bytes()
     try:

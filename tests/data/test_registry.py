@@ -10,6 +10,7 @@ import pytest
 from depthlab.analysis.compare import BLOWN_UP, blown_up
 from depthlab.data import corrupt, load, locate, registry
 from depthlab.errors import SpecError
+from depthlab.records import RunRecord
 from depthlab.sweep.config import RunConfig
 from depthlab.sweep.progress import training_examples
 from depthlab.sweep.spec import check_data_sizes
@@ -60,9 +61,11 @@ def test_chance_loss_is_ln_classes_and_decides_a_blown_up_run(tiny):
     assert registry.entry("mnist").chance_loss == pytest.approx(math.log(10))
     assert TINY.chance_loss == pytest.approx(math.log(4))
     loss = BLOWN_UP * math.log(7)  # over 10 × ln 4, under 10 × ln 10
-    record = dict(status="done", train_loss=loss, dataset="tiny_rgb")
-    assert blown_up(record) and not blown_up({**record, "dataset": "mnist"})
-    assert not blown_up({**record, "dataset": "no_such_dataset"})  # no chance level known: not judged
+    def record(dataset):
+        return RunRecord.make({"dataset": dataset}, status="done", train_loss=loss)
+
+    assert blown_up(record("tiny_rgb")) and not blown_up(record("mnist"))
+    assert not blown_up(record("no_such_dataset"))  # no chance level known: not judged
 
 
 def test_the_corruption_suite_is_the_registry_s(tiny):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -114,7 +115,7 @@ def test_report_is_self_contained(report_html, records):
     assert "Content-Security-Policy" in report_html
     rows = Tables(report_html).tables["runs-table"]
     assert len(rows) == 1 + len(records)
-    assert {r[0] for r in rows[1:]} == {r["run_id"] for r in records}
+    assert {r[0] for r in rows[1:]} == {r.run_id for r in records}
 
 
 def test_config_strings_and_sweep_names_are_escaped(report_html, tables):
@@ -128,13 +129,13 @@ def test_config_strings_and_sweep_names_are_escaped(report_html, tables):
 
 
 def test_figures_without_data_are_notes(records):
-    pending = [r for r in records if r["status"] == "pending"]
+    pending = [r for r in records if r.status == "pending"]
     html = build_report(pending, title="nothing yet")
     for kind in set(plots.KINDS) - set(plots.CONDITIONAL):
         assert re.search(rf'<figure id="fig-{kind}"[^>]*><h3>[^<]*</h3><p class="nodata">no data: ', html), kind
     assert "<img" not in html
     # one wiring only: no pair, so no scatter or win rate, but loss-vs-Q and curves of single runs
-    html = build_report([r for r in records if r["topology"] == "sequential"], title="deep only")
+    html = build_report([r for r in records if r.config["topology"] == "sequential"], title="deep only")
     assert html.count('class="nodata">no data') == 3
     assert "No pairs of runs differing only in topology" in html
 
@@ -152,7 +153,7 @@ def test_figure_data_agree_with_the_pairs_compared(records, compare):
     assert sum(1 + (p is not None) for _, p, _ in chosen) == 3
     diffs = [abs(d) for _, _, d in chosen]
     assert diffs == sorted(diffs, reverse=True)
-    all_diffs = sorted((abs(p["val_loss"] - s["val_loss"]) for s, p in plots.used_pairs(records)), reverse=True)
+    all_diffs = sorted((abs(p.val_loss - s.val_loss) for s, p in plots.used_pairs(records)), reverse=True)
     assert diffs == pytest.approx(all_diffs[:2])
 
 
@@ -189,12 +190,12 @@ def test_plot_writes_png_and_svg(sweep_store, tmp_path, cli, capsys):
 
 
 def test_the_receptive_field_figure_appears_when_kernels_vary(records):
-    done = [r for r in records if r["status"] == "done"]
-    assert all(r.get("receptive_field") and r.get("erf90") for r in done)  # every run records them
+    done = [r for r in records if r.status == "done"]
+    assert all(r.extra.get("receptive_field") and r.extra.get("erf90") for r in done)  # every run records them
     varied = []
     for i, r in enumerate(done):
         change = dict(kernel=5 if i % 2 else 3, branch="lk" if i % 3 == 0 else "conv")
-        varied.append(dict(r, **change, config=dict(r["config"], **change)))
+        varied.append(replace(r, config={**r.config, **change}))
     html = build_report(varied, title="kernels")
     match = re.search(r'<figure id="fig-erf"[^>]*>.*?<img alt="erf" src="data:image/png;base64,', html, re.S)
     assert match

@@ -81,16 +81,16 @@ def test_compare_table_shift_without_measurements_says_how(tmp_path, make_store,
     assert "holds no shift measurements; measure trained runs with `depthlab shift" in capsys.readouterr().err
 
 
-def test_flat_records_carry_the_run_and_the_settings(measured):
+def test_shift_records_carry_the_run_and_the_settings(measured):
     with Store(measured, readonly=True) as store:
         records = load_shift_records(store)
-        runs = {r["run_id"]: r for r in store.records()}
+        runs = {r.run_id: r for r in store.records()}
     rec = records[0]
     for field in ("topology", "width", "seed", "dataset"):
-        assert rec[field] == runs[rec["run_id"]][field]
-    assert {"corruption", "severity", "method", "eval_batch_size", "shift_seed"} <= set(rec["config"])
-    assert rec["test_acc"] is not None and rec["val_loss"] is None and rec["q"] == 5.0
-    assert {r["method"] for r in records} == {"source", "norm", "alpha_bn:0.1"}
+        assert rec.config[field] == runs[rec.run_id].config[field]
+    assert {"corruption", "severity", "method", "eval_batch_size", "shift_seed"} <= set(rec.config)
+    assert rec.test_acc is not None and rec.val_loss is None and rec.q == 5.0
+    assert {r.config["method"] for r in records} == {"source", "norm", "alpha_bn:0.1"}
 
 
 def test_the_report_gets_a_heat_map_per_wiring(measured, tmp_path):
@@ -99,8 +99,9 @@ def test_the_report_gets_a_heat_map_per_wiring(measured, tmp_path):
     cells = plots.shift_cells(records)
     assert set(cells) == {(t, b) for t in ("sequential", "parallel") for b in (1, 8)}
     error, n = cells[("parallel", 8)][("stripe", "norm")]
-    expected = [1 - r["test_acc"] for r in records if (r["topology"], r["eval_batch_size"], r["corruption"],
-                                                       r["method"]) == ("parallel", 8, "stripe", "norm")]
+    settings = ("topology", "eval_batch_size", "corruption", "method")
+    expected = [1 - r.test_acc for r in records
+                if tuple(r.config[k] for k in settings) == ("parallel", 8, "stripe", "norm")]
     assert n == len(expected) == 1 and error == pytest.approx(expected[0])
     out = tmp_path / "r.html"
     assert main(["report", "--store", str(measured), "--out", str(out)]) == 0

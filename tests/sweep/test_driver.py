@@ -33,7 +33,7 @@ def test_a_runner_that_lost_its_claim_writes_neither_its_row_nor_its_weights(tmp
     assert not record(store, "old", result(1.0), path)  # the late result of the lost claim
     assert torch.equal(saved(path), torch.full((2,), 2.0))
     assert [p.name for p in weights.weights_dir(path).iterdir()] == [f"{run}.pt"]  # no staged file left
-    assert store.records()[0]["status"] == "done"
+    assert store.records()[0].status == "done"
 
 
 def test_weights_are_in_place_when_the_row_says_done(tmp_path):

@@ -8,17 +8,21 @@ import sys
 import pytest
 
 from depthlab.errors import DepthlabError, SpecError
+from depthlab.records import RECORD_FIELDS, RunRecord
 from depthlab.sweep.export import RESULT_FIELDS, flat_table, varied_fields, write_results
 from depthlab.sweep.store import Store
 
 
 def rec(**kw):
-    r = dict(run_id="r", dataset="mnist", topology="sequential", blocks=2, width=8, kernel=3, head="gap",
-             residual_scale="1", seed=0, params=10, q=1.5, status="done", train_loss=0.1, val_loss=0.2,
-             train_acc=0.9, val_acc=0.8, test_loss=None, test_acc=None, epochs=3, seconds=1.0, history=[],
-             env={}, error=None, attempts=1, sweep="")
-    r.update(kw)
-    return r
+    """A record whose config and result fields are given alike (a name of RECORD_FIELDS is a result field)."""
+    config = dict(dataset="mnist", topology="sequential", blocks=2, width=8, kernel=3, head="gap",
+                  residual_scale="1", seed=0, epochs=3)
+    results = dict(run_id="r", params=10, q=1.5, status="done", train_loss=0.1, val_loss=0.2, train_acc=0.9,
+                   val_acc=0.8, test_loss=None, test_acc=None, seconds=1.0, history=[], env={}, error=None,
+                   attempts=1, sweep="")
+    for key, value in kw.items():
+        (results if key in RECORD_FIELDS else config)[key] = value
+    return RunRecord.make(config, **results)
 
 
 RECORDS = [

@@ -71,7 +71,7 @@ def test_a_shape_is_measured_once_per_store_and_its_size_used(tmp_path, monkeypa
     assert sum("pack size" in line and "model-samples/s" in line for line in logs) == 2
     with Store(store, readonly=True) as s:
         records = s.records()
-        sizes = {r["topology"]: r["env"]["pack_size"] for r in records}
+        sizes = {r.config["topology"]: r.pack_size for r in records}
         the_plan = plan(spec(seed=[5, 6, 7, 8, 9, 10]), s, runner.resolve_device("cpu"), add=False,
                         precision="fp32")
     assert all(1 <= n <= 5 for n in sizes.values())
@@ -113,14 +113,14 @@ def test_a_calibration_that_fails_costs_speed_not_runs(tmp_path, monkeypatch, al
     assert summary["trained"]["done"] == 10
     assert any("not measured (RuntimeError: no timer); packs of 2" in line for line in logs)
     with Store(tmp_path / "s.sqlite", readonly=True) as s:
-        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}
+        assert {r.pack_size for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}
 
 
 def test_runs_too_small_to_repay_a_measurement_take_the_default_size(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "calibrate", lambda *args, **kwargs: pytest.fail("measured a shape not worth it"))
     run_sweep(spec(), tmp_path / "s.sqlite", device="cpu", precision="fp32", progress=False, log=lambda m: None)
     with Store(tmp_path / "s.sqlite", readonly=True) as s:
-        assert {r["env"]["pack_size"] for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}  # 5 runs: 2 + 2 + 1
+        assert {r.pack_size for r in s.records()} == {packs.CPU_DEFAULT_PACK["fp32"], 1}  # 5 runs: 2 + 2 + 1
     # the default follows the precision: 4 in bf16, 2 in float32 (bench/cpu_throughput.py)
     cpu = runner.resolve_device("cpu")
     assert sorted(len(p) for p in plan(spec(), None, cpu, add=False, precision="bf16").packs) == [2, 2, 3, 3]  # 5 runs: 3 + 2

@@ -21,8 +21,8 @@ def test_ray_backend_trains_every_run_once(tmp_path):
     summary = run_sweep_ray(spec, store_path, device="cpu", max_pack=1, progress=False, num_cpus=2)
     assert summary["trained"]["done"] == 4
     records = Store(store_path).records()
-    assert len(records) == 4 and all(r["status"] == "done" and r["attempts"] == 1 for r in records)
-    assert all(len(r["history"]) == 1 and r["val_loss"] is not None for r in records)
+    assert len(records) == 4 and all(r.status == "done" and r.attempts == 1 for r in records)
+    assert all(len(r.history) == 1 and r.val_loss is not None for r in records)
     # a second pass finds nothing to do
     again = run_sweep_ray(spec, store_path, device="cpu", progress=False, num_cpus=2)
     assert sum(again["trained"].values()) == 0
@@ -55,8 +55,8 @@ def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
     run_sweep_ray(sweep(tmp_path, {"topology": ["sequential", "parallel"]}, epochs=2), store_path, device="cpu",
                   max_pack=1, progress=False)
     records = Store(store_path).records()
-    assert sorted(recorded) == sorted([r["run_id"] for r in records] * 2)
-    assert all(r["status"] == "done" and len(r["history"]) == 2 for r in records)
+    assert sorted(recorded) == sorted([r.run_id for r in records] * 2)
+    assert all(r.status == "done" and len(r.history) == 2 for r in records)
 
 
 def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -73,8 +73,8 @@ def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monk
                                         log=lambda m: None)
     assert summary["trained"] == {"done": 0, "diverged": 0, "failed": 4}
     records = Store(store_path).records()
-    assert all(r["status"] == "failed" and "ValueError: a broken pack" in r["error"] for r in records)
-    assert all(r["history"] == [{"epoch": 1, "train_loss": 2.0}] for r in records)
+    assert all(r.status == "failed" and "ValueError: a broken pack" in r.error for r in records)
+    assert all(list(r.history) == [{"epoch": 1, "train_loss": 2.0}] for r in records)
 
 
 @pytest.mark.parametrize("loaded, error", [(True, RuntimeError("CUDA error: an illegal memory access")),
@@ -95,5 +95,5 @@ def test_a_device_or_data_error_on_ray_stops_the_sweep_and_gives_every_run_back(
         ray_backend.run_sweep_ray(sweep(tmp_path), store_path, device="cpu", max_pack=1, progress=False,
                                   log=lambda m: None)
     records = Store(store_path).records()
-    assert {r["status"] for r in records} == {"pending"}
-    assert sum(r["attempts"] for r in records) == 2  # the two packs in flight; nothing new started after the error
+    assert {r.status for r in records} == {"pending"}
+    assert sum(r.attempts for r in records) == 2  # the two packs in flight; nothing new started after the error

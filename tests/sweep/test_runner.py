@@ -39,7 +39,7 @@ def depthlab(*args):
 def finished(store_path):
     store = Store(store_path)
     try:
-        return [r for r in store.records() if r["status"] in ("done", "diverged", "failed")]
+        return [r for r in store.records() if r.status in ("done", "diverged", "failed")]
     finally:
         store.close()
 
@@ -52,7 +52,7 @@ def test_run_in_process_then_nothing_left(tmp_path):
     again = run_sweep(spec, store, device="cpu", progress=False)
     assert sum(again["trained"].values()) == 0
     records = Store(store).records()
-    assert all(r["params"] > 0 and r["q"] > 0 and r["env"]["torch"] and len(r["history"]) == 2 for r in records)
+    assert all(r.params > 0 and r.q > 0 and r.env["torch"] and len(r.history) == 2 for r in records)
 
 
 def test_dry_run_trains_nothing(tmp_path, capsys):
@@ -80,9 +80,9 @@ def test_precision_is_a_recorded_choice_not_part_of_a_runs_identity(tmp_path, ca
     out = capsys.readouterr().out
     assert "trained 4 runs" in out and "in bf16" in out  # the 2 fp32 runs stay: the same runs
     records = Store(store).records()
-    assert sorted(r["env"]["precision"] for r in records) == ["bf16"] * 4 + ["fp32"] * 2
-    assert all((r["env"]["complexity"] is False) == (r["env"]["precision"] == "fp32") for r in records)
-    assert all((r["geometric_complexity"] is None) == (r["env"]["precision"] == "fp32") for r in records)
+    assert sorted(r.env["precision"] for r in records) == ["bf16"] * 4 + ["fp32"] * 2
+    assert all((r.env["complexity"] is False) == (r.env["precision"] == "fp32") for r in records)
+    assert all((r.extra["geometric_complexity"] is None) == (r.env["precision"] == "fp32") for r in records)
     assert "pairs mix precisions" in out and "several precisions" in out
 
 
@@ -92,7 +92,7 @@ def test_set_overrides_fields_of_every_run(tmp_path, capsys):
                  "--quiet", "--no-compare"]) == 0
     assert "sweep tiny[width=2,seed=[0]]: trained 2 runs" in capsys.readouterr().out
     records = Store(store).records()
-    assert {(r["width"], r["seed"], r["sweep"]) for r in records} == {(2, 0, "tiny[width=2,seed=[0]]")}
+    assert {(r.config["width"], r.config["seed"], r.sweep) for r in records} == {(2, 0, "tiny[width=2,seed=[0]]")}
 
 
 def test_a_spec_without_runs_is_an_error(tmp_path, capsys):
@@ -126,15 +126,15 @@ def test_resume_after_sigkill_trains_every_run_exactly_once(tmp_path):
     proc = run_until_two_finished(spec, store)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {r["run_id"]: r for r in finished(store)}
+    before = {r.run_id: r for r in finished(store)}
     assert 2 <= len(before) < 6, "the kill should land mid-sweep"
     subprocess.run(depthlab("run", spec, "--store", store, "--quiet", "--no-compare"), check=True, timeout=300,
                    stdout=subprocess.DEVNULL)
-    after = {r["run_id"]: r for r in Store(store).records()}
-    assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
+    after = {r.run_id: r for r in Store(store).records()}
+    assert len(after) == 6 and all(r.status == "done" for r in after.values())
     for rid, record in before.items():  # finished before the kill: kept, never trained again
-        assert after[rid]["seconds"] == record["seconds"] and after[rid]["attempts"] == 1
-    assert any(r["attempts"] == 2 for r in after.values()) or len(before) == 6
+        assert after[rid].seconds == record.seconds and after[rid].attempts == 1
+    assert any(r.attempts == 2 for r in after.values()) or len(before) == 6
 
 
 def test_ctrl_c_stops_the_workers_releases_the_held_runs_and_keeps_the_finished(tmp_path):
@@ -151,9 +151,9 @@ def test_ctrl_c_stops_the_workers_releases_the_held_runs_and_keeps_the_finished(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; everything finished so far is saved" in err.decode()
     records = Store(store).records()
-    assert 2 <= sum(r["status"] == "done" for r in records) < 6, "the interrupt should land mid-sweep"
-    assert {r["status"] for r in records} == {"done", "pending"}
-    assert all(r["env"]["workers"] == 2 for r in records if r["status"] == "done")
+    assert 2 <= sum(r.status == "done" for r in records) < 6, "the interrupt should land mid-sweep"
+    assert {r.status for r in records} == {"done", "pending"}
+    assert all(r.env["workers"] == 2 for r in records if r.status == "done")
 
 
 def test_sigterm_releases_the_held_runs_and_keeps_the_finished(tmp_path):
@@ -164,10 +164,10 @@ def test_sigterm_releases_the_held_runs_and_keeps_the_finished(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated; everything finished so far is saved" in err.decode()
     records = Store(store).records()
-    done = [r for r in records if r["status"] == "done"]
+    done = [r for r in records if r.status == "done"]
     assert 2 <= len(done) < 6, "the signal should land mid-sweep"
     # nothing is left 'running' for a reclaim to find: the runner put its claims back itself
-    assert {r["status"] for r in records} == {"done", "pending"}
+    assert {r.status for r in records} == {"done", "pending"}
 
 
 def test_two_runners_never_train_the_same_run(tmp_path):
@@ -181,9 +181,9 @@ def test_two_runners_never_train_the_same_run(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     records = Store(store).records()
-    assert len(records) == 6 and all(r["status"] == "done" for r in records)
-    assert all(r["attempts"] == 1 for r in records)  # each claimed (hence trained) exactly once
-    owners = {r["env"]["host"] for r in records}
+    assert len(records) == 6 and all(r.status == "done" for r in records)
+    assert all(r.attempts == 1 for r in records)  # each claimed (hence trained) exactly once
+    owners = {r.env["host"] for r in records}
     assert len(owners) == 1
 
 
@@ -212,7 +212,7 @@ def test_failed_runs_are_retried_on_request(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "train_pack", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken")))
     summary = run_sweep(spec, store, device="cpu", progress=False, max_pack=3)
     assert summary["counts"]["failed"] == 6
-    assert "broken" in Store(store).records()[0]["error"]
+    assert "broken" in Store(store).records()[0].error
     monkeypatch.setattr(engine, "train_pack", real)
     assert sum(run_sweep(spec, store, device="cpu", progress=False)["trained"].values()) == 0  # failed stays
     summary = run_sweep(spec, store, device="cpu", progress=False, retry_failed=True)
@@ -266,8 +266,8 @@ def test_a_new_recipe_reports_the_stale_runs_trains_them_again_and_keeps_the_old
     assert any(f"6 run(s) of this sweep in the store were trained by an older recipe ({engine.RECIPE - 1}" in s
                for s in said)
     records = Store(store).records()
-    assert sorted(r["recipe"] for r in records) == [engine.RECIPE - 1] * 6 + [engine.RECIPE] * 6  # old ones kept
-    assert all(r["env"]["recipe"] == r["recipe"] for r in records)
+    assert sorted(r.recipe for r in records) == [engine.RECIPE - 1] * 6 + [engine.RECIPE] * 6  # old ones kept
+    assert all(r.env["recipe"] == r.recipe for r in records)
     assert sum(run_sweep(spec, store, device="cpu", progress=False)["trained"].values()) == 0  # now up to date
 
 
@@ -288,7 +288,7 @@ def test_weights_are_written_before_the_run_is_done(tmp_path, monkeypatch):
     monkeypatch.undo()
     run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
     (record,) = Store(store).records()
-    assert record["status"] == "done" and weights.has_weights(store, record["run_id"])
+    assert record.status == "done" and weights.has_weights(store, record.run_id)
 
 
 def test_a_done_run_whose_weights_went_missing_is_trained_again(tmp_path):
@@ -297,7 +297,7 @@ def test_a_done_run_whose_weights_went_missing_is_trained_again(tmp_path):
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential", "parallel"], "seed": [0]}})
     run_sweep(spec, store, device="cpu", progress=False, save_weights=True)
-    first, second = (r["run_id"] for r in Store(store).records())
+    first, second = (r.run_id for r in Store(store).records())
     weights.weights_path(store, first).unlink()
     said = []
     summary = run_sweep(spec, store, device="cpu", progress=False, save_weights=True, log=said.append)

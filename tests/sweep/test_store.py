@@ -1,6 +1,7 @@
 """The results store: ids, the run life cycle, and the guarantees the sweep runner relies on, tested with real
 processes (concurrent claims, SIGKILL, dead owners)."""
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from depthlab.errors import DepthlabError
-from depthlab.records import RECORD_FIELDS, STATUSES, config_id, config_of, run_id
+from depthlab.records import RECORD_FIELDS, STATUSES, RunRecord, config_id, run_id
 from depthlab.sweep.config import field_names
 from depthlab.sweep.store import SCHEMA_VERSION, Store, owner_token
 
@@ -72,6 +73,22 @@ def test_record_keys_never_shadow_config_fields():
     assert not set(RECORD_FIELDS) & set(field_names())
 
 
+def test_a_hand_made_record_and_its_flat_view():
+    """`make` sets result fields by name and keeps any other name as an extra metric; the flat view holds the
+    config fields, then the result fields, then the extra metrics that none of those hides."""
+    rec = RunRecord.make({"topology": "parallel", "epochs": 3}, status="done", val_loss=0.5, sweeps=["a"],
+                         env={"amp": "off", "pack_size": 4}, erf50=2.0, epochs=9)
+    assert (rec.status, rec.val_loss, rec.sweeps, rec.extra) == ("done", 0.5, ("a",), {"erf50": 2.0, "epochs": 9})
+    assert rec.metric("val_loss") == 0.5 and rec.metric("erf50") == 2.0 and rec.metric("erf90") is None
+    assert rec.finished and rec.precision == "fp32" and rec.pack_size == 4  # amp "off": an fp32 run of before
+    row = rec.as_row()
+    assert list(row)[:2] == ["topology", "epochs"] and row["epochs"] == 3  # the config's planned epochs win
+    assert row["erf50"] == 2.0 and row["sweeps"] == ["a"] and row["env"] == {"amp": "off", "pack_size": 4}
+    assert [k for k in row if k in RECORD_FIELDS] == [k for k in RECORD_FIELDS if k != "config"]
+    json.dumps(row, allow_nan=False)
+    assert not RunRecord.make(status="pending").finished and RunRecord().precision is None
+
+
 def test_owner_token_names_host_and_pid():
     host, pid, token = owner_token().rsplit(":", 2)
     assert host == socket.gethostname() and int(pid) == os.getpid() and len(token) == 8
@@ -87,8 +104,8 @@ def test_add_runs_is_idempotent_and_keeps_order(store):
     assert ids == [run_id(c, 1) for c in configs]
     assert store.add_runs(configs[::-1], sweep="b", recipe=1) == ids[::-1]
     assert store.counts() == {"pending": 5, "running": 0, "done": 0, "diverged": 0, "failed": 0}
-    assert [r["run_id"] for r in store.records()] == ids
-    assert {r["sweep"] for r in store.records()} == {"a"}  # a run's own sweep is the first that added it
+    assert [r.run_id for r in store.records()] == ids
+    assert {r.sweep for r in store.records()} == {"a"}  # a run's own sweep is the first that added it
     assert store.counts(sweep="b") == {**dict.fromkeys(STATUSES, 0), "pending": 5}  # and b lists them too
     assert store.sweeps() == ["a", "b"]
 
@@ -103,8 +120,8 @@ def test_full_life_cycle_and_records(store):
     assert store.record_epoch(a, me, {"epoch": 1, "train_loss": 0.4})
     assert not store.record_epoch(a, "other:1:x", {"epoch": 2})
     running = store.records(status="running")
-    assert [r["epochs_run"] for r in running] == [2, 0]
-    assert running[0]["history"] == [{"epoch": 0, "train_loss": None}, {"epoch": 1, "train_loss": 0.4}]
+    assert [r.epochs_run for r in running] == [2, 0]
+    assert list(running[0].history) == [{"epoch": 0, "train_loss": None}, {"epoch": 1, "train_loss": 0.4}]
 
     final = dict(FINAL, val_loss=float("nan"), test_loss=None, test_acc=float("inf"), best_epoch=1)
     assert finish(store, a, me, final=final)
@@ -112,22 +129,37 @@ def test_full_life_cycle_and_records(store):
     assert store.fail(b, me, "CUDA error: boom")
 
     ra, rb = store.records()
-    assert ra["status"] == "done"
+    assert isinstance(ra, RunRecord) and ra.status == "done" and ra.config == configs[0]
+    row = ra.as_row()
     for k, v in configs[0].items():
-        assert ra[k] == v  # no record field shadows a config field
-    assert ra["config"] == configs[0] and config_of(ra) == configs[0]
-    assert (ra["run_id"], ra["sweep"], ra["params"], ra["q"], ra["seconds"]) == (a, "s1", 123, 2.5, 1.5)
-    assert ra["train_loss"] == 0.5 and ra["val_loss"] is None and ra["test_loss"] is None and ra["test_acc"] is None
-    assert ra["best_epoch"] == 1  # extra final metrics are kept
-    assert ra["epochs_run"] == 2 and ra["history"] == [{"epoch": 0}, {"epoch": 1}]  # finish's history is kept
-    assert ra["recipe"] == 1 and ra["config_id"] == config_id(configs[0]) and ra["sweeps"] == ["s1"]
-    assert ra["env"] == {"torch": "2.13.0"} and ra["error"] is None and ra["attempts"] == 1
-    assert rb["status"] == "failed" and rb["error"] == "CUDA error: boom" and rb["epochs_run"] == 0
-    assert rb["config"]["epochs"] == 5  # the planned epochs stay in the config
+        assert row[k] == v  # in the flat view, no result field shadows a config field
+    assert (ra.run_id, ra.sweep, ra.params, ra.q, ra.seconds) == (a, "s1", 123, 2.5, 1.5)
+    assert ra.train_loss == 0.5 and ra.val_loss is None and ra.test_loss is None and ra.test_acc is None
+    assert ra.extra == {"best_epoch": 1} and row["best_epoch"] == 1  # extra final metrics are kept
+    assert ra.epochs_run == 2 and list(ra.history) == [{"epoch": 0}, {"epoch": 1}]  # finish's history is kept
+    assert ra.recipe == 1 and ra.config_id == config_id(configs[0]) and ra.sweeps == ("s1",)
+    assert ra.env == {"torch": "2.13.0"} and ra.error is None and ra.attempts == 1
+    assert rb.status == "failed" and rb.error == "CUDA error: boom" and rb.epochs_run == 0
+    assert rb.config["epochs"] == 5  # the planned epochs stay in the config
     assert store.counts() == {"pending": 0, "running": 0, "done": 1, "diverged": 0, "failed": 1}
-    assert [r["run_id"] for r in store.records(status="failed")] == [b]
+    assert [r.run_id for r in store.records(status="failed")] == [b]
     assert store.records(status=["done", "failed"], sweep="s1") == [ra, rb]
-    json.dumps(store.records(), allow_nan=False)  # strict JSON throughout
+    json.dumps([r.as_row() for r in store.records()], allow_nan=False)  # strict JSON throughout
+
+
+def test_records_are_frozen(store):
+    """A record handed to several analyses cannot be changed by one of them: not its fields, not its config,
+    env, extra metrics or history."""
+    (a,) = store.add_runs([cfg(0)], recipe=1)
+    store.claim([a], "me:1:x")
+    assert finish(store, a, "me:1:x", final=dict(FINAL, best_epoch=1))
+    (r,) = store.records()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.status = "failed"
+    for mapping in (r.config, r.env, r.extra, r.history[0]):
+        with pytest.raises(TypeError):
+            mapping["x"] = 1
+    assert store.records() == [r]
 
 
 def test_finish_only_by_the_running_owner(store):
@@ -141,7 +173,7 @@ def test_finish_only_by_the_running_owner(store):
         finish(store, a, "me:1:x", status="pending")
     assert finish(store, a, "me:1:x", status="diverged", final=dict.fromkeys(FINAL, float("nan")))
     (r,) = store.records(status="diverged")
-    assert all(r[k] is None for k in FINAL)
+    assert all(r.metric(k) is None for k in FINAL)
 
 
 def test_release_heartbeat_and_reclaim_attempts(store, tmp_path):
@@ -154,8 +186,8 @@ def test_release_heartbeat_and_reclaim_attempts(store, tmp_path):
     store.release(ids[:2], me)
     assert store.counts() == {"pending": 2, "running": 1, "done": 0, "diverged": 0, "failed": 0}
     assert store.claim(ids, me) == ids[:2]
-    recs = {r["run_id"]: r for r in store.records()}
-    assert recs[ids[0]]["attempts"] == 2 and recs[ids[0]]["history"] == []  # a new attempt starts afresh
+    recs = {r.run_id: r for r in store.records()}
+    assert recs[ids[0]].attempts == 2 and recs[ids[0]].history == ()  # a new attempt starts afresh
     _set(tmp_path / "s.sqlite", ids[2], heartbeat_at=0.0)
     store.heartbeat(ids, me)
     beats = {r["run_id"]: r["heartbeat_at"] for r in store.running()}
@@ -218,8 +250,8 @@ def test_a_run_shared_by_two_sweeps_belongs_to_both_and_is_stored_once(tmp_path)
         s.claim([first[1]], owner)
         finish(s, first[1], owner)
         assert s.sweeps() == ["first", "second"]
-        assert [r["seed"] for r in s.records(sweep="second")] == [2, 3]
-        assert {r["sweep"] for r in s.records(sweep="second")} == {"second"}
+        assert [r.config["seed"] for r in s.records(sweep="second")] == [2, 3]
+        assert {r.sweep for r in s.records(sweep="second")} == {"second"}
         assert s.counts("second")["done"] == 1 and s.counts("first")["done"] == 1
         assert sum(s.counts().values()) == 3  # stored and trained once
 
@@ -246,14 +278,14 @@ def test_an_old_store_migrates_once_and_keeps_every_run(old_store, tmp_path):
     # every run kept, with its result, re-keyed by (config with the fields added since, recipe 1)
     assert len(records) == 8
     old = list(before.values())
-    assert [(r["status"], r["val_loss"], json.dumps(r["history"], separators=(",", ":"))) for r in records] == \
+    assert [(r.status, r.val_loss, json.dumps(r.as_row()["history"], separators=(",", ":"))) for r in records] == \
         [(s, v, h) for s, v, h, _ in old]
     for rec in records:
-        assert rec["recipe"] == 1 and rec["config"]["skip"] is True and rec["config"]["init_from"] is None
-        assert rec["run_id"] == run_id(rec["config"], 1) and rec["config_id"] == config_id(rec["config"])
+        assert rec.recipe == 1 and rec.config["skip"] is True and rec.config["init_from"] is None
+        assert rec.run_id == run_id(rec.config, 1) and rec.config_id == config_id(rec.config)
     # the saved weights follow their runs
     weights = sorted(p.stem for p in (tmp_path / "store.sqlite.weights").glob("*.pt"))
-    assert weights == sorted(r["run_id"] for r in records if r["sweep"] == "fixture")
+    assert weights == sorted(r.run_id for r in records if r.sweep == "fixture")
     with Store(path) as store:  # once: the second open migrates nothing
         assert store.migrated == [] and len(store.records()) == 8
 
@@ -263,7 +295,8 @@ def test_a_store_from_before_shared_sweeps_gets_its_links(old_store):
     raw(path, "DROP TABLE sweep_runs")
     with Store(path) as store:
         assert store.sweeps() == ["fixture", "fixture-b"]
-        assert [r["seed"] for r in store.records(sweep="fixture-b")] == [2, 2]  # runs first added by fixture-b
+        # the runs first added by fixture-b
+        assert [r.config["seed"] for r in store.records(sweep="fixture-b")] == [2, 2]
 
 
 def test_a_store_of_a_newer_depthlab_is_refused_untouched(tmp_path):
@@ -349,14 +382,14 @@ def test_reclaim_stale(tmp_path):
     dead = {r["run_id"]: r["owner_dead"] for r in store.running()}  # what `depthlab status` shows
     assert [dead[i] for i in ids if i != ids[5]] == [True, False, True, False, True, True, False]
     assert store.reclaim_stale() == 4
-    status = {r["run_id"]: r["status"] for r in store.records()}
+    status = {r.run_id: r.status for r in store.records()}
     assert [status[i] for i in ids] == ["pending", "running", "pending", "running", "pending", "done", "pending",
                                         "running"]
-    assert {r["run_id"]: r["history"] for r in store.records()}[ids[0]] == []  # no stale partial history
+    assert {r.run_id: r.history for r in store.records()}[ids[0]] == ()  # no stale partial history
     assert store.reclaim_stale() == 0
     # a reclaimed run can be claimed again, and its attempts show it
     assert store.claim([ids[0]], owner_token()) == [ids[0]]
-    assert {r["run_id"]: r["attempts"] for r in store.records()}[ids[0]] == 2
+    assert {r.run_id: r.attempts for r in store.records()}[ids[0]] == 2
     store.close()
 
 
@@ -409,7 +442,7 @@ def test_concurrent_claims_never_overlap(tmp_path):
         for got in rounds:
             for i in got:
                 handed[i] = handed.get(i, 0) + 1
-    assert {r["run_id"]: r["attempts"] for r in store.records()} == handed
+    assert {r.run_id: r.attempts for r in store.records()} == handed
     store.close()
 
 
@@ -437,13 +470,13 @@ def test_sigkill_loses_nothing_finished(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # mid-flight: between, or inside, transactions
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
-    done_before = {r["run_id"] for r in store.records(status="done")}
+    done_before = {r.run_id for r in store.records(status="done")}
     assert len(done_before) >= 20
     reopened = Store(path)
     assert reopened._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     done = reopened.records(status="done")
-    assert {r["run_id"] for r in done} >= done_before
-    assert all(r["val_loss"] == FINAL["val_loss"] and r["epochs_run"] == 2 for r in done)  # each finish is whole
+    assert {r.run_id for r in done} >= done_before
+    assert all(r.val_loss == FINAL["val_loss"] and r.epochs_run == 2 for r in done)  # each finish is whole
     assert reopened.reclaim_stale() <= 1  # at most the one it had claimed but not finished
     assert reopened.counts()["running"] == 0
     counts = reopened.counts()
@@ -459,7 +492,7 @@ def test_a_dead_process_with_our_pid_is_reclaimed(tmp_path):
     store.claim([ids[0]], f"{socket.gethostname()}:{os.getpid()}:0ld0ld00")
     store.claim([ids[1]], owner_token())
     assert store.reclaim_stale() == 1
-    assert {r["run_id"]: r["status"] for r in store.records()} == {ids[0]: "pending", ids[1]: "running"}
+    assert {r.run_id: r.status for r in store.records()} == {ids[0]: "pending", ids[1]: "running"}
 
 
 def test_retry_puts_failed_runs_back(tmp_path):
@@ -470,14 +503,14 @@ def test_retry_puts_failed_runs_back(tmp_path):
     store.fail(ids[0], owner, "boom")
     assert finish(store, ids[1], owner)
     assert store.retry(ids) == 1
-    assert [r["status"] for r in store.records()] == ["pending", "done"]
+    assert [r.status for r in store.records()] == ["pending", "done"]
 
 
 def test_records_of_given_runs(store):
     ids = store.add_runs([cfg(i) for i in range(4)], sweep="a", recipe=1)
-    assert [r["run_id"] for r in store.records(run_ids=[ids[2], ids[0]])] == [ids[0], ids[2]]  # insertion order
+    assert [r.run_id for r in store.records(run_ids=[ids[2], ids[0]])] == [ids[0], ids[2]]  # insertion order
     assert store.records(run_ids=[]) == [] and store.records(run_ids=["nope"]) == []
-    assert [r["run_id"] for r in store.records(run_ids=ids[1:], status="pending", sweep="a")] == ids[1:]
+    assert [r.run_id for r in store.records(run_ids=ids[1:], status="pending", sweep="a")] == ids[1:]
 
 
 def test_opening_a_store_while_a_peer_creates_it_reads_one_snapshot(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ re-keying, moves every older store over: runs, weights, init_from ids and the ta
 import json
 import shutil
 import sqlite3
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import pytest
@@ -76,20 +76,20 @@ def test_a_new_field_with_a_neutral_default_renames_no_stored_run_and_needs_no_m
     declare_run_fields(WithDither)
     assert records.neutral_defaults()["dither"] == 0.0
     for rec in before:
-        config = WithDither(**rec["config"]).to_dict()
+        config = WithDither(**rec.config).to_dict()
         assert config["dither"] == 0.0
-        assert run_id(config, rec["recipe"]) == rec["run_id"] and config_id(config) == rec["config_id"]
-        assert run_id({**config, "dither": 0.5}, rec["recipe"]) != rec["run_id"]
+        assert run_id(config, rec.recipe) == rec.run_id and config_id(config) == rec.config_id
+        assert run_id({**config, "dither": 0.5}, rec.recipe) != rec.run_id
     with Store(store_v4) as store:
         assert store.migrated == [] and store.schema_version == SCHEMA_VERSION  # nothing to migrate
-        configs = [WithDither(**r["config"]).to_dict() for r in before]
+        configs = [WithDither(**r.config).to_dict() for r in before]
         assert store.add_runs(configs, sweep="again", recipe=engine.RECIPE) == [
-            r["run_id"] for r in before]  # the same runs, joined to the sweep: none added
+            r.run_id for r in before]  # the same runs, joined to the sweep: none added
         assert len(store.records()) == 8
     # a store of before the field pairs with runs that hold it at its neutral value
     a, b = before[0], before[1]
-    assert (a["topology"], b["topology"]) == ("sequential", "parallel")
-    b = {**b, "config": {**b["config"], "dither": 0.0}}
+    assert (a.config["topology"], b.config["topology"]) == ("sequential", "parallel")
+    b = replace(b, config={**b.config, "dither": 0.0})
     pairs, _ = pair_records([a, b], "topology")
     assert pairs == [(a, b)]
     # and an older store migrates to the same ids with the field declared
@@ -97,7 +97,7 @@ def test_a_new_field_with_a_neutral_default_renames_no_stored_run_and_needs_no_m
     old.parent.mkdir()
     shutil.copy(FIXTURE_V4 / "store.sqlite", old)
     with Store(old) as store:
-        assert [r["run_id"] for r in store.records()] == [r["run_id"] for r in before]
+        assert [r.run_id for r in store.records()] == [r.run_id for r in before]
 
 
 def test_pack_keys_leave_neutral_fields_out():
@@ -144,22 +144,21 @@ def test_a_schema_4_store_migrates_once_and_keeps_every_run(store_v4):
     assert set(new) == {r[0] for r in old_rows} and all(done for *_, done in rekeyed)  # every id changed
     # every run kept, in order, with its result, under the id of its canonical config
     assert [(new[r[0]], r[1], r[2], r[3]) for r in old_rows] == [
-        (r["run_id"], r["status"], r["val_loss"], json.dumps(r["history"], separators=(",", ":"))) for r in recs]
+        (r.run_id, r.status, r.val_loss, json.dumps(r.as_row()["history"], separators=(",", ":"))) for r in recs]
     for rec in recs:
-        assert rec["run_id"] == run_id(rec["config"], rec["recipe"]) == run_id(RunConfig(**rec["config"]).to_dict(),
-                                                                               rec["recipe"])
-        assert rec["config_id"] == config_id(rec["config"]) and set(rec["config"]) == set(field_names())
+        assert rec.run_id == run_id(rec.config, rec.recipe) == run_id(RunConfig(**rec.config).to_dict(), rec.recipe)
+        assert rec.config_id == config_id(rec.config) and set(rec.config) == set(field_names())
     assert raw(path, "SELECT sweep, run_id FROM sweep_runs ORDER BY rowid") == [(s, new[r]) for s, r in old_links]
     assert [(r["run_id"], r["method"], r["loss"]) for r in shift] == [(new[r], m, v) for r, m, v in old_shift]
     # the weights follow their runs; init_from names the new id of the run it starts from (a chain of two)
     assert weights_of(path) == sorted(new[w] for w in old_weights)
-    starts = {r["run_id"]: r["config"]["init_from"] for r in recs if r["config"]["init_from"]}
+    starts = {r.run_id: r.config["init_from"] for r in recs if r.config["init_from"]}
     old_starts = {new[rid]: json.loads(c)["init_from"] for rid, *_, c in old_rows if json.loads(c)["init_from"]}
     assert len(starts) == 2 and starts == {rid: new[source] for rid, source in old_starts.items()}
-    assert all(source in {r["run_id"] for r in recs} for source in starts.values())
+    assert all(source in {r.run_id for r in recs} for source in starts.values())
     assert any(source in starts for source in starts.values())  # a chain: from a run that starts from another
     with Store(path) as store:  # once: the second open migrates nothing
-        assert store.migrated == [] and [r["run_id"] for r in store.records()] == [r["run_id"] for r in recs]
+        assert store.migrated == [] and [r.run_id for r in store.records()] == [r.run_id for r in recs]
 
 
 def test_the_calibrated_pack_size_keeps_its_shape(store_v4):
@@ -178,10 +177,10 @@ def test_the_calibrated_pack_size_keeps_its_shape(store_v4):
 def test_a_read_only_open_sees_the_new_ids_and_changes_nothing(store_v4):
     before, weights = store_v4.read_bytes(), weights_of(store_v4)
     with Store.existing(store_v4, readonly=True) as store:
-        seen = [r["run_id"] for r in store.records()]
+        seen = [r.run_id for r in store.records()]
     assert store_v4.read_bytes() == before and weights_of(store_v4) == weights
     with Store(store_v4) as store:
-        assert [r["run_id"] for r in store.records()] == seen
+        assert [r.run_id for r in store.records()] == seen
 
 
 def test_rerunning_the_specs_trains_nothing(store_v4, tmp_path, monkeypatch):
@@ -189,7 +188,7 @@ def test_rerunning_the_specs_trains_nothing(store_v4, tmp_path, monkeypatch):
     (the specs that start from a stored run name it by its new id), and only the run left pending trains."""
     with Store(store_v4) as store:
         new = {old: rid for old, rid, _ in store.rekeyed()}
-        before = {r["run_id"]: (r["status"], r["attempts"]) for r in store.records()}
+        before = {r.run_id: (r.status, r.attempts) for r in store.records()}
     specs = []
     for name in ("fx.yaml", "fx2.yaml", "fx3.yaml"):
         text = (FIXTURE_V4 / name).read_text()
@@ -205,15 +204,15 @@ def test_rerunning_the_specs_trains_nothing(store_v4, tmp_path, monkeypatch):
         assert main(["run", str(tmp_path / name), "--store", str(store_v4), "--save-weights", "--quiet",
                      "--no-compare", "--precision", "fp32"]) == 0
     with Store(store_v4) as store:
-        assert {r["run_id"]: (r["status"], r["attempts"]) for r in store.records()} == before
+        assert {r.run_id: (r.status, r.attempts) for r in store.records()} == before
 
 
 @pytest.mark.parametrize("command", [["lesion", "--no-plain"], ["expand", "--batch", "8"]])
 def test_analyses_of_a_stored_run_find_its_weights_by_its_new_id(store_v4, command, capsys):
     with Store(store_v4) as store:
-        rec = next(r for r in store.records() if r["config"]["init_from"])
+        rec = next(r for r in store.records() if r.config["init_from"])
     torch.set_num_threads(1)
-    assert main([*command, "--store", str(store_v4), "--run", rec["run_id"], "--json", "--quiet"]) == 0
+    assert main([*command, "--store", str(store_v4), "--run", rec.run_id, "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["spec"]["topology"] == "parallel"
 
 
@@ -230,7 +229,7 @@ def test_a_new_id_seen_before_the_store_was_opened_for_writing_finds_its_weights
     """`depthlab results` (read-only) shows the new ids of a store not migrated yet; `--run NEW` then opens it for
     writing once, which migrates it and renames the weights."""
     with Store.existing(store_v4, readonly=True) as store:
-        rid = next(r["run_id"] for r in store.records() if r["status"] == "done")
+        rid = next(r.run_id for r in store.records() if r.status == "done")
     assert raw(store_v4, "PRAGMA user_version") == [(4,)]
     model, config, full = load_trained(store_v4, rid[:10])
     assert full == rid and raw(store_v4, "PRAGMA user_version") == [(5,)] and rid in weights_of(store_v4)
@@ -251,8 +250,8 @@ def test_a_run_stored_twice_before_its_fields_were_canonical_is_kept_once(store_
         recs = store.records()
         new = {old: fresh for old, fresh, _ in store.rekeyed()}
     assert len(recs) == 8 and new["0123456789abcdef"] == new[rid]
-    (kept,) = [r for r in recs if r["run_id"] == new[rid]]
-    assert kept["status"] == "done" and kept["sweeps"] == ["fixture", "older"]
+    (kept,) = [r for r in recs if r.run_id == new[rid]]
+    assert kept.status == "done" and kept.sweeps == ("fixture", "older")
     assert new[rid] in weights_of(store_v4)
 
 
@@ -279,7 +278,7 @@ def test_a_kill_between_the_commit_and_the_renames_strands_no_weights(store_v4, 
     (folder / f"{first[0]}.pt").replace(folder / f"{first[1]}.pt")  # killed midway: one file renamed
     with Store(store_v4) as store:
         assert store.migrated == [] and all(done for *_, done in store.rekeyed())
-        ids = {r["run_id"] for r in store.records()}
+        ids = {r.run_id for r in store.records()}
     new = dict(pending)
     assert weights_of(store_v4) == sorted(new[w] for w in old_weights) and set(weights_of(store_v4)) <= ids
 

@@ -208,7 +208,7 @@ def test_models_built_while_another_thread_packs_are_the_models_of_their_seed():
 
 def finals(store_path) -> dict:
     with Store(store_path, readonly=True) as store:
-        return {r["run_id"]: ({m: r[m] for m in (*METRICS, "geometric_complexity")}, r["env"])
+        return {r.run_id: ({m: r.metric(m) for m in (*METRICS, "geometric_complexity")}, r.env)
                 for r in store.records()}
 
 

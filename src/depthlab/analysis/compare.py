@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from typing import Mapping
 
 import numpy as np
 
 from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.records import METRICS, STATUSES, canonical_config, canonical_json, config_of, finite, precision_of
+from depthlab.records import METRICS, STATUSES, RunRecord, canonical_config, canonical_json, finite
 from depthlab.sweep.export import varied_fields
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
@@ -112,27 +113,27 @@ def value_label(field: str, value) -> str:
     return f"{field}={json.dumps(value) if not isinstance(value, str) else value}"
 
 
-def _neutral_for(records: list[dict]) -> dict:
+def _neutral_for(records: list[RunRecord]) -> dict:
     """The run fields' neutral values where the records need them: when some record lacks a field that another
     holds (stored before the field existed). Records that hold the same fields pair alike with or without them,
     and the declaration (depthlab.sweep.config) imports torch, which a comparison otherwise does without."""
-    if len({frozenset(config_of(r)) for r in records}) <= 1:
+    if len({frozenset(r.config) for r in records}) <= 1:
         return {}
     from depthlab.sweep.config import neutral
 
     return dict(neutral())
 
 
-def _field_value(rec: dict, field: str, neutral: dict | None = None):
+def _field_value(rec: RunRecord, field: str, neutral: dict | None = None):
     """The record's value of `field` (a list for a compound contrast); a field it predates has its neutral value."""
-    cfg, neutral = config_of(rec), neutral or {}
+    cfg, neutral = rec.config, neutral or {}
     fields = contrast_fields(field)
     if len(fields) > 1:
-        return [cfg.get(f, neutral.get(f, rec.get(f))) for f in fields]
-    return cfg.get(field, neutral.get(field, rec.get(field)))
+        return [cfg.get(f, neutral.get(f)) for f in fields]
+    return cfg.get(field, neutral.get(field))
 
 
-def pairing_key(cfg: dict, contrast: str, neutral: dict | None = None) -> str:
+def pairing_key(cfg: Mapping, contrast: str, neutral: dict | None = None) -> str:
     """What two runs of a pair share: their canonical configs (`neutral`: see `_neutral_for`) without the
     contrast's fields and, for runs sized by a parameter budget, without the size the budget chose (hidden or width
     follow from the other fields)."""
@@ -142,7 +143,7 @@ def pairing_key(cfg: dict, contrast: str, neutral: dict | None = None) -> str:
     return canonical_json({k: v for k, v in canonical_config(cfg, neutral or {}).items() if k not in drop})
 
 
-def contrast_values(records: list[dict], field: str) -> list:
+def contrast_values(records: list[RunRecord], field: str) -> list:
     """The distinct values of `field` in the records' configs, in contrast order."""
     seen, neutral = {}, _neutral_for(records)
     for rec in records:
@@ -151,7 +152,7 @@ def contrast_values(records: list[dict], field: str) -> list:
     return sorted(seen.values(), key=lambda v: contrast_order(field, v))
 
 
-def first_two_values(records: list[dict], contrast: str) -> tuple:
+def first_two_values(records: list[RunRecord], contrast: str) -> tuple:
     """The default a and b of a contrast: its first two values in contrast order (sequential and parallel for
     topology); None where there are fewer."""
     values = contrast_values(records, contrast) + [None, None]
@@ -168,18 +169,18 @@ def std_or_none(values):
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
-def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[dict]:
+def band_table(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> list[dict]:
     """Mean (and std) final train/val loss and mean train/val accuracy of the 'done' runs per dataset ×
     contrast value × Q band (the value under "value", and under the field's own name). Means are over the
     runs that have the metric."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     values: dict[str, object] = {}
     neutral = _neutral_for(records)
     for rec in records:
-        if rec.get("status") == "done":
+        if rec.status == "done":
             value = _field_value(rec, contrast, neutral)
             values[canonical_json(value)] = value
-            key = (str(rec.get("dataset")), canonical_json(value), q_band(rec.get("q")))
+            key = (str(rec.config.get("dataset")), canonical_json(value), q_band(rec.q))
             groups.setdefault(key, []).append(rec)
     rows = []
     order = lambda k: (k[0], contrast_order(contrast, values[k[1]]), _band_order(k[2]))
@@ -187,7 +188,7 @@ def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[di
         value = values[key[1]]
         row = {"dataset": key[0], contrast: value, "value": value, "q_band": key[2], "n": len(groups[key])}
         for m in BAND_METRICS:
-            found = [v for v in (finite(r.get(m)) for r in groups[key]) if v is not None]
+            found = [v for v in (finite(r.metric(m)) for r in groups[key]) if v is not None]
             row[f"{m}_mean"] = mean_or_none(found)
             if m.endswith("_loss"):
                 row[f"{m}_std"] = std_or_none(found)
@@ -195,33 +196,33 @@ def band_table(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> list[di
     return rows
 
 
-def blown_up(record: dict) -> bool:
+def blown_up(record: RunRecord) -> bool:
     """A run that finished ('done') with a final training loss far above chance level (BLOWN_UP × ln(classes)):
     its weights blew up without a NaN (e.g. Adam at a huge learning rate), so its metrics mean nothing and it is
     left out of the pairing like a diverged run."""
-    loss = finite(record.get("train_loss"))
-    if record.get("status") != "done" or loss is None:
+    loss = finite(record.train_loss)
+    if record.status != "done" or loss is None:
         return False
-    dataset = config_of(record).get("dataset")
+    dataset = record.config.get("dataset")
     # a dataset the registry does not know (a hand-made record) has no chance level to compare with
     return dataset in registry.REGISTRY and loss > BLOWN_UP * registry.entry(dataset).chance_loss
 
 
-def latest_recipes(records: list[dict]) -> tuple[list[dict], int]:
+def latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
     """The records without those superseded by a newer recipe of the same config (a record without a recipe,
     e.g. a hand-made one, is its own), and how many were superseded."""
     newest: dict[str, int] = {}
     neutral = _neutral_for(records)
-    key = lambda rec: canonical_json(canonical_config(config_of(rec), neutral))
+    key = lambda rec: canonical_json(canonical_config(rec.config, neutral))
     for rec in records:
-        if rec.get("recipe") is not None:
-            newest[key(rec)] = max(newest.get(key(rec), rec["recipe"]), rec["recipe"])
-    kept = [r for r in records if r.get("recipe") is None or r["recipe"] == newest[key(r)]]
+        if rec.recipe is not None:
+            newest[key(rec)] = max(newest.get(key(rec), rec.recipe), rec.recipe)
+    kept = [r for r in records if r.recipe is None or r.recipe == newest[key(r)]]
     return kept, len(records) - len(kept)
 
 
-def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, b=None, *,
-                 allow_mixed_recipes: bool = False) -> tuple[list[tuple[dict, dict]], dict]:
+def pair_records(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST, a=None, b=None, *,
+                 allow_mixed_recipes: bool = False) -> tuple[list[tuple[RunRecord, RunRecord]], dict]:
     """(a, b) pairs of records whose configs are identical except `contrast` (a and b: two of its values;
     default: the first two in contrast order, sequential and parallel for topology), in record order, and
     {"n_unpaired", "n_duplicate", "n_identical", "n_superseded", "n_mixed_recipes", "n_mixed_precisions"}: runs
@@ -238,24 +239,23 @@ def pair_records(records: list[dict], contrast: str = DEFAULT_CONTRAST, a=None, 
     buckets: dict[str, dict[str, list]] = {}
     neutral = _neutral_for(records)
     for rec in records:
-        cfg = config_of(rec)
         value = canonical_json(_field_value(rec, contrast, neutral))
         if value not in (key_a, key_b):
             continue
-        key = pairing_key(cfg, contrast, neutral)
+        key = pairing_key(rec.config, contrast, neutral)
         buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
     pairs, unpaired, duplicate, identical, mixed, mixed_precisions = [], 0, 0, 0, 0, 0
     for bucket in buckets.values():
         left, right = bucket[key_a], bucket[key_b]
         if len(left) == 1 and len(right) == 1:
-            if contrast == "topology" and config_of(left[0]).get("blocks") == 1:
+            if contrast == "topology" and left[0].config.get("blocks") == 1:
                 identical += 2  # one block: both wirings are the same network, d = 0 says nothing
                 continue
-            if left[0].get("recipe") != right[0].get("recipe"):
+            if left[0].recipe != right[0].recipe:
                 mixed += 1
                 if not allow_mixed_recipes:
                     continue
-            precisions = {precision_of(left[0]), precision_of(right[0])} - {None}
+            precisions = {left[0].precision, right[0].precision} - {None}
             mixed_precisions += len(precisions) > 1
             pairs.append((left[0], right[0]))
         elif len(left) > 1 or len(right) > 1:
@@ -347,7 +347,7 @@ def _validate(metric, margin, alpha, n_boot):
 MAX_BOOT = 1_000_000
 
 
-def check_contrast(records: list[dict], contrast: str) -> list:
+def check_contrast(records: list[RunRecord], contrast: str) -> list:
     """`contrast` must name config fields that vary across the records (one, or several joined by '+');
     returns its values in order."""
     allowed = varied_fields(records)
@@ -358,14 +358,14 @@ def check_contrast(records: list[dict], contrast: str) -> list:
     return contrast_values(records, contrast)
 
 
-def check_by(records: list[dict], by: str, contrast: str = DEFAULT_CONTRAST) -> None:
+def check_by(records: list[RunRecord], by: str, contrast: str = DEFAULT_CONTRAST) -> None:
     """`by` must be a config field that varies across the records (and not the contrast itself)."""
     allowed = [f for f in varied_fields(records) if f not in contrast_fields(contrast)]
     if by not in allowed:
         raise SpecError("by", by, ", ".join(allowed) or f"none (no config field varies besides {contrast})")
 
 
-def paired(records: list[dict], metric: str = "val_loss", margin: float | None = None, by: str | None = None,
+def paired(records: list[RunRecord], metric: str = "val_loss", margin: float | None = None, by: str | None = None,
            alpha: float = 0.05, n_boot: int = 10000, seed: int = 0, *, contrast: str = DEFAULT_CONTRAST,
            a=None, b=None, allow_mixed_recipes: bool = False) -> dict:
     """Paired comparison of `metric` between values a and b of `contrast` (default: its first two values,
@@ -374,88 +374,104 @@ def paired(records: list[dict], metric: str = "val_loss", margin: float | None =
     _validate(metric, margin, alpha, n_boot)
     if by is not None:
         check_by(records, by, contrast)
-    higher_is_better = metric.endswith("_acc")
-    if margin is not None:
-        margin_rule = f"absolute {margin:g} (given)"
-    elif higher_is_better:
-        margin_rule = f"absolute {ACCURACY_MARGIN:g} (accuracy default)"
-    else:
-        margin_rule = f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
-
     if a is None and b is None:
         a, b = first_two_values(latest_recipes(records)[0], contrast)
     pairs, info = pair_records(records, contrast, a, b, allow_mixed_recipes=allow_mixed_recipes)
     labels = (value_label(contrast, a), value_label(contrast, b))
-    items = []
-    for left, right in pairs:
-        cfg = config_of(left)
-        statuses = tuple("blown_up" if blown_up(r) else r.get("status") for r in (left, right))
-        values = (finite(left.get(metric)), finite(right.get(metric)))
-        if any(s in ("diverged", "failed", "blown_up") for s in statuses):
-            state = "excluded"
-        elif statuses != ("done", "done"):
-            state = "unfinished"
-        elif None in values:
-            state = "missing"
-        else:
-            state = "used"
-        # both runs share the dataset; Q is the left run's (equal across a topology pair, not across kernels)
-        items.append(dict(dataset=str(cfg.get("dataset")), band=q_band(left.get("q")),
-                          by=canonical_json(cfg.get(by)) if by else None, by_value=cfg.get(by) if by else None,
-                          statuses=statuses, values=values, state=state))
-
-    def group(sel, **group_labels):
-        used = [i for i in sel if i["state"] == "used"]
-        if margin is not None:
-            m = float(margin)
-        elif higher_is_better:
-            m = ACCURACY_MARGIN
-        else:
-            pooled = [v for i in used for v in i["values"]]
-            # rounded to 3 significant digits, so the margin tested is the one printed
-            m = float(f"{RELATIVE_MARGIN * abs(float(np.mean(pooled))):.3g}") if pooled else None
-        d = [i["values"][1] - i["values"][0] for i in used]
-        row = dict(group_labels)
-        row.update(paired_stats(d, m, alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better,
-                                labels=labels))
-        row.update(margin=m, **tally(sel))
-        return row
-
-    def tally(sel):
-        excluded = [i for i in sel if i["state"] == "excluded"]
-        return dict(
-            n_excluded=len(excluded),
-            diverged={t: sum(i["statuses"][k] == "diverged" for i in excluded) for k, t in enumerate(labels)},
-            blown_up={t: sum(i["statuses"][k] == "blown_up" for i in excluded) for k, t in enumerate(labels)},
-            failed={t: sum(i["statuses"][k] == "failed" for i in excluded) for k, t in enumerate(labels)},
-            n_unfinished=sum(i["state"] == "unfinished" for i in sel),
-            n_missing=sum(i["state"] == "missing" for i in sel),
-        )
-
-    groups = []
-    for dataset in sorted({i["dataset"] for i in items}):
-        in_dataset = [i for i in items if i["dataset"] == dataset]
-        bands = [ALL] + sorted({i["band"] for i in in_dataset}, key=_band_order)
-        slices = [(ALL, None)]
-        if by:
-            by_values = {i["by"]: i["by_value"] for i in in_dataset}
-            slices += [(k, by_values[k]) for k in sorted(by_values, key=lambda k: value_order(by_values[k]))]
-        for band in bands:
-            for key, value in slices:
-                sel = [i for i in in_dataset if band in (ALL, i["band"]) and key in (ALL, i["by"])]
-                if sel:
-                    row_labels = dict(dataset=dataset, q_band=band)
-                    if by:
-                        row_labels["by_value"] = ALL if key == ALL else value
-                    groups.append(group(sel, **row_labels))
-
+    higher_is_better = metric.endswith("_acc")
+    items = [_pair_item(left, right, metric, by) for left, right in pairs]
+    stats = dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better, labels=labels)
+    groups = [_group_row(sel, row_labels, margin, stats) for row_labels, sel in _slices(items, by)]
     return _json_safe(dict(
         metric=metric, contrast=contrast, a=a, b=b, a_label=labels[0], b_label=labels[1],
         difference=f"{labels[1]} - {labels[0]}", higher_is_better=higher_is_better,
-        alpha=alpha, ci_level=1 - alpha, n_boot=n_boot, seed=seed, margin=margin, margin_rule=margin_rule, by=by,
-        allow_mixed_recipes=allow_mixed_recipes, pairs=dict(n_found=len(items), n_pairs=sum(i["state"] == "used" for i in items), **tally(items), **info),
+        alpha=alpha, ci_level=1 - alpha, n_boot=n_boot, seed=seed, margin=margin,
+        margin_rule=_margin_rule(margin, higher_is_better), by=by, allow_mixed_recipes=allow_mixed_recipes,
+        pairs=dict(n_found=len(items), n_pairs=sum(i["state"] == "used" for i in items), **_tally(items, labels),
+                   **info),
         groups=groups,
     ))
+
+
+def _margin_rule(margin: float | None, higher_is_better: bool) -> str:
+    """How the equivalence margin is chosen, as the report states it."""
+    if margin is not None:
+        return f"absolute {margin:g} (given)"
+    if higher_is_better:
+        return f"absolute {ACCURACY_MARGIN:g} (accuracy default)"
+    return f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
+
+
+def _pair_item(left: RunRecord, right: RunRecord, metric: str, by: str | None) -> dict:
+    """One pair as the statistics see it: where it falls (dataset, Q band, `by` value), its runs' statuses (a
+    blown-up run counts as its own status) and `metric` values, and its state: "used", or why it is not
+    ("excluded": a run diverged, failed or blew up; "unfinished"; "missing": no value of the metric)."""
+    statuses = tuple("blown_up" if blown_up(r) else r.status for r in (left, right))
+    values = (finite(left.metric(metric)), finite(right.metric(metric)))
+    if any(s in ("diverged", "failed", "blown_up") for s in statuses):
+        state = "excluded"
+    elif statuses != ("done", "done"):
+        state = "unfinished"
+    elif None in values:
+        state = "missing"
+    else:
+        state = "used"
+    cfg = left.config
+    # both runs share the dataset; Q is the left run's (equal across a topology pair, not across kernels)
+    return dict(dataset=str(cfg.get("dataset")), band=q_band(left.q),
+                by=canonical_json(cfg.get(by)) if by else None, by_value=cfg.get(by) if by else None,
+                statuses=statuses, values=values, state=state)
+
+
+def _slices(items: list[dict], by: str | None):
+    """(row labels, pairs) of each group a comparison reports: per dataset, its pairs in all and per Q band, each
+    also per value of the `by` field when given; groups without pairs are left out."""
+    for dataset in sorted({i["dataset"] for i in items}):
+        in_dataset = [i for i in items if i["dataset"] == dataset]
+        bands = [ALL] + sorted({i["band"] for i in in_dataset}, key=_band_order)
+        by_values = [(ALL, ALL)] + (_by_values(in_dataset) if by else [])
+        for band in bands:
+            for key, value in by_values:
+                sel = [i for i in in_dataset if band in (ALL, i["band"]) and key in (ALL, i["by"])]
+                if sel:
+                    yield dict(dataset=dataset, q_band=band, **({"by_value": value} if by else {})), sel
+
+
+def _by_values(items: list[dict]) -> list[tuple]:
+    """(key, value) of each `by` value among the pairs, in value order."""
+    values = {i["by"]: i["by_value"] for i in items}
+    return [(k, values[k]) for k in sorted(values, key=lambda k: value_order(values[k]))]
+
+
+def _group_row(sel: list[dict], row_labels: dict, margin: float | None, stats: dict) -> dict:
+    """The statistics of one group's pairs (`stats`: `paired_stats`' settings), its margin and its tally."""
+    used = [i for i in sel if i["state"] == "used"]
+    m = _group_margin(used, margin, stats["higher_is_better"])
+    d = [i["values"][1] - i["values"][0] for i in used]
+    return {**row_labels, **paired_stats(d, m, **stats), "margin": m, **_tally(sel, stats["labels"])}
+
+
+def _group_margin(used: list[dict], margin: float | None, higher_is_better: bool) -> float | None:
+    """The margin TOST tests a group against: the one given, else the accuracy default, else RELATIVE_MARGIN of
+    the pooled mean of the group's values (None without any)."""
+    if margin is not None:
+        return float(margin)
+    if higher_is_better:
+        return ACCURACY_MARGIN
+    pooled = [v for i in used for v in i["values"]]
+    # rounded to 3 significant digits, so the margin tested is the one printed
+    return float(f"{RELATIVE_MARGIN * abs(float(np.mean(pooled))):.3g}") if pooled else None
+
+
+def _tally(sel: list[dict], labels: tuple) -> dict:
+    """How many pairs were left out and why: excluded ones per value and cause, unfinished, missing the metric."""
+    excluded = [i for i in sel if i["state"] == "excluded"]
+    per_value = lambda status: {t: sum(i["statuses"][k] == status for i in excluded) for k, t in enumerate(labels)}
+    return dict(
+        n_excluded=len(excluded), diverged=per_value("diverged"), blown_up=per_value("blown_up"),
+        failed=per_value("failed"), n_unfinished=sum(i["state"] == "unfinished" for i in sel),
+        n_missing=sum(i["state"] == "missing" for i in sel),
+    )
 
 
 def _json_safe(obj):
@@ -471,7 +487,7 @@ def _json_safe(obj):
     return obj
 
 
-def check_recipes(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> dict:
+def check_recipes(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> dict:
     """{"recipes": the recipes of the runs compared, "n_superseded", "n_mixed_recipes"}; raises when some pairs
     of the contrast would mix recipes (a result of other training code is not the same run)."""
     kept, superseded = latest_recipes(records)
@@ -480,7 +496,7 @@ def check_recipes(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> dict
     for i, a in enumerate(values):
         for b in values[i + 1:]:
             mixed += pair_records(kept, contrast, a, b)[1]["n_mixed_recipes"]
-    recipes = sorted({r["recipe"] for r in kept if r.get("recipe") is not None})
+    recipes = sorted({r.recipe for r in kept if r.recipe is not None})
     if mixed:
         raise DepthlabError(
             f"{mixed} pair(s) of runs would mix recipes {', '.join(map(str, recipes))}: their two runs were trained "
@@ -489,7 +505,7 @@ def check_recipes(records: list[dict], contrast: str = DEFAULT_CONTRAST) -> dict
     return {"recipes": recipes, "n_superseded": superseded, "n_mixed_recipes": mixed}
 
 
-def compare_report(records: list[dict], margin: float | None = None, by: str | None = None, *,
+def compare_report(records: list[RunRecord], margin: float | None = None, by: str | None = None, *,
                    metrics=DEFAULT_METRICS, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0,
                    contrast: str = DEFAULT_CONTRAST, allow_mixed_recipes: bool = False) -> dict:
     """The band table and the paired comparison of each metric for every two values of `contrast`, as one
@@ -497,12 +513,12 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     of different recipes in one pair unless `allow_mixed_recipes` (then they are paired and counted)."""
     counts = dict.fromkeys(STATUSES, 0)
     for rec in records:
-        counts[rec.get("status")] = counts.get(rec.get("status"), 0) + 1
+        counts[rec.status] = counts.get(rec.status, 0) + 1
     if contrast != DEFAULT_CONTRAST:
         check_contrast(records, contrast)
     if allow_mixed_recipes:
         kept, superseded = latest_recipes(records)
-        recipes = {"recipes": sorted({r["recipe"] for r in kept if r.get("recipe") is not None}),
+        recipes = {"recipes": sorted({r.recipe for r in kept if r.recipe is not None}),
                    "n_superseded": superseded, "allow_mixed_recipes": True}
     else:
         recipes = check_recipes(records, contrast)
@@ -520,7 +536,7 @@ def compare_report(records: list[dict], margin: float | None = None, by: str | N
     if recipes["n_superseded"]:
         notes.append(f"{recipes['n_superseded']} run(s) trained by an older recipe of a config that a newer recipe "
                      "trained again are left out (superseded).")
-    by_precision = Counter(filter(None, map(precision_of, latest_recipes(records)[0])))
+    by_precision = Counter(filter(None, (r.precision for r in latest_recipes(records)[0])))
     if len(by_precision) > 1:
         notes.append("Runs were trained in several precisions (" + ", ".join(
             f"{p} {n}" for p, n in sorted(by_precision.items())) + "): a pair whose two runs differ in precision "

@@ -11,17 +11,17 @@ from __future__ import annotations
 from depthlab.analysis.compare import mean_or_none, std_or_none, value_order
 from depthlab.errors import SpecError
 from depthlab.sweep.export import varied_fields
-from depthlab.records import METRICS, STATUSES, config_of, finite
+from depthlab.records import METRICS, STATUSES, RunRecord, finite
 
 DEFAULT_SUMMARY_METRICS = ("train_loss", "val_loss", "val_acc")
 
 
-def summary_fields(records: list[dict]) -> list[str]:
+def summary_fields(records: list[RunRecord]) -> list[str]:
     """The default grouping: the varied config fields, seed excluded."""
     return [f for f in varied_fields(records) if f != "seed"]
 
 
-def summarise(records: list[dict], by: list[str] | None = None, metrics=DEFAULT_SUMMARY_METRICS) -> dict:
+def summarise(records: list[RunRecord], by: list[str] | None = None, metrics=DEFAULT_SUMMARY_METRICS) -> dict:
     """One row per combination of the `by` fields present in the records: runs per status, and the mean and std
     of each metric over the group's runs that are done (a diverged run has no metric to average)."""
     allowed = varied_fields(records)
@@ -32,18 +32,17 @@ def summarise(records: list[dict], by: list[str] | None = None, metrics=DEFAULT_
     for metric in metrics:
         if metric not in METRICS:
             raise SpecError("metric", metric, ", ".join(METRICS))
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[RunRecord]] = {}
     for rec in records:
-        cfg = config_of(rec)
-        groups.setdefault(tuple(cfg.get(f) for f in by), []).append(rec)
+        groups.setdefault(tuple(rec.config.get(f) for f in by), []).append(rec)
     rows = []
     for key in sorted(groups, key=lambda k: tuple(value_order(v) for v in k)):
         runs = groups[key]
         row = dict(zip(by, key), runs=len(runs))
-        row.update({s: sum(r.get("status") == s for r in runs) for s in STATUSES})
-        done = [r for r in runs if r.get("status") == "done"]
+        row.update({s: sum(r.status == s for r in runs) for s in STATUSES})
+        done = [r for r in runs if r.status == "done"]
         for metric in metrics:
-            values = [v for v in (finite(r.get(metric)) for r in done) if v is not None]
+            values = [v for v in (finite(r.metric(metric)) for r in done) if v is not None]
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_or_none(values), std_or_none(values)
         rows.append(row)
     return {"by": by, "metrics": list(metrics), "rows": rows}

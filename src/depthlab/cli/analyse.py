@@ -120,6 +120,12 @@ def _common(p):
 
 
 def register(subparsers) -> None:
+    """The expansion commands, in the order --help lists them."""
+    for add in (_add_expand, _add_paths, _add_signal, _add_lesion, _add_convert):
+        add(subparsers)
+
+
+def _add_expand(subparsers) -> None:
     p = subparsers.add_parser(
         "expand", formatter_class=FMT,
         help="the residual expansion x_n = x + T1 + T2 + ... of fresh models: term norms, truncation errors",
@@ -140,6 +146,8 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_expand)
 
+
+def _add_paths(subparsers) -> None:
     p = subparsers.add_parser(
         "paths", formatter_class=FMT,
         help="the unravelled view: paths by length, Binomial(n, 1/2), and the measured term of each order",
@@ -158,6 +166,8 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_paths)
 
+
+def _add_signal(subparsers) -> None:
     p = subparsers.add_parser(
         "signal", formatter_class=FMT,
         help="growth of the residual stream and logits with depth at initialisation, per scale rule and norm",
@@ -178,6 +188,8 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_signal)
 
+
+def _add_lesion(subparsers) -> None:
     p = subparsers.add_parser(
         "lesion", formatter_class=FMT,
         help="delete each block of a trained residual network (and of a plain one) and measure the damage",
@@ -193,6 +205,8 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=cmd_lesion)
 
+
+def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", formatter_class=FMT,
         help="rewire a trained deep network as the shallow (parallel) one with the same weights",
@@ -382,11 +396,11 @@ def _stored_run(store_path, run: str, data_root=None):
         raise DepthlabError(f"run {rid}: weights exist next to {store_path} but the store has no such run")
     from depthlab.sweep.config import RunConfig
 
-    config = RunConfig.from_dict(record["config"])
+    config = RunConfig.from_dict(record.config)
     ds = DataCache(_cpu(), data_root).get(config)
     model, _, _ = load_trained(store_path, rid, ds)
     print(f"run {rid} from {store_path}: {config.topology}, {config.blocks} blocks, width {config.width}, "
-          f"skip {str(config.skip).lower()}, {config.dataset}, {config.epochs} epochs, recipe {record['recipe']}",
+          f"skip {str(config.skip).lower()}, {config.dataset}, {config.epochs} epochs, recipe {record.recipe}",
           file=sys.stderr)
     return model, config, rid, ds, record
 
@@ -431,18 +445,18 @@ def _train(args, configs, sweep: str) -> dict:
 
     ids = {run_id(c.to_dict(), engine.RECIPE): c for c in configs}
     with Store(args.store) as store:
-        return {r["run_id"]: r for r in store.records(run_ids=ids)}
+        return {r.run_id: r for r in store.records(run_ids=ids)}
 
 
 def _trained_model(args, record, data):
     from depthlab.sweep.weights import load_trained
 
-    return load_trained(args.store, record["run_id"], data)[0]
+    return load_trained(args.store, record.run_id, data)[0]
 
 
-def _run_summary(record: dict) -> dict:
-    return {"run_id": record["run_id"], "status": record["status"], "recipe": record["recipe"],
-            "train_loss": record["train_loss"], "test_acc": record["test_acc"], "error": record["error"]}
+def _run_summary(record) -> dict:
+    return {"run_id": record.run_id, "status": record.status, "recipe": record.recipe,
+            "train_loss": record.train_loss, "test_acc": record.test_acc, "error": record.error}
 
 
 def _networks(args, contrasts: dict, sweep: str):
@@ -463,22 +477,43 @@ def _networks(args, contrasts: dict, sweep: str):
     records = _train(args, list(wanted.values()), sweep) if wanted else {}
     for name, cfg in wanted.items():
         record = records[run_id(cfg.to_dict(), engine.RECIPE)]
-        out[name] = (record, _trained_model(args, record, data) if record["status"] == "done" else None)
+        out[name] = (record, _trained_model(args, record, data) if record.status == "done" else None)
     return out, data
 
 
 def cmd_lesion(args) -> int:
-    from depthlab.analysis.lesion import lesion_study
     from depthlab.precision import resolve
 
+    nets, data = _lesion_networks(args)
+    studies = _lesion_studies(args, nets, data)
+    spec = nets["base"][1].spec if nets["base"][1] is not None else None
+    base = nets["base"][0]
+    if args.json:
+        _print_json({"spec": spec.to_dict() if spec else None, "dataset": base.config["dataset"],
+                     "n_train": int(data.n_train), "n_test": len(data.test_x), "store": str(args.store),
+                     "precision": resolve(args.precision, "cpu"),
+                     **{k: {**(study or {}), "run": _run_summary(r)} for k, (study, r) in studies.items()}})
+        return 0
+    _print_lesions(args, studies, base, data)
+    return 0
+
+
+def _lesion_networks(args):
+    """The residual network and, unless --no-plain, its plain contrast: {name: (record, model)}, and the data."""
     contrasts = {} if args.no_plain else {"plain": {"skip": False}}
     try:
-        nets, data = _networks(args, contrasts, "lesion")
+        return _networks(args, contrasts, "lesion")
     except DepthlabError as err:
         if "skip" in str(err) and not args.no_plain:
             raise DepthlabError(f"{err}; the plain contrast cannot be trained for this run: pass --no-plain") \
                 from None
         raise
+
+
+def _lesion_studies(args, nets, data) -> dict:
+    """{"residual" | "plain": (its lesion study, or None for a network that did not train; its record)}."""
+    from depthlab.analysis.lesion import lesion_study
+
     test = (data.test_x, data.test_y, data.mean, data.std)
     studies = {}
     for name, (record, model) in nets.items():
@@ -486,18 +521,17 @@ def cmd_lesion(args) -> int:
         study = lesion_study(model, *test, progress=_progress(args), precision=args.precision) \
             if model is not None else None
         studies[label] = (study, record)
-    spec = nets["base"][1].spec if nets["base"][1] is not None else None
-    base = nets["base"][0]
-    if args.json:
-        _print_json({"spec": spec.to_dict() if spec else None, "dataset": base["dataset"],
-                     "n_train": int(data.n_train), "n_test": len(data.test_x), "store": str(args.store),
-                     "precision": resolve(args.precision, "cpu"),
-                     **{k: {**(study or {}), "run": _run_summary(r)} for k, (study, r) in studies.items()}})
-        return 0
-    cfg = base["config"]
+    return studies
+
+
+def _print_lesions(args, studies: dict, base, data) -> None:
+    """The lesion studies as text: what was trained, a row per deleted block, and each network's summary."""
+    from depthlab.precision import resolve
+
+    cfg = base.config
     print(f"lesions: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
           f"scale {cfg['residual_scale']}) trained by the engine on {data.n_train} {cfg['dataset']} examples for "
-          f"{cfg['epochs']} epochs (recipe {base['recipe']}); test accuracy on {len(data.test_x)} examples with each "
+          f"{cfg['epochs']} epochs (recipe {base.recipe}); test accuracy on {len(data.test_x)} examples with each "
           f"block deleted (evaluated in {resolve(args.precision, 'cpu')})\n")
     headers = ["deleted block"]
     rows = [["none (intact)"]] + [[str(i)] for i in range(cfg["blocks"])]
@@ -511,14 +545,13 @@ def cmd_lesion(args) -> int:
     print(table(headers, rows))
     print()
     for name, (study, record) in studies.items():
-        where = f"run {record['run_id']}"
+        where = f"run {record.run_id}"
         if study is None:
-            print(f"{name} ({where}): {record['status'].upper()}, nothing to lesion"
-                  + (f" ({record['error']})" if record.get("error") else ""))
+            print(f"{name} ({where}): {record.status.upper()}, nothing to lesion"
+                  + (f" ({record.error})" if record.error else ""))
             continue
-        print(f"{name} ({where}): final train loss {_num(record['train_loss'])}; accuracy drop per deleted block: "
+        print(f"{name} ({where}): final train loss {_num(record.train_loss)}; accuracy drop per deleted block: "
               f"mean {study['mean_accuracy_drop']:.4g}, max {study['max_accuracy_drop']:.4g}")
-    return 0
 
 
 def cmd_convert(args) -> int:
@@ -529,21 +562,21 @@ def cmd_convert(args) -> int:
     nets, data = _networks(args, {}, "convert")
     record, model = nets["base"]
     if model is None:
-        raise DepthlabError(f"run {record['run_id']} is {record['status']}: nothing to convert")
+        raise DepthlabError(f"run {record.run_id} is {record.status}: nothing to convert")
     _, report = deep_to_shallow(model, data, recalibrate=not args.no_recalibrate, precision=args.precision)
     if args.finetune_epochs:
         config = _config_of(record)
-        tune = config.replace(topology="parallel", epochs=args.finetune_epochs, init_from=record["run_id"],
+        tune = config.replace(topology="parallel", epochs=args.finetune_epochs, init_from=record.run_id,
                               lr=args.finetune_lr if args.finetune_lr is not None else config.lr)
         tuned = next(iter(_train(args, [tune], "convert").values()))
         report["finetune"] = _run_summary(tuned)
-        if tuned["status"] == "done":
+        if tuned.status == "done":
             report["finetuned"] = scores(_trained_model(args, tuned, data), data.test_x, data.test_y, data.mean,
                                          data.std, precision=args.precision)
             original = report["original"]["accuracy"]
             report["retained_after_finetune"] = (report["finetuned"]["accuracy"] / original if original > 0
                                                  else float("nan"))
-    cfg = record["config"]
+    cfg = record.config
     report = {"spec": model.spec.to_dict(), "dataset": cfg["dataset"], "n_train": int(data.n_train),
               "n_test": len(data.test_x), "store": str(args.store), "run": _run_summary(record),
               "precision": resolve(args.precision, "cpu"), **report}
@@ -552,7 +585,7 @@ def cmd_convert(args) -> int:
         return 0
     print(f"deep -> shallow: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
           f"scale {cfg['residual_scale']}) trained by the engine on {report['n_train']} {cfg['dataset']} examples "
-          f"for {cfg['epochs']} epochs (run {record['run_id']}, final train loss {_num(record['train_loss'])}); "
+          f"for {cfg['epochs']} epochs (run {record.run_id}, final train loss {_num(record.train_loss)}); "
           f"parameters {report['params_original']} -> {report['params_converted']}\n")
     rows = [["sequential (original)", report["original"]["accuracy"], report["original"]["loss"], ""],
             ["parallel (converted)", report["converted"]["accuracy"], report["converted"]["loss"], report["retained"]]]
@@ -566,11 +599,11 @@ def cmd_convert(args) -> int:
     if "finetune" in report:
         tuned = report["finetune"]
         print(f"\nfine-tuning: run {tuned['run_id']} ({tuned['status']}), trained by the engine from run "
-              f"{record['run_id']}'s weights")
+              f"{record.run_id}'s weights")
     return 0
 
 
 def _config_of(record):
     from depthlab.sweep.config import RunConfig
 
-    return RunConfig.from_dict(record["config"])
+    return RunConfig.from_dict(record.config)

@@ -11,8 +11,10 @@ from depthlab import choices
 from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
 from depthlab.outputs import check_out
+from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
+RAW = argparse.RawDescriptionHelpFormatter  # the descriptions below keep their own line breaks
 
 
 def _open_store(path: str):
@@ -106,7 +108,7 @@ def cmd_results(args) -> int:
     return 0
 
 
-def _sweep_records(args) -> list[dict]:
+def _sweep_records(args) -> list:
     """The records of `--store` (of `--sweep` when given); none is an error."""
     with _open_store(args.store) as store:
         _check_sweep(store, args.sweep)
@@ -132,7 +134,7 @@ def cmd_compare(args) -> int:
     else:
         from depthlab.shift.records import METRICS as default  # what a shift row measures
     metrics = args.metric or list(default)
-    by = _combined_by(records, args.by, args.contrast)
+    records, by = _combined_by(records, args.by, args.contrast)
     report = compare_report(records, margin=args.margin, by=by, metrics=metrics, alpha=args.alpha,
                             n_boot=args.n_boot, seed=args.seed, contrast=args.contrast,
                             allow_mixed_recipes=args.allow_mixed_recipes)
@@ -145,8 +147,8 @@ def cmd_compare(args) -> int:
     return _print(report, args.json, format_report)
 
 
-def _shift_records(args) -> list[dict]:
-    """The shift measurements of `--store` (of `--sweep`'s runs) as flat records; none is an error."""
+def _shift_records(args) -> list:
+    """The shift measurements of `--store` (of `--sweep`'s runs) as records; none is an error."""
     from depthlab.shift.records import load_shift_records
 
     with _open_store(args.store) as store:
@@ -158,13 +160,15 @@ def _shift_records(args) -> list[dict]:
     return records
 
 
-def _combined_by(records: list[dict], by: str | None, contrast: str) -> str | None:
-    """`--by F1,F2`: the records get one more config field named "F1,F2" whose value joins theirs, and that field
-    is the one the comparison splits by (one field or several, the statistics are the same code)."""
+def _combined_by(records: list, by: str | None, contrast: str) -> tuple[list, str | None]:
+    """(records, the field to split by). `--by F1,F2`: records with one more config field named "F1,F2" whose
+    value joins theirs, and that field is the one the comparison splits by (one field or several, the
+    statistics are the same code)."""
     if by is None or "," not in by:
-        return by
+        return records, by
+    from dataclasses import replace
+
     from depthlab.errors import SpecError
-    from depthlab.records import config_of
     from depthlab.sweep.export import varied_fields
 
     fields = [f.strip() for f in by.split(",") if f.strip()]
@@ -173,13 +177,8 @@ def _combined_by(records: list[dict], by: str | None, contrast: str) -> str | No
         if f not in allowed:
             raise SpecError("by", f, ", ".join(allowed) or f"none (no config field varies besides {contrast})")
     name = ",".join(fields)
-    for rec in records:
-        cfg = config_of(rec)
-        value = ", ".join(str(cfg.get(f)) for f in fields)
-        rec[name] = value
-        if isinstance(rec.get("config"), dict):
-            rec["config"] = {**rec["config"], name: value}
-    return name
+    joined = lambda rec: ", ".join(str(rec.config.get(f)) for f in fields)
+    return [replace(rec, config={**rec.config, name: joined(rec)}) for rec in records], name
 
 
 def cmd_summary(args) -> int:
@@ -197,12 +196,12 @@ def bounded_boot(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from depthlab.sweep.export import FORMATS
-    from depthlab.records import METRICS, STATUSES
-    from depthlab.sweep.store import DEFAULT_STORE
+    """The store's commands, in the order --help lists them."""
+    for add in (_add_status, _add_results, _add_compare, _add_release, _add_drop, _add_summary):
+        add(subparsers)
 
-    fmt = argparse.RawDescriptionHelpFormatter
 
+def _add_status(subparsers) -> None:
     p = subparsers.add_parser(
         "status", help="how many runs are pending, running, done, diverged, failed",
         description="Count the runs of the results store by status (per sweep when it holds several), and list "
@@ -211,8 +210,12 @@ def register(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.set_defaults(func=cmd_status)
 
+
+def _add_results(subparsers) -> None:
+    from depthlab.records import STATUSES
+    from depthlab.sweep.export import FORMATS
     p = subparsers.add_parser(
-        "results", help="export the runs as a table (CSV, JSON or Parquet)", formatter_class=fmt,
+        "results", help="export the runs as a table (CSV, JSON or Parquet)", formatter_class=RAW,
         description="Export one row per run: run_id, dataset, topology, blocks, width, kernel, params, q, status,\n"
         "the final train/val/test loss and accuracy, epochs, seconds, then every config field that varies\n"
         "across the exported runs.\n\nexamples:\n  depthlab results > runs.csv\n"
@@ -225,23 +228,30 @@ def register(subparsers) -> None:
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
     p.set_defaults(func=cmd_results)
 
+
+COMPARE_DESCRIPTION = (
+    "Compare two values of one config field honestly (--contrast; topology by default: parallel\n"
+    "against sequential). Runs whose configs differ only in that field form a pair; d = b - a for\n"
+    "every two of its values a, b (for topology, d = parallel - sequential). Per dataset and per Q band\n"
+    "(Q = examples x outputs / parameters): mean and median d, a percentile-bootstrap CI of the mean,\n"
+    "win counts, a TOST equivalence test against a margin, and a verdict: 'equivalent within ±margin',\n"
+    "'<value> better' or 'inconclusive' (both equivalent and consistently better when both hold).\n"
+    "Pairs with a diverged or failed run are excluded and counted. Runs of different recipes (versions\n"
+    "of the training code) are not paired: a config retrained by a newer recipe counts in its newest run,\n"
+    "and a pair that would still mix recipes is an error unless --allow-mixed-recipes.\n"
+    "Also prints the mean losses per dataset x value x Q band.\n\n"
+    "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.\n\n"
+    "examples:\n  depthlab compare --store runs.sqlite --by head\n"
+    "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc\n"
+    "  depthlab compare --store runs.sqlite --table shift --contrast method --by eval_batch_size\n"
+    "  depthlab compare --store runs.sqlite --table shift --contrast topology --by method,corruption")
+
+
+def _add_compare(subparsers) -> None:
+    from depthlab.records import METRICS
     p = subparsers.add_parser(
-        "compare", help="paired statistics over one field: parallel vs sequential by default", formatter_class=fmt,
-        description="Compare two values of one config field honestly (--contrast; topology by default: parallel\n"
-        "against sequential). Runs whose configs differ only in that field form a pair; d = b - a for\n"
-        "every two of its values a, b (for topology, d = parallel - sequential). Per dataset and per Q band\n"
-        "(Q = examples x outputs / parameters): mean and median d, a percentile-bootstrap CI of the mean,\n"
-        "win counts, a TOST equivalence test against a margin, and a verdict: 'equivalent within ±margin',\n"
-        "'<value> better' or 'inconclusive' (both equivalent and consistently better when both hold).\n"
-        "Pairs with a diverged or failed run are excluded and counted. Runs of different recipes (versions\n"
-        "of the training code) are not paired: a config retrained by a newer recipe counts in its newest run,\n"
-        "and a pair that would still mix recipes is an error unless --allow-mixed-recipes.\n"
-        "Also prints the mean losses per dataset x value x Q band.\n\n"
-        "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.\n\n"
-        "examples:\n  depthlab compare --store runs.sqlite --by head\n"
-        "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc\n"
-        "  depthlab compare --store runs.sqlite --table shift --contrast method --by eval_batch_size\n"
-        "  depthlab compare --store runs.sqlite --table shift --contrast topology --by method,corruption",
+        "compare", help="paired statistics over one field: parallel vs sequential by default", formatter_class=RAW,
+        description=COMPARE_DESCRIPTION,
     )
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--metric", action="append", choices=METRICS,
@@ -266,6 +276,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of tables")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_release(subparsers) -> None:
     p = subparsers.add_parser(
         "release", help="put running runs back to pending: a dead owner's, or given ones",
         description="Runs stay 'running' while their owner lives; a runner that died is noticed by its stale "
@@ -277,6 +289,8 @@ def register(subparsers) -> None:
     p.add_argument("--stale", action="store_true", help="every run whose owner is dead")
     p.set_defaults(func=cmd_release)
 
+
+def _add_drop(subparsers) -> None:
     p = subparsers.add_parser(
         "drop", help="take a sweep's pending runs out of the store (e.g. left by an edited spec)",
         description="Rerunning an edited spec under the same name adds its new runs to the sweep, and the runs "
@@ -286,9 +300,12 @@ def register(subparsers) -> None:
     p.add_argument("--sweep", required=True, metavar="NAME", help="the sweep whose pending runs go")
     p.set_defaults(func=cmd_drop)
 
+
+def _add_summary(subparsers) -> None:
+    from depthlab.records import METRICS
     p = subparsers.add_parser(
         "summary", help="outcomes grouped by config fields: runs trained, diverged, mean ± std metrics",
-        formatter_class=fmt,
+        formatter_class=RAW,
         description="Group the runs by config fields (default: every field that varies, except seed) and print\n"
         "per group the runs by status and the mean ± std of each metric over its done runs: which settings\n"
         "train, which diverge, how well.\n\nexamples:\n"

@@ -70,9 +70,9 @@ def _sweep_name(text: str) -> str:
 def run_command(args) -> int:
     import torch
 
-    from depthlab.sweep.runner import plan, resolve_device, run_sweep
+    from depthlab.sweep.runner import resolve_device
     from depthlab.sweep.spec import load_spec, parse_overrides
-    from depthlab.sweep.store import Store, check_store_path
+    from depthlab.sweep.store import check_store_path
 
     check_store_path(args.store)  # before anything: a store that keeps nothing must not get a sweep
     spec = load_spec(args.spec).with_overrides(parse_overrides(args.overrides))
@@ -82,39 +82,67 @@ def run_command(args) -> int:
     device = resolve_device(args.device) if args.backend == "local" else torch.device(
         "cuda" if args.device == "cuda" else "cpu")
     if args.dry_run:
-        size = spec.check_size()
-        if size > DRY_RUN_EXPAND:
-            print(f"sweep {spec.name}: at most {size:,} runs (the product of the grid's lists, before exclude and "
-                  f"duplicates); over {DRY_RUN_EXPAND:,}, so the dry run counts them without expanding or "
-                  "validating each (dry run: nothing trained)")
-            return 0
-        store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
-        the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision,
-                        workers=args.workers)
-        if store is not None:
-            store.close()
-        measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "
-                    "and the number of packs change" if the_plan.uncalibrated else "")
-        print(f"sweep {spec.name}: {the_plan.total} runs, {the_plan.finished} already finished in {args.store}, "
-              f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} in {the_plan.precision}"
-              f"{f', {the_plan.workers} at a time' if the_plan.workers > 1 else ''}"
-              f"{measured} (dry run: nothing trained)")
+        return _dry_run(args, spec, device)
+    summary = _train_sweep(args, spec, device)
+    counts = summary["counts"]
+    _print_trained(args, spec, summary)
+    if not args.no_compare and counts.get("done", 0):
+        _print_comparison(args, spec)
+    if counts.get("failed", 0):
+        print(f"{counts['failed']} run(s) of sweep {spec.name} failed: see why with `depthlab results --store "
+              f"{args.store} --sweep '{spec.name}' --status failed` (column error); train them again with "
+              "--retry-failed")
+        return 1
+    return 0
+
+
+def _dry_run(args, spec, device) -> int:
+    """--dry-run: how many runs and packs the sweep has, and how many are left to train; nothing trains."""
+    from depthlab.sweep.runner import plan
+    from depthlab.sweep.store import Store
+
+    size = spec.check_size()
+    if size > DRY_RUN_EXPAND:
+        print(f"sweep {spec.name}: at most {size:,} runs (the product of the grid's lists, before exclude and "
+              f"duplicates); over {DRY_RUN_EXPAND:,}, so the dry run counts them without expanding or "
+              "validating each (dry run: nothing trained)")
         return 0
+    store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
+    the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision,
+                    workers=args.workers)
+    if store is not None:
+        store.close()
+    measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "
+                "and the number of packs change" if the_plan.uncalibrated else "")
+    print(f"sweep {spec.name}: {the_plan.total} runs, {the_plan.finished} already finished in {args.store}, "
+          f"{len(the_plan.todo)} to train in {len(the_plan.packs)} packs on {device} in {the_plan.precision}"
+          f"{f', {the_plan.workers} at a time' if the_plan.workers > 1 else ''}"
+          f"{measured} (dry run: nothing trained)")
+    return 0
+
+
+def _train_sweep(args, spec, device) -> dict:
+    """Train the sweep's runs that the store lacks, on the chosen backend; the driver's summary."""
+    from depthlab.sweep.runner import run_sweep
+
     if args.backend == "ray":
         if args.workers is not None:
             raise DepthlabError("--workers is for the local backend: Ray trains a pack per Ray worker "
                                 "(give Ray its CPUs instead)")
         from depthlab.sweep.ray_backend import run_sweep_ray
-        summary = run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
-                                address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
-                                compile=args.compile, save_weights=args.save_weights,
-                                retry_failed=args.retry_failed, precision=args.precision,
-                                complexity=args.complexity)
-    else:
-        summary = run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
-                            compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
-                            progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
-                            complexity=args.complexity, workers=args.workers)
+        return run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
+                             address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
+                             compile=args.compile, save_weights=args.save_weights,
+                             retry_failed=args.retry_failed, precision=args.precision,
+                             complexity=args.complexity)
+    return run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
+                     compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
+                     progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
+                     complexity=args.complexity, workers=args.workers)
+
+
+def _print_trained(args, spec, summary: dict) -> None:
+    """One line: what this invocation trained, where and how, and the store's counts."""
     trained = summary["trained"]
     counts = summary["counts"]
     workers = f" ({summary['workers']} packs at a time)" if summary.get("workers", 1) > 1 else ""
@@ -122,19 +150,17 @@ def run_command(args) -> int:
           f"{summary['device']}{workers} in {summary['precision']} ({trained.get('done', 0)} done, "
           f"{trained.get('diverged', 0)} diverged, {trained.get('failed', 0)} failed); store {args.store}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-    if not args.no_compare and counts.get("done", 0):
-        from depthlab.analysis.compare import compare_report, format_report
 
-        with Store(args.store, readonly=True) as store:
-            records = store.records(sweep=spec.name)
-        print()
-        try:
-            print(format_report(compare_report(records)))
-        except DepthlabError as err:  # e.g. pairs that would mix recipes: every result is kept, the comparison waits
-            print(f"compare: {err}")
-    if counts.get("failed", 0):
-        print(f"{counts['failed']} run(s) of sweep {spec.name} failed: see why with `depthlab results --store "
-              f"{args.store} --sweep '{spec.name}' --status failed` (column error); train them again with "
-              "--retry-failed")
-        return 1
-    return 0
+
+def _print_comparison(args, spec) -> None:
+    """The sweep's paired comparison (`depthlab compare` with its defaults), or why it has to wait."""
+    from depthlab.analysis.compare import compare_report, format_report
+    from depthlab.sweep.store import Store
+
+    with Store(args.store, readonly=True) as store:
+        records = store.records(sweep=spec.name)
+    print()
+    try:
+        print(format_report(compare_report(records)))
+    except DepthlabError as err:  # e.g. pairs that would mix recipes: every result is kept, the comparison waits
+        print(f"compare: {err}")

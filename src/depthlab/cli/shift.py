@@ -36,8 +36,6 @@ def _severity(text: str):
 
 
 def register(subparsers) -> None:
-    from depthlab.sweep.store import DEFAULT_STORE
-
     p = subparsers.add_parser(
         "shift", help="measure trained runs on corrupted test sets with test-time methods (TENT, alpha-BN, ...)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,10 +51,24 @@ def register(subparsers) -> None:
         "  depthlab compare --table shift --contrast topology --by method,corruption\n\n"
         "example:\n  depthlab shift --store mnist.sqlite --severity mnistc --batch-size 1,16,200 --examples 1000",
     )
+    _run_options(p)
+    _measurement_options(p)
+    _execution_options(p)
+    p.set_defaults(func=cmd_shift)
+
+
+def _run_options(p) -> None:
+    """Which trained runs are measured."""
+    from depthlab.sweep.store import DEFAULT_STORE
+
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help="results store (default: %(default)s)")
     p.add_argument("--runs", type=_list(str), metavar="ID[,ID...]",
                    help="only these runs (full ids or unique prefixes; default: every done run with weights)")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+
+
+def _measurement_options(p) -> None:
+    """What each run is measured on and with: corruptions, severities, methods, batch sizes, seeds, examples."""
     p.add_argument("--corruptions", type=_list(str), default=["all"], metavar="NAME[,NAME...]",
                    help="corruptions of the dataset's suite, or all (default)")
     p.add_argument("--severity", type=_severity, default=[1, 2, 3, 4, 5], metavar="LEVELS",
@@ -75,6 +87,10 @@ def register(subparsers) -> None:
                    help="the first N examples of each run's test split (default: all)")
     p.add_argument("--episodic", action="store_true",
                    help="reset tent and core_reconstructed before every batch (stored as tent_episodic, ...)")
+
+
+def _execution_options(p) -> None:
+    """Where and how the measuring runs: device, data directory, threads, precision, progress."""
     p.add_argument("--device", default="cpu", choices=choices.DEVICES, help="where to evaluate "
                    "(default: %(default)s)")
     p.add_argument("--data-root", default=None, help="dataset directory, also where corrupted sets are cached "
@@ -85,7 +101,6 @@ def register(subparsers) -> None:
                   "(CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32; recorded in each row's env, not part of "
                   "its key (rows already measured are kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_shift)
 
 
 def cmd_shift(args) -> int:

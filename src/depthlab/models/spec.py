@@ -59,6 +59,13 @@ class ModelFields:
     reparam: str = added("none")     # lk's depthwise K×K: none, dilated (UniRepLKNet), same_kernel, same_equivalent
 
     def __post_init__(self):
+        self._check_sizes()
+        self._check_choices()
+        self._check_branch_type()
+        self._check_skip_and_scale()
+
+    def _check_sizes(self) -> None:
+        """width, blocks, hidden (a list of widths becomes a tuple) and kernel."""
         for name in ("width", "blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -74,6 +81,9 @@ class ModelFields:
         if not isinstance(self.kernel, int) or isinstance(self.kernel, bool) or self.kernel % 2 == 0 \
                 or not 1 <= self.kernel <= 31:
             raise SpecError("kernel", self.kernel, "an odd integer from 1 to 31")
+
+    def _check_choices(self) -> None:
+        """The fields whose values come from a list (and the topology and the residual scale, read as rules)."""
         if self.norm not in NORMS:
             raise SpecError("norm", self.norm, ", ".join(NORMS))
         if self.act not in ACTS:
@@ -90,6 +100,9 @@ class ModelFields:
             raise SpecError("branch", self.branch, ", ".join(BRANCH_TYPES))
         if self.reparam not in REPARAMS:
             raise SpecError("reparam", self.reparam, ", ".join(REPARAMS))
+
+    def _check_branch_type(self) -> None:
+        """What the branch type allows: its re-parameterisations, their kernels, its per-branch widths."""
         kind = BRANCHES[self.branch]  # what the branch type declares, rather than tests of its name
         if self.reparam not in kind.reparams:
             others = ", ".join(name for name, other in BRANCHES.items() if len(other.reparams) > 1)
@@ -105,6 +118,9 @@ class ModelFields:
                     raise SpecError("hidden", list(self.hidden), "equal widths for the branches of each layer with "
                                     f"branch {self.branch} and norm {self.norm} (layer {stage} has "
                                     f"{list(self.layer_hidden(stage))}): {why}")
+
+    def _check_skip_and_scale(self) -> None:
+        """skip, and the residual scales and inits that would leave a network no gradient."""
         if not isinstance(self.skip, bool):
             raise SpecError("skip", self.skip, "true (residual) or false (the plain network, no identity)")
         if not self.skip and self.learnable_scale:

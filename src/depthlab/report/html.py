@@ -23,7 +23,7 @@ from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
 from depthlab.report import plots
 from depthlab.sweep.export import varied_fields
-from depthlab.records import STATUSES, config_of
+from depthlab.records import STATUSES, RunRecord
 from depthlab.sweep.store import Store
 
 DEFAULT_OUT = "report.html"
@@ -219,41 +219,41 @@ def _headline(compare: dict) -> str:
     return intro + f'<div class="cards">{"".join(cards)}</div>'
 
 
-def _summary(records: list[dict], compare: dict, source: str | None) -> str:
+def _summary(records: list[RunRecord], compare: dict, source: str | None) -> str:
     counts = {s: 0 for s in STATUSES}
     counts.update(compare.get("counts") or {})
     status_rows = [[esc(s), esc(n)] for s, n in counts.items()] + [["<b>total</b>", f"<b>{esc(len(records))}</b>"]]
 
-    by_dataset = Counter(str(r.get("dataset")) for r in records)
-    done_by_dataset = Counter(str(r.get("dataset")) for r in records if r.get("status") == "done")
+    by_dataset = Counter(str(r.config.get("dataset")) for r in records)
+    done_by_dataset = Counter(str(r.config.get("dataset")) for r in records if r.status == "done")
     dataset_rows = [[esc(d), esc(n), esc(done_by_dataset[d])] for d, n in sorted(by_dataset.items())]
 
-    seconds = [float(r["seconds"]) for r in records if plots.finite(r.get("seconds")) is not None]
+    seconds = [float(r.seconds) for r in records if plots.finite(r.seconds) is not None]
     timing = [("total run time", f"{sum(seconds):.1f} s ({sum(seconds) / 3600:.2f} h)" if seconds else "-"),
               ("mean per timed run", f"{sum(seconds) / len(seconds):.2f} s ({len(seconds)} runs)" if seconds else "-")]
     for topology in plots.TOPOLOGY_COLORS:
-        sel = [float(r["seconds"]) for r in records
-               if r.get("topology") == topology and plots.finite(r.get("seconds")) is not None]
+        sel = [float(r.seconds) for r in records
+               if r.config.get("topology") == topology and plots.finite(r.seconds) is not None]
         if sel:
             timing.append((f"mean, {topology}", f"{sum(sel) / len(sel):.2f} s"))
-    params = [r["params"] for r in records if isinstance(r.get("params"), int)]
+    params = [r.params for r in records if isinstance(r.params, int)]
     if params:
         timing.append(("parameters", f"{min(params):,} – {max(params):,}"))
-    qs = [float(r["q"]) for r in records if plots.finite(r.get("q")) is not None]
+    qs = [float(r.q) for r in records if plots.finite(r.q) is not None]
     if qs:
         timing.append(("Q", f"{min(qs):.3g} – {max(qs):.3g}"))
     timing_rows = [[esc(k), esc(v)] for k, v in timing]
 
     hardware = []
     for key, label in (("device", "device"), ("torch", "torch"), ("host", "host"), ("pack_size", "pack size")):
-        seen = Counter(str(r["env"][key]) for r in records if isinstance(r.get("env"), dict) and key in r["env"])
+        seen = Counter(str(r.env[key]) for r in records if key in r.env)
         if seen:
             hardware.append([esc(label), "<br>".join(f"{esc(v)} <span class='stat'>({n} runs)</span>"
                                                       for v, n in seen.most_common(6))])
     hw = (_table(None, hardware, attrs=' class="kv hw"') if hardware
           else '<p class="stat">no run recorded its environment yet</p>')
 
-    sweeps = Counter(str(r.get("sweep") or "(unnamed)") for r in records)
+    sweeps = Counter(str(r.sweep or "(unnamed)") for r in records)
     sweep_line = ", ".join(f"{esc(s)} ({n})" for s, n in sweeps.items())
     status = _table(["status", "runs"], status_rows, numeric={1}, attrs=' class="kv" id="status-table"')
     datasets = _table(["dataset", "runs", "done"], dataset_rows, numeric={1, 2})
@@ -325,7 +325,7 @@ def _paired_section(compare: dict) -> str:
     return "".join(out)
 
 
-def figure_html(kind: str, records: list[dict], n: int = DEFAULT_CURVE_RUNS, image_format: str = "png") -> str:
+def figure_html(kind: str, records: list[RunRecord], n: int = DEFAULT_CURVE_RUNS, image_format: str = "png") -> str:
     """The figure as an inline image (base64 data URI), or a "no data" note saying why there is none."""
     try:
         fig = plots.figure(kind, records, n)
@@ -338,10 +338,10 @@ def figure_html(kind: str, records: list[dict], n: int = DEFAULT_CURVE_RUNS, ima
     return f'<img alt="{esc(kind)}" src="data:{mime};base64,{data}">'
 
 
-def _figures(records: list[dict], n: int, image_format: str) -> str:
+def _figures(records: list[RunRecord], n: int, image_format: str) -> str:
     # two figures a row; the curves (legend at the side), and the per-dataset panels of loss-vs-q and winrate
     # when there are several datasets, take a whole row
-    several = len({str(r.get("dataset")) for r in records if r.get("status") == "done"}) > 1
+    several = len({str(r.config.get("dataset")) for r in records if r.status == "done"}) > 1
     varied = set(varied_fields(records))
     out = []
     for kind, heading, caption in FIGURES:
@@ -373,23 +373,23 @@ def _cell(value) -> tuple[str, str, bool]:
     return text, _sort_key(value), False
 
 
-def _runs_table(records: list[dict]) -> str:
+def _runs_table(records: list[RunRecord]) -> str:
     keys = {k for k, _ in RUN_COLUMNS}
     extra = [f for f in varied_fields(records) if f not in keys]
     headers = [h for _, h in RUN_COLUMNS] + extra + ["error"]
     rows = []
     for rec in records:
-        cfg = config_of(rec)
-        values = [q_band(rec.get("q")) if k == "q_band" else rec.get(k) for k, _ in RUN_COLUMNS]
-        values += [cfg.get(f) for f in extra]
+        flat = rec.as_row()  # the run's columns, config fields among them, as the results table shows them
+        values = [q_band(rec.q) if k == "q_band" else flat.get(k) for k, _ in RUN_COLUMNS]
+        values += [rec.config.get(f) for f in extra]
         cells = []
         for value in values:
             text, key, numeric = _cell(value)
             cells.append(f'<td{" class=n" if numeric else ""} data-v="{esc(key)}">{esc(text)}</td>')
-        error = rec.get("error") or ""
+        error = rec.error or ""
         short = error if len(error) <= 80 else error[:77] + "..."
         cells.append(f'<td class="err" title="{esc(error)}">{esc(short)}</td>')
-        rows.append(f'<tr class="status-{esc(rec.get("status"))}">{"".join(cells)}</tr>')
+        rows.append(f'<tr class="status-{esc(rec.status)}">{"".join(cells)}</tr>')
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     return (f'<p class="stat">{len(records)} runs; click a column header to sort. Config fields that vary across '
             f'the runs follow the results.</p><div class="scroll"><table class="sortable" id="runs-table">'
@@ -399,13 +399,13 @@ def _runs_table(records: list[dict]) -> str:
 # -- the page -------------------------------------------------------------------------------------------------
 
 
-def build_report(records: list[dict], title: str = "depthlab report", compare: dict | None = None, *,
+def build_report(records: list[RunRecord], title: str = "depthlab report", compare: dict | None = None, *,
                  runs: int = DEFAULT_CURVE_RUNS, source: str | None = None, image_format: str = "png",
-                 shift: list[dict] | None = None) -> str:
+                 shift: list[RunRecord] | None = None) -> str:
     """The report of `records` (from `Store.records`) as one HTML page. `compare`: a `compare_report` of the
     same records (computed with its defaults when None); `runs`: at most this many runs in the learning curves;
     `source`: where the records came from (shown in the header); `shift`: the store's shift measurements as
-    flat records (`depthlab.shift.records`), shown in a section of their own when there are any."""
+    records (`depthlab.shift.records`), shown in a section of their own when there are any."""
     if image_format not in plots.FORMATS:
         raise DepthlabError(f"image format {image_format!r}: use {' or '.join(plots.FORMATS)}")
     if compare is None:
@@ -450,7 +450,7 @@ def build_report(records: list[dict], title: str = "depthlab report", compare: d
 """
 
 
-def load_records(store_path, sweep: str | None = None) -> list[dict]:
+def load_records(store_path, sweep: str | None = None) -> list[RunRecord]:
     """The records of an existing store (of one sweep when given); a missing store or no runs is an error."""
     store_path = os.fspath(store_path)
     with Store.existing(store_path, readonly=True) as store:
@@ -487,8 +487,8 @@ def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, 
 # -- covariate shift (`depthlab shift`) -----------------------------------------------------------------------
 
 
-def load_shift(store_path, sweep: str | None = None) -> list[dict]:
-    """The store's shift measurements as flat records (none: an empty list)."""
+def load_shift(store_path, sweep: str | None = None) -> list[RunRecord]:
+    """The store's shift measurements as records (none: an empty list)."""
     from depthlab.shift.records import load_shift_records
 
     with Store.existing(os.fspath(store_path), readonly=True) as store:
@@ -526,7 +526,7 @@ def _shift_section(shift, image_format: str = "png") -> str:
         rows.append(row)
     headers = ["method"] + [f"{t}, batch {b}" for t, b in panels]
     table = _table(headers, rows, numeric=set(range(1, len(headers))), attrs=' id="shift-table"')
-    counts = Counter(r.get("status") for r in shift)
+    counts = Counter(r.status for r in shift)
     return (
         '<section id="shift"><h2>Covariate shift</h2>'
         f'<p>{esc(len(shift))} measurements of trained runs on corrupted test streams ({esc(counts.get("done", 0))} '

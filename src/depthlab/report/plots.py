@@ -24,7 +24,7 @@ from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
 from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
 from depthlab.sweep.export import varied_fields
-from depthlab.records import config_of
+from depthlab.records import RunRecord
 from depthlab.records import finite as store_finite
 
 # One colour per wiring, the same in every figure.
@@ -65,52 +65,53 @@ def _dataset_colors(datasets) -> dict:
 # -- the data behind the figures (plain lists, so tests can check them) ------------------------------------------
 
 
-def used_pairs(records: list[dict], metric: str = "val_loss") -> list[tuple[dict, dict]]:
+def used_pairs(records: list[RunRecord], metric: str = "val_loss") -> list[tuple[RunRecord, RunRecord]]:
     """(sequential, parallel) pairs whose runs are both done with a finite `metric`: the pairs the paired
     statistics of `compare` use for that metric, in the same order."""
     pairs, _ = pair_records(records)
     return [(s, p) for s, p in pairs
-            if s.get("status") == "done" and p.get("status") == "done"
-            and finite(s.get(metric)) is not None and finite(p.get(metric)) is not None]
+            if s.status == "done" and p.status == "done"
+            and finite(s.metric(metric)) is not None and finite(p.metric(metric)) is not None]
 
 
-def scatter_points(records: list[dict], metric: str = "val_loss") -> list[dict]:
+def scatter_points(records: list[RunRecord], metric: str = "val_loss") -> list[dict]:
     """One point per used pair: x = sequential, y = parallel final `metric`, with its dataset and Q band."""
-    return [dict(x=float(s[metric]), y=float(p[metric]), dataset=str(s.get("dataset")), band=q_band(s.get("q")),
-                 seq=s.get("run_id"), par=p.get("run_id"))
+    return [dict(x=float(s.metric(metric)), y=float(p.metric(metric)), dataset=str(s.config.get("dataset")),
+                 band=q_band(s.q), seq=s.run_id, par=p.run_id)
             for s, p in used_pairs(records, metric)]
 
 
-def winrate_cells(records: list[dict], metric: str = "val_loss") -> dict:
+def winrate_cells(records: list[RunRecord], metric: str = "val_loss") -> dict:
     """{dataset: {(blocks, width): (parallel wins, pairs)}}: a win is a strictly lower `metric` for parallel
     (strictly higher for an accuracy)."""
     higher_is_better = metric.endswith("_acc")
     out: dict[str, dict] = {}
     for s, p in used_pairs(records, metric):
-        d = float(p[metric]) - float(s[metric])
+        d = float(p.metric(metric)) - float(s.metric(metric))
         win = d > 0 if higher_is_better else d < 0
-        cells = out.setdefault(str(s.get("dataset")), {})
-        key = (s.get("blocks"), s.get("width"))
+        cells = out.setdefault(str(s.config.get("dataset")), {})
+        key = (s.config.get("blocks"), s.config.get("width"))
         wins, n = cells.get(key, (0, 0))
         cells[key] = (wins + int(win), n + 1)
     return out
 
 
-def curve_runs(records: list[dict], n: int = 8, metric: str = "val_loss") -> list[tuple[dict, dict | None, float]]:
+def curve_runs(records: list[RunRecord], n: int = 8,
+               metric: str = "val_loss") -> list[tuple[RunRecord, RunRecord | None, float]]:
     """The pairs with the largest |parallel − sequential| final `metric`, at most `n` runs in all, as
     (sequential, parallel, d); runs without a per-epoch history are skipped. Without pairs: the first `n` done
     runs with a history, as (run, None, nan)."""
     chosen, count = [], 0
-    pairs = [(s, p) for s, p in used_pairs(records, metric) if s.get("history") and p.get("history")]
-    pairs.sort(key=lambda sp: -abs(float(sp[1][metric]) - float(sp[0][metric])))
+    pairs = [(s, p) for s, p in used_pairs(records, metric) if s.history and p.history]
+    pairs.sort(key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
     for s, p in pairs:
         if count >= n:
             break
-        d = float(p[metric]) - float(s[metric])
+        d = float(p.metric(metric)) - float(s.metric(metric))
         chosen.append((s, p if count + 2 <= n else None, d))
         count += 2
     if not pairs:
-        singles = [r for r in records if r.get("status") == "done" and r.get("history")][:n]
+        singles = [r for r in records if r.status == "done" and r.history][:n]
         chosen = [(r, None, float("nan")) for r in singles]
     return chosen
 
@@ -118,7 +119,7 @@ def curve_runs(records: list[dict], n: int = 8, metric: str = "val_loss") -> lis
 # -- figures --------------------------------------------------------------------------------------------------
 
 
-def scatter_pairs(records: list[dict], metric: str = "val_loss") -> Figure:
+def scatter_pairs(records: list[RunRecord], metric: str = "val_loss") -> Figure:
     """Sequential vs parallel final `metric`, one point per matched pair; colour = dataset, marker = Q band,
     and the line y = x (below it, parallel has the lower value)."""
     points = scatter_points(records, metric)
@@ -163,14 +164,14 @@ def scatter_pairs(records: list[dict], metric: str = "val_loss") -> Figure:
     return fig
 
 
-def loss_vs_q(records: list[dict], metric: str = "val_loss") -> Figure:
+def loss_vs_q(records: list[RunRecord], metric: str = "val_loss") -> Figure:
     """Final `metric` of the done runs against Q (log scale), sequential and parallel, one panel per dataset;
     the line joins the mean at each Q value, the dotted verticals are the Q band edges."""
-    runs = [r for r in records if r.get("status") == "done" and r.get("topology") in TOPOLOGY_COLORS
-            and finite(r.get(metric)) is not None and (finite(r.get("q")) or 0) > 0]
+    runs = [r for r in records if r.status == "done" and r.config.get("topology") in TOPOLOGY_COLORS
+            and finite(r.metric(metric)) is not None and (finite(r.q) or 0) > 0]
     if not runs:
         raise NoData(f"no done sequential or parallel run with a Q and a finite {metric}")
-    datasets = sorted({str(r.get("dataset")) for r in runs})
+    datasets = sorted({str(r.config.get("dataset")) for r in runs})
     fig = Figure(figsize=(5.6, 4.6) if len(datasets) == 1 else (min(5.0 * len(datasets), 11.5), 4.2),
                  layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
@@ -178,11 +179,11 @@ def loss_vs_q(records: list[dict], metric: str = "val_loss") -> Figure:
     for ax, dataset in zip(axes, datasets):
         qs_all = []
         for topology, color in TOPOLOGY_COLORS.items():
-            sel = [r for r in runs if str(r.get("dataset")) == dataset and r.get("topology") == topology]
+            sel = [r for r in runs if str(r.config.get("dataset")) == dataset and r.config.get("topology") == topology]
             if not sel:
                 continue
-            q = np.array([float(r["q"]) for r in sel])
-            y = np.array([float(r[metric]) for r in sel])
+            q = np.array([float(r.q) for r in sel])
+            y = np.array([float(r.metric(metric)) for r in sel])
             qs_all.extend(q)
             ax.scatter(q, y, color=color, s=16, alpha=0.45, marker="o" if topology == "sequential" else "^",
                        linewidths=0)
@@ -213,13 +214,12 @@ def loss_vs_q(records: list[dict], metric: str = "val_loss") -> Figure:
     return fig
 
 
-def _pair_label(rec: dict, fields: list[str]) -> str:
-    cfg = config_of(rec)
-    text = " ".join(f"{f}={cfg.get(f)}" for f in fields) or str(rec.get("run_id"))
+def _pair_label(rec: RunRecord, fields: list[str]) -> str:
+    text = " ".join(f"{f}={rec.config.get(f)}" for f in fields) or str(rec.run_id)
     return _text(text if len(text) <= 48 else text[:45] + "...")
 
 
-def learning_curves(records: list[dict], n: int = 8, metric: str = "val_loss") -> Figure:
+def learning_curves(records: list[RunRecord], n: int = 8, metric: str = "val_loss") -> Figure:
     """`metric` per epoch for at most `n` runs: the pairs with the largest final |difference| (sequential solid,
     parallel dashed, one colour per pair)."""
     chosen = curve_runs(records, n, metric)
@@ -235,7 +235,7 @@ def learning_curves(records: list[dict], n: int = 8, metric: str = "val_loss") -
         for rec, style in ((seq, "-"), (par, "--")):
             if rec is None:
                 continue
-            hist = [h for h in rec["history"] if finite(h.get(metric)) is not None]
+            hist = [h for h in rec.history if finite(h.get(metric)) is not None]
             ax.plot([h.get("epoch", k + 1) for k, h in enumerate(hist)], [h[metric] for h in hist], style,
                     color=color, marker="o", markersize=3, linewidth=1.5, label=label if style == "-" else None)
     drawn = [v for line in ax.get_lines() for v in line.get_ydata()]
@@ -254,7 +254,7 @@ def learning_curves(records: list[dict], n: int = 8, metric: str = "val_loss") -
     return fig
 
 
-def winrate_heatmap(records: list[dict], metric: str = "val_loss") -> Figure:
+def winrate_heatmap(records: list[RunRecord], metric: str = "val_loss") -> Figure:
     """Per dataset, over blocks × width: the fraction of pairs where parallel has the better final `metric`
     (lower loss, higher accuracy), with the counts in each cell."""
     cells = winrate_cells(records, metric)
@@ -317,34 +317,36 @@ def prune_profile(rows: list[dict], density: float) -> Figure:
     return fig
 
 
-def prune_rows(records: list[dict]) -> list[dict]:
+def prune_rows(records: list[RunRecord]) -> list[dict]:
     """The mean block densities per (prune method, wiring) of the done pruned runs, from the layer densities
     each recorded (a block's layers averaged alike)."""
     groups: dict[tuple, list[list[float]]] = {}
     for rec in records:
-        dens = rec.get("layer_density")
-        if rec.get("status") != "done" or not isinstance(dens, dict):
+        dens = rec.metric("layer_density")
+        if rec.status != "done" or not isinstance(dens, dict):
             continue
         blocks = sorted({int(n.split(".")[0][5:]) for n in dens if n.startswith("block")})
         profile = [float(np.mean([v for n, v in dens.items() if n.startswith(f"block{i}.")])) for i in blocks]
-        groups.setdefault((str(rec.get("prune")), str(rec.get("topology")), rec.get("density")), []).append(profile)
+        cfg = rec.config
+        groups.setdefault((str(cfg.get("prune")), str(cfg.get("topology")), cfg.get("density")), []).append(profile)
     return [dict(method=f"{m} d={d:g}", topology=t, blocks=list(np.mean(p, axis=0)))
             for (m, t, d), p in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
 
-def erf_points(records: list[dict]) -> list[dict]:
+def erf_points(records: list[RunRecord]) -> list[dict]:
     """One point per done run that recorded its receptive fields: theoretical (x) against effective (50% and
     90% of the gradient mass), with its branch, kernel and topology."""
     out = []
     for rec in records:
-        theory, e50, e90 = (finite(rec.get(k)) for k in ("receptive_field", "erf50", "erf90"))
-        if rec.get("status") == "done" and None not in (theory, e50, e90):
-            out.append(dict(theory=theory, erf50=e50, erf90=e90, topology=str(rec.get("topology")),
-                            label=f"{rec.get('branch', 'conv')} k{rec.get('kernel')}"))
+        theory, e50, e90 = (finite(rec.metric(k)) for k in ("receptive_field", "erf50", "erf90"))
+        if rec.status == "done" and None not in (theory, e50, e90):
+            cfg = rec.config
+            out.append(dict(theory=theory, erf50=e50, erf90=e90, topology=str(cfg.get("topology")),
+                            label=f"{cfg.get('branch', 'conv')} k{cfg.get('kernel')}"))
     return out
 
 
-def receptive_fields(records: list[dict]) -> Figure:
+def receptive_fields(records: list[RunRecord]) -> Figure:
     """Effective against theoretical receptive field per run (filled: 90% of the mass, hollow: 50%), one colour
     per branch type and kernel, one marker per wiring: a large kernel reaches far in one shallow layer."""
     points = erf_points(records)
@@ -386,7 +388,7 @@ KINDS = {
 CONDITIONAL = {"erf": ("kernel", "branch", "reparam"), "prune": ("prune", "density", "prune_structure")}
 
 
-def figure(kind: str, records: list[dict], n: int = 8) -> Figure:
+def figure(kind: str, records: list[RunRecord], n: int = 8) -> Figure:
     """The figure of one KIND (see `KINDS`); raises NoData when it has nothing to draw."""
     if kind not in PLOT_KINDS:
         raise DepthlabError(f"unknown figure {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
@@ -414,20 +416,20 @@ def save(fig: Figure, path) -> str:
     return path
 
 
-# -- covariate shift (the measurements of `depthlab shift`, as flat records from depthlab.shift.records) ----------
+# -- covariate shift (the measurements of `depthlab shift`, as records from depthlab.shift.records) ---------------
 
 
-def shift_cells(records: list[dict]) -> dict:
+def shift_cells(records: list[RunRecord]) -> dict:
     """{(topology, eval batch size): {(corruption, method): (mean test error, measurements)}}: the error
     1 - test_acc of the done measurements, averaged over runs, seeds and severities. Diverged measurements
     (no accuracy) are left out."""
     sums: dict = {}
     for rec in records:
-        acc = finite(rec.get("test_acc"))
-        if rec.get("status") != "done" or acc is None:
+        acc, cfg = finite(rec.test_acc), rec.config
+        if rec.status != "done" or acc is None:
             continue
-        panel = sums.setdefault((str(rec.get("topology")), rec.get("eval_batch_size")), {})
-        key = (str(rec.get("corruption")), str(rec.get("method")))
+        panel = sums.setdefault((str(cfg.get("topology")), cfg.get("eval_batch_size")), {})
+        key = (str(cfg.get("corruption")), str(cfg.get("method")))
         total, n = panel.get(key, (0.0, 0))
         panel[key] = (total + 1 - acc, n + 1)
     return {panel: {k: (total / n, n) for k, (total, n) in cells.items()} for panel, cells in sums.items()}
@@ -439,7 +441,7 @@ def _method_order(method: str):
     return (known.index(base) if base in known else len(known), method)
 
 
-def shift_heatmap(records: list[dict]) -> Figure:
+def shift_heatmap(records: list[RunRecord]) -> Figure:
     """Corruption × method test error under shift, one panel per wiring (columns) and evaluation batch size
     (rows), each cell the mean error over runs, seeds and severities."""
     cells = shift_cells(records)

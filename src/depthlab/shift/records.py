@@ -1,4 +1,5 @@
-"""Shift measurements as flat records, the shape `depthlab.analysis.compare` pairs and the report draws.
+"""Shift measurements as run records (`depthlab.records.RunRecord`), the shape `depthlab.analysis.compare` pairs
+and the report draws.
 
 A record's config is its run's config plus the measurement's settings:
 
@@ -10,13 +11,14 @@ A record's config is its run's config plus the measurement's settings:
 
 Its metrics are `test_loss` and `test_acc` (`records.METRICS`): cross-entropy and accuracy of the online
 predictions on the corrupted test stream. The train and val metrics are None: the measurement has none. `q`,
-`params`, `recipe` and `sweep` are the run's, so Q bands and recipe checks work as for runs.
+`params`, `recipe` and `sweep` are the run's, so Q bands and recipe checks work as for runs; the number of test
+examples measured is an extra metric (`record.extra["examples"]`, a column of the flat view).
 """
 
 from __future__ import annotations
 
 from depthlab.errors import DepthlabError
-from depthlab.records import config_id
+from depthlab.records import RunRecord, config_id
 from depthlab.shift.methods import EPISODIC, WITH_ALPHA
 from depthlab.sweep.config import neutral  # the run fields' neutral values, which a config id leaves out
 
@@ -33,36 +35,29 @@ def label(row: dict) -> str:
     return row["method"] + (f":{row['alpha']:g}" if base in WITH_ALPHA else "")
 
 
-def shift_records(run_records: list[dict], rows: list[dict]) -> list[dict]:
-    """One flat record per measurement row whose run is among `run_records` (from `Store.records`), in row
-    order."""
-    runs = {r["run_id"]: r for r in run_records}
-    out = []
-    for row in rows:
-        run = runs.get(row["run_id"])
-        if run is None:
-            continue
-        config = dict(run["config"])
-        settings = dict(corruption=row["corruption"], severity=row["severity"], method=label(row),
-                        eval_batch_size=row["batch_size"], shift_seed=row["seed"])
-        clash = sorted(set(settings) & set(config))
-        if clash:
-            raise DepthlabError(f"run configs have fields named like shift settings ({', '.join(clash)}); "
-                                "rename them in depthlab.shift.records.SETTINGS")
-        config.update(settings)
-        rec = dict(config)
-        rec.update(
-            run_id=row["run_id"], config_id=config_id(config, neutral()), recipe=run.get("recipe"), sweep=run.get("sweep"),
-            sweeps=run.get("sweeps", []), status=row["status"], params=run.get("params"), q=run.get("q"),
-            train_loss=None, val_loss=None, train_acc=None, val_acc=None,
-            test_loss=row.get("loss"), test_acc=row.get("accuracy"), epochs_run=None, seconds=row.get("seconds"),
-            train_seconds=None, history=[], env=row.get("env") or {}, error=None, attempts=None,
-            examples=row.get("examples"), config=config,
-        )
-        out.append(rec)
-    return out
+def shift_records(run_records: list[RunRecord], rows: list[dict]) -> list[RunRecord]:
+    """One record per measurement row whose run is among `run_records` (from `Store.records`), in row order."""
+    runs = {r.run_id: r for r in run_records}
+    return [_measurement(runs[row["run_id"]], row) for row in rows if row["run_id"] in runs]
 
 
-def load_shift_records(store, sweep: str | None = None) -> list[dict]:
-    """The flat shift records of an open store (of one sweep's runs when given)."""
+def _measurement(run: RunRecord, row: dict) -> RunRecord:
+    """The record of one measurement of `run`: its config with the settings, the run's identity fields."""
+    settings = dict(corruption=row["corruption"], severity=row["severity"], method=label(row),
+                    eval_batch_size=row["batch_size"], shift_seed=row["seed"])
+    clash = sorted(set(settings) & set(run.config))
+    if clash:
+        raise DepthlabError(f"run configs have fields named like shift settings ({', '.join(clash)}); "
+                            "rename them in depthlab.shift.records.SETTINGS")
+    config = {**run.config, **settings}
+    return RunRecord(
+        config=config, run_id=row["run_id"], config_id=config_id(config, neutral()), recipe=run.recipe,
+        sweep=run.sweep, sweeps=run.sweeps, status=row["status"], params=run.params, q=run.q,
+        test_loss=row.get("loss"), test_acc=row.get("accuracy"), seconds=row.get("seconds"),
+        env=row.get("env") or {}, extra={"examples": row.get("examples")},
+    )
+
+
+def load_shift_records(store, sweep: str | None = None) -> list[RunRecord]:
+    """The shift records of an open store (of one sweep's runs when given)."""
     return shift_records(store.records(sweep=sweep), store.shift_rows())

@@ -20,6 +20,7 @@ from depthlab import precision as precisions
 from depthlab.data import corrupt
 from depthlab.data.corrupt_cache import corrupted_set
 from depthlab.errors import DepthlabError, SpecError
+from depthlab.records import RunRecord
 from depthlab.shift.methods import METHODS, WITH_ALPHA, Method
 from depthlab.shift.stream import measure
 from depthlab.sweep import weights
@@ -31,8 +32,8 @@ MNISTC = "mnistc"  # the severity option meaning: each corruption at its MNIST-C
 
 @dataclass
 class ShiftPlan:
-    runs: list[dict]                                    # the done runs with weights to measure
-    no_weights: list[str] = field(default_factory=list)  # done runs without saved weights (skipped)
+    runs: list[RunRecord]                               # the done runs with weights to measure
+    no_weights: list[RunRecord] = field(default_factory=list)  # done runs without saved weights (skipped)
     unavailable: dict = field(default_factory=dict)     # {(suite, corruption, severity): why it cannot be made}
     todo: list[tuple] = field(default_factory=list)     # (run record, corruption, severity, seed, batch, Method)
     done_before: int = 0                                # rows of the plan already in the store
@@ -90,20 +91,20 @@ def _severities(suite: str, name: str, severities) -> list[int]:
     return spec.severities(severities)
 
 
-def _select_runs(store: Store, run_ids, sweep) -> list[dict]:
+def _select_runs(store: Store, run_ids, sweep) -> list[RunRecord]:
     records = store.records(sweep=sweep)
     if not run_ids:
-        return [r for r in records if r["status"] == "done"]
+        return [r for r in records if r.status == "done"]
     chosen = []
     for prefix in run_ids:
-        matches = [r for r in records if r["run_id"].startswith(prefix)]
+        matches = [r for r in records if r.run_id.startswith(prefix)]
         if not matches:
             raise DepthlabError(f"--runs {prefix}: no run of the store{' sweep ' + repr(sweep) if sweep else ''} "
                                 "has that id (`depthlab results` lists them)")
         if len(matches) > 1:
-            raise DepthlabError(f"--runs {prefix} is ambiguous: " + ", ".join(m["run_id"] for m in matches[:5]))
-        if matches[0]["status"] != "done":
-            raise DepthlabError(f"run {matches[0]['run_id']} is {matches[0]['status']}, not done: only trained runs "
+            raise DepthlabError(f"--runs {prefix} is ambiguous: " + ", ".join(m.run_id for m in matches[:5]))
+        if matches[0].status != "done":
+            raise DepthlabError(f"run {matches[0].run_id} is {matches[0].status}, not done: only trained runs "
                                 "can be measured")
         if matches[0] not in chosen:
             chosen.append(matches[0])
@@ -129,7 +130,7 @@ def plan(store: Store, store_path, *, runs=None, sweep=None, corruptions="all", 
                             f"--store {store_path} --save-weights`")
     result = ShiftPlan(runs=[])
     for rec in selected:
-        (result.runs if weights.has_weights(store_path, rec["run_id"]) else result.no_weights).append(rec)
+        (result.runs if weights.has_weights(store_path, rec.run_id) else result.no_weights).append(rec)
     if not result.runs:
         raise DepthlabError(
             f"none of the {len(selected)} done run(s) has saved weights, and `depthlab shift` measures trained "
@@ -138,13 +139,13 @@ def plan(store: Store, store_path, *, runs=None, sweep=None, corruptions="all", 
     # every corruption name and severity is checked for every suite before anything runs
     per_suite = {}
     for rec in result.runs:
-        suite = corrupt.suite_of(rec["dataset"])
+        suite = corrupt.suite_of(rec.config["dataset"])
         if suite not in per_suite:
             per_suite[suite] = [(n, s) for n in _corruption_names(suite, corruptions)
                                 for s in _severities(suite, n, severities)]
-    existing = store.shift_keys([r["run_id"] for r in result.runs])
+    existing = store.shift_keys([r.run_id for r in result.runs])
     for rec in result.runs:
-        suite = corrupt.suite_of(rec["dataset"])
+        suite = corrupt.suite_of(rec.config["dataset"])
         for name, severity in per_suite[suite]:
             why = corrupt.unavailable(suite, name, severity)
             if why:
@@ -153,7 +154,7 @@ def plan(store: Store, store_path, *, runs=None, sweep=None, corruptions="all", 
             for seed in seeds:
                 for batch in batch_sizes:
                     for method in variants:
-                        key = (rec["run_id"], name, severity, method.stored_name, batch, method.alpha, seed)
+                        key = (rec.run_id, name, severity, method.stored_name, batch, method.alpha, seed)
                         if key in existing:
                             result.done_before += 1
                         else:
@@ -202,13 +203,7 @@ def _run(store_path, device, data_root, examples, progress, log, selection, prec
     store = Store.existing(store_path)
     try:
         the_plan = plan(store, store_path, **selection)
-        if the_plan.no_weights:
-            log(f"{len(the_plan.no_weights)} done run(s) have no saved weights and are skipped; to measure them, "
-                f"train with `depthlab run SPEC --store {store_path} --save-weights`")
-        for (suite, name, severity), why in sorted(the_plan.unavailable.items()):
-            log(f"skipped {suite} {name} severity {severity}: {why}")
-        if the_plan.done_before:
-            log(f"{the_plan.done_before} measurement(s) already in the store: kept, not measured again")
+        _log_skipped(the_plan, store_path, log)
         data = DataCache(device, data_root)
         env = environment(device, precision)
         written, diverged = 0, 0
@@ -219,36 +214,16 @@ def _run(store_path, device, data_root, examples, progress, log, selection, prec
         try:
             for rec, name, severity, seed, batch, method in the_plan.todo:
                 stopping.check()
-                rid = rec["run_id"]
-                if loaded.get("rid") != rid:
-                    config = RunConfig.from_dict(rec["config"])
-                    ds = data.get(config)
-                    model, _, _ = weights.load_trained(store_path, rid, ds)
-                    n = len(ds.test_x) if examples is None else min(examples, len(ds.test_x))
-                    before = _examples_of(store, rid) - {n}
-                    if before:
-                        raise DepthlabError(
-                            f"run {rid} was measured on {', '.join(map(str, sorted(before)))} test examples before, "
-                            f"and this call would use {n}: rows of one run must share their stream; pass "
-                            f"--examples {min(before)} (or use another store)")
-                    loaded = dict(rid=rid, model=model.to(device), x=ds.test_x[:n], y=ds.test_y[:n], mean=ds.mean,
-                                  std=ds.std, dataset=config.dataset)
-                    sets = {}
+                if loaded.get("rid") != rec.run_id:
+                    loaded, sets = _load_run(store, store_path, data, rec, examples, device), {}
                 if (name, severity, seed) not in sets:
-                    bar.set_postfix_str(f"{rid[:8]} {name} s{severity}", refresh=False)
+                    bar.set_postfix_str(f"{rec.run_id[:8]} {name} s{severity}", refresh=False)
                     images = corrupted_set(loaded["x"].cpu().numpy(), loaded["dataset"], name, severity, seed,
                                            root=data_root, log=log)
                     sets = {(name, severity, seed): torch.from_numpy(images).to(device)}  # one set at a time
-                x = sets[(name, severity, seed)]
-                result = measure(loaded["model"], x, loaded["y"], loaded["mean"], loaded["std"], method, batch, seed,
-                                 precision)
-                row = dict(run_id=rid, corruption=name, severity=severity, method=method.stored_name,
-                           batch_size=batch, alpha=method.alpha, seed=seed, **result,
-                           settings=dict(label=method.label, episodic=method.episodic, lr=method.lr,
-                                         suite=corrupt.suite_of(loaded["dataset"]),
-                                         variance="biased" if method.name == "tent" else "unbiased"),
-                           env=env)
-                if store.add_shift_result(row):
+                result = measure(loaded["model"], sets[(name, severity, seed)], loaded["y"], loaded["mean"],
+                                 loaded["std"], method, batch, seed, precision)
+                if store.add_shift_result(_row(loaded, name, severity, seed, batch, method, result, env)):
                     written += 1
                     diverged += result["status"] == "diverged"
                 bar.update(1)
@@ -260,3 +235,42 @@ def _run(store_path, device, data_root, examples, progress, log, selection, prec
     finally:
         store.close()
 
+
+def _log_skipped(the_plan: ShiftPlan, store_path, log) -> None:
+    """What the plan leaves out, and why: runs without weights, corruptions that cannot be made, rows done."""
+    if the_plan.no_weights:
+        log(f"{len(the_plan.no_weights)} done run(s) have no saved weights and are skipped; to measure them, "
+            f"train with `depthlab run SPEC --store {store_path} --save-weights`")
+    for (suite, name, severity), why in sorted(the_plan.unavailable.items()):
+        log(f"skipped {suite} {name} severity {severity}: {why}")
+    if the_plan.done_before:
+        log(f"{the_plan.done_before} measurement(s) already in the store: kept, not measured again")
+
+
+def _load_run(store: Store, store_path, data, rec, examples, device) -> dict:
+    """A run's trained model on `device` and the first `examples` of its test split (all when None); refused
+    when the run's rows already in the store were measured on another number of examples."""
+    rid = rec.run_id
+    config = RunConfig.from_dict(rec.config)
+    ds = data.get(config)
+    model, _, _ = weights.load_trained(store_path, rid, ds)
+    n = len(ds.test_x) if examples is None else min(examples, len(ds.test_x))
+    before = _examples_of(store, rid) - {n}
+    if before:
+        raise DepthlabError(
+            f"run {rid} was measured on {', '.join(map(str, sorted(before)))} test examples before, "
+            f"and this call would use {n}: rows of one run must share their stream; pass "
+            f"--examples {min(before)} (or use another store)")
+    return dict(rid=rid, model=model.to(device), x=ds.test_x[:n], y=ds.test_y[:n], mean=ds.mean, std=ds.std,
+                dataset=config.dataset)
+
+
+def _row(loaded: dict, name: str, severity: int, seed: int, batch: int, method: Method, result: dict,
+         env: dict) -> dict:
+    """The `shift_results` row of one measurement: its key, what it measured, the method's settings, the env."""
+    return dict(run_id=loaded["rid"], corruption=name, severity=severity, method=method.stored_name,
+                batch_size=batch, alpha=method.alpha, seed=seed, **result,
+                settings=dict(label=method.label, episodic=method.episodic, lr=method.lr,
+                              suite=corrupt.suite_of(loaded["dataset"]),
+                              variance="biased" if method.name == "tent" else "unbiased"),
+                env=env)

@@ -59,6 +59,20 @@ class RunConfig(ModelFields):
     init_from: str | None = added(None)  # start from this run's trained weights (rewired to this topology)
 
     def __post_init__(self):
+        self._check_training()
+        self._check_subsets()
+        self._check_rates_and_start()
+        self._check_pruning()
+        if self.param_budget is not None:
+            self._meet_budget()
+        elif self.budget_by not in BUDGET_BY:
+            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
+        super().__post_init__()  # the model fields (ModelFields), with the size a budget chose
+        self._canonical_spellings()
+
+    def _check_training(self) -> None:
+        """The dataset's name, then the training loop's fields: optimizer, schedule, augment (a flip only where
+        the dataset allows it), batch_size, epochs, seed."""
         data = registry.entry(self.dataset)  # its shape, classes and whether it may be flipped
         if self.optimizer not in OPTIMIZERS:
             raise SpecError("optimizer", self.optimizer, ", ".join(OPTIMIZERS))
@@ -75,6 +89,9 @@ class RunConfig(ModelFields):
                 raise SpecError(name, value, "a positive integer")
         if not _is_int(self.seed) or self.seed < 0:
             raise SpecError("seed", self.seed, "a non-negative integer")
+
+    def _check_subsets(self) -> None:
+        """train_subset, test_subset, val_split."""
         for name in ("train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
@@ -82,6 +99,9 @@ class RunConfig(ModelFields):
         if not isinstance(self.val_split, (int, float)) or isinstance(self.val_split, bool) or self.val_split < 0 \
                 or (isinstance(self.val_split, float) and self.val_split >= 1):
             raise SpecError("val_split", self.val_split, "a count (integer ≥ 0) or a fraction in [0, 1)")
+
+    def _check_rates_and_start(self) -> None:
+        """lr, weight_decay, and init_from (the run whose weights it starts from)."""
         if self.lr is not None and (not _is_number(self.lr) or self.lr <= 0):
             raise SpecError("lr", self.lr, "a positive number or null (the optimizer's default)")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
@@ -90,6 +110,9 @@ class RunConfig(ModelFields):
                                            or not re.fullmatch(r"[0-9a-f]{16}", self.init_from)):
             raise SpecError("init_from", self.init_from, "null, or the 16-hex-digit id of a run whose weights "
                             "were saved (depthlab run --save-weights)")
+
+    def _check_pruning(self) -> None:
+        """prune, density (made a float), prune_structure, crop_init."""
         from depthlab.prune import CROP_INITS, METHODS, STRUCTURES
 
         if self.prune not in METHODS:
@@ -101,13 +124,10 @@ class RunConfig(ModelFields):
             raise SpecError("prune_structure", self.prune_structure, ", ".join(STRUCTURES))
         if self.crop_init not in CROP_INITS:
             raise SpecError("crop_init", self.crop_init, ", ".join(CROP_INITS))
-        if self.param_budget is not None:
-            self._meet_budget()
-        elif self.budget_by not in BUDGET_BY:
-            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
-        super().__post_init__()  # the model fields (ModelFields), with the size a budget chose
-        # One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
-        # which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1").
+
+    def _canonical_spellings(self) -> None:
+        """One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
+        which must be the same run as a spec's 0.0; `residual_scale=1` the same as the rule "1")."""
         object.__setattr__(self, "residual_scale", canonical_scale(self.residual_scale))
         object.__setattr__(self, "weight_decay", float(self.weight_decay))
         if self.lr is not None:

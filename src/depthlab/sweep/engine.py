@@ -167,109 +167,205 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
                 on_epoch=None, keep_weights: bool = False, precision: str = "fp32",
                 channels_last: bool | None = None, initial=None, complexity: bool = True,
                 interrupt=None) -> list[RunResult]:
-    keys = {c.pack_key() for c in configs}
-    if len(keys) != 1:
+    if len({c.pack_key() for c in configs}) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     precision = precisions.resolve(precision, device)
     c0, models, table = configs[0], len(configs), recipe.TABLE
     start = time.perf_counter()
+
+    # set-up: the starting network (masked or cropped where pruned at initialisation), the layout it computes in,
+    # the optimizer and the batches, the training steps and the evaluation
+    net, masks, pruning = _starting_pack(configs, dataset, initial, device)
+    net.train()
+    net.channels_last = channels_last = use_channels_last(device, net.spec, precision, channels_last)
+    forward = torch.compile(net) if compile else net
+    optimizer, batches = _optimizer(configs, net, table), _batches(configs, dataset, table)
+    steps = _Steps(forward, net, masks, optimizer, functools.partial(table.lr_factor, c0.schedule),
+                   max(1, c0.epochs * len(batches)), precision, device, interrupt)
+    eval_batch = evaluation_batch(device, c0.batch_size, models)
+    measure = functools.partial(evaluate, forward, mean=dataset.mean, std=dataset.std, models=models,
+                                precision=precision, batch_size=eval_batch)
+
+    # the epoch loop, until the last epoch or until every model has diverged
+    trained = _train_epochs(configs, dataset, steps, batches, measure, on_epoch)
+
+    # the final measurements, on the trained weights
+    finals = _final_measurements(net, dataset, measure, trained.val, table, c0.batch_size, complexity)
+    seconds = time.perf_counter() - start
+
+    # the results, one per config
+    env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
+                      train_eval_examples=finals.train_eval, complexity=complexity, eval_batch=eval_batch)
+    return _results(configs, net, dataset, trained, finals, pruning, env, seconds, keep_weights)
+
+
+def _starting_pack(configs, dataset, initial, device) -> tuple:
+    """The pack's network before training, on `device`, its pruning masks (None unless masked) and its pruning
+    record per model. PreCropping builds the dense, narrower network that the mask's layer densities describe;
+    masking keeps the network's shape, with the pruned weights at zero."""
+    c0 = configs[0]
     starts, pruning = _starting_models(configs, dataset, initial), {}
-    if c0.cropped:  # PreCropping: the dense, narrower network the mask's layer densities describe
+    if c0.cropped:
         starts, pruning = _cropped(configs, starts, dataset)
-    spec = starts[0].spec
     net = pack(starts).to(device)  # each with its own λ
     masks = _masks(configs, net, dataset, device) if c0.pruned and not c0.cropped else None
     if masks is not None:
         prune.apply_masks(net, masks)
         pruning = _mask_record(net, masks)
-    net.train()
-    net.channels_last = channels_last = use_channels_last(device, spec, precision, channels_last)
-    forward = torch.compile(net) if compile else net
-    optimizer, batches = _optimizer(configs, net, table), _batches(configs, dataset, table)
-    steps_total = max(1, c0.epochs * len(batches))
-    eval_batch = evaluation_batch(device, c0.batch_size, models)
-    alive = torch.ones(models, dtype=torch.bool, device=device)
-    histories: list[list[dict]] = [[] for _ in configs]
-    step, train_seconds = 0, 0.0
-    for epoch in range(c0.epochs):
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros(models, device=device)
-        correct = torch.zeros(models, device=device)
+    return net, masks, pruning
+
+
+@dataclass
+class _Steps:
+    """A pack's training steps, counted over its whole training (`done`: where the schedule is)."""
+    forward: object                  # the network, or its compiled wrapper
+    net: torch.nn.Module
+    masks: dict | None               # pruning masks: their zeros are put back after every step
+    optimizer: PackedOptimizer
+    lr_factor: object                # the schedule: the learning rate's factor at a fraction of training
+    total: int                       # the steps of the whole training
+    precision: str
+    device: torch.device
+    interrupt: object = None         # called before every step (raises to stop)
+    done: int = 0
+
+    def epoch(self, batches, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The steps of one epoch's `batches`; per model, the running means of the training loss and accuracy.
+        `alive` (M,) loses the models whose loss is no longer finite; the others go on."""
+        loss_sum = torch.zeros(len(alive), device=self.device)
+        correct = torch.zeros(len(alive), device=self.device)
         seen = 0
-        for xb, yb, _ in batches.epoch(epoch):
-            if interrupt is not None:
-                interrupt()
-            losses, out = _forward_backward(forward, xb, yb, alive, precision, device)
-            optimizer.step(table.lr_factor(c0.schedule, step / steps_total), active=alive)
-            if masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
-                prune.apply_masks(net, masks)
-            optimizer.zero_grad()
-            step += 1
+        for xb, yb, _ in batches:
+            if self.interrupt is not None:
+                self.interrupt()
+            losses, out = _forward_backward(self.forward, xb, yb, alive, self.precision, self.device)
+            self.optimizer.step(self.lr_factor(self.done / self.total), active=alive)
+            if self.masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
+                prune.apply_masks(self.net, self.masks)
+            self.optimizer.zero_grad()
+            self.done += 1
             with torch.no_grad():
                 loss_sum += losses.detach()
                 correct += (out.argmax(-1) == yb).float().mean(1)
             seen += 1
-        synchronize(device)
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+@dataclass
+class _Trained:
+    """What the epoch loop leaves: per model whether it is still finite and its history, the last epoch's
+    validation loss and accuracy (lists, per model) and the pack's time in training steps."""
+    alive: list[bool]
+    histories: list[list[dict]]
+    val: tuple[list, list]
+    train_seconds: float
+
+
+def _train_epochs(configs, dataset, steps: _Steps, batches, measure, on_epoch) -> _Trained:
+    """Every epoch: the training steps, the models whose weights are no longer finite frozen, validation in eval
+    mode on the whole split, and each model's metrics recorded; stops early once every model has diverged."""
+    models = len(configs)
+    alive = torch.ones(models, dtype=torch.bool, device=steps.device)
+    histories: list[list[dict]] = [[] for _ in configs]
+    train_seconds = 0.0
+    for epoch in range(configs[0].epochs):
+        epoch_start = time.perf_counter()
+        train_loss, train_acc = steps.epoch(batches.epoch(epoch), alive)
+        synchronize(steps.device)
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
-        alive &= _finite_params(net, models)
-        val_loss, val_acc = evaluate(forward, dataset.val_x, dataset.val_y, dataset.mean, dataset.std, models,
-                                     precision, eval_batch)
+        alive &= _finite_params(steps.net, models)
+        val_loss, val_acc = measure(dataset.val_x, dataset.val_y)
         seconds = time.perf_counter() - epoch_start
-        train_loss, train_acc = (loss_sum / max(seen, 1)).tolist(), (correct / max(seen, 1)).tolist()
-        val_loss, val_acc, alive_list = val_loss.tolist(), val_acc.tolist(), alive.tolist()
-        for i in range(models):
-            if not alive_list[i] and histories[i] and histories[i][-1].get("diverged"):
-                continue  # already recorded as diverged
-            metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i],
-                       "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), "seconds": seconds,
-                       "train_seconds": epoch_train_seconds}
-            if not alive_list[i]:
-                metrics["diverged"] = True
-            histories[i].append(metrics)
-            if on_epoch is not None:
-                on_epoch(i, metrics)
+        train, val = (train_loss.tolist(), train_acc.tolist()), (val_loss.tolist(), val_acc.tolist())
+        alive_list = alive.tolist()
+        _record_epoch(histories, epoch, train, val, alive_list,
+                      {"seconds": seconds, "train_seconds": epoch_train_seconds}, on_epoch)
         if not any(alive_list):
             break
-    finals = {"val": (val_loss, val_acc)}  # the last epoch's validation pass saw the final weights already
+    return _Trained(alive_list, histories, val, train_seconds)
+
+
+def _record_epoch(histories, epoch: int, train, val, alive: list[bool], times: dict, on_epoch) -> None:
+    """Append each model's metrics of `epoch` to its history and report them (`on_epoch(i, metrics)`); a model
+    that diverged is recorded once, in the epoch it diverged."""
+    (train_loss, train_acc), (val_loss, val_acc) = train, val
+    for i, history in enumerate(histories):
+        if not alive[i] and history and history[-1].get("diverged"):
+            continue  # already recorded as diverged
+        metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i],
+                   "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), **times}
+        if not alive[i]:
+            metrics["diverged"] = True
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(i, metrics)
+
+
+@dataclass
+class _Finals:
+    """The final measurements of a pack's models, lists over its models."""
+    splits: dict                     # {"val" | "train" | "test": (losses, accuracies)}
+    erf: list                        # (erf50, erf90) per model
+    complexity: list                 # the geometric complexity, or None per model when it is off
+    train_eval: int                  # the training examples the train split's metrics cover
+
+
+def _final_measurements(net, dataset, measure, val, table, batch_size: int, complexity: bool) -> _Finals:
+    """After training, in eval mode: loss and accuracy on the validation split (the last epoch's pass saw the
+    final weights already), on the first `train_eval_examples` training examples and on the test split; the
+    effective receptive field, and the geometric complexity unless it is off."""
+    splits = {"val": val}
     train_eval = min(table.train_eval_examples, int(dataset.train_x.shape[0]))
     for split, (x, y) in {"train": (dataset.train_x[:train_eval], dataset.train_y[:train_eval]),
                           "test": (dataset.test_x, dataset.test_y)}.items():
-        loss, acc = evaluate(forward, x, y, dataset.mean, dataset.std, models, precision, eval_batch)
-        finals[split] = (loss.tolist(), acc.tolist())
+        loss, acc = measure(x, y)
+        splits[split] = (loss.tolist(), acc.tolist())
     # float32 with the graph kept: chunks of half a training batch stay within the training memory (bf16)
     erf = effective_receptive_field(net, dataset.train_x[:table.erf_examples], dataset.mean, dataset.std).tolist()
-    gc_values = [None] * models
+    gc_values = [None] * net.models
     if complexity:
         gc_values = geometric_complexity(net, dataset.train_x[:table.complexity_examples], dataset.mean,
-                                         dataset.std, models, batch_size=max(1, c0.batch_size // 2)).tolist()
-    seconds = time.perf_counter() - start
-    env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
-                      train_eval_examples=train_eval, complexity=complexity, eval_batch=eval_batch)
+                                         dataset.std, net.models, batch_size=max(1, batch_size // 2)).tolist()
+    return _Finals(splits, erf, gc_values, train_eval)
+
+
+def _results(configs, net, dataset, trained: _Trained, finals: _Finals, pruning: dict, env: dict, seconds: float,
+             keep_weights: bool) -> list[RunResult]:
+    """One RunResult per config: its final metrics and history with the pack's times, sizes and environment, and
+    its trained weights (CPU) when they are kept."""
+    models, spec = len(configs), net.spec
     params = param_count(net) // models
-    inference_params, reach = spec_params(spec, merged=True), receptive_field(spec)
+    # the inference parameters (what param_budget aims at: BN folded, kernels merged) and the theoretical
+    # receptive field (input pixels)
+    counts = {"inference_params": spec_params(spec, merged=True), "receptive_field": receptive_field(spec)}
     q = q_ratio(spec, int(dataset.train_x.shape[0]))
     singles = unpack(net.float()) if keep_weights else None
-    alive_list = alive.tolist()
     results = []
     for i, config in enumerate(configs):
-        final = {}
-        for split, (losses, accs) in finals.items():
-            final[f"{split}_loss"], final[f"{split}_acc"] = finite(losses[i]), finite(accs[i])
-        final["geometric_complexity"] = finite(gc_values[i])
-        final["erf50"], final["erf90"] = erf[i]  # effective receptive field, pixels (side of a centred square)
-        diverged = not alive_list[i] or final["train_loss"] is None
-        if diverged:  # a NaN network's argmax "accuracy" is meaningless
-            final = {key: None for key in final}
-        final["inference_params"] = inference_params  # what param_budget aims at (BN folded, kernels merged)
-        final["receptive_field"] = reach  # theoretical, in input pixels
-        final.update(pruning.get(i, {}))
+        final, diverged = _final_of(i, finals, trained.alive[i], counts, pruning.get(i, {}))
         results.append(RunResult(
-            config=config, status="diverged" if diverged else "done", final=final, history=histories[i],
-            seconds=seconds, train_seconds=train_seconds, params=params, q=q, env=env,
+            config=config, status="diverged" if diverged else "done", final=final, history=trained.histories[i],
+            seconds=seconds, train_seconds=trained.train_seconds, params=params, q=q, env=env,
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
             state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
     return results
+
+
+def _final_of(i: int, finals: _Finals, alive: bool, counts: dict, pruning: dict) -> tuple[dict, bool]:
+    """Model i's final metrics, and whether it diverged: then every measured value is None (a NaN network's argmax
+    "accuracy" is meaningless), while the counts from its spec and its pruning record stay."""
+    final = {}
+    for split, (losses, accs) in finals.splits.items():
+        final[f"{split}_loss"], final[f"{split}_acc"] = finite(losses[i]), finite(accs[i])
+    final["geometric_complexity"] = finite(finals.complexity[i])
+    final["erf50"], final["erf90"] = finals.erf[i]  # effective receptive field, pixels (side of a centred square)
+    diverged = not alive or final["train_loss"] is None
+    if diverged:
+        final = {key: None for key in final}
+    final.update(counts)
+    final.update(pruning)
+    return final, diverged
 
 
 def evaluation_batch(device: torch.device, batch_size: int, models: int) -> int:

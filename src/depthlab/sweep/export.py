@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.outputs import replaced
-from depthlab.records import config_of
+from depthlab.records import RunRecord
 
 RESULT_FIELDS = [
     "run_id", "sweeps", "recipe", "dataset", "topology", "blocks", "width", "kernel", "params", "q", "status",
@@ -25,9 +25,9 @@ def _key(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def varied_fields(records: list[dict]) -> list[str]:
+def varied_fields(records: list[RunRecord]) -> list[str]:
     """Config keys whose value differs across the records (a key missing from some counts as None), sorted."""
-    configs = [config_of(r) for r in records]
+    configs = [r.config for r in records]
     keys = set().union(*configs) if configs else set()
     return sorted(k for k in keys if len({_key(c.get(k)) for c in configs}) > 1)
 
@@ -46,19 +46,20 @@ def _cell(value):
     return value
 
 
-def _columns(records: list[dict]) -> list[str]:
+def _columns(records: list[RunRecord]) -> list[str]:
     # a varied config key that is also a result column (e.g. `epochs`) shows the record's value
     return RESULT_FIELDS + [k for k in varied_fields(records) if k not in RESULT_FIELDS]
 
 
-def flat_table(records: list[dict]) -> list[dict]:
-    """One row per record: RESULT_FIELDS, then the varied config fields, in that order."""
+def flat_table(records: list[RunRecord]) -> list[dict]:
+    """One row per record: RESULT_FIELDS (of its flat view, `RunRecord.as_row`), then the varied config fields,
+    in that order."""
     extra = _columns(records)[len(RESULT_FIELDS):]
     rows = []
     for rec in records:
-        cfg = config_of(rec)
-        row = {f: _cell(rec.get(f)) for f in RESULT_FIELDS}
-        row.update({k: _cell(cfg.get(k)) for k in extra})
+        flat = rec.as_row()
+        row = {f: _cell(flat.get(f)) for f in RESULT_FIELDS}
+        row.update({k: _cell(rec.config.get(k)) for k in extra})
         rows.append(row)
     return rows
 
@@ -84,7 +85,7 @@ def _arrow_column(values: list):
     return [None if v is None else str(v) for v in values]
 
 
-def write_results(records: list[dict], fmt: str = "csv", out="-") -> int:
+def write_results(records: list[RunRecord], fmt: str = "csv", out="-") -> int:
     """Write the flat table of `records` to `out` (a path, or "-" for stdout). Returns the number of rows."""
     if fmt not in FORMATS:
         raise SpecError("format", fmt, ", ".join(FORMATS))

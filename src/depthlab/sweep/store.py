@@ -40,8 +40,8 @@ from typing import Mapping
 from urllib.parse import quote
 
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.records import (FINISHED, METRICS, RECORD_FIELDS, STATUSES, canonical_json, config_id, dumps, finite,
-                              run_id)
+from depthlab.records import (FINISHED, METRICS, RECORD_FIELDS, STATUSES, RunRecord, canonical_json, config_id, dumps,
+                              finite, run_id)
 
 DEFAULT_STORE = "depthlab.sqlite"
 SHIFT_STATUSES = ("done", "diverged")  # a measurement under shift either finished or its loss became NaN
@@ -653,33 +653,15 @@ class Store:
             params.append(sweep)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def records(self, *, status=None, sweep=None, run_ids=None) -> list[dict]:
-        """One record per run, in insertion order (see `depthlab.records` for its keys: every config field, the
-        RECORD_FIELDS, extra final metrics). With `sweep`, the runs that sweep lists (shared runs included),
-        each record's "sweep" being that sweep; with `run_ids`, those runs only."""
+    def records(self, *, status=None, sweep=None, run_ids=None) -> list[RunRecord]:
+        """One frozen record per run, in insertion order (`depthlab.records.RunRecord`: the config, the result
+        fields, extra final metrics). With `sweep`, the runs that sweep lists (shared runs included), each
+        record's `sweep` being that sweep; with `run_ids`, those runs only."""
         where, params = self._where(status, sweep, run_ids)
         sweeps_of = ("(SELECT json_group_array(sweep) FROM (SELECT sweep FROM sweep_runs s "
                      "WHERE s.run_id = runs.run_id ORDER BY s.rowid)) AS sweeps_json")
-        out = []
-        for row in self._query(f"SELECT *, {sweeps_of} FROM runs{where} ORDER BY rowid", params):
-            config = json.loads(row["config"])
-            history = json.loads(row["history"])
-            rec = dict(config)
-            rec.update(
-                run_id=row["run_id"], config_id=row["config_id"], recipe=row["recipe"],
-                sweep=row["sweep"] if sweep is None else sweep, sweeps=json.loads(row["sweeps_json"] or "[]"),
-                status=row["status"], params=row["params"], q=row["q"],
-                **{m: row[m] for m in METRICS},
-                epochs_run=len(history), seconds=row["seconds"], train_seconds=row["train_seconds"],
-                history=history, env=json.loads(row["env"]) if row["env"] else {}, error=row["error"],
-                attempts=row["attempts"],
-            )
-            for k, v in (json.loads(row["final"]) if row["final"] else {}).items():
-                if k not in config:
-                    rec.setdefault(k, v)
-            rec["config"] = config
-            out.append(rec)
-        return out
+        rows = self._query(f"SELECT *, {sweeps_of} FROM runs{where} ORDER BY rowid", params)
+        return [_record(row, sweep) for row in rows]
 
     def counts(self, sweep=None) -> dict[str, int]:
         """Runs per status (every status a key, zeros included)."""
@@ -780,6 +762,19 @@ class Store:
 
 # The key of a shift measurement, in column order.
 SHIFT_KEY = ("run_id", "corruption", "severity", "method", "batch_size", "alpha", "seed")
+
+
+def _record(row: dict, sweep: str | None) -> RunRecord:
+    """The record of one runs row (`sweep`: the sweep it was read for, else the run's own)."""
+    history = json.loads(row["history"])
+    return RunRecord(
+        config=json.loads(row["config"]), run_id=row["run_id"], config_id=row["config_id"], recipe=row["recipe"],
+        sweep=row["sweep"] if sweep is None else sweep, sweeps=json.loads(row["sweeps_json"] or "[]"),
+        status=row["status"], params=row["params"], q=row["q"], **{m: row[m] for m in METRICS},
+        epochs_run=len(history), seconds=row["seconds"], train_seconds=row["train_seconds"], history=history,
+        env=json.loads(row["env"]) if row["env"] else {}, error=row["error"], attempts=row["attempts"],
+        extra=json.loads(row["final"]) if row["final"] else {},
+    )
 
 
 def _shift_key(row: dict) -> tuple:
