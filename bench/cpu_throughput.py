@@ -8,11 +8,11 @@ In one run, on the demo's shapes (`depthlab run`: MNIST, width 16, kernel 3, str
 2. the baseline: a plain float32 loop, one model at a time (build, `torch.optim.Adam`, shuffled minibatches
    from tensors in memory; what the engine did on a CPU before precision was a choice is no faster: it trained
    float32 packs, which gain nothing here), in the process as a plain script has it; then, for comparison,
-   again once the process keeps freed memory as `depthlab run` has it (`depthlab.sweep.allocator`), which the
+   again once the process keeps freed memory as `depthlab run` has it (`depthlab.run.allocator`), which the
    engine's rows below all run with;
 3. the engine on the same configs and data, packed as `depthlab run` packs them (`CPU_DEFAULT_PACK`), in float32
    and at the default precision (auto), one pack at a time and (default precision) with the packs spread over
-   `depthlab run`'s worker threads (`depthlab.sweep.workers`): its training steps alone and end to end (with the
+   `depthlab run`'s worker threads (`depthlab.run.workers`): its training steps alone and end to end (with the
    per-epoch validation, final evaluation and geometric complexity). One pack at a time, the training seconds
    are the packs' `train_seconds`; with W workers, the steady-state rate of W packs stepping at once (each
    shape's default pack, `engine.training_throughput` in W threads) applied to the demo's samples of each shape;
@@ -54,11 +54,11 @@ from depthlab.data import load, locate  # noqa: E402
 from depthlab.measure import evaluate  # noqa: E402
 from depthlab.models import build, flops, pack  # noqa: E402
 from depthlab.precision import cpu_has_native_bf16, resolve  # noqa: E402
-from depthlab.sweep.allocator import keep_freed_memory  # noqa: E402
-from depthlab.sweep.config import RunConfig  # noqa: E402
-from depthlab.sweep.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
-from depthlab.sweep.packs import groups, make_packs  # noqa: E402
-from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker  # noqa: E402
+from depthlab.run.allocator import keep_freed_memory  # noqa: E402
+from depthlab.spec.config import RunConfig  # noqa: E402
+from depthlab.train.engine import evaluation_batch, train_pack, training_throughput  # noqa: E402
+from depthlab.train.packs import groups, make_packs  # noqa: E402
+from depthlab.run.workers import Workers, default_workers, intra_op_threads, threads_per_worker  # noqa: E402
 
 DEMO = dict(width=16, kernel=3, stem_stride=2, head="flatten", norm="batch", optimizer="adam", lr=0.003,
             batch_size=100, schedule="cosine")

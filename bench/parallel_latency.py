@@ -19,7 +19,7 @@ import time
 import torch
 
 from depthlab.models import ModelSpec, build, flops, fuse_for_inference, param_count
-from depthlab.sweep.engine import synchronize
+from depthlab.train.engine import synchronize
 
 
 def latency(model, x, repeats: int, device) -> float:

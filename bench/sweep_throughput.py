@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from depthlab.data import load, locate, normalise
 from depthlab.models import build, flops
 from depthlab.precision import PRECISIONS, resolve
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import synchronize, train_pack
-from depthlab.sweep.packs import make_packs
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import synchronize, train_pack
+from depthlab.train.packs import make_packs
 
 SETS = {
     # MNIST-size configs: width ≤ 32, blocks ≤ 4

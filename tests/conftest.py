@@ -58,7 +58,7 @@ def randomise():
 
 # --- the two kinds of CPU the suite runs on ---------------------------------------------------------------------
 # `--precision auto` trains in bf16 where the CPU has native bf16 (AVX-512 BF16, AMX) and in float32 where it has
-# only AVX2; the pack sizes follow (depthlab.sweep.packs.CPU_DEFAULT_PACK). Tests marked `auto_precision` go
+# only AVX2; the pack sizes follow (depthlab.train.packs.CPU_DEFAULT_PACK). Tests marked `auto_precision` go
 # through `auto`, so they run once per kind this machine can stand for: on a native-bf16 machine also as an
 # AVX2-only one would (`auto` resolving to float32 in this process; subprocesses started by the test get the
 # AVX2 kernels themselves through ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA, see depthlab.precision).

@@ -10,7 +10,7 @@ import depthlab
 ROOT = Path(depthlab.__file__).parent
 
 # Layers in pipeline order: a module may import its own layer and earlier ones, never a later one.
-LAYERS = ["errors", "stopping", "records", "precision", "models", "data", "measure", "prune", "sweep", "shift", "analysis", "report", "cli"]
+LAYERS = ["errors", "stopping", "records", "precision", "models", "data", "measure", "prune", "spec", "train", "results", "run", "shift", "analysis", "report", "cli"]
 
 
 def module_name(path: Path) -> str:
@@ -86,3 +86,39 @@ def test_no_module_under_analysis_trains():
                  for i, line in enumerate(p.read_text().splitlines(), 1) if TRAINING.search(line)]
     assert offenders == []
     assert not (ROOT / "analysis" / "trainer.py").exists()
+
+
+# What each folder may import from the rest of depthlab (besides itself): the stages beneath it, and only those it
+# needs. A new arrow is a decision: add it here, with its reason, or move the code to where it belongs.
+FOLDER_RULES = {
+    # the mathematics of networks: no data, no training, no store (records: a model field's neutral value)
+    "models": {"errors", "choices", "records"},
+    "data": {"errors", "outputs"},  # datasets and their registry (outputs: atomic cache files)
+    "spec": {"errors", "choices", "records", "models", "data", "prune"},  # a run and a grid of them
+    # packs and the one trainer (depthlab: its version, recorded with every run)
+    "train": {"depthlab", "errors", "records", "precision", "models", "data", "measure", "prune", "spec"},
+    "results": {"errors", "outputs", "records", "models", "spec"},  # the store knows nothing of training
+    "run": {"depthlab", "errors", "stopping", "records", "precision", "models", "data", "spec", "train", "results"},
+}
+
+
+def folder_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "depthlab"
+
+
+def test_each_stage_imports_only_what_its_rule_allows():
+    found = {}
+    for a, deps in graph().items():
+        if folder_of(a) in FOLDER_RULES:
+            found.setdefault(folder_of(a), set()).update(folder_of(b) for b in deps if folder_of(b) != folder_of(a))
+    extra = {folder: sorted(found.get(folder, set()) - allowed) for folder, allowed in FOLDER_RULES.items()}
+    assert {folder: names for folder, names in extra.items() if names} == {}
+
+
+def test_the_folders_name_the_pipeline():
+    """A newcomer finds each stage by its name: spec -> grid -> packs -> engine -> store -> analysis -> report."""
+    for path in ("spec/config.py", "spec/grid.py", "train/packs.py", "train/engine.py", "results/store.py",
+                 "run/driver.py", "analysis/compare.py", "report/html.py"):
+        assert (ROOT / path).is_file(), path
+    assert not (ROOT / "sweep").exists()

@@ -13,8 +13,8 @@ from depthlab import prune
 from depthlab.data import load
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec, build, pack
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import train_pack
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import train_pack
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +224,9 @@ def test_a_crop_keep_run_trains(data):
 
 @pytest.mark.auto_precision
 def test_pruned_runs_resume_like_any_run(tmp_path):
-    from depthlab.sweep.runner import run_sweep
-    from depthlab.sweep.spec import SweepSpec
-    from depthlab.sweep.store import Store
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
+    from depthlab.results.store import Store
 
     spec = SweepSpec.from_dict({
         "name": "p", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 16,

@@ -9,7 +9,7 @@ and in its implementation, nowhere else.
 They live here rather than beside their implementations because importing `depthlab.models`, `depthlab.shift`
 or `depthlab.report` imports torch or matplotlib, which `depthlab --help` must not (tests/cli/test_startup.py).
 Lists whose own modules are already light stay there: datasets (`depthlab.data.registry`), precisions
-(`depthlab.precision`), run statuses and metrics (`depthlab.records`), export formats (`depthlab.sweep.export`).
+(`depthlab.precision`), run statuses and metrics (`depthlab.records`), export formats (`depthlab.results.export`).
 """
 
 # -- the model (depthlab.models.ModelSpec) ----------------------------------------------------------------------
@@ -23,15 +23,15 @@ BRANCH_TYPES = ("conv", "lk")  # what a block is made of: the classes of depthla
 # lk's depthwise K×K: plain, UniRepLKNet's Dilated Reparam Block, or one of the paper's two controls
 REPARAMS = ("none", "dilated", "same_kernel", "same_equivalent")
 
-# -- training (depthlab.sweep.config.RunConfig) ----------------------------------------------------------------
+# -- training (depthlab.spec.config.RunConfig) ----------------------------------------------------------------
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 AUGMENTS = ("none", "translate", "flip", "translate+flip")
 BUDGET_BY = ("hidden", "width")  # what param_budget sets
 
 # -- where and how the commands run ----------------------------------------------------------------------------
-DEVICES = ("auto", "cpu", "cuda")  # by name, as depthlab.sweep.runner.resolve_device takes them
-BACKENDS = ("local", "ray")  # depthlab.sweep.runner (this process) or depthlab.sweep.ray_backend
+DEVICES = ("auto", "cpu", "cuda")  # by name, as depthlab.run.runner.resolve_device takes them
+BACKENDS = ("local", "ray")  # depthlab.run.runner (this process) or depthlab.run.ray_backend
 COMPARE_TABLES = ("runs", "shift")  # what `depthlab compare` pairs: trained runs, or `depthlab shift`'s rows
 
 # -- test-time methods under covariate shift (depthlab.shift.methods), and what each does ----------------------

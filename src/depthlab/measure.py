@@ -15,7 +15,7 @@ from depthlab import precision as precisions
 
 # Examples per evaluation forward by default: speed and memory, and the float32 round-off of the summed losses
 # (eval mode: the examples do not interact). The engine caps its evaluation batch with it; how many examples it
-# measures a run on is the recipe's (`depthlab.sweep.recipe.TABLE`).
+# measures a run on is the recipe's (`depthlab.train.recipe.TABLE`).
 EVAL_BATCH = 1000
 
 

@@ -20,7 +20,7 @@ from typing import Iterator
 from depthlab.errors import DepthlabError
 
 STORE_SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
-WEIGHTS_SUFFIX = ".weights"  # the store's folder of saved weights (depthlab.sweep.weights)
+WEIGHTS_SUFFIX = ".weights"  # the store's folder of saved weights (depthlab.results.weights)
 
 
 def _real(path) -> str:

@@ -1,12 +1,12 @@
 """The vocabulary every stage of the pipeline shares: run identity, run statuses, metric names, and records.
 
-A *run* is a config (a flat dict of `depthlab.sweep.config.RunConfig` fields) trained by one *recipe*: the
-version of the training code (`depthlab.sweep.engine.RECIPE`). Two ids name it:
+A *run* is a config (a flat dict of `depthlab.spec.config.RunConfig` fields) trained by one *recipe*: the
+version of the training code (`depthlab.train.engine.RECIPE`). Two ids name it:
 
 - `config_id(config)`: the sha256 of the canonical config's JSON (16 hex digits), the same under every recipe;
 - `run_id(config, recipe)`: the sha256 of the canonical config AND the recipe. A change to the training code that
   alters what it produces bumps the recipe, so the same config trained again gets a new id and the old result
-  stays in the store, told apart by its recipe (see `depthlab.sweep.store`).
+  stays in the store, told apart by its recipe (see `depthlab.results.store`).
 
 The *canonical config* (`canonical_config`) is the config without the fields at their *neutral* value: a field
 added after the first release declares, with its default (`added`), the value that reproduces what runs did
@@ -73,7 +73,7 @@ _declared: Mapping | None = None  # the run fields' neutral values, once the run
 
 
 def declare_run_fields(cls):
-    """Class decorator of the run config (`depthlab.sweep.config.RunConfig`): its fields' neutral values are the
+    """Class decorator of the run config (`depthlab.spec.config.RunConfig`): its fields' neutral values are the
     ones that ids leave out."""
     global _declared
     _declared = MappingProxyType(neutral_values(cls))
@@ -83,7 +83,7 @@ def declare_run_fields(cls):
 def neutral_defaults() -> Mapping:
     """{field: neutral value} of the run config's fields that have one."""
     if _declared is None:  # an id computed without them would not be the run's: refuse rather than guess
-        raise RuntimeError("run ids need the run fields' neutral values: import depthlab.sweep.config first")
+        raise RuntimeError("run ids need the run fields' neutral values: import depthlab.spec.config first")
     return _declared
 
 

@@ -14,7 +14,7 @@ from depthlab.analysis.compare import (
     tost_p,
 )
 from depthlab.records import RunRecord
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 
 def run(i, topology, loss, *, dataset="mnist", q=5.0, head="gap", status="done", acc=None, kernel=3, **fields):
@@ -385,8 +385,8 @@ def test_contrast_must_be_a_varied_field():
 
 
 def test_contrast_topology_on_a_real_store_agrees_with_the_default(tmp_path):
-    from depthlab.sweep.runner import run_sweep
-    from depthlab.sweep.spec import SweepSpec
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
 
     spec = SweepSpec.from_dict({
         "name": "c", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,

@@ -77,7 +77,7 @@ def test_recalibration_is_the_cumulative_batch_statistics(data):
 
 @pytest.mark.auto_precision
 def test_cli_convert_fine_tunes_through_the_engine(tmp_path, capsys):
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     store = tmp_path / "s.sqlite"
     argv = ["convert", "--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1",
@@ -101,8 +101,8 @@ def test_cli_convert_fine_tunes_through_the_engine(tmp_path, capsys):
 def test_fine_tuning_starts_from_the_given_weights(data):
     """One step at learning rate ~0 leaves the converted weights as they were: the engine started from them."""
     from depthlab.models import parallel_from_sequential
-    from depthlab.sweep.config import RunConfig
-    from depthlab.sweep.engine import train_pack
+    from depthlab.spec.config import RunConfig
+    from depthlab.train.engine import train_pack
 
     deep = RunConfig(dataset="synthetic", val_split=0, width=4, blocks=2, epochs=1, batch_size=128, lr=1e-12,
                      seed=3)

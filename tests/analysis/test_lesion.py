@@ -103,8 +103,8 @@ def engine_data(n_train, n_test):
 
 @pytest.mark.slow
 def test_residual_network_survives_lesions_a_plain_one_does_not():
-    from depthlab.sweep.config import RunConfig
-    from depthlab.sweep.engine import train_pack
+    from depthlab.spec.config import RunConfig
+    from depthlab.train.engine import train_pack
 
     data = engine_data(1024, 512)
     base = RunConfig(dataset="synthetic", val_split=0, width=8, blocks=6, norm="batch", batch_size=32, epochs=6,
@@ -133,9 +133,9 @@ def test_residual_network_survives_lesions_a_plain_one_does_not():
 @pytest.mark.auto_precision
 def test_cli_lesion_trains_both_networks_through_the_engine_with_one_recipe(tmp_path, capsys):
     from depthlab.records import run_id
-    from depthlab.sweep import engine
-    from depthlab.sweep.config import RunConfig
-    from depthlab.sweep.store import Store
+    from depthlab.train import engine
+    from depthlab.spec.config import RunConfig
+    from depthlab.results.store import Store
 
     store = tmp_path / "s.sqlite"
     argv = ["lesion", "--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1",

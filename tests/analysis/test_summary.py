@@ -8,7 +8,7 @@ import depthlab.cli.main as main_mod
 from depthlab.analysis.summary import format_summary, summarise, summary_fields
 from depthlab.errors import SpecError
 from depthlab.records import RunRecord
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 
 def run(blocks, scale, seed, status="done", loss=None):

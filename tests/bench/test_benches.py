@@ -57,7 +57,7 @@ def test_sets_match_their_targets(name):
     if name == "mnist":  # the MNIST-size configs: width ≤ 32, blocks ≤ 4
         assert all(c.width <= 32 and c.blocks <= 4 for c in configs)
     else:  # the largest shapes of the paper grid
-        from depthlab.sweep.spec import load_spec
+        from depthlab.spec.grid import load_spec
         paper = load_spec("paper").configs()
         assert {(c.width, c.blocks, c.kernel) for c in configs} == {
             (max(c.width for c in paper), max(c.blocks for c in paper), max(c.kernel for c in paper))}

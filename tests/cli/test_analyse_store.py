@@ -7,10 +7,10 @@ import torch
 
 from depthlab.cli.main import main
 from depthlab.errors import DepthlabError
-from depthlab.sweep.runner import run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
-from depthlab.sweep.weights import load_trained
+from depthlab.run.runner import run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
+from depthlab.results.weights import load_trained
 
 SPEC = {"name": "w", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 256, "test_subset": 64,
                                   "width": 4, "blocks": 3, "stem_stride": 2, "batch_size": 32, "epochs": 2},
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 def test_saved_weights_reproduce_the_recorded_metrics(trained):
     from depthlab.data import load
-    from depthlab.sweep.engine import evaluate
+    from depthlab.train.engine import evaluate
 
     store, record = trained
     model, config, rid = load_trained(store, record.run_id[:6])

@@ -12,7 +12,7 @@ import pytest
 from depthlab import choices, precision, records
 from depthlab.cli.main import build_parser
 from depthlab.errors import SpecError
-from depthlab.sweep import export
+from depthlab.results import export
 
 # Every option with `choices=`, by its dest, and the module attribute that declares its values. A new option with
 # choices must be declared in a registry and named here: a list written out in the CLI fails the first test.
@@ -168,7 +168,7 @@ def test_the_readme_lists_each_field_s_values_as_its_registry():
 def test_validation_reads_the_registries_and_names_their_values():
     from depthlab.models import ModelSpec, spec
     from depthlab.shift.methods import Method
-    from depthlab.sweep import config
+    from depthlab.spec import config
 
     for name in ("NORMS", "ACTS", "HEADS", "INITS", "SCALE_RULES", "STEM_STRIDES", "BRANCH_TYPES", "REPARAMS"):
         assert getattr(spec, name) is getattr(choices, name), name

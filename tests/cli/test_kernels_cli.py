@@ -7,10 +7,10 @@ import torch
 
 from depthlab.cli.main import main
 from depthlab.models import build, fuse_for_inference
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.runner import run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.spec.config import RunConfig
+from depthlab.run.runner import run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 SPEC = {"name": "lk", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,
                                    "width": 4, "blocks": 2, "branch": "lk", "kernel": 5, "reparam": "dilated",

@@ -10,8 +10,8 @@ import pytest
 from depthlab.cli.main import main
 from depthlab.errors import DepthlabError
 from depthlab.outputs import check_out, replaced
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.store import Store
+from depthlab.spec.config import RunConfig
+from depthlab.results.store import Store
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import depthlab.cli.main as main_mod
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import sys
 
 from depthlab.cli.main import main
 from depthlab.data import available
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 HEAVY = ("torch", "matplotlib", "scipy")
 

@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 
 from depthlab.cli.main import main
-from depthlab.sweep.runner import run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.run.runner import run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 SPEC = {"name": "r", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 32,
                                   "width": 4, "stem_stride": 2, "batch_size": 32, "epochs": 1},

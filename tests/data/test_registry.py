@@ -11,9 +11,10 @@ from depthlab.analysis.compare import BLOWN_UP, blown_up
 from depthlab.data import corrupt, load, locate, registry
 from depthlab.errors import SpecError
 from depthlab.records import RunRecord
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.progress import training_examples
-from depthlab.sweep.spec import check_data_sizes
+from depthlab.spec.config import RunConfig
+from depthlab.run.progress import training_examples
+from depthlab.spec.grid import check_data_sizes
+from depthlab.train.recipe import TABLE
 
 # A small colour dataset with 4 classes, loaded by the synthetic generator (its options give the shape).
 TINY = registry.Entry("tiny_rgb", (3, 16, 16), 4, (100, 20), flip_ok=True, suite=None,
@@ -30,7 +31,7 @@ def test_a_dataset_added_to_the_registry_is_a_valid_run(tiny):
     config = RunConfig(dataset="tiny_rgb", augment="translate+flip", val_split=10, train_subset=50)
     spec = config.model_spec()
     assert (spec.in_channels, spec.input_size, spec.num_classes) == (3, 16, 4)
-    assert config.translate == 2 and config.flip  # 16 pixels: the small-image padding
+    assert TABLE.translate(config) == 2 and config.flip  # 16 pixels: the small-image padding
     assert training_examples(config) == 50 and training_examples(config.replace(train_subset=None)) == 90
     check_data_sizes(config)
     with pytest.raises(SpecError, match="train_subset: got 91.*at most 90 \\(tiny_rgb has 100 train"):

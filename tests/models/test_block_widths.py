@@ -6,7 +6,7 @@ import torch
 
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec, branch_output, build, flops, pack, param_count, spec_params
-from depthlab.sweep.config import RunConfig
+from depthlab.spec.config import RunConfig
 
 WIDTHS = [3, 5, 2, 6]
 

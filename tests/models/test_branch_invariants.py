@@ -23,9 +23,9 @@ from depthlab.models import (ModelSpec, block_weights, branch_output, build, flo
 from depthlab.models import spec as spec_module
 from depthlab.models.branches import (BRANCHES, BranchType, _conv_like, _fold, _norm_reference, _norm_views,
                                       gn_group_size, hidden_slice, make_act, make_norm, view_roles)
-from depthlab.sweep import recipe
-from depthlab.sweep.engine import use_channels_last
-from depthlab.sweep.optim import PackedOptimizer
+from depthlab.train import recipe
+from depthlab.train.engine import use_channels_last
+from depthlab.train.optim import PackedOptimizer
 
 
 class SeparableBranch:

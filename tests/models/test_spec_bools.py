@@ -4,8 +4,8 @@ import pytest
 
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.spec import load_spec
+from depthlab.spec.config import RunConfig
+from depthlab.spec.grid import load_spec
 
 NUMBER_FIELDS = ("width", "blocks", "kernel", "hidden", "stem_stride", "batch_size", "epochs", "seed",
                  "train_subset", "test_subset", "val_split", "lr", "weight_decay", "residual_scale")

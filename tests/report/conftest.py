@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from depthlab.sweep.runner import run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.run.runner import run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 # 2 depths x 2 wirings x 3 seeds on generated data: 6 pairs (3 per depth), two Q bands, two epochs of history.
 TINY = {

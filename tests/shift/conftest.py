@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from depthlab.models import ModelSpec, build, param_count
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import RECIPE
-from depthlab.sweep.store import Store, owner_token
-from depthlab.sweep.weights import save_weights
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import RECIPE
+from depthlab.results.store import Store, owner_token
+from depthlab.results.weights import save_weights
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import pytest
 from depthlab.cli.main import main
 from depthlab.report import plots
 from depthlab.shift.records import load_shift_records
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 # the measurements evaluate at `--precision auto`: as on either kind of CPU (tests/conftest.py)
 pytestmark = pytest.mark.auto_precision

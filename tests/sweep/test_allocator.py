@@ -1,4 +1,4 @@
-"""Keeping freed memory (depthlab.sweep.allocator): training steps stop faulting their activations' pages in."""
+"""Keeping freed memory (depthlab.run.allocator): training steps stop faulting their activations' pages in."""
 
 import ctypes.util
 import os
@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from depthlab.sweep import allocator, runner
-from depthlab.sweep.spec import SweepSpec
+from depthlab.run import allocator, runner
+from depthlab.spec.grid import SweepSpec
 
 # In a fresh process (the setting is the process's for good): the page faults of a few of the engine's training
 # steps, before and after keep_freed_memory().
 SCRIPT = """
 import resource
 from depthlab.data import load
-from depthlab.sweep.allocator import keep_freed_memory
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import training_throughput
+from depthlab.run.allocator import keep_freed_memory
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import training_throughput
 
 data = load("synthetic", val_split=100, n_train=1000, n_test=100, shape=(1, 28, 28))
 configs = [RunConfig(dataset="synthetic", width=16, stem_stride=2, batch_size=100, blocks=2, seed=s) for s in (0, 1)]

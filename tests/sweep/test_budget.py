@@ -5,8 +5,8 @@ import pytest
 
 from depthlab.errors import SpecError
 from depthlab.models import build, fuse_for_inference, param_count, spec_params
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.optim import decays
+from depthlab.spec.config import RunConfig
+from depthlab.train.optim import decays
 
 
 @pytest.mark.parametrize("width", [8, 16, 32])

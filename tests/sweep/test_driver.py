@@ -2,11 +2,11 @@
 
 import torch
 
-from depthlab.sweep import weights
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.driver import record, rid
-from depthlab.sweep.engine import RunResult
-from depthlab.sweep.store import Store
+from depthlab.results import weights
+from depthlab.spec.config import RunConfig
+from depthlab.run.driver import record, rid
+from depthlab.train.engine import RunResult
+from depthlab.results.store import Store
 
 CONFIG = RunConfig(dataset="synthetic", width=4, epochs=1)
 FINAL = {"train_loss": 1.0, "val_loss": 1.0, "train_acc": 0.5, "val_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from depthlab.data import load
-from depthlab.sweep import engine, recipe
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import train_pack, train_pack_splitting
+from depthlab.train import engine, recipe
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import train_pack, train_pack_splitting
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
 def test_the_environment_records_provenance_and_partial_data(data):
     import dataclasses
 
-    from depthlab.sweep.engine import RECIPE
+    from depthlab.train.engine import RECIPE
 
     (result,) = train_pack([config(epochs=1)], data)
     env = result.env

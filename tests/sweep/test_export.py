@@ -9,8 +9,8 @@ import pytest
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import RECORD_FIELDS, RunRecord
-from depthlab.sweep.export import RESULT_FIELDS, flat_table, varied_fields, write_results
-from depthlab.sweep.store import Store
+from depthlab.results.export import RESULT_FIELDS, flat_table, varied_fields, write_results
+from depthlab.results.store import Store
 
 
 def rec(**kw):

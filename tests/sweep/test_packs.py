@@ -3,12 +3,13 @@
 import pytest
 
 from depthlab.data import load
-from depthlab.sweep import packs, runner
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import training_throughput
-from depthlab.sweep.runner import plan, run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.train import packs
+from depthlab.run import runner
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import training_throughput
+from depthlab.run.runner import plan, run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 SPEC = {"name": "p", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,
                                   "width": 4, "stem_stride": 2, "batch_size": 32, "epochs": 1},
@@ -144,7 +145,7 @@ def test_epochs_and_data_subsets_share_a_calibration_shapes_do_not():
 
 def test_the_gpu_memory_estimate_follows_the_precision():
     """A pack planned for float32 on a GPU must not be sized as if its activations were bf16 (half as large)."""
-    from depthlab.sweep.engine import bytes_per_model
+    from depthlab.train.engine import bytes_per_model
 
     config = RunConfig(width=32, blocks=4, batch_size=128)
     fp32, bf16 = (bytes_per_model(config, 1, 28, p) for p in ("fp32", "bf16"))

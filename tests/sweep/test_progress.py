@@ -7,8 +7,8 @@ import time
 import pytest
 
 from depthlab.models import flops
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.progress import SweepProgress, fit_name, run_cost, training_examples
+from depthlab.spec.config import RunConfig
+from depthlab.run.progress import SweepProgress, fit_name, run_cost, training_examples
 
 
 def config(**fields):

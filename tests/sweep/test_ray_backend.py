@@ -3,8 +3,8 @@
 import pytest
 
 from depthlab.errors import DepthlabError
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 ray = pytest.importorskip("ray")
 
@@ -14,7 +14,7 @@ SPEC = {"name": "ray", "defaults": {"dataset": "synthetic", "val_split": 32, "tr
 
 
 def test_ray_backend_trains_every_run_once(tmp_path):
-    from depthlab.sweep.ray_backend import run_sweep_ray
+    from depthlab.run.ray_backend import run_sweep_ray
 
     store_path = tmp_path / "ray.sqlite"
     spec = SweepSpec.from_dict(SPEC)
@@ -42,7 +42,7 @@ def sweep(tmp_path, grid=None, **defaults) -> SweepSpec:
 
 def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
     """As the local backend does: the history grows in the store while the pack trains, not only at its end."""
-    from depthlab.sweep.ray_backend import run_sweep_ray
+    from depthlab.run.ray_backend import run_sweep_ray
 
     recorded, real = [], Store.record_epoch
 
@@ -60,7 +60,7 @@ def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
 
 
 def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from depthlab.sweep import ray_backend
+    from depthlab.run import ray_backend
 
     def fails_after_an_epoch(*args, **kwargs):  # defined here: Ray ships it to the workers by value
         yield ("loaded",)
@@ -82,7 +82,7 @@ def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monk
 def test_a_device_or_data_error_on_ray_stops_the_sweep_and_gives_every_run_back(tmp_path, monkeypatch, loaded,
                                                                                 error):
     """As in the local backend: every later pack would fail the same way, so no run is marked failed."""
-    from depthlab.sweep import ray_backend
+    from depthlab.run import ray_backend
 
     def broken(*args, **kwargs):
         if loaded:

@@ -9,13 +9,13 @@ import torch
 
 from depthlab.data import load
 from depthlab.records import run_id
-from depthlab.sweep import recipe
-from depthlab.sweep.config import DEFAULT_LR, RunConfig
-from depthlab.sweep.engine import train_pack
-from depthlab.sweep.recipe import RECIPE, TABLE
+from depthlab.train import recipe
+from depthlab.spec.config import DEFAULT_LR, RunConfig
+from depthlab.train.engine import train_pack
+from depthlab.train.recipe import RECIPE, TABLE
 
 # The digest of the table each recipe trains with (`Recipe.digest`). A change to the table changes what training
-# produces: bump RECIPE in depthlab/sweep/recipe.py (saying what changed) and add the new table's digest here.
+# produces: bump RECIPE in depthlab/train/recipe.py (saying what changed) and add the new table's digest here.
 DIGESTS = {
     2: "42e6f35c0cd85ea97e564186bf33e1729826bfd014d29a04e8a2261693224b5c",
 }
@@ -26,7 +26,7 @@ def test_the_table_changes_only_with_the_recipe():
     if RECIPE in DIGESTS:
         assert digest == DIGESTS[RECIPE], (
             f"the recipe's table changed, but RECIPE is still {RECIPE}: a new table trains differently, so bump "
-            f"RECIPE in depthlab/sweep/recipe.py (note what changed) and add {RECIPE + 1}: \"{digest}\" to DIGESTS "
+            f"RECIPE in depthlab/train/recipe.py (note what changed) and add {RECIPE + 1}: \"{digest}\" to DIGESTS "
             "in tests/sweep/test_recipe.py")
     else:
         pytest.fail(f"recipe {RECIPE} has no pinned table: add {RECIPE}: \"{digest}\" to DIGESTS in "
@@ -66,19 +66,19 @@ def test_lr_schedules():
 
 def test_the_translation_follows_the_table(monkeypatch):
     def translate(dataset):
-        return RunConfig(dataset=dataset, augment="translate").translate
+        return recipe.TABLE.translate(RunConfig(dataset=dataset, augment="translate"))
 
     assert (translate("mnist"), translate("fashion_mnist"), translate("cifar10")) == (2, 2, 4)
-    assert RunConfig(dataset="cifar10").translate == 0  # no augmentation, no shift
+    assert TABLE.translate(RunConfig(dataset="cifar10")) == 0  # no augmentation, no shift
     monkeypatch.setattr(recipe, "TABLE", dataclasses.replace(TABLE, translate_small=3, small_image=32))
     assert (translate("mnist"), translate("cifar10")) == (3, 3)
 
 
 def test_default_learning_rates_are_pinned_with_the_recipe():
-    """`DEFAULT_LR` (depthlab.sweep.config) trains every run without an `lr` and is not part of its id: it is a
+    """`DEFAULT_LR` (depthlab.spec.config) trains every run without an `lr` and is not part of its id: it is a
     recipe constant outside the table until config.py reads it from there."""
     assert DEFAULT_LR == {"adam": 1e-3, "sgd": 0.05}, \
-        "a default learning rate changed: bump RECIPE in depthlab/sweep/recipe.py (better: move it into the table)"
+        "a default learning rate changed: bump RECIPE in depthlab/train/recipe.py (better: move it into the table)"
 
 
 @pytest.fixture(scope="module")

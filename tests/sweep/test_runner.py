@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from depthlab.cli.main import main
-from depthlab.sweep.runner import run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
+from depthlab.run.runner import run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
 
 # the runs train with `--precision auto`: as on either kind of CPU (tests/conftest.py)
 pytestmark = pytest.mark.auto_precision
@@ -204,7 +204,7 @@ def test_missing_dataset_stops_with_clear_error_and_keeps_runs_pending(tmp_path,
 
 
 def test_failed_runs_are_retried_on_request(tmp_path, monkeypatch):
-    from depthlab.sweep import engine
+    from depthlab.train import engine
 
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict(SPEC)
@@ -220,7 +220,7 @@ def test_failed_runs_are_retried_on_request(tmp_path, monkeypatch):
 
 
 def test_a_broken_device_stops_the_sweep_and_keeps_runs_pending(tmp_path, monkeypatch):
-    from depthlab.sweep import engine
+    from depthlab.train import engine
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -233,8 +233,8 @@ def test_a_broken_device_stops_the_sweep_and_keeps_runs_pending(tmp_path, monkey
 
 
 def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
-    from depthlab.sweep.runner import Heartbeat
-    from depthlab.sweep.store import owner_token
+    from depthlab.run.runner import Heartbeat
+    from depthlab.results.store import owner_token
 
     store = Store(tmp_path / "s.sqlite")
     ids = store.add_runs([{"a": 1}], recipe=1)
@@ -254,7 +254,7 @@ def test_heartbeat_thread_keeps_claims_fresh(tmp_path):
 
 
 def test_a_new_recipe_reports_the_stale_runs_trains_them_again_and_keeps_the_old(tmp_path, monkeypatch):
-    from depthlab.sweep import engine
+    from depthlab.train import engine
 
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict(SPEC)
@@ -273,7 +273,7 @@ def test_a_new_recipe_reports_the_stale_runs_trains_them_again_and_keeps_the_old
 
 def test_weights_are_written_before_the_run_is_done(tmp_path, monkeypatch):
     from depthlab.errors import DepthlabError
-    from depthlab.sweep import weights
+    from depthlab.results import weights
 
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential"], "seed": [0]}})
@@ -292,7 +292,7 @@ def test_weights_are_written_before_the_run_is_done(tmp_path, monkeypatch):
 
 
 def test_a_done_run_whose_weights_went_missing_is_trained_again(tmp_path):
-    from depthlab.sweep import weights
+    from depthlab.results import weights
 
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict({**SPEC, "grid": {"topology": ["sequential", "parallel"], "seed": [0]}})
@@ -312,7 +312,7 @@ def test_a_running_sweep_takes_back_a_crashed_peers_runs(tmp_path):
     import sqlite3
 
     from depthlab.records import run_id
-    from depthlab.sweep import engine
+    from depthlab.train import engine
 
     store = tmp_path / "s.sqlite"
     spec = SweepSpec.from_dict(SPEC)
@@ -353,7 +353,7 @@ def test_release_command_frees_stuck_runs(tmp_path, capsys):
 
 
 def test_a_sweep_with_failed_runs_exits_non_zero(tmp_path, capsys, monkeypatch):
-    from depthlab.sweep import engine
+    from depthlab.train import engine
 
     monkeypatch.setattr(engine, "train_pack", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken")))
     code = main(["run", str(write_spec(tmp_path)), "--store", str(tmp_path / "s.sqlite"), "--quiet"])

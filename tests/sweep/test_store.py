@@ -17,8 +17,8 @@ import pytest
 
 from depthlab.errors import DepthlabError
 from depthlab.records import RECORD_FIELDS, STATUSES, RunRecord, config_id, run_id
-from depthlab.sweep.config import field_names
-from depthlab.sweep.store import SCHEMA_VERSION, Store, owner_token
+from depthlab.spec.config import field_names
+from depthlab.results.store import SCHEMA_VERSION, Store, owner_token
 
 FINAL = dict(train_loss=0.5, val_loss=0.6, train_acc=0.8, val_acc=0.75, test_loss=0.61, test_acc=0.74)
 
@@ -517,7 +517,7 @@ def test_opening_a_store_while_a_peer_creates_it_reads_one_snapshot(tmp_path, mo
     """A runner polling a store that another `depthlab run` is still creating: the peer committed schema 1, and
     commits the other migrations between the opener's reads of the schema version and of the tables. Read apart,
     the newer tables looked foreign to schema 1 ("not a depthlab results store")."""
-    from depthlab.sweep import store as store_module
+    from depthlab.results import store as store_module
 
     path = tmp_path / "s.sqlite"
     peer = sqlite3.connect(path, isolation_level=None)

@@ -16,13 +16,13 @@ from depthlab.analysis.compare import pair_records
 from depthlab.cli.main import main
 from depthlab.errors import DepthlabError
 from depthlab.records import added, canonical_config, config_id, declare_run_fields, neutral_values, run_id
-from depthlab.sweep import engine
-from depthlab.sweep.config import RunConfig, field_names
-from depthlab.sweep.packs import calibration_key
-from depthlab.sweep.runner import plan
-from depthlab.sweep.spec import load_spec
-from depthlab.sweep.store import SCHEMA_VERSION, Store
-from depthlab.sweep.weights import load_trained, resolve
+from depthlab.train import engine
+from depthlab.spec.config import RunConfig, field_names
+from depthlab.train.packs import calibration_key
+from depthlab.run.runner import plan
+from depthlab.spec.grid import load_spec
+from depthlab.results.store import SCHEMA_VERSION, Store
+from depthlab.results.weights import load_trained, resolve
 
 FIXTURE_V4 = Path(__file__).parents[1] / "fixtures" / "store_v4"
 FIXTURE_V0 = Path(__file__).parents[1] / "fixtures" / "store_v0"

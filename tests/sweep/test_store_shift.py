@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.sweep.store import MIGRATIONS, SCHEMA_VERSION, SHIFT_KEY, Store
+from depthlab.results.store import MIGRATIONS, SCHEMA_VERSION, SHIFT_KEY, Store
 
 ROW = dict(run_id="abc", corruption="fog", severity=5, method="tent", batch_size=16, alpha=1.0, seed=0,
            status="done", loss=0.5, accuracy=0.9, examples=100, seconds=1.5, settings={"label": "tent"}, env={})

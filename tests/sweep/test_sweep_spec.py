@@ -4,9 +4,9 @@ import pytest
 
 from depthlab.cli.main import main
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.packs import make_packs
-from depthlab.sweep.spec import MAX_RUNS, SweepSpec, load_spec, parse_overrides
+from depthlab.spec.config import RunConfig
+from depthlab.train.packs import make_packs
+from depthlab.spec.grid import MAX_RUNS, SweepSpec, load_spec, parse_overrides
 
 
 def test_paper_preset_has_6912_runs_and_is_valid():

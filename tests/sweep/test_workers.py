@@ -1,4 +1,4 @@
-"""Packs trained side by side (depthlab.sweep.workers): every pack once, errors and stops reach the caller with no
+"""Packs trained side by side (depthlab.run.workers): every pack once, errors and stops reach the caller with no
 thread left running, and a run's results do not depend on how many packs trained beside it."""
 
 import signal
@@ -11,13 +11,13 @@ import torch
 from depthlab.data import load
 from depthlab.errors import DepthlabError
 from depthlab.records import METRICS
-from depthlab.sweep import engine, packs
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import train_pack
-from depthlab.sweep.runner import plan, resolve_device, run_sweep
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
-from depthlab.sweep.workers import Stopped, Workers, default_workers, intra_op_threads
+from depthlab.train import engine, packs
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import train_pack
+from depthlab.run.runner import plan, resolve_device, run_sweep
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
+from depthlab.run.workers import Stopped, Workers, default_workers, intra_op_threads
 
 SPEC = {"name": "w", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 128, "test_subset": 32,
                                   "width": 4, "stem_stride": 2, "batch_size": 32, "epochs": 2},
@@ -169,7 +169,7 @@ def test_training_leaves_the_global_rng_alone(fields, tmp_path):
     """What lets packs train side by side and learn what they learn alone: nothing in the engine draws from the
     global RNG, which another worker may be holding seeded to build a model (depthlab.models.rng); nor does
     loading a trained run's weights to start from."""
-    from depthlab.sweep import weights
+    from depthlab.results import weights
 
     data = load("synthetic", val_split=32, n_train=128, n_test=32, shape=(1, 12, 12))
     configs = [RunConfig(dataset="synthetic", width=4, batch_size=32, epochs=1, seed=s, topology="parallel",

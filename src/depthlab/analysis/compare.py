@@ -35,7 +35,7 @@ import numpy as np
 from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import METRICS, STATUSES, RunRecord, canonical_config, canonical_json, finite
-from depthlab.sweep.export import varied_fields
+from depthlab.results.export import varied_fields
 
 Q_BANDS = [(0.0, 1.0), (1.0, 3.0), (3.0, 10.0), (10.0, math.inf)]
 BAND_LABELS = [f"[{lo:g},{hi:g})" for lo, hi in Q_BANDS]  # "[0,1)", "[1,3)", "[3,10)", "[10,inf)"
@@ -116,10 +116,10 @@ def value_label(field: str, value) -> str:
 def _neutral_for(records: list[RunRecord]) -> dict:
     """The run fields' neutral values where the records need them: when some record lacks a field that another
     holds (stored before the field existed). Records that hold the same fields pair alike with or without them,
-    and the declaration (depthlab.sweep.config) imports torch, which a comparison otherwise does without."""
+    and the declaration (depthlab.spec.config) imports torch, which a comparison otherwise does without."""
     if len({frozenset(r.config) for r in records}) <= 1:
         return {}
-    from depthlab.sweep.config import neutral
+    from depthlab.spec.config import neutral
 
     return dict(neutral())
 

@@ -125,7 +125,7 @@ def expand_table(spec: ModelSpec, inputs: torch.Tensor, scales=("1", "1/sqrt(n)"
     residual scale (seeded, so rows differ only in λ and n), and the float summary of `expansion_terms`.
 
     float64 by default: at small λ the second-order error is far below float32's resolution of x_n."""
-    from depthlab.sweep.progress import progress_bar
+    from depthlab.run.progress import progress_bar
 
     rows = []
     combos = [(s, n) for s in scales for n in depths]

@@ -19,7 +19,7 @@ from torch import nn
 
 from depthlab.measure import scores
 from depthlab.models import ResidualNet, block_weights, locate
-from depthlab.sweep.progress import progress_bar
+from depthlab.run.progress import progress_bar
 
 
 @contextlib.contextmanager

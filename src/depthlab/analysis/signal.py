@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-from depthlab.sweep.progress import progress_bar
+from depthlab.run.progress import progress_bar
 from depthlab.models import ModelSpec, build
 
 SCALES = ("1", "1/sqrt(n)", "1/n", "learnable")

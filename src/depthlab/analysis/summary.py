@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from depthlab.analysis.compare import mean_or_none, std_or_none, value_order
 from depthlab.errors import SpecError
-from depthlab.sweep.export import varied_fields
+from depthlab.results.export import varied_fields
 from depthlab.records import METRICS, STATUSES, RunRecord, finite
 
 DEFAULT_SUMMARY_METRICS = ("train_loss", "val_loss", "val_acc")

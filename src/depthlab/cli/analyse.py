@@ -18,7 +18,7 @@ from depthlab import choices
 from depthlab.cli.args import Defaults, add_precision, non_negative_int, positive_float, positive_int
 from depthlab.data import registry
 from depthlab.errors import DepthlabError
-from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
+from depthlab.results.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 FMT = Defaults
 
@@ -385,16 +385,16 @@ def _from_store(args):
 
 def _stored_run(store_path, run: str, data_root=None):
     """(model, config, full run id, the run's dataset as the engine saw it, its record) of a trained run."""
-    from depthlab.sweep.runner import DataCache
-    from depthlab.sweep.store import Store
-    from depthlab.sweep.weights import load_trained, resolve
+    from depthlab.run.runner import DataCache
+    from depthlab.results.store import Store
+    from depthlab.results.weights import load_trained, resolve
 
     rid = resolve(store_path, run).stem
     with Store.existing(store_path, readonly=True) as store:
         record = next(iter(store.records(run_ids=[rid])), None)
     if record is None:
         raise DepthlabError(f"run {rid}: weights exist next to {store_path} but the store has no such run")
-    from depthlab.sweep.config import RunConfig
+    from depthlab.spec.config import RunConfig
 
     config = RunConfig.from_dict(record.config)
     ds = DataCache(_cpu(), data_root).get(config)
@@ -413,7 +413,7 @@ def _cpu():
 
 def _flag_config(args, **changes):
     """The RunConfig of the training flags (defaults where not given)."""
-    from depthlab.sweep.config import RunConfig
+    from depthlab.spec.config import RunConfig
 
     values = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in TRAINING_DEFAULTS.items()}
     values.update(seed=args.seed, topology="sequential", **changes)
@@ -435,13 +435,13 @@ def _base_config(args):
 def _train(args, configs, sweep: str) -> dict:
     """Train `configs` through the engine into --store (weights kept), unless done already; their records."""
     from depthlab.records import run_id
-    from depthlab.sweep import engine
-    from depthlab.sweep.runner import run_sweep
-    from depthlab.sweep.spec import SweepSpec
+    from depthlab.train import engine
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
 
     spec = SweepSpec.from_dict({"name": sweep, "runs": [c.to_dict() for c in configs]})
     run_sweep(spec, args.store, device="auto", save_weights=True, progress=not args.quiet, precision=args.precision)
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     ids = {run_id(c.to_dict(), engine.RECIPE): c for c in configs}
     with Store(args.store) as store:
@@ -449,7 +449,7 @@ def _train(args, configs, sweep: str) -> dict:
 
 
 def _trained_model(args, record, data):
-    from depthlab.sweep.weights import load_trained
+    from depthlab.results.weights import load_trained
 
     return load_trained(args.store, record.run_id, data)[0]
 
@@ -463,8 +463,8 @@ def _networks(args, contrasts: dict, sweep: str):
     """The base run (from --run or trained from the flags) and its contrasts (name → changed fields), trained
     through the engine: {name: (record, model or None)}, and the dataset the runs saw."""
     from depthlab.records import run_id
-    from depthlab.sweep import engine
-    from depthlab.sweep.runner import DataCache
+    from depthlab.train import engine
+    from depthlab.run.runner import DataCache
 
     config, run = _base_config(args)
     if run is not None:
@@ -604,6 +604,6 @@ def cmd_convert(args) -> int:
 
 
 def _config_of(record):
-    from depthlab.sweep.config import RunConfig
+    from depthlab.spec.config import RunConfig
 
     return RunConfig.from_dict(record.config)

@@ -10,7 +10,7 @@ import sys
 from depthlab import choices
 from depthlab.cli.args import Defaults, positive_int
 from depthlab.errors import DepthlabError
-from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
+from depthlab.results.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 
 def _csv(kind):

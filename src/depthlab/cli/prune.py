@@ -38,7 +38,7 @@ def densities(args) -> list[dict]:
     from depthlab import prune
     from depthlab.data import load, normalise
     from depthlab.models import build
-    from depthlab.sweep.config import RunConfig
+    from depthlab.spec.config import RunConfig
 
     data = None
     if any(m in ("snip", "grasp") for m in args.methods):

@@ -35,7 +35,7 @@ def cmd_plot(args) -> int:
 
 
 def register(subparsers) -> None:
-    from depthlab.sweep.store import DEFAULT_STORE
+    from depthlab.results.store import DEFAULT_STORE
 
     fmt = argparse.RawDescriptionHelpFormatter
     images = " or ".join("." + f for f in choices.IMAGE_FORMATS)

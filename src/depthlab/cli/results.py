@@ -11,7 +11,7 @@ from depthlab import choices
 from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
 from depthlab.outputs import check_out
-from depthlab.sweep.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
+from depthlab.results.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 RAW = argparse.RawDescriptionHelpFormatter  # the descriptions below keep their own line breaks
@@ -20,7 +20,7 @@ RAW = argparse.RawDescriptionHelpFormatter  # the descriptions below keep their 
 def _open_store(path: str):
     """The existing store at `path`, read-only (these commands only read: a missing file is the user's mistake,
     and reading never changes the file)."""
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     return Store.existing(path, readonly=True)
 
@@ -62,7 +62,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     if not args.run and not args.stale:
         raise DepthlabError("release what? give --run ID (repeatable) or --stale (runs whose owner is dead)")
@@ -79,7 +79,7 @@ def cmd_release(args) -> int:
 
 
 def cmd_drop(args) -> int:
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     with Store.existing(args.store) as store:
         _check_sweep(store, args.sweep)
@@ -95,7 +95,7 @@ def _check_sweep(store, sweep) -> None:
 
 
 def cmd_results(args) -> int:
-    from depthlab.sweep.export import write_results
+    from depthlab.results.export import write_results
 
     if args.out != "-":
         check_out(args.out, args.store)  # before the store is read: never over the store, its WAL or its weights
@@ -169,7 +169,7 @@ def _combined_by(records: list, by: str | None, contrast: str) -> tuple[list, st
     from dataclasses import replace
 
     from depthlab.errors import SpecError
-    from depthlab.sweep.export import varied_fields
+    from depthlab.results.export import varied_fields
 
     fields = [f.strip() for f in by.split(",") if f.strip()]
     allowed = [f for f in varied_fields(records) if f != contrast]
@@ -213,7 +213,7 @@ def _add_status(subparsers) -> None:
 
 def _add_results(subparsers) -> None:
     from depthlab.records import STATUSES
-    from depthlab.sweep.export import FORMATS
+    from depthlab.results.export import FORMATS
     p = subparsers.add_parser(
         "results", help="export the runs as a table (CSV, JSON or Parquet)", formatter_class=RAW,
         description="Export one row per run: run_id, dataset, topology, blocks, width, kernel, params, q, status,\n"

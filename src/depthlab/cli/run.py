@@ -9,8 +9,8 @@ import os
 from depthlab import choices
 from depthlab.cli.args import Defaults, add_precision, positive_int
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.sweep.spec import PRESETS, check_name
-from depthlab.sweep.store import DEFAULT_STORE
+from depthlab.spec.grid import PRESETS, check_name
+from depthlab.results.store import DEFAULT_STORE
 
 # A dry run of a bigger grid counts its runs from the grid's list lengths instead of expanding and hashing each.
 DRY_RUN_EXPAND = 20_000
@@ -70,9 +70,9 @@ def _sweep_name(text: str) -> str:
 def run_command(args) -> int:
     import torch
 
-    from depthlab.sweep.runner import resolve_device
-    from depthlab.sweep.spec import load_spec, parse_overrides
-    from depthlab.sweep.store import check_store_path
+    from depthlab.run.runner import resolve_device
+    from depthlab.spec.grid import load_spec, parse_overrides
+    from depthlab.results.store import check_store_path
 
     check_store_path(args.store)  # before anything: a store that keeps nothing must not get a sweep
     spec = load_spec(args.spec).with_overrides(parse_overrides(args.overrides))
@@ -98,8 +98,8 @@ def run_command(args) -> int:
 
 def _dry_run(args, spec, device) -> int:
     """--dry-run: how many runs and packs the sweep has, and how many are left to train; nothing trains."""
-    from depthlab.sweep.runner import plan
-    from depthlab.sweep.store import Store
+    from depthlab.run.runner import plan
+    from depthlab.results.store import Store
 
     size = spec.check_size()
     if size > DRY_RUN_EXPAND:
@@ -123,13 +123,13 @@ def _dry_run(args, spec, device) -> int:
 
 def _train_sweep(args, spec, device) -> dict:
     """Train the sweep's runs that the store lacks, on the chosen backend; the driver's summary."""
-    from depthlab.sweep.runner import run_sweep
+    from depthlab.run.runner import run_sweep
 
     if args.backend == "ray":
         if args.workers is not None:
             raise DepthlabError("--workers is for the local backend: Ray trains a pack per Ray worker "
                                 "(give Ray its CPUs instead)")
-        from depthlab.sweep.ray_backend import run_sweep_ray
+        from depthlab.run.ray_backend import run_sweep_ray
         return run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
                              address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
                              compile=args.compile, save_weights=args.save_weights,
@@ -155,7 +155,7 @@ def _print_trained(args, spec, summary: dict) -> None:
 def _print_comparison(args, spec) -> None:
     """The sweep's paired comparison (`depthlab compare` with its defaults), or why it has to wait."""
     from depthlab.analysis.compare import compare_report, format_report
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     with Store(args.store, readonly=True) as store:
         records = store.records(sweep=spec.name)

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 def _run_options(p) -> None:
     """Which trained runs are measured."""
-    from depthlab.sweep.store import DEFAULT_STORE
+    from depthlab.results.store import DEFAULT_STORE
 
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help="results store (default: %(default)s)")
     p.add_argument("--runs", type=_list(str), metavar="ID[,ID...]",

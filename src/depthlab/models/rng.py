@@ -1,6 +1,6 @@
 """The global RNG, which PyTorch's layer constructors and `nn.init` draw from, held by one thread at a time.
 
-A sweep trains packs in several threads of one process (depthlab.sweep.workers). A model built from a seed must
+A sweep trains packs in several threads of one process (depthlab.run.workers). A model built from a seed must
 draw its initial weights alone: another thread drawing meanwhile, even for a module whose weights it overwrites
 next (packing, unpacking, rewiring), would shift the sequence and change the model. So every construction
 takes `global_rng()`: seeded for `build`, unseeded for the modules filled from a state dict; either way the

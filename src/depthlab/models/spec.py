@@ -1,7 +1,7 @@
 """`ModelSpec`: the typed, validated description of one residual CNN.
 
 Its fields are those a run chooses (`ModelFields`: declared and validated here once, and composed by the run config
-`depthlab.sweep.config.RunConfig`) and those its dataset decides (input channels, classes, input size).
+`depthlab.spec.config.RunConfig`) and those its dataset decides (input channels, classes, input size).
 
 A network is "a stack of layers of the same dimension": a 3x3 stem to width C, then n residual blocks of width C,
 then a head. The blocks are wired by `topology`:

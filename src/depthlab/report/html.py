@@ -22,9 +22,9 @@ from depthlab.analysis.compare import ALL, _ci, _fmt, compare_report, q_band, va
 from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
 from depthlab.report import plots
-from depthlab.sweep.export import varied_fields
+from depthlab.results.export import varied_fields
 from depthlab.records import STATUSES, RunRecord
-from depthlab.sweep.store import Store
+from depthlab.results.store import Store
 
 DEFAULT_OUT = "report.html"
 DEFAULT_CURVE_RUNS = 8

@@ -23,7 +23,7 @@ from depthlab.choices import IMAGE_FORMATS as FORMATS
 from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
 from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
-from depthlab.sweep.export import varied_fields
+from depthlab.results.export import varied_fields
 from depthlab.records import RunRecord
 from depthlab.records import finite as store_finite
 

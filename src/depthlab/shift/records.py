@@ -20,7 +20,7 @@ from __future__ import annotations
 from depthlab.errors import DepthlabError
 from depthlab.records import RunRecord, config_id
 from depthlab.shift.methods import EPISODIC, WITH_ALPHA
-from depthlab.sweep.config import neutral  # the run fields' neutral values, which a config id leaves out
+from depthlab.spec.config import neutral  # the run fields' neutral values, which a config id leaves out
 
 SETTINGS = ("corruption", "severity", "method", "eval_batch_size", "shift_seed")
 METRICS = ("test_acc", "test_loss")  # what a shift measurement records, the comparison's default metrics

@@ -1,7 +1,7 @@
 """`depthlab shift`: measure trained runs on corrupted test sets with test-time methods, into the store.
 
 For every done run with saved weights, every corruption of its dataset's suite and severity, every seed,
-evaluation batch size and method, one row of the store's `shift_results` table (see `depthlab.sweep.store`).
+evaluation batch size and method, one row of the store's `shift_results` table (see `depthlab.results.store`).
 Rows already there are skipped, and each row is committed as soon as it is measured: a killed `depthlab shift`
 resumes where it stopped, with nothing recomputed or duplicated. The corrupted sets are cached on disk
 (`depthlab.data.corrupt_cache`), the runs' weights never change (every method works on a copy).
@@ -23,9 +23,9 @@ from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import RunRecord
 from depthlab.shift.methods import METHODS, WITH_ALPHA, Method
 from depthlab.shift.stream import measure
-from depthlab.sweep import weights
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.store import Store
+from depthlab.results import weights
+from depthlab.spec.config import RunConfig
+from depthlab.results.store import Store
 
 MNISTC = "mnistc"  # the severity option meaning: each corruption at its MNIST-C benchmark severity
 
@@ -183,7 +183,7 @@ def run_shift(store_path, *, device="cpu", data_root=None, examples: int | None 
         raise SpecError("examples", examples, "a positive integer (the first N test examples), or all")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SpecError("threads", threads, "a positive integer")
-    from depthlab.sweep.runner import resolve_device
+    from depthlab.run.runner import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
     before = torch.get_num_threads()
@@ -198,7 +198,7 @@ def run_shift(store_path, *, device="cpu", data_root=None, examples: int | None 
 def _run(store_path, device, data_root, examples, progress, log, selection, precision: str) -> dict:
     from tqdm import tqdm
 
-    from depthlab.sweep.runner import DataCache
+    from depthlab.run.runner import DataCache
 
     store = Store.existing(store_path)
     try:

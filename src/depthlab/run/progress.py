@@ -23,7 +23,7 @@ from tqdm import tqdm
 from depthlab.data import registry
 from depthlab.data.datasets import validation_count
 from depthlab.models import flops
-from depthlab.sweep.config import RunConfig
+from depthlab.spec.config import RunConfig
 from depthlab.records import config_id
 
 BAR = "{desc}: {percentage:3.0f}% "  # the ETA, the bar and the run counts follow (see SweepProgress._refresh)

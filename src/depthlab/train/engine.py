@@ -17,7 +17,7 @@ loss/accuracy likewise on the first `train_eval_examples` training examples (all
 count is recorded as the environment's `train_eval_examples`), and the geometric complexity (mean
 ‖∂logits/∂input‖_F², Dherin et al.) over the first `complexity_examples` training examples unless it is turned off
 (recorded as `complexity`), all measured by `depthlab.measure` at the run's precision (the complexity in float32).
-`RECIPE` versions all of this, and its table (`depthlab.sweep.recipe.TABLE`: those counts, the optimizer's and the
+`RECIPE` versions all of this, and its table (`depthlab.train.recipe.TABLE`: those counts, the optimizer's and the
 schedule's constants, the augmentation's shifts) holds every constant the engine trains and measures with; each
 run records it (the environment's `recipe_table`).
 """
@@ -47,10 +47,10 @@ from depthlab.models.pack import same_shape
 from depthlab import precision as precisions
 from depthlab import prune
 from depthlab.records import finite
-from depthlab.sweep import recipe
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.optim import PackedOptimizer
-from depthlab.sweep.recipe import RECIPE  # the recipe's version, and its history: depthlab.sweep.recipe
+from depthlab.train import recipe
+from depthlab.spec.config import RunConfig
+from depthlab.train.optim import PackedOptimizer
+from depthlab.train.recipe import RECIPE  # the recipe's version, and its history: depthlab.train.recipe
 
 # Model-images per evaluation forward on a CPU (see evaluation_batch). Speed only, so not in the recipe's table:
 # the evaluation batch moves float32 sums of the losses in the 7th digit, as a pack's layout does, and is recorded.
@@ -157,7 +157,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
     computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for the branch types that declare it);
     `complexity` (False: skip the geometric complexity, recorded as None); `interrupt()`, called before every
-    training step (raise from it to stop: how a sweep's worker threads stop, see depthlab.sweep.workers)."""
+    training step (raise from it to stop: how a sweep's worker threads stop, see depthlab.run.workers)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
@@ -399,12 +399,12 @@ def _optimizer(configs, net, table) -> PackedOptimizer:
 
 
 def _batches(configs, dataset, table):
-    """The pack's training batches; each config's translation follows the table (`RunConfig.translate`)."""
+    """The pack's training batches; each config's translation follows the table (`Recipe.translate`)."""
     from depthlab.data import DeviceBatches
 
     return DeviceBatches(dataset.train_x, dataset.train_y, batch_size=configs[0].batch_size,
                          seeds=[c.seed for c in configs], mean=dataset.mean, std=dataset.std,
-                         translate=[c.translate for c in configs], flip=[c.flip for c in configs],
+                         translate=[table.translate(c) for c in configs], flip=[c.flip for c in configs],
                          drop_last=table.drop_last)
 
 
@@ -426,7 +426,7 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
                         channels_last: bool | None = None, steps: int = 4, warmup: int = 2, interrupt=None) -> float:
     """Model-samples per second of the engine's training step (forward, backward, optimizer) on a pack of
     `configs` (one pack key) from their initial weights, timed over `steps` steps after `warmup` untimed ones
-    (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.sweep.packs`). `interrupt()` is
+    (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.train.packs`). `interrupt()` is
     called before every step, as in `train_pack`."""
     device = torch.device(device)
     precision = precisions.resolve(precision, device)

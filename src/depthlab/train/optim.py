@@ -23,7 +23,7 @@ def decays(model: nn.Module) -> dict[str, bool]:
 
 class PackedOptimizer:
     """`momentum` (sgd), `betas` and `eps` (adam) have no defaults: the recipe's table holds them
-    (`depthlab.sweep.recipe`), and the engine passes them."""
+    (`depthlab.train.recipe`), and the engine passes them."""
 
     def __init__(self, model: nn.Module, models: int, *, kind: str, lr, weight_decay, momentum: float, betas,
                  eps: float):

@@ -1,7 +1,7 @@
 """The driver of a sweep: claim a pack → train it → record its runs → give back what is held, whatever trains it.
 
-A sweep's packs train in this process (depthlab.sweep.runner: worker threads, each on its share of the cores) or
-as Ray tasks (depthlab.sweep.ray_backend: a GPU or a CPU core each, on any machine). Only where a pack trains
+A sweep's packs train in this process (depthlab.run.runner: worker threads, each on its share of the cores) or
+as Ray tasks (depthlab.run.ray_backend: a GPU or a CPU core each, on any machine). Only where a pack trains
 differs, so what the store guarantees is kept here, once, for both:
 
 - a pack's runs are claimed before it trains: only pending ones, so two runners never train one run, after a
@@ -28,11 +28,12 @@ import torch
 
 from depthlab import stopping
 from depthlab.records import run_id
-from depthlab.sweep import engine, weights
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import RunResult
-from depthlab.sweep.progress import SweepProgress
-from depthlab.sweep.store import Store, owner_token
+from depthlab.train import engine
+from depthlab.results import weights
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import RunResult
+from depthlab.run.progress import SweepProgress
+from depthlab.results.store import Store, owner_token
 
 
 def rid(config: RunConfig) -> str:
@@ -106,7 +107,7 @@ class Heartbeat:
 
 
 class Driver:
-    """One pass of sweep `name` over `the_plan` (a depthlab.sweep.runner.SweepPlan) against `store`, the store
+    """One pass of sweep `name` over `the_plan` (a depthlab.run.runner.SweepPlan) against `store`, the store
     at `store_path` (see the module's docstring). `save_weights`: the trained weights are kept next to the store;
     `title`: the progress bar's; `env`: added to every run's env (what the executor decides and the engine
     cannot see, e.g. the worker threads)."""

@@ -3,8 +3,8 @@
 Every run (a config trained by the engine's `RECIPE`) is added to the store as `pending` first. A runner then
 repeatedly claims a pack (only runs still pending are claimed, so two runners never train one run), trains it,
 and writes each run's result in its own transaction, its weights (when kept) before it is marked done. That
-claim → train → record loop is depthlab.sweep.driver's, shared with the Ray backend; here packs train in this
-process (`LocalExecutor`): on a CPU two at once, in worker threads (depthlab.sweep.workers) that share the
+claim → train → record loop is depthlab.run.driver's, shared with the Ray backend; here packs train in this
+process (`LocalExecutor`): on a CPU two at once, in worker threads (depthlab.run.workers) that share the
 runner's store connection, data and progress bar. A killed runner's runs are reclaimed by the next runner, or by
 one already running, before it claims a pack (`Store.reclaim_stale`): nothing finished is trained twice or lost;
 what was interrupted restarts from scratch.
@@ -23,16 +23,17 @@ import torch
 from depthlab import precision as precisions
 from depthlab import stopping
 from depthlab.errors import DepthlabError, SpecError
-from depthlab.sweep import engine, weights
-from depthlab.sweep.allocator import keep_freed_memory
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.driver import Driver, Heartbeat, is_device_error, rid  # noqa: F401 - Heartbeat: its old home
-from depthlab.sweep.engine import train_pack_splitting
-from depthlab.sweep.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
+from depthlab.train import engine
+from depthlab.results import weights
+from depthlab.run.allocator import keep_freed_memory
+from depthlab.spec.config import RunConfig
+from depthlab.run.driver import Driver, Heartbeat, is_device_error, rid  # noqa: F401 - Heartbeat: its old home
+from depthlab.train.engine import train_pack_splitting
+from depthlab.train.packs import (calibrate, calibration_key, default_pack_size, groups, make_packs, max_pack_size,
                                   split, spread, worth_calibrating)
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.store import Store
-from depthlab.sweep.workers import Workers, default_workers, intra_op_threads, threads_per_worker
+from depthlab.spec.grid import SweepSpec
+from depthlab.results.store import Store
+from depthlab.run.workers import Workers, default_workers, intra_op_threads, threads_per_worker
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -52,7 +53,7 @@ class SweepPlan:
     precision: str = "fp32"  # what the runs train in: fp32 or bf16 (auto resolved for the device)
     sizes: dict = dataclasses.field(default_factory=dict)  # {pack key: calibrated pack size} known to the store
     uncalibrated: int = 0  # shapes without a measured pack size: measured when they first train, if worth it
-    workers: int = 1      # packs trained side by side (depthlab.sweep.workers)
+    workers: int = 1      # packs trained side by side (depthlab.run.workers)
     threads: int = 1      # torch's intra-op threads for each of them
     superseded: dict = dataclasses.field(default_factory=dict)  # {older recipe: finished runs of these configs}
     reopened: int = 0     # done runs put back to pending: their weights were asked for and are missing
@@ -91,7 +92,7 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     (with `retry_failed`, its failed runs are put back to pending; with `save_weights`, its done runs whose
     weights file under `store_path` is missing are put back to pending, to be trained again with them).
     Packs take the pack sizes the store has calibrated for `device`, `precision` and the intra-op threads of
-    each of `workers` (None: the default; see depthlab.sweep.packs and depthlab.sweep.workers)."""
+    each of `workers` (None: the default; see depthlab.train.packs and depthlab.run.workers)."""
     precision = precisions.resolve(precision, device) if device.type != "meta" else precision
     configs = spec.configs()
     if not configs:
@@ -132,7 +133,7 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
               max_pack: int | None, log, interrupt=None) -> int:
     """The pack size of a group of same-shape runs: the store's calibrated size; else, on a CPU with more than one
     run waiting, measured now and saved when the runs are work enough to repay it, or the default size when they
-    are not (depthlab.sweep.packs); else (a GPU) the cap."""
+    are not (depthlab.train.packs); else (a GPU) the cap."""
     cap = max_pack_size(members[0], device, max_pack, the_plan.precision)
     default = default_pack_size(device, the_plan.precision, cap)
     key = members[0].pack_key()
@@ -223,7 +224,7 @@ def open_sweep(spec: SweepSpec, store_path, device: torch.device, log, **options
 
 
 class LocalExecutor:
-    """Packs trained in this process, `plan.workers` at a time on worker threads (depthlab.sweep.workers), each
+    """Packs trained in this process, `plan.workers` at a time on worker threads (depthlab.run.workers), each
     on its share of torch's intra-op threads; they share the driver's store connection and the runner's data."""
 
     def __init__(self, data: DataCache, device: torch.device, *, max_pack, compile: bool, complexity: bool):
@@ -262,7 +263,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
               workers: int | None = None) -> dict:
     """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
     depthlab.precision), with or without the geometric complexity, `workers` packs at a time (None: two on a CPU
-    with two cores or more, one on a GPU; see depthlab.sweep.workers). Returns a summary dict."""
+    with two cores or more, one on a GPU; see depthlab.run.workers). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(device) if isinstance(device, str) else device
     store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,

@@ -1,6 +1,6 @@
 """The Ray backend: packs trained as Ray tasks (one GPU, or one CPU core, each), for many GPUs or machines.
 
-This process drives the sweep with the local backend's driver (depthlab.sweep.driver): it claims a pack, submits
+This process drives the sweep with the local backend's driver (depthlab.run.driver): it claims a pack, submits
 it, and records what the task streams back (each epoch as it ends, then the results), so workers need no access
 to the SQLite file and the store's guarantees (no run trained twice, nothing finished lost, every held run given
 back on a stop) hold exactly as with the local backend. Errors are handled as there too: a pack that fails is
@@ -19,11 +19,11 @@ import torch
 
 from depthlab import stopping
 from depthlab.errors import DepthlabError
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.driver import Driver
-from depthlab.sweep.runner import open_sweep, starting_models
-from depthlab.sweep.spec import SweepSpec
-from depthlab.sweep.workers import Stopped
+from depthlab.spec.config import RunConfig
+from depthlab.run.driver import Driver
+from depthlab.run.runner import open_sweep, starting_models
+from depthlab.spec.grid import SweepSpec
+from depthlab.run.workers import Stopped
 
 _DATA = {}  # per worker process: datasets already loaded onto its device
 RAY_GPU_MAX_PACK = 64
@@ -34,8 +34,8 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
     """Body of the Ray task, a generator: load (or reuse) the dataset, train the pack, and yield what the driver
     records as it happens: ("loaded",), ("epoch", i, metrics) after each epoch of the i-th config, ("split",
     sizes) after an out-of-memory error, then ("results", results)."""
-    from depthlab.sweep.engine import train_pack_splitting
-    from depthlab.sweep.runner import DataCache
+    from depthlab.train.engine import train_pack_splitting
+    from depthlab.run.runner import DataCache
 
     if device == "cpu":
         torch.set_num_threads(cpu_threads)
@@ -182,7 +182,7 @@ def start_ray(ray, address, num_cpus, device: str) -> tuple[str, int]:
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
                   data_root=None, progress=True, num_cpus=None, compile=False, save_weights=False,
                   retry_failed=False, log=None, precision="auto", complexity=True) -> dict:
-    """`depthlab.sweep.runner.run_sweep` with every pack trained as a Ray task, on the cluster at `address` (None:
+    """`depthlab.run.runner.run_sweep` with every pack trained as a Ray task, on the cluster at `address` (None:
     the one this process is connected to, else a local one started for the sweep, with `num_cpus`)."""
     try:
         import ray

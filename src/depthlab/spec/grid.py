@@ -26,9 +26,9 @@ import yaml
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import config_id
 
-# depthlab.sweep.config (torch) is imported where it is used: `depthlab run --help` imports this module.
+# depthlab.spec.config (torch) is imported where it is used: `depthlab run --help` imports this module.
 if TYPE_CHECKING:
-    from depthlab.sweep.config import RunConfig
+    from depthlab.spec.config import RunConfig
 
 SPEC_KEYS = ("name", "description", "defaults", "grid", "runs", "exclude")
 PRESETS = ("demo", "paper", "smoke")
@@ -90,7 +90,7 @@ class SweepSpec:
     def configs(self) -> list[RunConfig]:
         """Every run of the sweep, validated, in a stable order, without duplicates. An absurd grid is refused
         before it is expanded (see MAX_RUNS)."""
-        from depthlab.sweep.config import RunConfig
+        from depthlab.spec.config import RunConfig
 
         self.check_size()
         seen, out = set(), []
@@ -203,7 +203,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def _check_fields(where: str, values) -> None:
-    from depthlab.sweep.config import field_names
+    from depthlab.spec.config import field_names
 
     if not isinstance(values, dict):
         raise SpecError(where, values, "a mapping of run fields to values")

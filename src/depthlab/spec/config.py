@@ -24,7 +24,6 @@ from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
 from depthlab.models.spec import ModelFields
 from depthlab.records import added, canonical_config, canonical_json, declare_run_fields, neutral_defaults
-from depthlab.sweep import recipe
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 BUDGET_TOLERANCE = 0.01  # param_budget must be met within 1%
@@ -138,11 +137,6 @@ class RunConfig(ModelFields):
     @property
     def learning_rate(self) -> float:
         return float(self.lr) if self.lr is not None else DEFAULT_LR[self.optimizer]
-
-    @property
-    def translate(self) -> int:
-        """Padding (pixels) of the random-translation augmentation; 0 when off."""
-        return recipe.TABLE.translate_pixels(registry.entry(self.dataset).size) if "translate" in self.augment else 0
 
     @property
     def flip(self) -> bool:

@@ -16,7 +16,7 @@ import torch
 from depthlab.errors import DepthlabError
 from depthlab.models import ResidualNet
 from depthlab.models.rng import blank
-from depthlab.sweep.config import RunConfig
+from depthlab.spec.config import RunConfig
 
 _ID = re.compile(r"^[0-9a-f]{1,16}$")
 
@@ -81,11 +81,11 @@ def _named(folder: Path, run: str) -> list[Path]:
 
 
 def _renamed_now(store_path, run: str) -> bool:
-    """For a run without weights under that name, whose id store schema 5 changed (`depthlab.sweep.store`): an
+    """For a run without weights under that name, whose id store schema 5 changed (`depthlab.results.store`): an
     old id is refused, naming the new one; the new id of a store not opened for writing since it was written by an
     older depthlab opens it once for writing, as any command that trains would, which renames the weights. True
     when it did."""
-    from depthlab.sweep.store import Store
+    from depthlab.results.store import Store
 
     if not os.path.isfile(store_path):
         return False

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from depthlab import prune
+from depthlab.data import registry
 from depthlab.data.datasets import VAL_SEED
 from depthlab.records import canonical_json
 
@@ -39,7 +40,7 @@ RECIPE = 2
 class Recipe:
     """Every constant of the training recipe, with why it has its value."""
 
-    # -- optimizer (depthlab.sweep.optim) ------------------------------------------------------------------------
+    # -- optimizer (depthlab.train.optim) ------------------------------------------------------------------------
     # Adam's moments as Kingma & Ba set them, kept by AdamW (Loshchilov & Hutter) and torch: the study compares
     # wirings, not optimizers, so it trains with the optimizer settings everyone reaches for.
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -80,6 +81,11 @@ class Recipe:
         if schedule == "linear":
             return self.lr_end + (1 - self.lr_end) * (1 - progress)
         return 1.0
+
+    def translate(self, config) -> int:
+        """The random translation's largest shift (pixels) of run `config`; 0 when it does not translate."""
+        side = registry.entry(config.dataset).size
+        return self.translate_pixels(side) if "translate" in config.augment else 0
 
     def translate_pixels(self, side: int) -> int:
         """The random translation's largest shift (pixels, each axis) for images of `side` pixels."""

@@ -19,7 +19,7 @@ How many models go into one pack depends on the device:
   cap is used.
 
 A shape's runs then go into the fewest packs of that size, as even as can be (`split`: 5 runs at 4 make 3 + 2),
-and a sweep of one shape into at least one pack per worker thread (`spread`, depthlab.sweep.workers). The
+and a sweep of one shape into at least one pack per worker thread (`spread`, depthlab.run.workers). The
 calibration is keyed by the intra-op threads of one worker, the threads a pack trains on.
 
 Pack size changes only the speed: each model of a pack trains as it would alone (tests/sweep/test_engine.py).
@@ -33,8 +33,8 @@ import torch
 
 from depthlab.data import registry
 from depthlab.records import canonical_json
-from depthlab.sweep.config import RunConfig
-from depthlab.sweep.engine import bytes_per_model, describe_device, training_throughput
+from depthlab.spec.config import RunConfig
+from depthlab.train.engine import bytes_per_model, describe_device, training_throughput
 
 CPU_MAX_PACK = 8         # the largest pack a CPU is calibrated for: beyond it progress and memory get lumpy
 CPU_DEFAULT_PACK = {"fp32": 2, "bf16": 4}  # a CPU's pack size where none was measured (bench/cpu_throughput.py)

@@ -55,9 +55,9 @@ _V2_RECIPE = 1  # the recipe of every run trained before recipes were recorded
 
 
 def _run_fields() -> Mapping:
-    """The run fields' neutral values, which ids leave out. Their declaration (depthlab.sweep.config) is imported
+    """The run fields' neutral values, which ids leave out. Their declaration (depthlab.spec.config) is imported
     here, where ids are computed, not at the top: it imports torch, which `status` and `results` do without."""
-    from depthlab.sweep.config import neutral
+    from depthlab.spec.config import neutral
 
     return neutral()
 
@@ -127,7 +127,7 @@ def _v3(c: sqlite3.Connection, path: str) -> None:
 
 
 def _v4(c: sqlite3.Connection, path: str) -> None:
-    """Pack sizes measured on a machine (`depthlab.sweep.packs`): the best pack size of a shape there, and the
+    """Pack sizes measured on a machine (`depthlab.train.packs`): the best pack size of a shape there, and the
     model-samples/s each candidate size reached. Keyed by the shape, device, precision and software."""
     c.execute("""CREATE TABLE IF NOT EXISTS pack_sizes (
         key         TEXT PRIMARY KEY,
@@ -746,7 +746,7 @@ class Store:
         return [(r["old_id"], r["new_id"], bool(r["renamed"]))
                 for r in self._query("SELECT old_id, new_id, renamed FROM rekeyed ORDER BY rowid")]
 
-    # -- pack sizes (schema 4; calibrated by depthlab.sweep.packs) --------------------------------------------
+    # -- pack sizes (schema 4; calibrated by depthlab.train.packs) --------------------------------------------
 
     def pack_size(self, key: str) -> int | None:
         """The pack size calibrated for `key`, or None when it was never measured."""

@@ -5,7 +5,7 @@ cores busy. A training step on one intra-op thread runs almost as fast as on two
 one per core, get through more model-samples than one pack on both: 1.14× in the training steps of the demo's
 shapes (median of three rounds of `bench/cpu_throughput.py`, two AVX-512 cores, bf16; single shapes 1.05-1.5×).
 End to end the demo gains less, 12.9 s against 13.3 s: its evaluations and start-up do not overlap as well.
-(Before freed memory was kept, depthlab.sweep.allocator, two workers also hid page faults: 14.0 s against 16.5 s.)
+(Before freed memory was kept, depthlab.run.allocator, two workers also hid page faults: 14.0 s against 16.5 s.)
 PyTorch releases the GIL inside its operators, so threads suffice: one process keeps one copy of the data and
 pays start-up once.
 

@@ -1,1 +1,0 @@
-"""Sweeps: the results store (`store`) that runners share, and exporting its records (`export`)."""
