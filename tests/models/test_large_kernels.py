@@ -10,7 +10,7 @@ from torch import nn
 
 from depthlab.errors import SpecError
 from depthlab.models import (DILATED_BRANCHES, REPARAMS, ModelSpec, branch_output, build, dense_kernel, flops,
-                             fuse_for_inference, pack, param_count, receptive_field, spec_params, unpack)
+                             fuse_for_inference, pack, param_count, receptive_field, spec_params)
 
 
 def rel_err(a, b):
@@ -89,23 +89,6 @@ def test_lk_topologies_share_blocks_and_parameters(randomise):
         assert rel_err(seq(x), seq.head(h)) < 1e-10
     counts = {param_count(build(spec.replace(topology=t), seed=0)) for t in ("sequential", "parallel", "groups:2")}
     assert counts == {spec_params(spec)}
-
-
-def test_a_pack_of_lk_models_equals_the_models_alone(randomise):
-    spec = lk(reparam="dilated", kernel=5, topology="parallel", blocks=2)
-    models = [randomise(build(spec, seed=s).double(), seed=s) for s in range(3)]
-    packed = pack(models)
-    x = torch.randn(3, 4, 1, 16, 16, dtype=torch.float64)
-    out = packed(x)
-    out.square().sum().backward()
-    for m, model in enumerate(models):
-        alone = model(x[m])
-        assert rel_err(out[m], alone) < 1e-10
-        alone.square().sum().backward()
-    for (name, p), single in zip(packed.named_parameters(), zip(*[m.parameters() for m in models])):
-        grads = torch.cat([q.grad.reshape(1, -1) for q in single])
-        assert rel_err(p.grad.reshape(3, -1), grads) < 1e-10, name
-    assert all(rel_err(a.layers[0].dw.weight, b.layers[0].dw.weight) == 0 for a, b in zip(unpack(packed), models))
 
 
 @pytest.mark.parametrize("branch,norm,reparam,head", [
