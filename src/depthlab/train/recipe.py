@@ -18,6 +18,7 @@ so it records and pins them without a second copy.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -25,6 +26,7 @@ from depthlab import prune
 from depthlab.data import registry
 from depthlab.data.datasets import VAL_SEED
 from depthlab.records import canonical_json
+from depthlab.spec.config import DEFAULT_LR
 
 # The version of the recipe. Bump it with every change that alters what training produces (to the table below or
 # to the training code: optimizer, schedule, data order, evaluation, numerics), and add the new table's digest to
@@ -46,6 +48,9 @@ class Recipe:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8        # the same source; far below √v̂ of any weight that moves: it guards the division
     sgd_momentum: float = 0.9     # Nesterov momentum 0.9: the standard for residual CNNs since He et al. (2016)
+    # the learning rate of a run that gives none, per optimizer: the spec owns it (`lr: null` means it, and a run's
+    # id holds the null), so the table refers to it and pins it like every constant that changes training
+    default_lr: tuple[tuple[str, float], ...] = tuple(sorted(DEFAULT_LR.items()))
 
     # -- learning-rate schedule (lr_factor) -----------------------------------------------------------------------
     # cosine (SGDR without restarts) and linear anneal to this fraction of the run's learning rate at the last
@@ -93,7 +98,7 @@ class Recipe:
 
     def record(self) -> dict:
         """The table as a run's environment keeps it (JSON types: what the store gives back)."""
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return json.loads(canonical_json(asdict(self)))  # tuples, nested ones too, as the lists JSON gives back
 
     def digest(self) -> str:
         """sha256 of the table's canonical JSON: what tests/sweep/test_recipe.py pins per recipe."""
