@@ -27,13 +27,18 @@ def complexity_oracle():
     return _jacobian_complexity
 
 
+def _copy_store(fixture: Path, tmp_path: Path) -> Path:
+    """A copy of a committed store and its weights folder in `tmp_path` (tests may migrate or write it)."""
+    path = tmp_path / "store.sqlite"
+    shutil.copy(fixture / "store.sqlite", path)
+    shutil.copytree(fixture / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
+    return path
+
+
 @pytest.fixture
 def old_store(tmp_path) -> Path:
     """A copy of the committed store (and its weights) that depthlab wrote before schema versions existed."""
-    path = tmp_path / "store.sqlite"
-    shutil.copy(STORE_V0 / "store.sqlite", path)
-    shutil.copytree(STORE_V0 / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
-    return path
+    return _copy_store(STORE_V0, tmp_path)
 
 
 def _randomise(model, seed=0):
@@ -96,7 +101,4 @@ STORE_V4 = Path(__file__).parent / "fixtures" / "store_v4"  # written at schema 
 @pytest.fixture
 def store_v4(tmp_path) -> Path:
     """A copy of the committed schema-4 store (and its weights) of commit 43ec188: see its README."""
-    path = tmp_path / "store.sqlite"
-    shutil.copy(STORE_V4 / "store.sqlite", path)
-    shutil.copytree(STORE_V4 / "store.sqlite.weights", tmp_path / "store.sqlite.weights")
-    return path
+    return _copy_store(STORE_V4, tmp_path)

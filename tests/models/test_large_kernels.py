@@ -10,7 +10,7 @@ from torch import nn
 
 from depthlab.errors import SpecError
 from depthlab.models import (DILATED_BRANCHES, REPARAMS, ModelSpec, branch_output, build, dense_kernel, flops,
-                             fuse_for_inference, pack, param_count, receptive_field, spec_params)
+                             fuse_for_inference, param_count, receptive_field, spec_params)
 
 
 def rel_err(a, b):
@@ -63,19 +63,6 @@ def test_a_dilated_kernel_is_a_dense_one_with_zeros(kernel, dilation):
     dilated = F.conv2d(x, w, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=4)
     dense = F.conv2d(x, dense_kernel(w, dilation, span + 4), padding=(span + 4) // 2, groups=4)
     assert rel_err(dense, dilated) < 1e-12
-
-
-@pytest.mark.parametrize("norm,reparam,scale", [("batch", "dilated", "1/sqrt(n)"), ("group", "same_kernel", "1"),
-                                                ("none", "same_equivalent", "learnable"), ("batch", "none", "1/n")])
-@pytest.mark.parametrize("train", [True, False])
-def test_parallel_lk_layer_equals_branch_by_branch(norm, reparam, scale, train, randomise):
-    spec = lk(norm=norm, reparam=reparam, residual_scale=scale, topology="parallel", blocks=4)
-    for models in (1, 3):
-        net = randomise(pack([build(spec, seed=s).double() for s in range(models)]), seed=5).train(train)
-        x = torch.randn(5, models * 4, 9, 9, dtype=torch.float64)
-        layer = net.layers[0]
-        with torch.no_grad():
-            assert rel_err(layer(x), x + sum(branch_output(layer, b, x) for b in range(4))) < 1e-10
 
 
 def test_lk_topologies_share_blocks_and_parameters(randomise):
