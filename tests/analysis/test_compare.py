@@ -10,8 +10,8 @@ from scipy import stats
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.analysis.compare import (
-    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, pair_records, paired, paired_stats, q_band,
-    tost_p,
+    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, not_learned, pair_records, paired,
+    paired_stats, q_band, tost_p,
 )
 from depthlab.records import RunRecord
 from depthlab.results.store import Store
@@ -398,9 +398,10 @@ def test_contrast_topology_on_a_real_store_agrees_with_the_default(tmp_path):
         records = s.records()
     default = compare_report(records, n_boot=500)
     explicit = compare_report(records, n_boot=500, contrast="topology")
-    assert default == explicit and default["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 6
+    # one epoch on 96 examples: the runs pair (n_found) but may not have learned (then counted, not compared)
+    assert default == explicit and default["paired"]["val_loss"][0]["pairs"]["n_found"] == 6
     skip = compare_report(records, n_boot=500, contrast="skip")
-    assert skip["values"] == [False, True] and skip["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 6
+    assert skip["values"] == [False, True] and skip["paired"]["val_loss"][0]["pairs"]["n_found"] == 6
 
 
 def test_a_verdict_never_contradicts_itself():
@@ -461,3 +462,32 @@ def test_a_compound_contrast_and_budget_sized_runs_pair():
     # without a budget, a differing hidden is a different experiment: no pairs
     records = [with_config(r, param_budget=None) for r in records]
     assert compare_report(records, contrast="branch+kernel")["paired"]["val_loss"][0]["pairs"]["n_pairs"] == 0
+
+
+# -- runs that did not learn --------------------------------------------------------------------------------------
+
+
+def test_pairs_with_a_run_near_chance_are_left_out_and_counted():
+    records = pairs(BASE[:10], BASE[:10] - 0.1)
+    records += [run(30, "sequential", 4.6), run(30, "parallel", 1.0)]  # train loss 2.3 = ln 10: a uniform guess
+    g = group(paired(records))
+    assert g["n_pairs"] == 10 and g["mean"] == pytest.approx(-0.1) and g["n_excluded"] == 1
+    assert g["not_learned"] == {"sequential": 1, "parallel": 0}
+    assert not_learned(records[-2]) and not not_learned(records[-1])
+
+
+def test_runs_that_learned_nothing_get_no_verdict():
+    """With one epoch every run sat at chance (val_loss about 2.29) and compare called the wirings equivalent."""
+    near_chance = 2 * math.log(10) * (1 - np.abs(NOISE[:10]))  # training losses within 2% of ln 10
+    records = pairs(near_chance, near_chance + 0.001)
+    res = paired(records)
+    for g in res["groups"]:
+        assert not g["equivalent"] and g["favours"] is None and g["n_pairs"] == 0
+        assert g["verdict"] == "not learned: 10 of 10 pairs hold a run near chance level; train longer"
+    report = compare_report(records)
+    verdicts = [g["verdict"] for comparisons in report["paired"].values() for c in comparisons for g in c["groups"]]
+    assert verdicts and all(v.startswith("not learned") for v in verdicts)
+    text = format_report(report)
+    rows = [line for line in text.splitlines() if line.startswith("mnist ")]
+    assert rows and not any("equivalent" in line or "better" in line for line in rows)
+    assert "not learned: sequential 10, parallel 10" in text

@@ -13,7 +13,8 @@ from depthlab.results.store import Store
 TINY = {
     "name": "tiny",
     "defaults": {"dataset": "synthetic", "train_subset": 256, "test_subset": 64, "val_split": 64, "width": 4,
-                 "stem_stride": 2, "batch_size": 32, "epochs": 2},
+                 "stem_stride": 2, "batch_size": 32, "epochs": 10, "lr": 0.02},  # they learn: training loss
+    # 0.58-0.82 x chance in float32 and bf16 (compare leaves out runs above 0.9 x chance)
     "grid": {"blocks": [2, 3], "topology": ["sequential", "parallel"], "seed": [0, 1, 2]},
 }
 HOSTILE = "<script>alert(1)</script>"

@@ -48,6 +48,10 @@ RELATIVE_MARGIN = 0.05  # default margin for losses: 5% of the pooled mean
 ACCURACY_MARGIN = 0.01  # default margin for accuracies: one percentage point
 BAND_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
 BLOWN_UP = 10  # a final training loss above BLOWN_UP × chance level is a blown-up run, not a result
+# a final training loss above NOT_LEARNED × chance level (within 10% of a uniform guess) is a run that learned
+# nothing yet: one epoch leaves every wiring there, and comparing such runs says nothing about the wirings
+NOT_LEARNED = 0.9
+MIN_PAIRS = 3  # fewer pairs give no CI or t-test worth printing
 
 
 def q_band(q) -> str:
@@ -200,12 +204,27 @@ def blown_up(record: RunRecord) -> bool:
     """A run that finished ('done') with a final training loss far above chance level (BLOWN_UP × ln(classes)):
     its weights blew up without a NaN (e.g. Adam at a huge learning rate), so its metrics mean nothing and it is
     left out of the pairing like a diverged run."""
+    return _loss_over(record, BLOWN_UP)
+
+
+def not_learned(record: RunRecord) -> bool:
+    """A run that finished ('done') with a final training loss still near chance level (above NOT_LEARNED ×
+    ln(classes)): it learned nothing, so it is left out of the pairing like a diverged run, and counted."""
+    return _loss_over(record, NOT_LEARNED)
+
+
+def _loss_over(record: RunRecord, times_chance: float) -> bool:
     loss = finite(record.train_loss)
     if record.status != "done" or loss is None:
         return False
     dataset = record.config.get("dataset")
     # a dataset the registry does not know (a hand-made record) has no chance level to compare with
-    return dataset in registry.REGISTRY and loss > BLOWN_UP * registry.entry(dataset).chance_loss
+    return dataset in registry.REGISTRY and loss > times_chance * registry.entry(dataset).chance_loss
+
+
+def run_state(record: RunRecord) -> str:
+    """A run's status as the pairing sees it: "blown_up" and "not_learned" are done runs that mean nothing."""
+    return "blown_up" if blown_up(record) else "not_learned" if not_learned(record) else record.status
 
 
 def latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
@@ -312,7 +331,7 @@ def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: i
     lower, higher = int((d < 0).sum()), int((d > 0).sum())
     out.update(mean=float(d.mean()), median=float(np.median(d)), ties=n - lower - higher,
                wins_b=higher if higher_is_better else lower, wins_a=lower if higher_is_better else higher)
-    if n < 3:  # too few pairs for a CI or a t-test worth printing
+    if n < MIN_PAIRS:
         return out
     lo, hi = bootstrap_ci(d, alpha, n_boot, seed)
     out.update(ci_low=lo, ci_high=hi)
@@ -404,11 +423,12 @@ def _margin_rule(margin: float | None, higher_is_better: bool) -> str:
 
 def _pair_item(left: RunRecord, right: RunRecord, metric: str, by: str | None) -> dict:
     """One pair as the statistics see it: where it falls (dataset, Q band, `by` value), its runs' statuses (a
-    blown-up run counts as its own status) and `metric` values, and its state: "used", or why it is not
-    ("excluded": a run diverged, failed or blew up; "unfinished"; "missing": no value of the metric)."""
-    statuses = tuple("blown_up" if blown_up(r) else r.status for r in (left, right))
+    blown-up or unlearned run counts as its own status, `run_state`) and `metric` values, and its state: "used",
+    or why it is not ("excluded": a run diverged, failed, blew up or did not learn; "unfinished"; "missing": no
+    value of the metric)."""
+    statuses = (run_state(left), run_state(right))
     values = (finite(left.metric(metric)), finite(right.metric(metric)))
-    if any(s in ("diverged", "failed", "blown_up") for s in statuses):
+    if any(s in ("diverged", "failed", "blown_up", "not_learned") for s in statuses):
         state = "excluded"
     elif statuses != ("done", "done"):
         state = "unfinished"
@@ -448,7 +468,12 @@ def _group_row(sel: list[dict], row_labels: dict, margin: float | None, stats: d
     used = [i for i in sel if i["state"] == "used"]
     m = _group_margin(used, margin, stats["higher_is_better"])
     d = [i["values"][1] - i["values"][0] for i in used]
-    return {**row_labels, **paired_stats(d, m, **stats), "margin": m, **_tally(sel, stats["labels"])}
+    row = {**row_labels, **paired_stats(d, m, **stats), "margin": m, **_tally(sel, stats["labels"])}
+    unlearned = sum("not_learned" in i["statuses"] for i in sel)
+    if len(used) < MIN_PAIRS and unlearned:  # say why there is no verdict: the models, not the statistics
+        row["verdict"] = (f"not learned: {unlearned} of {len(sel)} pairs hold a run near chance level; "
+                          "train longer")
+    return row
 
 
 def _group_margin(used: list[dict], margin: float | None, higher_is_better: bool) -> float | None:
@@ -469,6 +494,7 @@ def _tally(sel: list[dict], labels: tuple) -> dict:
     per_value = lambda status: {t: sum(i["statuses"][k] == status for i in excluded) for k, t in enumerate(labels)}
     return dict(
         n_excluded=len(excluded), diverged=per_value("diverged"), blown_up=per_value("blown_up"),
+        not_learned=per_value("not_learned"),
         failed=per_value("failed"), n_unfinished=sum(i["state"] == "unfinished" for i in sel),
         n_missing=sum(i["state"] == "missing" for i in sel),
     )
@@ -528,7 +554,9 @@ def compare_report(records: list[RunRecord], margin: float | None = None, by: st
         f"d = b - a over pairs of runs whose configs differ only in {contrast}.",
         "Pairs with a diverged, failed or blown-up run (done, but with a final training loss over "
         f"{BLOWN_UP} x chance level) are left out of the statistics and counted per value: if one value "
-        "diverges more often, its loss alone flatters it.",
+        "diverges more often, its loss alone flatters it. So are pairs with a run that did not learn (a final "
+        f"training loss over {NOT_LEARNED:g} x chance level): with fewer than {MIN_PAIRS} learned pairs the "
+        "verdict says 'not learned'.",
         "Verdict: 'equivalent' when TOST p < alpha against the margin; a value is 'better' when the bootstrap CI "
         "of the mean d excludes 0 (both are said when both hold); else 'inconclusive' (also with fewer than 3 "
         "pairs).",
@@ -627,8 +655,9 @@ def _format_comparison(metric: str, res: dict, by) -> list[str]:
         f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "
         f"{res['seed']}); TOST equivalence at alpha {res['alpha']:g}; margin: {res['margin_rule']}",
         f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged, "
-        f"failed or blown-up run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} "
-        f"{p['failed'][a]}, {b} {p['failed'][b]}; blown up: {a} {p['blown_up'][a]}, {b} {p['blown_up'][b]}); "
+        f"failed, blown-up or unlearned run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} "
+        f"{p['failed'][a]}, {b} {p['failed'][b]}; blown up: {a} {p['blown_up'][a]}, {b} {p['blown_up'][b]}; "
+        f"not learned: {a} {p['not_learned'][a]}, {b} {p['not_learned'][b]}); "
         f"{p['n_unfinished']} unfinished; {p['n_missing']} missing {metric}; "
         f"{p['n_unpaired']} runs without partner; {p['n_duplicate']} runs in ambiguous duplicates"
         + (f"; {p['n_identical']} runs of one-block pairs (identical wirings) left out"

@@ -300,10 +300,11 @@ def _paired_section(compare: dict) -> str:
             f'<p class="stat">{res["ci_level"]:.0%} percentile-bootstrap CI of the mean d ({esc(res["n_boot"])} '
             f'resamples, seed {esc(res["seed"])}); TOST at alpha {esc(format(res["alpha"], "g"))}; margin: '
             f'{esc(res["margin_rule"])}.<br>Pairs: <b>{esc(p["n_pairs"])}</b> compared of {esc(p["n_found"])} '
-            f'found; {esc(p["n_excluded"])} excluded with a diverged, failed or blown-up run (diverged: {esc(a)} '
-            f'{esc(p["diverged"][a])}, {esc(b)} {esc(p["diverged"][b])}; failed: {esc(a)} '
+            f'found; {esc(p["n_excluded"])} excluded with a diverged, failed, blown-up or unlearned run (diverged: '
+            f'{esc(a)} {esc(p["diverged"][a])}, {esc(b)} {esc(p["diverged"][b])}; failed: {esc(a)} '
             f'{esc(p["failed"][a])}, {esc(b)} {esc(p["failed"][b])}; blown up: {esc(a)} {esc(p["blown_up"][a])}, '
-            f'{esc(b)} {esc(p["blown_up"][b])}); {esc(p["n_unfinished"])} '
+            f'{esc(b)} {esc(p["blown_up"][b])}; not learned: {esc(a)} {esc(p["not_learned"][a])}, {esc(b)} '
+            f'{esc(p["not_learned"][b])}); {esc(p["n_unfinished"])} '
             f'unfinished; {esc(p["n_missing"])} missing {esc(metric)}; {esc(p["n_unpaired"])} runs without partner; '
             f'{esc(p["n_duplicate"])} in ambiguous duplicates{identical}.</p>')
         headers = ["dataset", "Q band"] + ([by] if by else []) + [

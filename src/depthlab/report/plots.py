@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band
+from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band, run_state
 from depthlab.choices import IMAGE_FORMATS as FORMATS
 from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
 from depthlab.errors import DepthlabError
@@ -66,11 +66,11 @@ def _dataset_colors(datasets) -> dict:
 
 
 def used_pairs(records: list[RunRecord], metric: str = "val_loss") -> list[tuple[RunRecord, RunRecord]]:
-    """(sequential, parallel) pairs whose runs are both done with a finite `metric`: the pairs the paired
-    statistics of `compare` use for that metric, in the same order."""
+    """(sequential, parallel) pairs whose runs are both done, learned and did not blow up (`run_state`), with a
+    finite `metric`: the pairs the paired statistics of `compare` use for that metric, in the same order."""
     pairs, _ = pair_records(records)
     return [(s, p) for s, p in pairs
-            if s.status == "done" and p.status == "done"
+            if run_state(s) == "done" and run_state(p) == "done"
             and finite(s.metric(metric)) is not None and finite(p.metric(metric)) is not None]
 
 
