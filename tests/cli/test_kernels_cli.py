@@ -48,6 +48,17 @@ def test_reparam_writes_a_merged_model_that_computes_the_same(trained, tmp_path,
     assert saved["merged"] is True
 
 
+def test_reparam_never_writes_over_a_runs_weights_or_the_store(trained, capsys):
+    """`reparam --out STORE.weights/ID.pt` once replaced a run's trained weights with a file nothing could load."""
+    store, record = trained
+    weights = store.parent / f"{store.name}.weights" / f"{record.run_id}.pt"
+    before = {path: path.read_bytes() for path in (store, weights)}
+    for out in (weights, store):
+        assert main(["reparam", "--store", str(store), "--run", record.run_id, "--out", str(out)]) == 2
+        assert "results store" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in before} == before
+
+
 def test_erf_on_fresh_models_and_a_stored_run(trained, capsys):
     assert main(["erf", "--kernels", "3,7", "--blocks", "1,4", "--branch", "lk", "--input-size", "24", "--batch",
                  "4", "--json"]) == 0

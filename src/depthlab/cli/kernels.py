@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from depthlab import choices
 from depthlab.cli.args import Defaults, positive_int
 from depthlab.errors import DepthlabError
+from depthlab.outputs import check_out, replaced
 from depthlab.results.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
 
 
@@ -85,6 +85,7 @@ def cmd_reparam(args) -> int:
     from depthlab.measure import scores
     from depthlab.models import flops, fuse_for_inference, param_count
 
+    check_out(args.out, args.store)  # never over the store or a run's weights (its weights folder)
     model, config, rid, data, _ = _stored_run(args.store, args.run)
     merged = fuse_for_inference(model)
     test = (data.test_x[:args.check], data.test_y[:args.check], data.mean, data.std)
@@ -99,9 +100,10 @@ def cmd_reparam(args) -> int:
               "flops": flops(spec), "flops_merged": flops(spec, merged=True), "max_relative_error": error,
               "test_acc": scores(model, *test)["accuracy"], "test_acc_merged": scores(merged, *test)["accuracy"]}
     try:
-        torch.save({"config": config.to_dict(), "merged": True, "state_dict": merged.state_dict(),
-                    "load": "depthlab.models.fuse_for_inference(depthlab.models.build(spec)).load_state_dict(sd)"},
-                   args.out)
+        with replaced(args.out) as temp:  # a killed or failing write leaves the earlier file
+            torch.save({"config": config.to_dict(), "merged": True, "state_dict": merged.state_dict(),
+                        "load": "depthlab.models.fuse_for_inference(depthlab.models.build(spec)).load_state_dict(sd)"},
+                       temp)
     except OSError as err:
         raise DepthlabError(f"cannot write {args.out}: {err.strerror or err}") from None
     if args.json:
