@@ -12,6 +12,15 @@ Lists whose own modules are already light stay there: datasets (`depthlab.data.r
 (`depthlab.precision`), run statuses and metrics (`depthlab.records`), export formats (`depthlab.results.export`).
 """
 
+from depthlab.errors import SpecError
+
+
+def check(field: str, value, allowed) -> None:
+    """SpecError naming `field`, `value` and the allowed values unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise SpecError(field, value, ", ".join(allowed))
+
+
 # -- the model (depthlab.models.ModelSpec) ----------------------------------------------------------------------
 NORMS = ("batch", "group", "none")
 ACTS = ("relu", "gelu", "identity")

@@ -26,7 +26,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 
 # the choice lists live in depthlab.choices, which the CLI reads without importing torch
-from depthlab.choices import ACTS, BRANCH_TYPES, HEADS, INITS, NORMS, REPARAMS, SCALE_RULES, STEM_STRIDES
+from depthlab.choices import (ACTS, BRANCH_TYPES, HEADS, INITS, NORMS, REPARAMS, SCALE_RULES, STEM_STRIDES,
+                              check)
 from depthlab.errors import SpecError
 from depthlab.models.branches import BRANCHES, DILATED_BRANCHES
 from depthlab.records import added
@@ -84,22 +85,16 @@ class ModelFields:
 
     def _check_choices(self) -> None:
         """The fields whose values come from a list (and the topology and the residual scale, read as rules)."""
-        if self.norm not in NORMS:
-            raise SpecError("norm", self.norm, ", ".join(NORMS))
-        if self.act not in ACTS:
-            raise SpecError("act", self.act, ", ".join(ACTS))
-        if self.head not in HEADS:
-            raise SpecError("head", self.head, ", ".join(HEADS))
-        if self.init not in INITS:
-            raise SpecError("init", self.init, ", ".join(INITS))
+        check("norm", self.norm, NORMS)
+        check("act", self.act, ACTS)
+        check("head", self.head, HEADS)
+        check("init", self.init, INITS)
         if isinstance(self.stem_stride, bool) or self.stem_stride not in STEM_STRIDES:  # True == 1 in Python
             raise SpecError("stem_stride", self.stem_stride, " or ".join(map(str, STEM_STRIDES)))
         self.stages  # validates topology
         self.scale  # validates residual_scale
-        if self.branch not in BRANCH_TYPES:
-            raise SpecError("branch", self.branch, ", ".join(BRANCH_TYPES))
-        if self.reparam not in REPARAMS:
-            raise SpecError("reparam", self.reparam, ", ".join(REPARAMS))
+        check("branch", self.branch, BRANCH_TYPES)
+        check("reparam", self.reparam, REPARAMS)
 
     def _check_branch_type(self) -> None:
         """What the branch type allows: its re-parameterisations, their kernels, its per-branch widths."""

@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
-from depthlab.choices import AUGMENTS, BUDGET_BY, OPTIMIZERS, SCALE_RULES, SCHEDULES  # the CLI reads them too
+from depthlab.choices import AUGMENTS, BUDGET_BY, OPTIMIZERS, SCALE_RULES, SCHEDULES, check  # the CLI reads them too
 from depthlab.data import registry
 from depthlab.errors import SpecError
 from depthlab.models import ModelSpec
@@ -64,8 +64,8 @@ class RunConfig(ModelFields):
         self._check_pruning()
         if self.param_budget is not None:
             self._meet_budget()
-        elif self.budget_by not in BUDGET_BY:
-            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
+        else:
+            check("budget_by", self.budget_by, BUDGET_BY)
         super().__post_init__()  # the model fields (ModelFields), with the size a budget chose
         self._canonical_spellings()
 
@@ -73,12 +73,9 @@ class RunConfig(ModelFields):
         """The dataset's name, then the training loop's fields: optimizer, schedule, augment (a flip only where
         the dataset allows it), batch_size, epochs, seed."""
         data = registry.entry(self.dataset)  # its shape, classes and whether it may be flipped
-        if self.optimizer not in OPTIMIZERS:
-            raise SpecError("optimizer", self.optimizer, ", ".join(OPTIMIZERS))
-        if self.schedule not in SCHEDULES:
-            raise SpecError("schedule", self.schedule, ", ".join(SCHEDULES))
-        if self.augment not in AUGMENTS:
-            raise SpecError("augment", self.augment, ", ".join(AUGMENTS))
+        check("optimizer", self.optimizer, OPTIMIZERS)
+        check("schedule", self.schedule, SCHEDULES)
+        check("augment", self.augment, AUGMENTS)
         if "flip" in self.augment and not data.flip_ok:
             raise SpecError("augment", self.augment, f"none or translate for {self.dataset} (a flip changes "
                             "what its images show)")
@@ -114,15 +111,12 @@ class RunConfig(ModelFields):
         """prune, density (made a float), prune_structure, crop_init."""
         from depthlab.prune import CROP_INITS, METHODS, STRUCTURES
 
-        if self.prune not in METHODS:
-            raise SpecError("prune", self.prune, ", ".join(METHODS))
+        check("prune", self.prune, METHODS)
         if not _is_number(self.density) or not 0 < self.density <= 1:
             raise SpecError("density", self.density, "a kept fraction in (0, 1] (1: the dense network)")
         object.__setattr__(self, "density", float(self.density))
-        if self.prune_structure not in STRUCTURES:
-            raise SpecError("prune_structure", self.prune_structure, ", ".join(STRUCTURES))
-        if self.crop_init not in CROP_INITS:
-            raise SpecError("crop_init", self.crop_init, ", ".join(CROP_INITS))
+        check("prune_structure", self.prune_structure, STRUCTURES)
+        check("crop_init", self.crop_init, CROP_INITS)
 
     def _canonical_spellings(self) -> None:
         """One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
@@ -157,8 +151,7 @@ class RunConfig(ModelFields):
         budget = self.param_budget
         if not _is_int(budget) or budget < 1:
             raise SpecError("param_budget", budget, "a positive integer (inference parameters) or null")
-        if self.budget_by not in BUDGET_BY:
-            raise SpecError("budget_by", self.budget_by, ", ".join(BUDGET_BY))
+        check("budget_by", self.budget_by, BUDGET_BY)
         count = lambda **size: spec_params(self.replace_unchecked(**size).model_spec(), merged=True)
         if self.budget_by == "hidden":
             a = count(hidden=2) - count(hidden=1)  # parameters are linear in hidden
