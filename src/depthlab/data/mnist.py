@@ -128,11 +128,6 @@ def read_zarr(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def mirror_list(mirrors) -> list[str]:
-    """Mirrors from the argument, else $DEPTHLAB_MNIST_MIRRORS (comma or space separated), else the registry's."""
-    return idx.mirror_list(mirrors, MIRRORS_ENV, ENTRY)
-
-
 def offline_problem(root: Path | None = None) -> str | None:
     """Why the copy `locate` finds cannot be loaded (a cheap look at headers and sizes), or None."""
     found = find_cache(root)
