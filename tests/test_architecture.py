@@ -10,7 +10,7 @@ import depthlab
 ROOT = Path(depthlab.__file__).parent
 
 # Layers in pipeline order: a module may import its own layer and earlier ones, never a later one.
-LAYERS = ["errors", "stopping", "records", "precision", "models", "data", "measure", "prune", "spec", "train", "results", "run", "shift", "analysis", "report", "cli"]
+LAYERS = ["errors", "stopping", "records", "precision", "models", "data", "measure", "prune", "spec", "train", "results", "run", "shift", "analysis", "report", "study", "cli"]
 
 
 def module_name(path: Path) -> str:

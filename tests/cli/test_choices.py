@@ -13,6 +13,7 @@ from depthlab import choices, precision, records
 from depthlab.cli.main import build_parser
 from depthlab.errors import SpecError
 from depthlab.results import export
+from depthlab.study import levels
 
 # Every option with `choices=`, by its dest, and the module attribute that declares its values. A new option with
 # choices must be declared in a registry and named here: a list written out in the CLI fails the first test.
@@ -30,6 +31,7 @@ REGISTRIES = {
     "format": (export, "FORMATS"),
     "status": (records, "STATUSES"),
     "metric": (records, "METRICS"),
+    "level": (levels, "LEVELS"),
 }
 
 

@@ -33,7 +33,7 @@ from depthlab.errors import DepthlabError
 from depthlab.stopping import Terminated
 
 # Command modules under depthlab.cli, in the order their commands appear in --help.
-COMMAND_MODULES = ["data", "run", "results", "report", "analyse", "kernels", "prune", "shift"]
+COMMAND_MODULES = ["data", "run", "study", "results", "report", "analyse", "kernels", "prune", "shift"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,11 +34,16 @@ def cmd_status(args) -> int:
         per_sweep = [(s or "(unnamed)", store.counts(sweep=s)) for s in sweeps]
         total = store.counts()
         running = store.running()
+        studies = [_study_progress(store, s) for s in store.studies()]
     print(f"store: {args.store}")
     rows = [[name, *(c[s] for s in STATUSES), sum(c.values())] for name, c in per_sweep]
     if len(per_sweep) != 1:
         rows.append(["all", *(total[s] for s in STATUSES), sum(total.values())])
     print(text_table(["sweep", *STATUSES, "total"], rows, "l" + "r" * (len(STATUSES) + 1)))
+    if studies:
+        print("\n" + text_table(["study", "round", "phase", "runs asked", "done"], [
+            [s["name"], s["round"] + 1, s["state"].get("phase", "?"), s["asked"], s["done"]] for s in studies],
+            "lrlrr"))
     if running:
         now = time.time()
         owners: dict[str, list[dict]] = {}
@@ -59,6 +64,13 @@ def cmd_status(args) -> int:
             print(f"\n{dead} run(s) are held by a dead owner: the next `depthlab run` takes them back, or release "
                   f"them now with `depthlab release --store {args.store} --stale`")
     return 0
+
+
+def _study_progress(store, study: dict) -> dict:
+    """A recorded study with the runs its current round asks for and how many of them are finished."""
+    counts = store.counts(sweep=f"study {study['name']}")
+    return {**study, "asked": sum(counts.values()), "done": sum(counts.get(s, 0) for s in ("done", "diverged",
+                                                                                            "failed"))}
 
 
 def cmd_release(args) -> int:

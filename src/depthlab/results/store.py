@@ -214,6 +214,24 @@ def _canonical_pack_key(key: str, neutral: Mapping) -> str:
     return canonical_json(value)
 
 
+def _v6(c: sqlite3.Connection, path: str) -> None:
+    """Studies (`depthlab study`): each study's spec and the round it has reached, so that a killed study resumes
+    where it stopped; and the cost of a network measured on a machine (parameters, FLOPs, training throughput,
+    inference latency), keyed by the network's shape, the device, the precision and the software."""
+    c.execute("""CREATE TABLE IF NOT EXISTS studies (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        round      INTEGER NOT NULL DEFAULT 0,
+        state      TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    )""")
+    c.execute("""CREATE TABLE IF NOT EXISTS costs (
+        key         TEXT PRIMARY KEY,
+        cost        TEXT NOT NULL,
+        measured_at REAL NOT NULL
+    )""")
+
+
 # (version, what it does, migration(connection, path))
 MIGRATIONS = [
     (1, "runs and sweep_runs tables", _v1),
@@ -221,14 +239,16 @@ MIGRATIONS = [
     (3, "shift_results: measurements of trained runs under covariate shift", _v3),
     (4, "pack_sizes: pack sizes calibrated on this machine", _v4),
     (5, "run ids of canonical configs (stable under added fields); weights, init_from and keys follow", _v5),
+    (6, "studies and costs: a study's spec and round, a network's measured cost", _v6),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
-_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[5] = _COLUMNS[2]  # versions 3 to 5 add tables, not columns of runs
+_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[5] = _COLUMNS[6] = _COLUMNS[2]  # versions 3 to 6 add tables, not columns of runs
 # The tables a store may hold at each version (a store without the later ones is migrated; any other is foreign).
 _TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"},
            4: {"runs", "sweep_runs", "shift_results", "pack_sizes"},
            5: {"runs", "sweep_runs", "shift_results", "pack_sizes", "rekeyed"}}
+_TABLES[6] = _TABLES[5] | {"studies", "costs"}
 
 
 # -- owners ---------------------------------------------------------------------------------------------------
@@ -758,6 +778,37 @@ class Store:
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO pack_sizes (key, size, rates, measured_at) VALUES (?, ?, ?, ?)",
                       (key, int(size), dumps({str(k): v for k, v in rates.items()}), time.time()))
+
+
+    # -- studies and costs (schema 6; written by depthlab.study) ---------------------------------------------
+
+    def save_study(self, name: str, spec: dict, round: int, state: dict) -> None:
+        """Record a study's spec and the round it has reached (a later call replaces both)."""
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO studies (name, spec, round, state, updated_at) VALUES (?, ?, ?, ?, ?)",
+                      (name, dumps(spec), int(round), dumps(state), time.time()))
+
+    def study(self, name: str) -> dict | None:
+        """{"name", "spec", "round", "state", "updated_at"} of a recorded study, or None."""
+        rows = self._query("SELECT * FROM studies WHERE name = ?", (name,))
+        if not rows:
+            return None
+        row = rows[0]
+        return {**row, "spec": json.loads(row["spec"]), "state": json.loads(row["state"] or "{}")}
+
+    def studies(self) -> list[dict]:
+        """Every recorded study (as `study` gives it), by name."""
+        return [self.study(r["name"]) for r in self._query("SELECT name FROM studies ORDER BY name")]
+
+    def cost(self, key: str) -> dict | None:
+        """The cost measured under `key` (depthlab.study.cost), or None."""
+        rows = self._query("SELECT cost FROM costs WHERE key = ?", (key,))
+        return json.loads(rows[0]["cost"]) if rows else None
+
+    def save_cost(self, key: str, cost: dict) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO costs (key, cost, measured_at) VALUES (?, ?, ?)",
+                      (key, dumps(cost), time.time()))
 
 
 # The key of a shift measurement, in column order.
