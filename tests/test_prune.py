@@ -43,6 +43,20 @@ def test_synflow_restores_the_network():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_data_scores_leave_the_network_as_it_was(method):
+    """#23 bug 13: SNIP's train-mode forward updated every BatchNorm's running statistics, so the SynFlow densities
+    `depthlab prune` printed depended on whether SNIP had scored the same network first."""
+    net = build(ModelSpec(width=4, blocks=2, input_size=8, num_classes=3), seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    data = (torch.randn(1, 6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))
+    alone = prune.scores(net, "synflow")
+    prune.scores(net, method, data)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    after = prune.scores(net, "synflow")
+    assert all(torch.equal(after[k], alone[k]) for k in alone)
+
+
 def test_snip_is_the_derivative_with_respect_to_the_mask():
     spec = ModelSpec(width=3, blocks=2, input_size=6, num_classes=3)
     net = build(spec, seed=1).double()

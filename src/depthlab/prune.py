@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -109,27 +110,37 @@ def _loss(net, inputs, labels, temperature: float = 1.0) -> torch.Tensor:
     return F.cross_entropy(out.reshape(m * b, k), labels.repeat(m), reduction="sum") / b
 
 
-def _snip(net, params, data):
+@contextmanager
+def _scoring(net):
+    """Train mode for a data-dependent score, and the network as it was afterwards: its mode, and every buffer
+    (BatchNorm's running statistics, which a train-mode forward updates). The scores use the batch's statistics
+    (at initialisation the running ones are the defaults 0 and 1, which describe no data); restoring the buffers
+    keeps scoring from changing the network, so that one method's scores do not depend on another's having run."""
     was = net.training
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
     net.train()
     try:
-        grads = torch.autograd.grad(_loss(net, *data), list(params.values()))
+        yield
     finally:
         net.train(was)
+        with torch.no_grad():
+            for name, b in net.named_buffers():
+                b.copy_(buffers[name])
+
+
+def _snip(net, params, data):
+    with _scoring(net):
+        grads = torch.autograd.grad(_loss(net, *data), list(params.values()))
     return {n: (g * p).detach().abs() for (n, p), g in zip(params.items(), grads)}
 
 
 def _grasp(net, params, data):
     """θ ⊙ Hg: g the gradient of the loss (logits / 200), Hg by differentiating g_stopped · g."""
-    was = net.training
-    net.train()
-    try:
+    with _scoring(net):
         weights = list(params.values())
         stopped = [g.detach() for g in torch.autograd.grad(_loss(net, *data, GRASP_TEMPERATURE), weights)]
         grads = torch.autograd.grad(_loss(net, *data, GRASP_TEMPERATURE), weights, create_graph=True)
         hg = torch.autograd.grad(sum((s * g).sum() for s, g in zip(stopped, grads)), weights)
-    finally:
-        net.train(was)
     return {n: (h * p).detach() for (n, p), h in zip(params.items(), hg)}
 
 

@@ -57,9 +57,10 @@ RUN = dict(dataset="synthetic", val_split=32, train_subset=128, test_subset=48, 
            batch_size=32, epochs=1)
 
 
-def _make_store(path, topologies=("sequential", "parallel"), seeds=(0,), weights=True) -> list[str]:
-    """A store of done runs (random weights with random BN statistics) whose weights are saved next to it."""
-    configs = [RunConfig(**RUN, topology=t, seed=s) for s in seeds for t in topologies]
+def _make_store(path, topologies=("sequential", "parallel"), seeds=(0,), weights=True, **fields) -> list[str]:
+    """A store of done runs (random weights with random BN statistics) whose weights are saved next to it;
+    `fields` change the runs' config."""
+    configs = [RunConfig(**{**RUN, **fields}, topology=t, seed=s) for s in seeds for t in topologies]
     with Store(path) as store:
         ids = store.add_runs([c.to_dict() for c in configs], sweep="fake", recipe=RECIPE)
         owner = owner_token()

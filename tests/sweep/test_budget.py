@@ -43,6 +43,13 @@ def test_a_budget_by_width_and_the_named_error():
         RunConfig(param_budget=10_000, budget_by="depth")
 
 
+def test_an_absurd_budget_is_refused_before_anything_is_built():
+    """#23: `param_budget: 10^12` passed the dry run with a hidden width of about 10^10."""
+    with pytest.raises(SpecError, match=r"param_budget: got 1000000000000; allowed: at most [\d,]+ for this run "
+                                        r"\(hidden up to 65,536"):
+        RunConfig(blocks=2, param_budget=10**12)
+
+
 def test_weight_decay_covers_every_branch_types_weights():
     spec = RunConfig(branch="lk", kernel=7, reparam="dilated").model_spec()
     names = {n for n, decay in decays(build(spec)).items() if decay}

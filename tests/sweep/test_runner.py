@@ -348,7 +348,10 @@ def test_release_command_frees_stuck_runs(tmp_path, capsys):
     assert main(["release", "--store", str(store), "--stale"]) == 0
     assert "released 2 run(s)" in capsys.readouterr().out
     assert main(["release", "--store", str(store), "--run", "0123456789abcdef"]) == 2
-    assert main(["release", "--store", str(store), "--run", ids[2]]) == 0
+    # a runner that is alive keeps its run unless --force (#23: its result would be thrown away)
+    assert main(["release", "--store", str(store), "--run", ids[2]]) == 2
+    assert "held by a runner that is alive" in capsys.readouterr().err
+    assert main(["release", "--store", str(store), "--run", ids[2], "--force"]) == 0
     assert Store(store).counts()["pending"] == 3
 
 

@@ -41,7 +41,8 @@ def test_a_version_2_store_migrates_and_a_read_only_open_leaves_it_as_it_was(old
         pass
     raw(path, "DROP TABLE shift_results")
     raw(path, "DROP TABLE pack_sizes")
-    raw(path, "DROP TABLE rekeyed")  # a version 2 store has none of the later tables
+    for table in ("rekeyed", "studies", "costs"):  # a version 2 store has none of the later tables
+        raw(path, f"DROP TABLE {table}")
     raw(path, "PRAGMA user_version = 2")
     before = path.read_bytes()
     later = list(range(3, SCHEMA_VERSION + 1))
@@ -82,3 +83,18 @@ def test_bad_rows_are_refused(tmp_path):
         with pytest.raises(ValueError, match="needs seed"):
             store.add_shift_result({k: v for k, v in ROW.items() if k != "seed"})
         assert store.shift_rows() == []
+
+
+def test_a_retrained_run_loses_the_measurements_of_its_old_weights(tmp_path):
+    """#23 bug 10: a run trained again kept its old shift rows, and later `shift` calls skipped them as done."""
+    with Store(tmp_path / "s.sqlite") as store:
+        (rid,) = store.add_runs([dict(dataset="mnist", width=4, seed=0)], sweep="s", recipe=1)
+        for attempt in range(2):
+            store.claim([rid], "me:1:x")
+            assert store.finish(rid, "me:1:x", status="done", final={}, history=[], params=1, q=1.0, seconds=1.0,
+                                train_seconds=1.0, env={})
+            if attempt == 0:
+                store.add_shift_result(dict(ROW, run_id=rid))
+                assert len(store.shift_rows([rid])) == 1
+                store.reopen([rid], "trained again")
+        assert store.shift_rows([rid]) == []

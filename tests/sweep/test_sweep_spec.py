@@ -217,7 +217,9 @@ def test_the_name_must_be_a_short_string(tmp_path):
     assert load_spec(write(tmp_path, "name: ''\ngrid: {seed: [0]}\n", "fallback.yaml")).name == "fallback"
     for text, says in [("name: [a, b]\n", "name: got 'list'"), ("name: {a: 1}\n", "name: got 'dict'"),
                        ("name: true\n", "name: got 'bool'"), (f"name: {'n' * 201}\n", "at most 200 characters"),
-                       ("name: \"a\\nb\"\n", "without control characters")]:
+                       ("name: \"a\\nb\"\n", "without control characters"),
+                       ("name: \"a\\x9bb\"\n", "without control characters"),       # C1 (CSI)
+                       ("name: \"ab\\u202Ec\"\n", "or text-direction overrides")]:  # right-to-left override
         with pytest.raises(SpecError, match=says) as err:
             load_spec(write(tmp_path, text))
         assert err.value.field == "name"

@@ -633,6 +633,9 @@ class Store:
                     dumps(env or {}), error, run_id, owner,
                 ),
             )
+            if cur.rowcount == 1:
+                # measurements of the run's earlier training (a retrained run) describe other weights
+                c.execute("DELETE FROM shift_results WHERE run_id = ?", (run_id,))
             if cur.rowcount == 1 and then is not None:
                 then()
             return cur.rowcount == 1

@@ -36,6 +36,7 @@ class ShiftPlan:
     no_weights: list[RunRecord] = field(default_factory=list)  # done runs without saved weights (skipped)
     unavailable: dict = field(default_factory=dict)     # {(suite, corruption, severity): why it cannot be made}
     todo: list[tuple] = field(default_factory=list)     # (run record, corruption, severity, seed, batch, Method)
+    no_bn: dict = field(default_factory=dict)           # {run id: methods left out}: they act on BatchNorm only
     done_before: int = 0                                # rows of the plan already in the store
 
 
@@ -154,6 +155,9 @@ def plan(store: Store, store_path, *, runs=None, sweep=None, corruptions="all", 
             for seed in seeds:
                 for batch in batch_sizes:
                     for method in variants:
+                        if method.name != "source" and rec.config.get("norm", "batch") != "batch":
+                            result.no_bn.setdefault(rec.run_id, set()).add(method.stored_name)
+                            continue  # norm, alpha_bn, tent, core act on BatchNorm: a copy of source, or nothing
                         key = (rec.run_id, name, severity, method.stored_name, batch, method.alpha, seed)
                         if key in existing:
                             result.done_before += 1
@@ -241,6 +245,10 @@ def _log_skipped(the_plan: ShiftPlan, store_path, log) -> None:
     if the_plan.no_weights:
         log(f"{len(the_plan.no_weights)} done run(s) have no saved weights and are skipped; to measure them, "
             f"train with `depthlab run SPEC --store {store_path} --save-weights`")
+    if the_plan.no_bn:
+        methods = sorted(set().union(*the_plan.no_bn.values()))
+        log(f"{len(the_plan.no_bn)} run(s) have no BatchNorm (norm none or group): {', '.join(methods)} act on BN "
+            "statistics and are not measured on them (source is)")
     for (suite, name, severity), why in sorted(the_plan.unavailable.items()):
         log(f"skipped {suite} {name} severity {severity}: {why}")
     if the_plan.done_before:

@@ -28,6 +28,7 @@ from depthlab.records import added, canonical_config, canonical_json, declare_ru
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 BUDGET_TOLERANCE = 0.01  # param_budget must be met within 1%
 MAX_BUDGET_WIDTH = 1024
+MAX_BUDGET_HIDDEN = 65_536  # far above any network these datasets train, far below one that cannot be built
 
 
 @declare_run_fields
@@ -156,6 +157,10 @@ class RunConfig(ModelFields):
         if self.budget_by == "hidden":
             a = count(hidden=2) - count(hidden=1)  # parameters are linear in hidden
             guess = max(1, round((budget - count(hidden=1)) / a) + 1)
+            if guess > MAX_BUDGET_HIDDEN:  # a typo such as 10^12 would otherwise build a network of terabytes
+                raise SpecError("param_budget", budget, f"at most {count(hidden=MAX_BUDGET_HIDDEN):,} for this run "
+                                f"(hidden up to {MAX_BUDGET_HIDDEN:,}; run {self.branch} k{self.kernel}, "
+                                f"{self.blocks} blocks, width {self.width})")
             options = {h: count(hidden=h) for h in range(max(1, guess - 1), guess + 2)}
         else:
             options = {w: count(width=w) for w in range(1, MAX_BUDGET_WIDTH + 1)}

@@ -35,6 +35,9 @@ PRESETS = ("demo", "paper", "smoke")
 MAX_RUNS = 1_000_000  # more runs than any store or machine can hold; expanding them alone takes minutes
 MAX_NAME = 200  # characters of a sweep name (it labels every line of output and every store row)
 MAX_SUFFIX = 100  # characters of the `[overrides]` suffix of a name before it is replaced by a short hash
+# C0 and C1 control characters, and the Unicode text-direction overrides and isolates: printed raw by `run` and
+# `status`, they move the cursor, clear lines or reorder what a terminal shows
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 MAX_NODES = 100_000  # YAML nodes of a spec, aliases expanded: far above any real spec, far below an alias bomb
 
 
@@ -153,10 +156,10 @@ def check_name(value) -> str:
     if not _is_text(value):
         raise SpecError("name", type(value).__name__, f"a string of at most {MAX_NAME} characters")
     name = str(value)
-    if not name.strip() or len(name) > MAX_NAME or re.search(r"[\x00-\x1f\x7f]", name):
+    if not name.strip() or len(name) > MAX_NAME or CONTROL.search(name):
         shown = name if len(name) <= 60 else f"{name[:60]}... ({len(name)} characters)"
-        raise SpecError("name", shown, f"a non-empty string of at most {MAX_NAME} characters, without control "
-                        "characters")
+        raise SpecError("name", ascii(shown), f"a non-empty string of at most {MAX_NAME} characters, without "
+                        "control characters or text-direction overrides")
     return name
 
 
