@@ -102,3 +102,27 @@ STORE_V4 = Path(__file__).parent / "fixtures" / "store_v4"  # written at schema 
 def store_v4(tmp_path) -> Path:
     """A copy of the committed schema-4 store (and its weights) of commit 43ec188: see its README."""
     return _copy_store(STORE_V4, tmp_path)
+
+
+def _killed_when(command, ready, *, env=None, timeout: float = 120):
+    """Start `command`, SIGKILL it (its whole session) as soon as `ready()` is true or it ends, within `timeout`
+    seconds: how the resume tests interrupt a command at a random point of its work."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def killed_when():
+    """killed_when(command, ready, env=None, timeout=120): run a command and SIGKILL it once ready() holds."""
+    return _killed_when

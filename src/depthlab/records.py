@@ -215,6 +215,17 @@ class RunRecord:
         """How many models trained side by side in its pack, None when not recorded."""
         return self.env.get("pack_size")
 
+    @property
+    def pack_seconds(self) -> float | None:
+        """This run's share of its pack's wall time: `seconds` / pack size. A pack's models share its time, so these
+        shares add up to the packs' time, where adding `seconds` counts each pack once per model."""
+        return None if self.seconds is None else self.seconds / (self.pack_size or 1)
+
+    @property
+    def pack_train_seconds(self) -> float | None:
+        """This run's share of its pack's time in training steps (`train_seconds` / pack size)."""
+        return None if self.train_seconds is None else self.train_seconds / (self.pack_size or 1)
+
     def metric(self, name: str):
         """A final metric by name: one of METRICS, else an extra one (None where the run has none)."""
         return getattr(self, name) if name in METRICS else self.extra.get(name)

@@ -78,7 +78,9 @@ def test_results_csv_json_and_status_filter(tmp_path, capsys):
     assert rc == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 26 and rows[0]["run_id"] == ids[0]
-    assert list(rows[0])[-3:] == ["head", "residual_scale", "seed"]  # the varied config fields
+    columns = list(rows[0])
+    assert {"head", "residual_scale", "seed", "pack", "pack_seconds"} <= set(columns)  # every config field, packs
+    assert columns[-1].startswith("env.")  # then the environment
     rc, out, _ = run(["results", "--store", str(path), "--status", "diverged", "--format", "json"], capsys)
     (row,) = json.loads(out)
     assert row["status"] == "diverged" and row["val_loss"] is None and row["epochs_run"] == 2

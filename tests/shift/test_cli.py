@@ -3,11 +3,9 @@ resumed after SIGKILL without recomputing or duplicating one; `compare --table s
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -147,7 +145,7 @@ def rows_in(store) -> list[tuple]:
         return []
 
 
-def test_a_killed_shift_resumes_without_recomputing_or_duplicating(tmp_path, make_store):
+def test_a_killed_shift_resumes_without_recomputing_or_duplicating(tmp_path, make_store, killed_when):
     store = tmp_path / "s.sqlite"
     make_store(store)
     command = [sys.executable, "-m", "depthlab.cli.main", "shift", "--store", str(store), "--quiet",
@@ -155,13 +153,7 @@ def test_a_killed_shift_resumes_without_recomputing_or_duplicating(tmp_path, mak
                "--methods", "source,tent", "--batch-size", "1"]
     env = dict(os.environ, DEPTHLAB_DATA=str(tmp_path / "data"))
     total = 2 * 6 * 2
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(rows_in(store)) < 2:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed_when(command, lambda: len(rows_in(store)) >= 2, env=env)
     before = rows_in(store)
     assert 2 <= len(before) < total, "the kill should land mid-measurement"
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -171,3 +163,14 @@ def test_a_killed_shift_resumes_without_recomputing_or_duplicating(tmp_path, mak
     keys = [r[:7] for r in after]
     assert len(after) == total and len(set(keys)) == total  # every key once
     assert set(before) <= set(after)  # rows finished before the kill kept as they were (created_at included)
+
+
+def test_runs_without_batchnorm_get_source_only(tmp_path, make_store, capsys):
+    """#23 bug 4: tent crashed on a norm-free run ("optimizer got an empty parameter list") and norm/alpha_bn
+    stored copies of source; now they are left out of such runs, and said so."""
+    store = tmp_path / "s.sqlite"
+    make_store(store, topologies=("sequential",), norm="none")
+    assert shift(store, "--methods", "source,norm,alpha_bn,tent", "--batch-size", "16", "--corruptions", "shot_noise",
+                 "--severity", "1") == 0
+    assert "have no BatchNorm" in capsys.readouterr().err
+    assert {r[3] for r in rows_in(store)} == {"source"}

@@ -9,7 +9,7 @@ import pytest
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import RECORD_FIELDS, RunRecord
-from depthlab.results.export import RESULT_FIELDS, flat_table, varied_fields, write_results
+from depthlab.results.export import PACK_FIELDS, RESULT_FIELDS, flat_table, varied_fields, write_results
 from depthlab.results.store import Store
 
 
@@ -39,9 +39,12 @@ def test_varied_fields():
     assert varied_fields([]) == []
 
 
+CONFIG = ["epochs", "extra_flag", "head", "residual_scale", "seed"]  # every config key not already a result column, sorted
+
+
 def test_flat_table_columns_and_values():
     rows = flat_table(RECORDS)
-    assert list(rows[0]) == RESULT_FIELDS + ["extra_flag", "residual_scale", "seed"]  # topology already there
+    assert list(rows[0]) == RESULT_FIELDS + PACK_FIELDS + CONFIG  # constant ones (head) too
     assert rows[1]["val_loss"] is None  # NaN -> None
     assert [r["residual_scale"] for r in rows] == ["1", 0.5, "1/n"]
     assert [r["extra_flag"] for r in rows] == [None, None, True]
@@ -53,7 +56,7 @@ def test_csv_to_file_and_json_to_stdout(tmp_path, capsys):
     assert write_results(RECORDS, "csv", out) == 3
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == RESULT_FIELDS + ["extra_flag", "residual_scale", "seed"]
+    assert list(rows[0]) == RESULT_FIELDS + PACK_FIELDS + CONFIG
     assert rows[0]["train_loss"] == "0.1" and rows[1]["val_loss"] == "" and rows[2]["residual_scale"] == "1/n"
 
     write_results(RECORDS, "json", "-")
@@ -100,7 +103,7 @@ def test_records_from_a_store(tmp_path):
     store.fail(b, "me:1:x", "boom")
     rows = flat_table(store.records())
     store.close()
-    assert list(rows[0]) == RESULT_FIELDS  # only topology varies, and it is a result column already
+    assert list(rows[0]) == RESULT_FIELDS + PACK_FIELDS + ["epochs", "seed"]  # constant config keys too
     assert rows[0]["epochs_run"] == 2 and rows[1]["epochs_run"] == 0  # recorded epochs, not the planned 5
     assert rows[0]["sweeps"] == "s1; s2" and rows[1]["sweeps"] == "s1"  # every sweep that lists the run
     assert rows[0]["recipe"] == 1 and rows[0]["train_seconds"] == 1.5 and rows[0]["seconds"] == 2.0
@@ -109,3 +112,22 @@ def test_records_from_a_store(tmp_path):
     assert rows[1]["status"] == "failed" and rows[1]["val_loss"] is None
     buf = io.StringIO()
     csv.writer(buf).writerow(rows[0].values())  # plain scalars only
+
+
+def test_the_export_keeps_packs_measurements_and_environment():
+    """A pack's time is shared: each run's share adds up to the pack's time once (#24 honest cost)."""
+    pack = dict(env={"pack": "p1", "pack_size": 2, "precision": "bf16"}, seconds=8.0, train_seconds=6.0)
+    rows = flat_table([rec(run_id="a", **pack), rec(run_id="b", seed=1, erf50=7, **pack)])
+    assert [r["pack"] for r in rows] == ["p1", "p1"] and sum(r["pack_seconds"] for r in rows) == 8.0
+    assert rows[0]["pack_train_seconds"] == 3.0 and rows[0]["env.precision"] == "bf16"
+    assert rows[1]["erf50"] == 7 and rows[0]["erf50"] is None  # an extra measurement gets its column
+
+
+def test_history_rows_and_formula_cells(tmp_path):
+    records = [rec(run_id="a", history=[{"val_loss": 0.5}, {"val_loss": 0.4}]), rec(run_id="=cmd|x", seed=1,
+                                                                                     history=[{"val_loss": 0.7}])]
+    out = tmp_path / "h.csv"
+    assert write_results(records, "csv", out, history=True) == 3
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [(r["run_id"], r["epoch"], r["val_loss"]) for r in rows] == [("a", "1", "0.5"), ("a", "2", "0.4"),
+                                                                         ("'=cmd|x", "1", "0.7")]

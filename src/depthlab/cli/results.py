@@ -80,11 +80,17 @@ def cmd_release(args) -> int:
         raise DepthlabError("release what? give --run ID (repeatable) or --stale (runs whose owner is dead)")
     with Store.existing(args.store) as store:
         if args.run:
-            running = {r["run_id"] for r in store.running()}
+            running = {r["run_id"]: r for r in store.running()}
             unknown = [r for r in args.run if r not in running]
             if unknown:
                 raise DepthlabError(f"not running in {args.store}: {', '.join(unknown)} (`depthlab status` lists "
                                     "the running runs and their owners)")
+            alive = [r for r in args.run if not running[r]["owner_dead"]]
+            if alive and not args.force:
+                owners = ", ".join(sorted({running[r]["owner"] or "?" for r in alive}))
+                raise DepthlabError(f"{len(alive)} of these run(s) are held by a runner that is alive ({owners}): "
+                                    "released, its result would be thrown away when it finishes. Stop that runner, "
+                                    "or pass --force to release them anyway")
         released = store.release_runs(args.run or None, stale=args.stale)
     print(f"released {len(released)} run(s) back to pending" + (": " + ", ".join(released) if released else ""))
     return 0
@@ -114,9 +120,9 @@ def cmd_results(args) -> int:
     with _open_store(args.store) as store:
         _check_sweep(store, args.sweep)
         records = store.records(status=args.status, sweep=args.sweep)
-    n = write_results(records, args.format, args.out)
+    n = write_results(records, args.format, args.out, history=args.history)
     if args.out != "-":
-        print(f"wrote {n} run(s) to {args.out}")
+        print(f"wrote {n} {'epoch row' if args.history else 'run'}(s) to {args.out}")
     return 0
 
 
@@ -238,6 +244,8 @@ def _add_results(subparsers) -> None:
     p.add_argument("--out", default="-", metavar="FILE", help="output file; '-' is stdout (default; not for parquet)")
     p.add_argument("--status", choices=STATUSES, help="only runs with this status")
     p.add_argument("--sweep", metavar="NAME", help="only runs of this sweep")
+    p.add_argument("--history", action="store_true", help="one row per run and epoch (the per-epoch metrics) "
+                   "instead of one per run")
     p.set_defaults(func=cmd_results)
 
 
@@ -299,6 +307,8 @@ def _add_release(subparsers) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, metavar="FILE", help=STORE_HELP)
     p.add_argument("--run", action="append", metavar="ID", help="a running run's full id (repeatable)")
     p.add_argument("--stale", action="store_true", help="every run whose owner is dead")
+    p.add_argument("--force", action="store_true", help="with --run: release runs whose runner is alive too (its "
+                   "result is then thrown away)")
     p.set_defaults(func=cmd_release)
 
 

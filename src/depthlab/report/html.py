@@ -228,12 +228,15 @@ def _summary(records: list[RunRecord], compare: dict, source: str | None) -> str
     done_by_dataset = Counter(str(r.config.get("dataset")) for r in records if r.status == "done")
     dataset_rows = [[esc(d), esc(n), esc(done_by_dataset[d])] for d, n in sorted(by_dataset.items())]
 
-    seconds = [float(r.seconds) for r in records if plots.finite(r.seconds) is not None]
-    timing = [("total run time", f"{sum(seconds):.1f} s ({sum(seconds) / 3600:.2f} h)" if seconds else "-"),
-              ("mean per timed run", f"{sum(seconds) / len(seconds):.2f} s ({len(seconds)} runs)" if seconds else "-")]
+    # a pack's models share its time: each run counts its share (RunRecord.pack_seconds), so packs count once
+    seconds = [float(r.pack_seconds) for r in records if plots.finite(r.pack_seconds) is not None]
+    timing = [("compute time (packs added)", f"{sum(seconds):.1f} s ({sum(seconds) / 3600:.2f} h)" if seconds
+               else "-"),
+              ("mean per timed run (its share of its pack)",
+               f"{sum(seconds) / len(seconds):.2f} s ({len(seconds)} runs)" if seconds else "-")]
     for topology in plots.TOPOLOGY_COLORS:
-        sel = [float(r.seconds) for r in records
-               if r.config.get("topology") == topology and plots.finite(r.seconds) is not None]
+        sel = [float(r.pack_seconds) for r in records
+               if r.config.get("topology") == topology and plots.finite(r.pack_seconds) is not None]
         if sel:
             timing.append((f"mean, {topology}", f"{sum(sel) / len(sel):.2f} s"))
     params = [r.params for r in records if isinstance(r.params, int)]

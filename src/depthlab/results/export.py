@@ -1,5 +1,8 @@
-"""Export store records as one flat table (CSV, JSON or Parquet): the result columns, then every config field
-that varies across the records (the constant ones say nothing about the comparison)."""
+"""Export store records as one flat table (CSV, JSON or Parquet): the result columns, the run's pack (its id, size
+and this run's share of the pack's time), then every config field (constant ones too: a table read later, or
+joined with another sweep's, must say what every run was), every extra measurement, and the environment
+(`env.<key>`); or, with `history`, one row per run and epoch. A CSV cell that a spreadsheet would run as a formula
+(text starting with =, +, -, @) is written with a leading apostrophe."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ RESULT_FIELDS = [
     "train_seconds", "error",
 ]
 FORMATS = ("csv", "json", "parquet")
+PACK_FIELDS = ["pack", "pack_size", "pack_seconds", "pack_train_seconds"]  # RunRecord: a pack's time, shared
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
 
 
 def _key(value) -> str:
@@ -47,21 +52,39 @@ def _cell(value):
 
 
 def _columns(records: list[RunRecord]) -> list[str]:
-    # a varied config key that is also a result column (e.g. `epochs`) shows the record's value
-    return RESULT_FIELDS + [k for k in varied_fields(records) if k not in RESULT_FIELDS]
+    """RESULT_FIELDS, PACK_FIELDS, every config key, every extra measurement, every env key (`env.<key>`)."""
+    taken = set(RESULT_FIELDS) | set(PACK_FIELDS)
+    config = sorted(set().union(*(r.config for r in records)) - taken) if records else []
+    extra = sorted(set().union(*(r.extra for r in records)) - taken - set(config)) if records else []
+    env = sorted({f"env.{k}" for r in records for k in r.env})
+    return RESULT_FIELDS + PACK_FIELDS + config + extra + env
 
 
 def flat_table(records: list[RunRecord]) -> list[dict]:
-    """One row per record: RESULT_FIELDS (of its flat view, `RunRecord.as_row`), then the varied config fields,
-    in that order."""
-    extra = _columns(records)[len(RESULT_FIELDS):]
+    """One row per record, with the columns of `_columns` (a record without one gets None)."""
+    columns = _columns(records)
     rows = []
     for rec in records:
-        flat = rec.as_row()
-        row = {f: _cell(flat.get(f)) for f in RESULT_FIELDS}
-        row.update({k: _cell(rec.config.get(k)) for k in extra})
-        rows.append(row)
+        flat = {**rec.as_row(), "pack": rec.env.get("pack"), "pack_size": rec.pack_size,
+                "pack_seconds": rec.pack_seconds, "pack_train_seconds": rec.pack_train_seconds,
+                **{f"env.{k}": v for k, v in rec.env.items()}}
+        rows.append({c: _cell(flat.get(c)) for c in columns})
     return rows
+
+
+def history_table(records: list[RunRecord]) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of the per-epoch metrics: one row per run and epoch, run_id and epoch first."""
+    rows = [{"run_id": rec.run_id, "epoch": i + 1, **{k: _cell(v) for k, v in h.items()}}
+            for rec in records for i, h in enumerate(rec.history)]
+    keys = sorted({k for r in rows for k in r} - {"run_id", "epoch"})
+    return ["run_id", "epoch", *keys], [{c: r.get(c) for c in ["run_id", "epoch", *keys]} for r in rows]
+
+
+def _safe_for_spreadsheets(value):
+    """Text a spreadsheet would evaluate (a sweep named "=cmd|..."), made inert with a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 @contextmanager
@@ -85,11 +108,12 @@ def _arrow_column(values: list):
     return [None if v is None else str(v) for v in values]
 
 
-def write_results(records: list[RunRecord], fmt: str = "csv", out="-") -> int:
-    """Write the flat table of `records` to `out` (a path, or "-" for stdout). Returns the number of rows."""
+def write_results(records: list[RunRecord], fmt: str = "csv", out="-", *, history: bool = False) -> int:
+    """Write the flat table of `records` (with `history`, their per-epoch rows) to `out` (a path, or "-" for
+    stdout). Returns the number of rows."""
     if fmt not in FORMATS:
         raise SpecError("format", fmt, ", ".join(FORMATS))
-    columns, rows = _columns(records), flat_table(records)
+    columns, rows = history_table(records) if history else (_columns(records), flat_table(records))
     if fmt == "parquet":
         if out == "-":
             raise DepthlabError("parquet is binary and needs a file: pass --out FILE.parquet")
@@ -111,7 +135,7 @@ def write_results(records: list[RunRecord], fmt: str = "csv", out="-") -> int:
         if fmt == "csv":
             writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _safe_for_spreadsheets(v) for k, v in row.items()} for row in rows)
         else:
             json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")

@@ -20,6 +20,7 @@ configs)` (train only the configs it returns), then, as training goes, `driver.e
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import traceback
@@ -62,6 +63,12 @@ def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool
     finally:
         if staged is not None:
             staged.unlink(missing_ok=True)  # moved into place, or not this owner's to write
+
+
+def pack_id(run_ids: list[str]) -> str:
+    """The id of a pack: a short hash of its runs' ids. Recorded in each run's env, so that the time its models
+    share (`seconds`, `train_seconds`) can be counted once per pack and split among them."""
+    return hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:12]
 
 
 def is_device_error(err: BaseException) -> bool:
@@ -172,8 +179,9 @@ class Driver:
     def finished(self, slot, results: list[RunResult]) -> None:
         """A pack's results, each written in its own transaction (weights first, when kept)."""
         self._heartbeat.hold(slot, [])
+        pack = pack_id([rid(r.config) for r in results])
         for result in results:
-            result.env = {**result.env, **self.env}
+            result.env = {**result.env, **self.env, "pack": pack}
             recorded = record(self.store, self.owner, result, self.store_path if self.save_weights else None)
             if not recorded:
                 self.log(f"run {rid(result.config)} was reclaimed by another runner; result dropped")
