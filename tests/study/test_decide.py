@@ -95,3 +95,15 @@ def test_runs_that_did_not_learn_get_no_verdict_and_no_recommendation():
         for v in lever["verdicts"]:
             assert v["verdict"].startswith("not learned") and v["stopped"] == "not learned"
             assert "equivalent" not in v["verdict"] and "better" not in v["verdict"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_answer_fits_the_terminal_with_accuracy_beside_every_verdict(width):
+    from depthlab.study.text import format_study
+
+    res = result(records({"d1": 0.80, "d2": 0.95, "d2-parallel": 0.85}, noise=0.002))
+    text = format_study(res, width=width)
+    assert max(map(len, text.splitlines())) <= width
+    assert text.index("recommended: d2") < text.index("levers")
+    verdict_lines = [line for line in text.splitlines() if line.lstrip().startswith(("depth ", "wiring "))]
+    assert len(verdict_lines) == 2 and all(" 0.8" in line or " 0.9" in line for line in verdict_lines)

@@ -25,17 +25,17 @@ def test_the_quick_level_has_the_designs_each_lever_asks_for(quick):
     assert count("depth") == 4                      # blocks 1, 2, 4, 8
     assert count("wiring") == 2 + 3 + 4            # d2: seq, parallel; d4: + groups:2; d8: + groups:2, groups:4
     assert count("scaling") == 5                    # BN λ=1, 1/√n, 1/n, SkipInit, Fixup at 8 blocks
-    assert count("kernel") == 3 and count("crop") == 3
+    assert count("kernel") == 2 and count("crop") == 3  # quick: lk 7 against 3x3 (standard adds lk 13)
     # shared designs train once: the frontier's d4 is wiring's sequential, kernel's 3x3 and crop's dense design
-    assert len(all_designs) == 18
+    assert len(all_designs) == 17
     d4 = next(d for d in all_designs if d.name == "d4")
     assert set(d4.levers) == {"depth", "wiring", "kernel", "crop"}
-    assert len(study_sweep(spec, {}).configs()) == 18 * spec.seeds
+    assert len(study_sweep(spec, {}).configs()) == 17 * spec.seeds
 
 
 @pytest.mark.parametrize("budget", [20_000, 80_000])
 def test_every_design_meets_its_budget_within_one_percent(budget):
-    spec = StudySpec(name="b", budgets=(budget,))
+    spec = StudySpec(name="b", budgets=(budget,), level="standard")
     for d in designs(spec):
         params = spec_params(d.config(0).model_spec(), merged=True)
         target = 2 * budget if d.name.endswith(("crop", "mask")) else budget  # cropped at init from twice the budget
@@ -65,7 +65,7 @@ def test_wirings_of_a_depth_have_equal_parameters(quick):
 
 def test_a_budget_too_small_names_the_smallest_that_fits():
     with pytest.raises(SpecError) as err:
-        designs(StudySpec(name="s", dataset="synthetic", budgets=(3000,), depths=(1, 2, 4)))
+        designs(StudySpec(name="s", dataset="synthetic", budgets=(3000,), depths=(1, 2, 4), kernels=(7, 13)))
     assert err.value.field == "budget" and "at least 3,297 parameters" in str(err.value)
     assert "lever kernel" in str(err.value)
     assert "lk" in str(err.value) and "kernel=13" in str(err.value)
@@ -95,3 +95,12 @@ def test_a_small_dataset_gets_subsets_that_fit_it():
     spec = StudySpec(name="s", dataset="synthetic")
     assert spec.train_subset is None and spec.settings["val_split"] == 1024 // 5
     assert spec.settings["test_subset"] == 256
+
+
+def test_a_dataset_without_a_corruption_suite_skips_the_shift_lever_and_says_so():
+    from depthlab.study.runner import skipped_levers
+
+    skipped = skipped_levers(StudySpec(name="f", dataset="fashion_mnist"))
+    assert list(skipped) == ["shift"] and "fashion_mnist has no corruption suite" in skipped["shift"]
+    assert skipped_levers(StudySpec(name="m")) == {}
+    assert "add depth" in skipped_levers(StudySpec(name="m", levers=("wiring", "shift")))["shift"]

@@ -97,3 +97,17 @@ def test_a_device_or_data_error_on_ray_stops_the_sweep_and_gives_every_run_back(
     records = Store(store_path).records()
     assert {r.status for r in records} == {"pending"}
     assert sum(r.attempts for r in records) == 2  # the two packs in flight; nothing new started after the error
+
+
+def test_a_study_trains_on_ray_as_on_the_local_backend(tmp_path):
+    """`depthlab study --backend ray`: the study's sweep goes through the same backend, each run once."""
+    from depthlab.study.design import StudySpec
+    from depthlab.study.runner import run_study
+
+    spec = StudySpec(name="ray-study", dataset="synthetic", budgets=(6000,), depths=(1, 2), levers=("depth",),
+                     seeds=3, max_seeds=3, epochs=1)
+    store_path = tmp_path / "study.sqlite"
+    result = run_study(spec, store_path, backend="ray", progress=False, log=lambda msg: None)
+    records = Store(store_path).records(sweep=spec.sweep)
+    assert len(records) == 6 and all(r.status == "done" and r.attempts == 1 for r in records)
+    assert [d["seeds"] for d in result["budgets"][0]["designs"]] == [3, 3]

@@ -13,7 +13,7 @@ from depthlab.cli.args import Defaults, add_precision
 from depthlab.data import registry
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.results.store import DEFAULT_STORE
-from depthlab.study.design import LEVERS, parse_budgets
+from depthlab.study.design import LEVERS, default_name, parse_budgets
 from depthlab.study import levels
 from depthlab.study.levels import DEFAULT_LEVEL, LEVELS
 
@@ -81,24 +81,12 @@ def study_spec(args):
         if given is not None:
             values[key] = list(given) if isinstance(given, tuple) else given
     if args.level is not None and args.spec:  # a new level brings its own seeds, epochs, data and depths
-        for key in ("seeds", "max_seeds", "seed_step", "epochs", "train_subset", "depths", "shift_examples",
+        for key in ("seeds", "max_seeds", "seed_step", "epochs", "train_subset", "depths", "kernels", "shift_examples",
                     "shift_corruptions"):
             values.pop(key, None)
     if "name" not in values:
-        values["name"] = _default_name(values)
+        values["name"] = default_name(values)
     return StudySpec.from_dict(values, origin=args.spec or "study")
-
-
-def _default_name(values: dict) -> str:
-    level = values.get("level", DEFAULT_LEVEL)
-    budgets = values.get("budgets") or LEVELS[level].budgets
-    name = f"{values.get('dataset', 'mnist')}-{level}-" + ",".join(_short(b) for b in budgets)
-    levers = values.get("levers")
-    return name if not levers or list(levers) == list(LEVERS) else f"{name}-{'+'.join(levers)}"
-
-
-def _short(budget: int) -> str:
-    return f"{budget // 1000}k" if budget % 1000 == 0 else str(budget)
 
 
 def _read_spec(path: str) -> dict:

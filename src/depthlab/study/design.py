@@ -88,7 +88,7 @@ class StudySpec:
     train_subset: int | None = 0
     depths: tuple[int, ...] = ()
     settings: dict = field(default_factory=dict)
-    kernels: tuple[int, ...] = (7, 13)       # the kernel lever's lk sizes (dilated re-parameterisation)
+    kernels: tuple[int, ...] = ()            # the kernel lever's lk sizes (dilated re-parameterisation)
     crop_density: float = 0.5                # the crop lever: the kept fraction of the twice-budget design
     crop_method: str = "precrop_params"
     shift_methods: tuple[str, ...] = ("source", "alpha_bn", "tent")
@@ -105,9 +105,10 @@ class StudySpec:
         for name in ("train_subset", "shift_corruptions"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, getattr(level, name))
-        for name, default in (("budgets", level.budgets), ("depths", level.depths), ("levers", tuple(LEVERS))):
+        for name, default in (("budgets", level.budgets), ("depths", level.depths), ("kernels", level.kernels),
+                              ("levers", tuple(LEVERS))):
             object.__setattr__(self, name, tuple(getattr(self, name) or default))
-        for name in ("kernels", "shift_methods", "shift_batch_sizes"):
+        for name in ("shift_methods", "shift_batch_sizes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "settings", {**self._sized_settings(), **(self.settings or {})})
         self._check_values()
@@ -216,6 +217,16 @@ def parse_budgets(text: str) -> tuple[int, ...]:
             raise SpecError("budget", part.strip(), "a positive whole number of parameters")
         out.append(int(value))
     return tuple(out)
+
+
+def default_name(values: dict) -> str:
+    """A study's name from its fields when none is given: dataset-level-budgets, and its levers when not all."""
+    level = values.get("level", DEFAULT_LEVEL)
+    budgets = values.get("budgets") or LEVELS[level].budgets if level in LEVELS else values.get("budgets") or ()
+    short = lambda b: f"{b // 1000}k" if isinstance(b, int) and b % 1000 == 0 else str(b)
+    name = f"{values.get('dataset', 'mnist')}-{level}-" + ",".join(short(b) for b in budgets)
+    levers = values.get("levers")
+    return name if not levers or list(levers) == list(LEVERS) else f"{name}-{'+'.join(levers)}"
 
 
 # -- the levers --------------------------------------------------------------------------------------------------
@@ -344,16 +355,43 @@ def sized(spec: StudySpec, budget: int, **values) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _sized(shared: str, budget: int, own: str) -> tuple:
+    best = _best_size(shared, budget, own)
+    if best is not None:
+        return best
+    fields_, count = _counter(shared, own)
+    n = fields_["blocks"]
+    smallest = count(fields_.get("width", 1), (1,) * n)
+    if budget < smallest:
+        raise SpecError("budget", budget, f"at least {smallest:,} parameters for its {_describe(fields_)} "
+                        f"design (the smallest it can be; several times that to learn)")
+    fits = next((b for b in (round(budget * (1 + BUDGET_TOLERANCE) ** k) for k in range(1, 400))
+                 if _best_size(shared, b, own) is not None), None)
+    raise SpecError("budget", budget, f"a budget its {_describe(fields_)} design meets within "
+                    f"{BUDGET_TOLERANCE:.0%}: its widths step over {budget:,} at this size"
+                    + (f"; {fits:,} is the next that fits" if fits else ""))
+
+
+def _counter(shared: str, own: str):
+    """(the design's fields, count(width, hidden widths) -> inference parameters)."""
     import json
 
     from depthlab.models import spec_params
     from depthlab.spec.config import RunConfig
 
-    values = {**json.loads(own)}
-    fields_ = {**json.loads(shared), **values, "seed": 0}
-    n = fields_["blocks"]
+    fields_ = {**json.loads(shared), **json.loads(own), "seed": 0}
     count = lambda width, hidden: spec_params(
         RunConfig.from_dict({**fields_, "width": width, "hidden": list(hidden)}).model_spec(), merged=True)
+    return fields_, count
+
+
+@functools.lru_cache(maxsize=None)
+def _best_size(shared: str, budget: int, own: str) -> tuple | None:
+    """The (own fields, width, hidden widths) items of the best size for `budget`, or None when none fits."""
+    import json
+
+    values = json.loads(own)
+    fields_, count = _counter(shared, own)
+    n = fields_["blocks"]
     best = None
     widths = [values["width"]] if "width" in values else range(1, 1025)
     for width in widths:
@@ -368,9 +406,7 @@ def _sized(shared: str, budget: int, own: str) -> tuple:
         if total / n < width / WIDTH_RATIO:
             break  # wider only makes hidden narrower
     if best is None:
-        smallest = count(values.get("width", 1), (1,) * n)
-        raise SpecError("budget", budget, f"at least {smallest:,} parameters for its {_describe(fields_)} design "
-                        f"(the smallest it can be within {BUDGET_TOLERANCE:.0%}; several times that to learn)")
+        return None
     _, width, hidden = best
     return tuple({**values, "width": width, "hidden": list(hidden)}.items())
 
@@ -421,16 +457,18 @@ def lever_pairs(all_designs: list[Design], lever: str, budget: int) -> list[tupl
     return [(by_name[a], by_name[b]) for a, b in LEVERS[lever].pairs(mine)]
 
 
-def study_sweep(spec: StudySpec, seeds: dict[str, int]):
+def study_sweep(spec: StudySpec, seeds: dict[str, int], costs: dict | None = None):
     """The study's runs as one sweep: every design with its seeds so far (`seeds`: {design key: n}; the first
-    round's count where absent), so that same-shape runs of every lever and budget train in one pack."""
+    round's count where absent), so that same-shape runs of every lever and budget train in one pack. With
+    `costs` ({design key: cost}), the designs slowest to train come first: packs start in that order, so the
+    longest start first and the short ones fill the other workers around them, instead of a long pack running
+    alone at the end (a large-kernel pack takes several times a 3x3 one)."""
     from depthlab.spec.grid import SweepSpec
 
-    runs, seen = [], set()
-    for d in designs(spec):
-        if d.key in seen:
-            continue
-        seen.add(d.key)
+    unique = list({d.key: d for d in reversed(designs(spec))}.values())[::-1]  # the first of each key, in order
+    speed = lambda d: ((costs or {}).get(d.key) or {}).get("train_samples_per_s") or float("inf")
+    runs = []
+    for d in sorted(unique, key=speed):  # stable: designs of unknown cost keep their order, last
         # a list in a sweep's run is an axis to vary: a design's per-block hidden widths are one value
         fixed = {k: [v] if isinstance(v, list) else v for k, v in d.fields.items()}
         runs.append({**fixed, "seed": list(range(seeds.get(d.key, spec.seeds)))})

@@ -74,9 +74,9 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
             clock = time.perf_counter()
             costs = _costs(store, designs, cost_device, resolved, log)
             seconds["cost"] = time.perf_counter() - clock
-            seeds = _rounds(spec, designs, store, store_path, state, dict(device=device, backend=backend,
-                            ray_address=ray_address, precision=precision, data_root=data_root, progress=progress,
-                            log=log), seconds)
+            seeds = _rounds(spec, designs, costs, store, store_path, state, dict(
+                device=device, backend=backend, ray_address=ray_address, precision=precision, data_root=data_root,
+                progress=progress, log=log), seconds)
             if "shift" in spec.levers and "shift" not in skipped:
                 clock = time.perf_counter()
                 _shift(spec, designs, store, store_path, cost_device, resolved, data_root, progress, log)
@@ -108,13 +108,14 @@ def _costs(store, designs, device, precision: str, log) -> dict:
     return {d.key: measured.get(config_id(d.config(0).to_dict())) for d in designs}
 
 
-def _rounds(spec: StudySpec, designs, store, store_path, state: dict, how: dict, seconds: dict) -> dict:
+def _rounds(spec: StudySpec, designs, costs: dict, store, store_path, state: dict, how: dict,
+            seconds: dict) -> dict:
     """Train round after round until no open contrast can grow; returns the seeds reached. Each round's seeds are
     recorded before it trains, so that a killed round is resumed, not re-decided."""
     seeds = state["seeds"]
     while True:
         store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "training"})
-        sweep = study_sweep(spec, seeds)
+        sweep = study_sweep(spec, seeds, costs)
         how["log"](f"study {spec.name}: round {state['round'] + 1}, {len(sweep.configs())} runs of "
                    f"{len({d.key for d in designs})} designs")
         clock = time.perf_counter()
@@ -134,16 +135,17 @@ def _rounds(spec: StudySpec, designs, store, store_path, state: dict, how: dict,
 
 
 def _train(sweep, store_path, *, device, backend, ray_address, precision, data_root, progress, log) -> dict:
-    """Train the sweep's missing runs (with their weights: the robustness lever and later analyses load them)."""
+    """Train the sweep's missing runs, with their weights (the robustness lever and later analyses load them) and
+    without the geometric complexity (the study does not read it; it would count as time outside training)."""
     if backend == "ray":
         from depthlab.run.ray_backend import run_sweep_ray
 
         return run_sweep_ray(sweep, store_path, device=device, address=ray_address, data_root=data_root,
-                             progress=progress, save_weights=True, precision=precision, log=log)
+                             progress=progress, save_weights=True, precision=precision, log=log, complexity=False)
     from depthlab.run.runner import run_sweep
 
     return run_sweep(sweep, store_path, device=device, save_weights=True, data_root=data_root, progress=progress,
-                     precision=precision, log=log)
+                     precision=precision, log=log, complexity=False)
 
 
 def shift_corruptions(spec: StudySpec) -> tuple[str, list[str], object]:
