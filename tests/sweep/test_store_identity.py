@@ -136,7 +136,7 @@ def test_a_schema_4_store_migrates_once_and_keeps_every_run(store_v4):
     old_weights = weights_of(path)
     assert raw(path, "PRAGMA user_version") == [(4,)] and len(old_rows) == 8 and len(old_weights) == 7
     with Store(path) as store:
-        assert store.migrated == [5] and store.schema_version == SCHEMA_VERSION == 5
+        assert store.migrated == [5, 6] and store.schema_version == SCHEMA_VERSION == 6
         recs = store.records()
         rekeyed = store.rekeyed()
         shift = store.shift_rows()
@@ -232,7 +232,7 @@ def test_a_new_id_seen_before_the_store_was_opened_for_writing_finds_its_weights
         rid = next(r.run_id for r in store.records() if r.status == "done")
     assert raw(store_v4, "PRAGMA user_version") == [(4,)]
     model, config, full = load_trained(store_v4, rid[:10])
-    assert full == rid and raw(store_v4, "PRAGMA user_version") == [(5,)] and rid in weights_of(store_v4)
+    assert full == rid and raw(store_v4, "PRAGMA user_version") == [(SCHEMA_VERSION,)] and rid in weights_of(store_v4)
 
 
 def test_a_run_stored_twice_before_its_fields_were_canonical_is_kept_once(store_v4):
@@ -269,7 +269,7 @@ def test_a_kill_between_the_commit_and_the_renames_strands_no_weights(store_v4, 
     monkeypatch.setattr(Store, "_rename_weights", killed)
     with pytest.raises(KeyboardInterrupt):
         Store(store_v4)
-    assert raw(store_v4, "PRAGMA user_version") == [(5,)] and weights_of(store_v4) == old_weights
+    assert raw(store_v4, "PRAGMA user_version") == [(SCHEMA_VERSION,)] and weights_of(store_v4) == old_weights
     monkeypatch.undo()
     pending = raw(store_v4, "SELECT old_id, new_id FROM rekeyed WHERE renamed = 0")
     assert len(pending) == 8
