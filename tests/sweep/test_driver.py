@@ -1,5 +1,6 @@
 """The driver's record step: a result is written only while its runner holds the run, weights included."""
 
+import pytest
 import torch
 
 from depthlab.results import weights
@@ -43,3 +44,19 @@ def test_weights_are_in_place_when_the_row_says_done(tmp_path):
     store.claim([run], "me")
     assert record(store, "me", result(3.0), path)
     assert torch.equal(saved(path), torch.full((2,), 3.0))
+
+
+def test_a_failed_weights_write_leaves_no_partial_file_and_says_why(tmp_path, monkeypatch):
+    """#23 bug 12: a full disk during --save-weights surfaced torch's raw RuntimeError and left a partial file."""
+    from depthlab.errors import DepthlabError
+
+    def full(obj, path):
+        open(path, "wb").write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(DepthlabError, match="cannot write the weights of run 0123456789abcdef .*disk full"):
+        weights.stage_weights(store, "0123456789abcdef", RunConfig(), {})
+    assert list(weights.weights_dir(store).iterdir()) == []

@@ -383,3 +383,14 @@ def test_an_edited_spec_under_the_same_name_says_so_and_its_orphans_can_be_dropp
         assert s.counts("tiny") == {"pending": 0, "running": 0, "done": 5, "diverged": 0, "failed": 0}
         assert len(s.records()) == 5  # the dropped runs belonged to no other sweep: gone
     assert main(["drop", "--store", str(store), "--sweep", "nope"]) == 2
+
+
+def test_an_init_from_naming_no_run_is_refused_before_anything_trains(tmp_path, capsys):
+    """#23 bug 6: a missing init_from was not checked before training (nor by the dry run) and failed its pack."""
+    spec = write_spec(tmp_path, init_from="0123456789abcdef")
+    store = tmp_path / "s.sqlite"
+    assert main(["run", str(spec), "--store", str(store), "--dry-run"]) == 2
+    assert "init_from: got '0123456789abcdef'" in capsys.readouterr().err
+    assert main(["run", str(spec), "--store", str(store), "--quiet"]) == 2
+    assert "name no run there: 0123456789abcdef" in capsys.readouterr().err
+    assert Store(store).counts().get("done", 0) == 0

@@ -109,7 +109,7 @@ def _dry_run(args, spec, device) -> int:
         return 0
     store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
     the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision,
-                    workers=args.workers)
+                    workers=args.workers, store_path=args.store)
     if store is not None:
         store.close()
     measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "

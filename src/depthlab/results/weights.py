@@ -54,9 +54,13 @@ def stage_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> 
     staged = Path(name)
     try:
         torch.save({"config": config.to_dict(), "state_dict": state_dict}, staged)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         staged.unlink(missing_ok=True)
-        raise DepthlabError(f"cannot write the weights of run {rid} to {final}: {err.strerror or err}") from err
+        # torch's zip writer reports a failed write (a full disk) as a RuntimeError, not an OSError
+        if isinstance(err, RuntimeError) and "PytorchStreamWriter failed" not in str(err):
+            raise
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed (is the disk full?)"
+        raise DepthlabError(f"cannot write the weights of run {rid} to {final}: {why}") from err
     return staged
 
 

@@ -97,6 +97,7 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     configs = spec.configs()
     if not configs:
         raise DepthlabError(f"sweep {spec.name!r} has no runs: its grid is empty or `exclude` removes every run")
+    check_starts(configs, store, store_path)
     ids = [rid(c) for c in configs]
     reopened = 0
     if add and store is not None:
@@ -127,6 +128,22 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
                      packs=make_packs(todo, device, max_pack, sizes, precision, defaults=True, workers=workers),
                      precision=precision, sizes=sizes, uncalibrated=uncalibrated, workers=workers, threads=threads,
                      superseded=superseded, reopened=reopened, orphans=orphans)
+
+
+def check_starts(configs: list[RunConfig], store: Store | None, store_path) -> None:
+    """Refuse, before anything trains, a run whose `init_from` names a run neither the store holds nor has saved
+    weights of (a typo, or another store's run): it would fail its whole pack once it started."""
+    starts = sorted({c.init_from for c in configs if c.init_from})
+    if not starts:
+        return
+    known = store.statuses(starts) if store is not None else {}
+    unknown = [r for r in starts if r not in known
+               and (store_path is None or not weights.has_weights(store_path, r))]
+    if unknown:
+        where = store_path if store_path is not None else "the store"
+        raise SpecError("init_from", unknown[0], f"the id of a run in {where} whose weights were saved "
+                        f"(`depthlab run SPEC --store {where} --save-weights`); {len(unknown)} init_from id(s) "
+                        "name no run there: " + ", ".join(unknown[:5]))
 
 
 def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, dataset, device: torch.device,
