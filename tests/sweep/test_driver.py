@@ -60,3 +60,33 @@ def test_a_failed_weights_write_leaves_no_partial_file_and_says_why(tmp_path, mo
     with pytest.raises(DepthlabError, match="cannot write the weights of run 0123456789abcdef .*disk full"):
         weights.stage_weights(store, "0123456789abcdef", RunConfig(), {})
     assert list(weights.weights_dir(store).iterdir()) == []
+
+
+def test_weights_are_checked_before_use(tmp_path):
+    """#23 bug 9: flipped bytes loaded silently (a lesion reported a loss of 6.9e22) and a weights file swapped
+    with another run's was analysed under the wrong id."""
+    from depthlab.errors import DepthlabError
+    from depthlab.models import build
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    other = CONFIG.replace(seed=1)
+    store.add_runs([CONFIG.to_dict(), other.to_dict()], sweep="s", recipe=2)
+    for config in (CONFIG, other):
+        store.claim([rid(config)], "me")
+        state = build(config.model_spec(), seed=config.seed).state_dict()
+        assert record(store, "me", RunResult(config=config, status="done", final=FINAL, state_dict=state), path)
+    weights.load_trained(path, rid(CONFIG))  # as written: fine
+    mine, theirs = (weights.weights_path(path, rid(c)) for c in (CONFIG, other))
+    good = mine.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+    mine.write_bytes(bytes(flipped))
+    with pytest.raises(DepthlabError, match="its checksum is not the one recorded"):
+        weights.load_trained(path, rid(CONFIG))
+    store.close()
+    with Store(path) as s:  # a run trained before checksums were recorded: the config still tells a swap
+        s._conn.execute("UPDATE runs SET env = '{}'")
+    mine.write_bytes(theirs.read_bytes())
+    with pytest.raises(DepthlabError, match="holds the weights of another run"):
+        weights.load_trained(path, rid(CONFIG))

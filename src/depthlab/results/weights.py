@@ -6,6 +6,7 @@ or a glob pattern, so no id can reach a file outside the folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from depthlab.errors import DepthlabError
+from depthlab.records import config_id
 from depthlab.models import ResidualNet
 from depthlab.models.rng import blank
 from depthlab.spec.config import RunConfig
@@ -112,6 +114,8 @@ def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunCo
     `dataset` (a loaded `depthlab.data.Dataset`) supplies the input shape when the run's dataset is not the
     built-in shape (e.g. synthetic data of another size)."""
     path = resolve(store_path, run)
+    recorded = _recorded(store_path, path.stem)
+    _check_digest(path, recorded, store_path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = RunConfig.from_dict(saved["config"])
@@ -124,4 +128,45 @@ def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunCo
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
         raise DepthlabError(f"{path}: not a readable depthlab weights file ({type(err).__name__}: {err}); "
                             "delete it and train the run again with --save-weights") from None
+    if recorded is not None and _identity(saved["config"]) != _identity(recorded.config):
+        raise DepthlabError(f"{path}: holds the weights of another run (its config is not run {path.stem}'s: a "
+                            f"swapped or copied file); {_RETRAIN.format(store=store_path)}")
     return model.eval(), config, path.stem
+
+
+def _identity(config) -> str:
+    """What tells a run's weights from another run's: its config id without `init_from`, which schema 5 rewrote
+    in the store (to the new id of the run it starts from) but not in the files written before."""
+    return config_id({k: v for k, v in dict(config).items() if k != "init_from"})
+
+
+_RETRAIN = "delete it, and `depthlab run SPEC --store {store} --save-weights` trains the run again"
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes: recorded with a run when its weights are written (env `weights_sha256`)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _recorded(store_path, run_id: str):
+    """The store's record of `run_id`, or None (no store file, or no such run): what the file is checked against."""
+    from depthlab.results.store import Store
+
+    if not os.path.isfile(store_path):
+        return None
+    with Store(store_path, readonly=True) as store:
+        found = store.records(run_ids=[run_id])
+    return found[0] if found else None
+
+
+def _check_digest(path: Path, recorded, store_path) -> None:
+    """Refuse a file whose bytes are not those written when the run was trained (runs trained before the
+    checksum was recorded are not checked)."""
+    digest = recorded.env.get("weights_sha256") if recorded is not None else None
+    if digest and file_digest(path) != digest:
+        raise DepthlabError(f"{path}: its checksum is not the one recorded when run {path.stem} was trained (the "
+                            f"file is corrupt or was replaced); {_RETRAIN.format(store=store_path)}")

@@ -48,16 +48,17 @@ def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool
     owner's: a run is never done without the weights that were asked for, and a runner that lost its claim never
     writes over the file of the runner that holds it now."""
     run = rid(result.config)
-    staged = None
+    staged, env = None, result.env
     if result.state_dict is not None and store_path is not None:
         staged = weights.stage_weights(store_path, run, result.config, result.state_dict)
+        env = {**env, "weights_sha256": weights.file_digest(staged)}  # checked before the file is used
 
     def into_place():
         staged.replace(weights.weights_path(store_path, run))
 
     try:
         return store.finish(run, owner, status=result.status, final=result.final, history=result.history,
-                            params=result.params, q=result.q, seconds=result.seconds, env=result.env,
+                            params=result.params, q=result.q, seconds=result.seconds, env=env,
                             error=result.error, train_seconds=result.train_seconds,
                             then=into_place if staged is not None else None)
     finally:
