@@ -254,3 +254,25 @@ def test_pruned_runs_resume_like_any_run(tmp_path):
     assert sum(second["trained"].values()) == 1 and second["counts"]["done"] == 4
     records = Store(store).records()
     assert all(r.extra["realised_density"] and r.extra["pruned_params"] and r.extra["layer_density"] for r in records)
+
+
+def test_a_crop_pruned_runs_saved_weights_load_for_every_analysis(tmp_path, capsys):
+    """#23 bug 5: the weights of a crop-pruned run could not be loaded by lesion, convert, expand, paths, erf,
+    reparam or shift (size mismatch: the file has the cropped widths, the config the dense ones)."""
+    from depthlab.cli.main import main
+    from depthlab.models import param_count
+    from depthlab.results.store import Store
+    from depthlab.results.weights import load_trained
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
+
+    spec = SweepSpec.from_dict({
+        "name": "c", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 16,
+                                  "width": 8, "blocks": 2, "stem_stride": 2, "batch_size": 32, "epochs": 1,
+                                  "prune": "precrop_params", "density": 0.5, "prune_structure": "crop"}})
+    store = tmp_path / "s.sqlite"
+    run_sweep(spec, store, device="cpu", progress=False, save_weights=True, precision="fp32")
+    (rec,) = Store(store).records()
+    model, config, _ = load_trained(store, rec.run_id)
+    assert config.cropped and param_count(model) == rec.params
+    assert main(["lesion", "--store", str(store), "--run", rec.run_id, "--no-plain", "--quiet"]) == 0

@@ -16,7 +16,7 @@ import torch
 
 from depthlab.errors import DepthlabError
 from depthlab.records import config_id
-from depthlab.models import ResidualNet
+from depthlab.models import ModelSpec, ResidualNet
 from depthlab.models.rng import blank
 from depthlab.spec.config import RunConfig
 
@@ -45,7 +45,7 @@ def save_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> P
     return final
 
 
-def stage_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> Path:
+def stage_weights(store_path, rid: str, config: RunConfig, state_dict: dict, spec: dict | None = None) -> Path:
     """The weights written under a name of their own in the weights folder (hidden, unique to this call), to be
     renamed into place (`weights_path`) only once the run is known to be the writer's: two runners that trained
     the same run never write over each other's file."""
@@ -55,7 +55,9 @@ def stage_weights(store_path, rid: str, config: RunConfig, state_dict: dict) -> 
     os.close(fd)
     staged = Path(name)
     try:
-        torch.save({"config": config.to_dict(), "state_dict": state_dict}, staged)
+        # the network's own spec too: a crop-pruned run's widths come from its mask, not from its config
+        torch.save({"config": config.to_dict(), "state_dict": state_dict,
+                    **({"spec": dict(spec)} if spec is not None else {})}, staged)
     except (OSError, RuntimeError) as err:
         staged.unlink(missing_ok=True)
         # torch's zip writer reports a failed write (a full disk) as a RuntimeError, not an OSError
@@ -119,8 +121,14 @@ def load_trained(store_path, run: str, dataset=None) -> tuple[ResidualNet, RunCo
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = RunConfig.from_dict(saved["config"])
-        spec = config.model_spec() if dataset is None else config.model_spec(
-            dataset.in_channels, dataset.input_size, dataset.num_classes)
+        if "spec" in saved:  # the network as trained (a cropped run's narrower one)
+            spec = ModelSpec.from_dict({k: tuple(v) if isinstance(v, list) else v for k, v in saved["spec"].items()})
+        elif config.cropped:
+            raise DepthlabError(f"{path}: a crop-pruned run saved before its cropped widths were kept with its "
+                                f"weights; {_RETRAIN.format(store=store_path)}")
+        else:
+            spec = config.model_spec() if dataset is None else config.model_spec(
+                dataset.in_channels, dataset.input_size, dataset.num_classes)
         model = blank(ResidualNet, spec)  # its weights are the file's: nothing drawn from the global RNG
         model.load_state_dict(saved["state_dict"])
     except DepthlabError:

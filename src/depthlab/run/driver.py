@@ -50,7 +50,7 @@ def record(store: Store, owner: str, result: RunResult, store_path=None) -> bool
     run = rid(result.config)
     staged, env = None, result.env
     if result.state_dict is not None and store_path is not None:
-        staged = weights.stage_weights(store_path, run, result.config, result.state_dict)
+        staged = weights.stage_weights(store_path, run, result.config, result.state_dict, spec=result.spec)
         env = {**env, "weights_sha256": weights.file_digest(staged)}  # checked before the file is used
 
     def into_place():

@@ -70,6 +70,7 @@ class RunResult:
     env: dict = field(default_factory=dict)
     error: str | None = None
     state_dict: dict | None = None   # the trained single model's weights (CPU), when asked for
+    spec: dict | None = None         # its network (ModelSpec.to_dict()) with them: a cropped run's is not its config's
 
 
 def synchronize(device: torch.device) -> None:
@@ -348,7 +349,8 @@ def _results(configs, net, dataset, trained: _Trained, finals: _Finals, pruning:
             config=config, status="diverged" if diverged else "done", final=final, history=trained.histories[i],
             seconds=seconds, train_seconds=trained.train_seconds, params=params, q=q, env=env,
             error="loss became NaN/inf; training of this model stopped" if diverged else None,
-            state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None))
+            state_dict={k: v.detach().cpu() for k, v in singles[i].state_dict().items()} if singles else None,
+            spec=singles[i].spec.to_dict() if singles else None))
     return results
 
 
