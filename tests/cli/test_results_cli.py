@@ -103,8 +103,8 @@ def test_results_errors(tmp_path, capsys):
 def test_compare_text_and_json(tmp_path, capsys):
     path = tmp_path / "runs.sqlite"
     make_store(path)
-    rc, out, _ = run(["compare", "--store", str(path), "--by", "head", "--metric", "val_loss", "--n-boot", "2000"],
-                     capsys)
+    rc, out, _ = run(["compare", "--store", str(path), "--by", "head", "--metric", "val_loss", "--n-boot", "2000",
+                      "--details"], capsys)
     assert rc == 0
     assert "val_loss: d = parallel - sequential" in out and "train_loss:" not in out
     assert "diverged: sequential 0, parallel 1" in out

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import shutil
 from collections import Counter
 from typing import Mapping
 
@@ -674,4 +676,170 @@ def _format_comparison(metric: str, res: dict, by) -> list[str]:
     ]
     align = "ll" + ("l" if by else "") + "rrrrlrrrl"
     out.append(text_table(headers, rows, align) if rows else f"(no {a}/{b} pairs)")
+    return out
+
+
+
+# -- the answer on one screen: the verdicts first, then (--details) the tables above -----------------------------
+
+GLUE = "\x00"  # a space the wrapping keeps (inside a CI, a label), printed as a space
+ANSWER_WIDTH = 100  # columns when stdout is not a terminal
+
+
+def terminal_width(fallback: int = ANSWER_WIDTH) -> int:
+    """The terminal's width in columns (COLUMNS when set); `fallback` when stdout is not a terminal."""
+    return shutil.get_terminal_size((fallback, 40)).columns
+
+
+def wrap_line(line: str, width: int) -> list[str]:
+    """`line` as lines of at most `width` characters, broken only at spaces (never inside a word, and at a glued
+    space only when its group alone is wider than a line); continuation lines are indented 4 more than the first.
+    A single word wider than `width` stands alone on its line (the one case a line can be longer)."""
+    if len(line) <= width:
+        return [line.replace(GLUE, " ")]
+    lead = len(line) - len(line.lstrip(" "))
+    indent = " " * (lead + 4) if lead + 4 <= width // 2 else ""
+    words = []
+    for word in line.split(" "):
+        if word:
+            words += word.split(GLUE) if len(word) > width - len(indent) else [word]
+    out, cur = [], " " * lead
+    for word in words:
+        if cur.strip() and len(cur) + 1 + len(word) > width:
+            out.append(cur)
+            cur = indent
+        if not cur.strip():
+            cur = cur + word if len(cur) + len(word) <= width else word
+        else:
+            cur += " " + word
+    out.append(cur)
+    return [part.replace(GLUE, " ").rstrip() for part in out]
+
+
+def _glued(text: str) -> str:
+    return str(text).replace(" ", GLUE)
+
+
+def format_answer(report: dict, width: int | None = None, *, details: bool = False, store: str | None = None,
+                  sweep: str | None = None) -> str:
+    """The report's answer on one screen, lines at most `width` characters (default: the terminal's, or
+    ANSWER_WIDTH when stdout is not one): a header (contrast, runs by status, recipe, precision), then per metric
+    one line per pair of values with d = b - a (mean over the pairs used and its CI), pairs used/found and the
+    verdict, followed by short lines per Q band (and per `by` value) where there are several; with more than two
+    values a ranking of the values by their mean over done runs. Last, how to see the full tables; `details`:
+    the full tables (`format_report`) follow. `store`/`sweep`: named in that last line's command."""
+    width = terminal_width() if width is None else width
+    contrast = report.get("contrast", DEFAULT_CONTRAST)
+    values = report.get("values", [])
+    results = [res for found in report["paired"].values() for res in found]
+    lines = [_answer_header(report)]
+    if results:
+        level = results[0].get("ci_level", 0.95)
+        lines.append(f"each line: d = b - a, its mean over the pairs [{level:.0%} bootstrap CI]; pairs used/found; "
+                     "verdict")
+    blocks = []
+    pad = max(map(len, report["paired"]), default=0)
+    for metric, found in report["paired"].items():
+        block = [] if found else [f"{metric}: only one value of {contrast}: nothing to pair"]
+        for res in found:
+            block += _verdict_lines(_glued(metric.ljust(pad)), res, report.get("by"))
+        if len(values) > 2:
+            block += _ranking_lines(report, metric)
+        blocks.append(block)
+    spaced = any(len(block) > 1 for block in blocks)
+    for i, block in enumerate(blocks):
+        lines += ([""] if i == 0 or spaced else []) + block
+    if len(report.get("precisions") or {}) > 1:  # the one note that changes how a verdict reads
+        first = next(iter(report["paired"].values()), [])
+        mixed = sum(res["pairs"].get("n_mixed_precisions", 0) for res in first)
+        lines += ["", f"note: runs were trained in several precisions; {mixed} pairs mix precisions (bf16 moves "
+                  "final metrics by about 1%: read small differences with care)"]
+    tables = f"means per Q{GLUE}band, margins, exclusions, notes"
+    if not details:
+        command = " ".join(["depthlab compare"] + ([f"--store {shlex.quote(store)}"] if store else [])
+                           + ([f"--sweep {shlex.quote(sweep)}"] if sweep else []) + ["--details"])
+        lines += ["", (f"`{command}` shows" if store or sweep else "--details shows") + f" the full tables ({tables})"]
+    text = "\n".join(part for line in lines for part in wrap_line(line, width)) + "\n"
+    return text + "\n" + format_report(report) if details else text
+
+
+def _answer_header(report: dict) -> str:
+    contrast = report.get("contrast", DEFAULT_CONTRAST)
+    labels = [_glued(value_label(contrast, v)) for v in report.get("values", [])]
+    statuses = ", ".join(f"{s}{GLUE}{n}" for s, n in report["counts"].items() if n)
+    recipes = (report.get("recipes") or {}).get("recipes")
+    return (f"depthlab compare, {contrast}: {' vs '.join(labels) or 'no values'}; {report['n_runs']} runs"
+            + (f" ({statuses})" if statuses else "")
+            + (f"; recipe {', '.join(map(str, recipes))}" if recipes else "")
+            + (f"; precision {', '.join(report['precisions'])}" if report.get("precisions") else ""))
+
+
+def _d_text(g: dict) -> str:
+    """d's mean with its CI, the pairs used of those found, and the verdict, for one group's row."""
+    found = g["n_pairs"] + g.get("n_excluded", 0) + g.get("n_unfinished", 0) + g.get("n_missing", 0)
+    used = f"{g['n_pairs']}/{found}{GLUE}pairs: {g['verdict']}"
+    if g.get("mean") is None:  # no pair used: no d
+        return used
+    ci = "no CI" if g.get("ci_low") is None else f"[{g['ci_low']:+.3g}, {g['ci_high']:+.3g}]"
+    d = _glued(f"d {g['mean']:+.3g} {ci}")
+    return f"{d}, {used}"
+
+
+def _verdict_lines(metric: str, res: dict, by: str | None) -> list[str]:
+    """One line per dataset for the pair of values in `res` (its "all" group), each followed by short lines
+    per Q band when the pairs fall in several, and per `by` value when there are several."""
+    head = f"{metric} {_glued(res['b_label'])} - {_glued(res['a_label'])}"
+    groups = res["groups"]
+    if not groups:
+        p = res["pairs"]
+        return [f"{head}: no pairs ({p.get('n_unpaired', 0)} runs without a partner)"]
+    datasets = list(dict.fromkeys(g["dataset"] for g in groups))
+    out = []
+    for dataset in datasets:
+        rows = [g for g in groups if g["dataset"] == dataset]
+        bands = {g["q_band"] for g in rows} - {ALL}
+        by_values = {canonical_json(g.get("by_value")) for g in rows if by and g.get("by_value") != ALL}
+        for g in rows:
+            band, by_value = g["q_band"], g.get("by_value", ALL) if by else ALL
+            if band == ALL and by_value == ALL:
+                out.append(f"{head}" + (f" on {_glued(dataset)}" if len(datasets) > 1 else "") + f": {_d_text(g)}")
+            elif (band == ALL or len(bands) > 1) and (by_value == ALL or len(by_values) > 1):
+                where = ([f"Q{GLUE}band{GLUE}{band}"] if band != ALL else []) + (
+                    [_glued(f"{by}={_fmt(by_value)}")] if by_value != ALL else [])
+                out.append("  " + ", ".join(where) + f": {_d_text(g)}")
+    return out
+
+
+def _ranking_lines(report: dict, metric: str) -> list[str]:
+    """Per dataset, the contrast's values by their mean `metric` over done runs, best first (from the band
+    table: the bands' means weighted by their runs); no line for a metric the band table does not hold (a shift
+    table's), and none ranked where no pair of learned runs was compared (runs at chance level rank noise)."""
+    contrast, key = report.get("contrast", DEFAULT_CONTRAST), f"{metric}_mean"
+    rows = [r for r in report["band_table"] if r.get(key) is not None]
+    if not rows:
+        return []
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    higher = metric.endswith("_acc")
+    troubled = any(sum(res["pairs"].get(k, {}).get(label, 0) for k in ("not_learned", "blown_up")
+                       for label in (res["a_label"], res["b_label"]))
+                   for res in report["paired"].get(metric, []))
+    if troubled and not any(res["pairs"]["n_pairs"] for res in report["paired"].get(metric, [])):
+        return [f"{metric} ranking: none, no pair of learned runs (see the verdicts)"]
+    out = []
+    for dataset in datasets:
+        sums: dict[str, list] = {canonical_json(v): [v, 0.0, 0] for v in report.get("values", [])}
+        for r in rows:
+            if r["dataset"] == dataset:
+                entry = sums.setdefault(canonical_json(r["value"]), [r["value"], 0.0, 0])
+                entry[1] += r[key] * r["n"]
+                entry[2] += r["n"]
+        ranked = sorted(((v, total / n) for v, total, n in sums.values() if n),
+                        key=lambda vm: -vm[1] if higher else vm[1])
+        missing = [v for v, _, n in sums.values() if not n]
+        out.append(f"{metric} ranking" + (f" on {_glued(dataset)}" if len(datasets) > 1 else "")
+                   + f", best first ({'highest' if higher else 'lowest'} mean over done runs): "
+                   + ", ".join(f"{_glued(value_label(contrast, v))}{GLUE}{m:.4g}" for v, m in ranked)
+                   + (f"; no done runs: {', '.join(_glued(value_label(contrast, v)) for v in missing)}"
+                      if missing else "")
+                   + ("; some runs did not learn or blew up (see the verdicts)" if troubled else ""))
     return out

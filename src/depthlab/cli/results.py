@@ -143,7 +143,7 @@ def _print(result: dict, as_json: bool, as_text) -> int:
 
 
 def cmd_compare(args) -> int:
-    from depthlab.analysis.compare import DEFAULT_METRICS, compare_report, format_report
+    from depthlab.analysis.compare import DEFAULT_METRICS, compare_report, format_answer
 
     table = getattr(args, "table", "runs")
     records = _sweep_records(args) if table == "runs" else _shift_records(args)
@@ -162,7 +162,7 @@ def cmd_compare(args) -> int:
             "test_loss and test_acc are the online predictions' loss and accuracy there. The band table's train "
             "and val columns do not apply. Methods with an alpha carry it in their name (alpha_bn:0.1); "
             "core_reconstructed is a reconstruction of the alpha-BN paper's Core loss, not its published formula.")
-    return _print(report, args.json, format_report)
+    return _print(report, args.json, lambda r: format_answer(r, details=getattr(args, "details", False)))
 
 
 def _shift_records(args) -> list:
@@ -259,7 +259,9 @@ COMPARE_DESCRIPTION = (
     "Pairs with a diverged or failed run are excluded and counted. Runs of different recipes (versions\n"
     "of the training code) are not paired: a config retrained by a newer recipe counts in its newest run,\n"
     "and a pair that would still mix recipes is an error unless --allow-mixed-recipes.\n"
-    "Also prints the mean losses per dataset x value x Q band.\n\n"
+    "Prints the answer on one screen: per metric and pair of values one line with d, its CI, the pairs\n"
+    "used and the verdict (and a ranking of the values when there are more than two); --details adds\n"
+    "the full tables: the mean metrics per dataset x value x Q band and every comparison's details.\n\n"
     "default margin: 5% of the pooled mean for losses, 0.01 for accuracies.\n\n"
     "examples:\n  depthlab compare --store runs.sqlite --by head\n"
     "  depthlab compare --store runs.sqlite --contrast kernel --metric val_acc\n"
@@ -293,7 +295,9 @@ def _add_compare(subparsers) -> None:
     p.add_argument("--n-boot", type=bounded_boot, default=10000, metavar="N",
                    help="bootstrap resamples, 1 to 1,000,000 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the full report as JSON instead of tables")
+    p.add_argument("--details", action="store_true", help="after the answer, the full tables: mean metrics per Q "
+                   "band, each comparison's margin, exclusions and win counts per group, and the notes")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON instead of text")
     p.set_defaults(func=cmd_compare)
 
 

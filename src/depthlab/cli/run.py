@@ -154,13 +154,13 @@ def _print_trained(args, spec, summary: dict) -> None:
 
 def _print_comparison(args, spec) -> None:
     """The sweep's paired comparison (`depthlab compare` with its defaults), or why it has to wait."""
-    from depthlab.analysis.compare import compare_report, format_report
+    from depthlab.analysis.compare import compare_report, format_answer
     from depthlab.results.store import Store
 
     with Store(args.store, readonly=True) as store:
         records = store.records(sweep=spec.name)
     print()
     try:
-        print(format_report(compare_report(records)))
+        print(format_answer(compare_report(records), store=args.store, sweep=spec.name))
     except DepthlabError as err:  # e.g. pairs that would mix recipes: every result is kept, the comparison waits
         print(f"compare: {err}")
