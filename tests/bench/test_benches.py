@@ -129,3 +129,9 @@ def test_cpu_throughput_says_no_native_bf16_and_skips_it(capsys, monkeypatch):
     assert "native bf16: no; auto precision: fp32" in out and "bf16 no native bf16 (skipped)" in out
     assert "engine bf16" not in out and "targets" not in out
     assert not re.search(r"blocks +bf16", out)
+
+
+def test_store_scale_prints_the_ratio_of_each_read(capsys):
+    bench("store_scale").main(["--runs", "40", "--sweeps", "2"])
+    out = capsys.readouterr().out
+    assert "store of 40 runs" in out and len(ratios(out, "records of")) == 2

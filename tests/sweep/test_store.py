@@ -546,3 +546,16 @@ def test_opening_a_store_while_a_peer_creates_it_reads_one_snapshot(tmp_path, mo
     with Store(path) as store:
         assert store.schema_version == SCHEMA_VERSION
     peer.close()
+
+
+def test_sweep_memberships_are_indexed_by_run(tmp_path):
+    """#23: every read lists each run's sweeps; without an index by run that was quadratic in the store's size
+    (bench/store_scale.py: 13.6 s against 0.38 s for 10,000 runs)."""
+    import sqlite3
+
+    Store(tmp_path / "s.sqlite").close()
+    con = sqlite3.connect(tmp_path / "s.sqlite")
+    plan = " ".join(r[-1] for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT sweep FROM sweep_runs WHERE run_id = 'x'").fetchall())
+    con.close()
+    assert "sweep_runs_by_run" in plan

@@ -232,6 +232,12 @@ def _v6(c: sqlite3.Connection, path: str) -> None:
     )""")
 
 
+def _v7(c: sqlite3.Connection, path: str) -> None:
+    """An index of sweep memberships by run: every read lists each run's sweeps, and without it each run's list
+    scanned the whole table (10,000 runs: 6.7 s of the 7.1 s `Store.records` took)."""
+    c.execute("CREATE INDEX IF NOT EXISTS sweep_runs_by_run ON sweep_runs (run_id)")
+
+
 # (version, what it does, migration(connection, path))
 MIGRATIONS = [
     (1, "runs and sweep_runs tables", _v1),
@@ -240,15 +246,18 @@ MIGRATIONS = [
     (4, "pack_sizes: pack sizes calibrated on this machine", _v4),
     (5, "run ids of canonical configs (stable under added fields); weights, init_from and keys follow", _v5),
     (6, "studies and costs: a study's spec and round, a network's measured cost", _v6),
+    (7, "an index of sweep memberships by run (reads linear in the store's size)", _v7),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _COLUMNS = {1: set(_V1_COLUMNS), 2: {*_V1_COLUMNS, "recipe", "config_id", "train_seconds"}}
-_COLUMNS[3] = _COLUMNS[4] = _COLUMNS[5] = _COLUMNS[6] = _COLUMNS[2]  # versions 3 to 6 add tables, not columns of runs
+for _version in range(3, SCHEMA_VERSION + 1):
+    _COLUMNS[_version] = _COLUMNS[2]  # versions 3 on add tables and an index, not columns of runs, not columns of runs
 # The tables a store may hold at each version (a store without the later ones is migrated; any other is foreign).
 _TABLES = {1: {"runs", "sweep_runs"}, 2: {"runs", "sweep_runs"}, 3: {"runs", "sweep_runs", "shift_results"},
            4: {"runs", "sweep_runs", "shift_results", "pack_sizes"},
            5: {"runs", "sweep_runs", "shift_results", "pack_sizes", "rekeyed"}}
 _TABLES[6] = _TABLES[5] | {"studies", "costs"}
+_TABLES[7] = _TABLES[6]
 
 
 # -- owners ---------------------------------------------------------------------------------------------------
