@@ -90,3 +90,25 @@ def test_weights_are_checked_before_use(tmp_path):
     mine.write_bytes(theirs.read_bytes())
     with pytest.raises(DepthlabError, match="holds the weights of another run"):
         weights.load_trained(path, rid(CONFIG))
+
+
+def test_a_copy_of_the_database_file_alone_holds_every_finished_pack(tmp_path):
+    """#23: after a killed runner every result could still sit in the -wal file, so a backup of the .sqlite file
+    alone held nothing; the driver checkpoints after each pack."""
+    import shutil
+
+    from depthlab.run.driver import Driver
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    (run,) = store.add_runs([CONFIG.to_dict()], sweep="s", recipe=2)
+    driver = Driver.__new__(Driver)  # the pieces `finished` uses, without a sweep around them
+    driver.store, driver.owner, driver.store_path, driver.save_weights, driver.env = store, "me", path, False, {}
+    driver.trained, driver._lock, driver.log = {}, __import__("threading").Lock(), print
+    driver._heartbeat = type("H", (), {"hold": lambda *a: None})()
+    driver.bar = type("B", (), {"finished": lambda *a: None})()
+    store.claim([run], "me")
+    driver.finished(0, [result(1.0)])
+    shutil.copy(path, tmp_path / "backup.sqlite")  # the store stays open, as a killed runner leaves it
+    with Store(tmp_path / "backup.sqlite", readonly=True) as backup:
+        assert [r.status for r in backup.records()] == ["done"]

@@ -463,6 +463,13 @@ class Store:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
+    def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database file (PASSIVE: it waits for no reader), so that a
+        copy of the .sqlite file alone holds every committed result, even after this process is killed."""
+        if not self.readonly:
+            with self._lock:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -190,6 +190,7 @@ class Driver:
                 if recorded:
                     self.trained[result.status] = self.trained.get(result.status, 0) + 1
                 self.bar.finished(result.config, result.status)
+        self.store.checkpoint()  # a backup of the .sqlite file alone then holds every pack finished so far
 
     def failed(self, slot, configs: list[RunConfig], err: BaseException) -> None:
         """A pack raised `err` (call it from the except clause, for the traceback): its runs are recorded failed,
