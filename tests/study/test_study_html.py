@@ -207,3 +207,16 @@ def test_page_loads_in_chromium(chromium, written, tmp_path):
     # the page runs no script: any console message (an error, a blocked script or style) is a failure
     console = [line for line in log.splitlines() if ":CONSOLE" in line]
     assert not console, console
+
+
+def test_a_design_over_the_budget_is_drawn_but_not_on_the_front():
+    """The crop lever's mask runs as its dense network (twice the budget): it is no candidate, so the Pareto set
+    of the budget must not count it, however good and fast it looks."""
+    from depthlab.study.html import pareto_figure
+
+    b = budget(20_000, True)
+    b["designs"] = b["designs"] + [design("d4-mask", 4, "sequential", 0.999, 0.001, 0.01, levers=("crop",),
+                                          params=40_000)]
+    b["recommendation"] = {**b["recommendation"], "over_budget": ["d4-mask"]}
+    names = {t.get_text() for t in pareto_figure(make_result(), b).axes[0].texts}
+    assert "d4-mask" not in names and CHOICE_TEXT in names

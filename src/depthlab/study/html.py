@@ -257,7 +257,9 @@ def pareto_figure(result: dict, budget: dict) -> Figure:
         missing = "a measured batch-1 latency" if all(finite(d.get("latency_b1_ms")) is None for d in designs) \
             else "both a latency and a metric mean"
         raise NoData(f"no design has {missing}")
-    front = set(pareto_front(usable, _better(result)))
+    # a design over the budget (the crop lever's mask runs dense) is drawn but is no candidate, so not on the front
+    over = set((budget.get("recommendation") or {}).get("over_budget") or ())
+    front = set(pareto_front([d for d in usable if d.get("name") not in over], _better(result)))
     choice = (budget.get("recommendation") or {}).get("choice")
     metric = _metric(result)
     fig = Figure(figsize=(5.8, 4.4), layout="constrained")
