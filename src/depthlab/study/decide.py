@@ -18,7 +18,7 @@ Every number here is read from the store or computed from what it holds; nothing
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def design_row(spec: StudySpec, d: Design, runs: list, cost: dict | None) -> dic
         hidden=list(config.block_hidden), topology=config.topology, branch=config.branch, kernel=config.kernel,
         norm=config.norm, params=cost.get("params", _stored_params(learned)), flops=cost.get("flops"),
         seeds=len(runs), n_done=sum(r.status == "done" for r in runs), n_learned=len(learned),
-        states=dict(_count(run_state(r) for r in runs)),
+        states=dict(Counter(run_state(r) for r in runs)),
         metric_mean=float(np.mean(values)) if values else None,
         metric_std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
         val_acc_mean=mean("val_acc"), val_loss_mean=mean("val_loss"), test_acc_mean=mean("test_acc"),
@@ -88,13 +88,6 @@ def design_row(spec: StudySpec, d: Design, runs: list, cost: dict | None) -> dic
 
 def _stored_params(runs) -> int | None:
     return runs[0].params if runs else None
-
-
-def _count(items) -> dict:
-    out: dict = defaultdict(int)
-    for item in items:
-        out[item] += 1
-    return out
 
 
 def lever_result(spec: StudySpec, designs: list[Design], runs: dict, budget: int, lever: str,
@@ -267,7 +260,7 @@ def next_seeds(spec: StudySpec, seeds: dict[str, int], result: dict) -> dict[str
 
 
 def study_result(spec: StudySpec, designs: list[Design], records, costs: dict, shift_rows: list[dict],
-                 *, skipped: dict | None = None, env: dict | None = None, seeds: dict | None = None) -> dict:
+                 *, skipped: dict | None = None, env: dict | None = None) -> dict:
     """The whole answer as one JSON-serialisable dict (the schema the report and --json share); `costs`:
     {design key: cost}; `skipped`: {lever: why} for levers not studied."""
     skipped = skipped or {}

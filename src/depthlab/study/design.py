@@ -35,9 +35,6 @@ from depthlab.errors import SpecError
 from depthlab.records import canonical_json, config_id
 from depthlab.study.levels import ALPHA, DEFAULT_LEVEL, LEVELS, MARGIN, METRIC, SETTINGS
 
-SEED_FIELDS = ("seed",)
-
-
 @dataclass(frozen=True)
 class Lever:
     name: str
@@ -473,10 +470,6 @@ def study_sweep(spec: StudySpec, seeds: dict[str, int], costs: dict | None = Non
         fixed = {k: [v] if isinstance(v, list) else v for k, v in d.fields.items()}
         runs.append({**fixed, "seed": list(range(seeds.get(d.key, spec.seeds)))})
     return SweepSpec(name=spec.sweep, description=f"depthlab study {spec.name}", runs=runs)
-
-
-def design_json(d: Design) -> str:
-    return canonical_json(d.fields)
 
 
 def _is_int(value) -> bool:

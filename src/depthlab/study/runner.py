@@ -17,7 +17,7 @@ from depthlab.errors import DepthlabError
 from depthlab.study import decide
 from depthlab.study.design import StudySpec, designs as make_designs, lever_designs, study_sweep
 
-SHIFT_ALPHAS = (0.1,)  # alpha-BN's source weight... (1 - alpha) source + alpha batch: the paper's small-batch value
+SHIFT_ALPHAS = (0.1,)  # alpha-BN's weight on the batch statistics ((1 - α) source + α batch): the paper's default
 
 
 def skipped_levers(spec: StudySpec) -> dict[str, str]:
@@ -88,7 +88,7 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
         shift_rows = store.shift_rows([r.run_id for r in records]) if "shift" in spec.levers else []
     seconds["total"] = time.perf_counter() - started
     env = dict(device=str(cost_device), precision=resolved, seconds={k: round(v, 1) for k, v in seconds.items()})
-    return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env, seeds=seeds)
+    return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env)
 
 
 def _cost_key(d, device, precision: str) -> str:
