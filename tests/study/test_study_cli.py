@@ -97,3 +97,19 @@ def test_a_changed_design_under_the_same_name_is_refused(tmp_path, spec_file, ca
     assert main(["study", str(spec_file), "--store", store]) == 2
     err = capsys.readouterr().err
     assert "was run with another design (it differs in max_seeds, seeds)" in err and "--name" in err
+
+
+def test_rounds_decide_with_the_costs_the_answer_uses(tmp_path, monkeypatch):
+    """Which designs get more seeds depends on which are cheaper than the recommendation: the rounds must see the
+    measured latencies, as the final answer does (they saw none, and ordered by parameters alone)."""
+    from depthlab.study import decide
+    from depthlab.study.design import StudySpec
+    from depthlab.study.runner import run_study
+
+    seen, real = [], decide.next_seeds
+    monkeypatch.setattr(decide, "next_seeds", lambda spec, seeds, result: seen.append(result) or real(spec, seeds,
+                                                                                                        result))
+    spec = StudySpec(name="costs", dataset="synthetic", budgets=(6000,), depths=(1, 2), levers=("depth",), seeds=3,
+                     max_seeds=3, epochs=1)
+    run_study(spec, tmp_path / "s.sqlite", progress=False, log=lambda msg: None, precision="fp32")
+    assert seen and all(d["latency_b1_ms"] for r in seen for d in r["budgets"][0]["designs"])

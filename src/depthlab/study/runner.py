@@ -124,7 +124,7 @@ def _rounds(spec: StudySpec, designs, costs: dict, store, store_path, state: dic
         if summary.get("counts", {}).get("failed"):
             how["log"](f"study {spec.name}: {summary['counts']['failed']} run(s) failed; see `depthlab results "
                        f"--store {store_path} --sweep '{spec.sweep}' --status failed`")
-        result = decide.study_result(spec, designs, store.records(sweep=spec.sweep), {}, [])
+        result = decide.study_result(spec, designs, store.records(sweep=spec.sweep), costs, [])  # as answered
         grown = decide.next_seeds(spec, seeds, result)
         if grown is None:
             return seeds
