@@ -208,3 +208,9 @@ def test_the_sweep_benchmark_offers_the_precisions_of_depthlab(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--precision", "fp8"])
     assert f"(choose from {', '.join(map(repr, precision.PRECISIONS))})" in capsys.readouterr().err
+
+
+def test_no_help_says_default_none():
+    """An unset option's help says what unset means; "(default: None)" beside it said nothing more."""
+    saying = [" ".join(path) for path, parser in commands() if "(default: None)" in parser.format_help()]
+    assert saying == []

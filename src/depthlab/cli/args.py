@@ -9,11 +9,12 @@ from depthlab import precision
 
 
 class Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that gives each option's default, except a flag's: `--no-complexity` is off unless given, and its
-    stored default (True: complexity on) read as "(default: True)" beside the flag that turns it off."""
+    """Help that gives each option's default, except a flag's (`--no-complexity` is off unless given, and its
+    stored default, True: complexity on, read as "(default: True)" beside the flag that turns it off) and an
+    unset one's ("(default: None)" says nothing its help does not)."""
 
     def _get_help_string(self, action):
-        if action.nargs == 0:  # store_true / store_false / store_const / help
+        if action.nargs == 0 or action.default is None:  # a flag; an option whose help says what unset means
             return action.help
         return super()._get_help_string(action)
 
