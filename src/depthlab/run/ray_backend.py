@@ -120,7 +120,9 @@ class RayExecutor:
                 stopping.check()  # a stop whose exception was lost (see depthlab.stopping)
         except BaseException:
             for stream in self.in_flight:  # the driver gives their runs back: nothing would record them
-                self.ray.cancel(stream)
+                finished, _ = self.ray.wait([stream], num_returns=1, timeout=0)
+                if not finished:  # cancelling a task that is ending (a pack that just raised too) can abort
+                    self.ray.cancel(stream)  # Ray's driver: "Tried to complete task that was not pending"
             raise
 
     def submit(self, driver: Driver, configs: list[RunConfig]) -> None:
