@@ -98,21 +98,13 @@ def run_study(spec=None, store="depthlab.sqlite", *, progress: bool = True, **fi
     on top of it (dataset, budgets, level, levers, ...; the name defaults as on the command line) and the run
     options of `run_study` (device, backend, precision, data_root, train)."""
     from depthlab.study import runner
-    from depthlab.study.design import StudySpec, default_name
+    from depthlab.study.design import StudySpec, default_name, read_spec_file
 
     options = {k: fields.pop(k) for k in RUN_OPTIONS if k in fields}
     if isinstance(spec, StudySpec):
         the_spec = spec.replace(**fields) if fields else spec
     else:
-        values = {**(dict(spec) if isinstance(spec, dict) else _yaml(spec) if spec is not None else {}), **fields}
+        values = {**(dict(spec) if isinstance(spec, dict) else read_spec_file(spec) if spec is not None else {}), **fields}
         values.setdefault("name", default_name(values))
         the_spec = StudySpec.from_dict(values)
     return runner.run_study(the_spec, store, progress=progress, **options)
-
-
-def _yaml(path) -> dict:
-    from pathlib import Path
-
-    from depthlab.spec.grid import load_yaml
-
-    return load_yaml(Path(path).read_text(encoding="utf-8"))

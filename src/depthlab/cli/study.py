@@ -11,9 +11,9 @@ import sys
 from depthlab import choices
 from depthlab.cli.args import Defaults, add_precision
 from depthlab.data import registry
-from depthlab.errors import DepthlabError, SpecError
+from depthlab.errors import SpecError
 from depthlab.results.store import DEFAULT_STORE
-from depthlab.study.design import LEVERS, default_name, parse_budgets
+from depthlab.study.design import LEVERS, default_name, parse_budgets, read_spec_file
 from depthlab.study import levels
 from depthlab.study.levels import DEFAULT_LEVEL, LEVELS
 
@@ -75,7 +75,7 @@ def study_spec(args):
     """The study the command line asks for: the spec file's, with the options given on top."""
     from depthlab.study.design import StudySpec
 
-    values = _read_spec(args.spec) if args.spec else {}
+    values = read_spec_file(args.spec) if args.spec else {}
     for key, given in (("dataset", args.dataset), ("level", args.level), ("budgets", args.budget),
                        ("levers", args.levers), ("name", args.name)):
         if given is not None:
@@ -87,25 +87,6 @@ def study_spec(args):
     if "name" not in values:
         values["name"] = default_name(values)
     return StudySpec.from_dict(values, origin=args.spec or "study")
-
-
-def _read_spec(path: str) -> dict:
-    from depthlab.spec.grid import load_yaml, yaml_problem
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DepthlabError(f"{path}: cannot read the study spec ({err})") from None
-    import yaml
-
-    try:
-        values = load_yaml(text)
-    except yaml.YAMLError as err:
-        raise DepthlabError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
-    if not isinstance(values, dict):
-        raise DepthlabError(f"{path}: a study spec is a mapping of study fields (write one with --write-spec)")
-    return values
 
 
 def write_spec(spec, path: str, store=None) -> None:

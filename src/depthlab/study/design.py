@@ -31,7 +31,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
-from depthlab.errors import SpecError
+from depthlab.errors import DepthlabError, SpecError
 from depthlab.records import canonical_json, config_id
 from depthlab.study.levels import ALPHA, DEFAULT_LEVEL, LEVELS, MARGIN, METRIC, SETTINGS
 
@@ -224,6 +224,26 @@ def default_name(values: dict) -> str:
     name = f"{values.get('dataset', 'mnist')}-{level}-" + ",".join(short(b) for b in budgets)
     levers = values.get("levers")
     return name if not levers or list(levers) == list(LEVERS) else f"{name}-{'+'.join(levers)}"
+
+
+def read_spec_file(path) -> dict:
+    """The fields of a study spec file (YAML, as `--write-spec` writes it); one clear DepthlabError otherwise."""
+    import yaml
+
+    from depthlab.spec.grid import load_yaml, yaml_problem
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DepthlabError(f"{path}: cannot read the study spec ({err})") from None
+    try:
+        values = load_yaml(text)
+    except yaml.YAMLError as err:
+        raise DepthlabError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    if not isinstance(values, dict):
+        raise DepthlabError(f"{path}: a study spec is a mapping of study fields (write one with --write-spec)")
+    return values
 
 
 # -- the levers --------------------------------------------------------------------------------------------------
