@@ -11,7 +11,9 @@ Printed, after one line naming the machine (CPU, cores, torch, threads, load ave
    ms/step with `net.channels_last` off and on, and the ratio NCHW / channels_last, for each kernel (and
    re-parameterisation) in `--kernels`. The last column says whether the activations really were channels_last
    (read off the input of the first depthwise conv), not only whether the flag was set.
-3. ``infer``: the training-time model in eval mode vs `fuse_for_inference` of it (re-param kernels merged,
+3. ``bf16``: a training step under bf16 autocast with the depthwise convs in bf16 against float32 (what the
+   engine does on a CPU, `LargeKernelBranch.float32_depthwise_on_cpu`), and the ratio, for each large kernel.
+4. ``infer``: the training-time model in eval mode vs `fuse_for_inference` of it (re-param kernels merged,
    BatchNorms folded), same input, ms/batch and the ratio eval / merged, in both layouts; then the parameters
    and FLOPs of one model before and after merging, and the largest logit difference between the two forms.
 
@@ -174,6 +176,35 @@ def train(args) -> None:
               "does the stem's output")
 
 
+def bf16_depthwise(args) -> None:
+    """A training step of an lk pack under bf16 autocast, its depthwise convs in float32 (what the engine does on a
+    CPU: `LargeKernelBranch.float32_depthwise_on_cpu`) against all of it in bf16, channels_last, same input."""
+    from depthlab.models.branches import LargeKernelBranch
+
+    models = max(ints(args.models))
+    x, y = data(args, models)
+    for kernel, reparam in kernels_arg(args.kernels):
+        if kernel == 3:
+            continue  # the 3x3 rows hold no large depthwise kernel
+        net = build(spec_for(args, kernel, reparam), seed=0, models=models).train()
+        net.channels_last = True
+
+        def step(float32_depthwise: bool):
+            LargeKernelBranch.float32_depthwise_on_cpu = float32_depthwise
+            net.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = net(x)
+            F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+
+        try:
+            t, n = alternate({"bf16": lambda: step(False), "fp32 dw": lambda: step(True)}, warmup=args.warmup,
+                             repeats=args.repeats, budget=args.budget)
+        finally:
+            LargeKernelBranch.float32_depthwise_on_cpu = True
+        print(f"{'bf16':<6} {kernel:>3} {reparam:<8} {models:>6} {t['bf16'] * 1e3:>10.1f} {t['fp32 dw'] * 1e3:>17.1f} "
+              f"{t['bf16'] / t['fp32 dw']:>19.2f}x {n:>8}")
+
+
 def infer(args) -> None:
     (kernel, reparam), = kernels_arg(args.infer)
     spec = spec_for(args, kernel, reparam)
@@ -253,6 +284,11 @@ def main(argv=None):
         print(f"{'':<6} {'K':>3} {'reparam':<8} {'models':>6} {'NCHW ms':>10} {'channels_last ms':>17} "
               f"{'NCHW/channels_last':>20} {'repeats':>8} {'channels_last active':>21}")
         train(args)
+        print(f"bf16 depthwise: a training step under bf16 autocast, channels_last, packs of {max(ints(args.models))}; "
+              "all of it in bf16 against its depthwise convs in float32 (the engine's choice on a CPU); ms, median:")
+        print(f"{'':<6} {'K':>3} {'reparam':<8} {'models':>6} {'all bf16 ms':>10} {'float32 dw ms':>17} "
+              f"{'all bf16/float32 dw':>20} {'repeats':>8}")
+        bf16_depthwise(args)
         infer(args)
     finally:
         torch.set_num_threads(before)

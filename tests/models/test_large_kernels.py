@@ -125,3 +125,28 @@ def test_channels_last_reaches_the_depthwise_conv_of_a_one_channel_model():
                                      and not inp[0].is_contiguous()))
     model(torch.randn(2, 1, 8, 8))
     assert seen == [True]
+
+
+@pytest.mark.parametrize("reparam", REPARAMS)
+def test_under_cpu_bf16_autocast_the_depthwise_convs_compute_in_float32(reparam):
+    """oneDNN's bf16 depthwise weight gradient is several times slower than float32's on a CPU
+    (bench/lk_speed.py): the lk branch runs its depthwise convs and their norms in float32 under bf16 autocast,
+    and the pointwise convs in bf16. The gradients reach every weight either way."""
+    net = build(lk(reparam=reparam), seed=0, models=2).train()
+    net.channels_last = True
+    seen = {}
+    layer = net.layers[0]
+    hooks = [conv.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out.dtype))
+             for name, conv in [("dw", layer.dw), ("pw1", layer.pw1),
+                                *((f"dw_extra.{j}", c) for j, c in enumerate(layer.dw_extra))]]
+    x = torch.randn(2, 8, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    for hook in hooks:
+        hook.remove()
+    out.float().sum().backward()
+    assert seen.pop("pw1") == torch.bfloat16
+    assert seen and set(seen.values()) == {torch.float32}, seen
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+    with torch.no_grad():  # and it computes the float32 network, to bf16's round-off
+        assert rel_err(out.float(), net(x)) < 0.05

@@ -139,6 +139,17 @@ def test_bf16_training_ends_close_to_fp32(data):
         assert_same_run(a, b, rtol=1e-3, atol=1e-4)
 
 
+def test_an_lk_pack_in_bf16_records_its_float32_depthwise_convs(data):
+    """What computes in float32 under bf16 autocast is recorded with the run (how it was computed, like the
+    layout); a 3x3 pack has no such part, and neither has an lk pack in float32."""
+    lk = dict(branch="lk", kernel=5, reparam="dilated", epochs=1)
+    (bf16,) = train_pack([config(**lk)], data, precision="bf16")
+    (fp32,) = train_pack([config(**lk)], data, precision="fp32")
+    (conv,) = train_pack([config(epochs=1)], data, precision="bf16")
+    assert bf16.status == "done" and bf16.env["float32_parts"] == "depthwise convs and their norms"
+    assert "float32_parts" not in fp32.env and "float32_parts" not in conv.env
+
+
 def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
     from depthlab.data import normalise
     from depthlab.models import build

@@ -306,6 +306,10 @@ class LargeKernelBranch:
     # the depthwise weight gradient is ~3x slower in NCHW on one thread, 10-100x with several on a busy machine
     # (bench/lk_speed.py)
     channels_last_on_cpu = True
+    # under bf16 autocast on a CPU the depthwise convs and their norms compute in float32: oneDNN's bf16 depthwise
+    # weight gradient is 3-15x slower than float32's, where every other convolution gains from bf16
+    # (bench/lk_speed.py, "bf16 depthwise")
+    float32_depthwise_on_cpu = True
 
     @staticmethod
     def last_kernel(kernel: int) -> int:
@@ -343,14 +347,26 @@ class LargeKernelBranch:
     @staticmethod
     def front(layer, x: torch.Tensor) -> torch.Tensor:
         x = LargeKernelBranch._repeat(layer, x)
+        cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if cpu_bf16 and LargeKernelBranch.float32_depthwise_on_cpu:
+            # K=7's weight gradient for a pack of three at batch 128 on 14x14: 41 ms in bf16, 12 in float32; a 3x3
+            # of dilation 3: 57 against 4. pw1 takes the float32 result back into bf16.
+            with torch.autocast("cpu", enabled=False):
+                z = layer.norm(LargeKernelBranch._depthwise(layer, x.float()))
+        else:
+            z = layer.norm(LargeKernelBranch._depthwise(layer, x))
+        return layer.act(layer.pw1(z))
+
+    @staticmethod
+    def _depthwise(layer, x: torch.Tensor) -> torch.Tensor:
+        """dw_K(x): the K×K depthwise conv, plus the re-param convs, each with its BatchNorm where it has one."""
         convs = [layer.dw, *layer.dw_extra]
         if len(layer.dw_norms):
-            z = sum(bn(conv(x)) for conv, bn in zip(convs, layer.dw_norms))
-        else:
-            z = layer.dw(x)
-            for conv in layer.dw_extra:
-                z = z + conv(x)
-        return layer.act(layer.pw1(layer.norm(z)))
+            return sum(bn(conv(x)) for conv, bn in zip(convs, layer.dw_norms))
+        z = layer.dw(x)
+        for conv in layer.dw_extra:
+            z = z + conv(x)
+        return z
 
     @staticmethod
     def views(layer, branch: int) -> dict[str, torch.Tensor]:

@@ -196,7 +196,8 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
 
     # the results, one per config
     env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
-                      train_eval_examples=finals.train_eval, complexity=complexity, eval_batch=eval_batch)
+                      train_eval_examples=finals.train_eval, complexity=complexity, eval_batch=eval_batch,
+                      **_float32_parts(device, net.spec, precision))
     return _results(configs, net, dataset, trained, finals, pruning, env, seconds, keep_weights)
 
 
@@ -391,6 +392,15 @@ def use_channels_last(device: torch.device, spec, precision: str, given: bool | 
     if given is not None:
         return given
     return device.type == "cuda" or branch_type(spec.branch).channels_last_on_cpu or precision == "bf16"
+
+
+def _float32_parts(device: torch.device, spec, precision: str) -> dict:
+    """{"float32_parts": what computes in float32 under bf16 autocast beyond autocast's own list} where there is
+    such a part (an lk branch's depthwise convs on a CPU: `LargeKernelBranch.float32_depthwise_on_cpu`)."""
+    if precision == "bf16" and device.type == "cpu" and getattr(branch_type(spec.branch),
+                                                                 "float32_depthwise_on_cpu", False):
+        return {"float32_parts": "depthwise convs and their norms"}
+    return {}
 
 
 def _optimizer(configs, net, table) -> PackedOptimizer:
