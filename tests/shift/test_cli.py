@@ -174,3 +174,4 @@ def test_runs_without_batchnorm_get_source_only(tmp_path, make_store, capsys):
                  "--severity", "1") == 0
     assert "have no BatchNorm" in capsys.readouterr().err
     assert {r[3] for r in rows_in(store)} == {"source"}
+

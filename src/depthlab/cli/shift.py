@@ -97,6 +97,9 @@ def _execution_options(p) -> None:
                    "(default: $DEPTHLAB_DATA or ~/.cache/depthlab)")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch CPU threads (default on a CPU: 1; small test batches are fastest on one)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="runs measured side by side on a CPU, one process each (default: one per core, as "
+                        "training's packs, up to 2); rows do not depend on it")
     add_precision(p, help="what the networks compute in: auto is bf16 where the device computes it natively "
                   "(CUDA, CPUs with AVX-512 BF16/AMX/Arm BF16), else fp32; recorded in each row's env, not part of "
                   "its key (rows already measured are kept)")
@@ -107,7 +110,7 @@ def cmd_shift(args) -> int:
     from depthlab.shift.runner import run_shift
 
     summary = run_shift(args.store, device=args.device, data_root=args.data_root, examples=args.examples,
-                        progress=not args.quiet, threads=args.threads, runs=args.runs, sweep=args.sweep, corruptions=args.corruptions,
+                        progress=not args.quiet, threads=args.threads, workers=args.workers, runs=args.runs, sweep=args.sweep, corruptions=args.corruptions,
                         severities=args.severity, methods=args.methods, batch_sizes=args.batch_size,
                         alphas=args.alpha, seeds=args.seed, episodic=args.episodic, precision=args.precision)
     print(f"shift: measured {summary['written']} row(s) of {summary['runs']} run(s) into {args.store}"

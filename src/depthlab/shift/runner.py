@@ -176,30 +176,40 @@ def _examples_of(store: Store, run_id: str) -> set[int]:
 
 
 def run_shift(store_path, *, device="cpu", data_root=None, examples: int | None = None, progress: bool = True,
-              log=None, threads: int | None = None, precision: str = "fp32", **selection) -> dict:
+              log=None, threads: int | None = None, precision: str = "fp32", workers: int | None = None,
+              **selection) -> dict:
     """Measure every row of `plan(...)` (the keyword `selection`) that the store lacks; returns a summary.
     `examples`: the first N test examples of each run's test split (all when None); `threads`: torch's CPU
     threads while measuring (default on a CPU: 1, since a stream of small batches gains nothing from intra-op
     threads and, on a busy machine, loses much to their synchronisation); `precision`: what the networks compute
-    in (`depthlab.precision`; recorded in each row's env, not part of its key)."""
+    in (`depthlab.precision`; recorded in each row's env, not part of its key); `workers`: runs measured side by
+    side on a CPU, each in a process of its own (default: as many as torch's intra-op threads, up to
+    `depthlab.run.workers.CPU_WORKERS`, as training's packs; see `_side_by_side`).
+    What a row holds does not depend on `workers`: each run is measured as it would be alone."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
         raise SpecError("examples", examples, "a positive integer (the first N test examples), or all")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SpecError("threads", threads, "a positive integer")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SpecError("workers", workers, "a positive integer")
     from depthlab.run.runner import resolve_device
+    from depthlab.run.workers import CPU_WORKERS
 
     device = resolve_device(device) if isinstance(device, str) else device
+    if workers is None:  # as training's packs: one per intra-op thread, up to CPU_WORKERS; a GPU is fed by one
+        workers = min(CPU_WORKERS, torch.get_num_threads()) if device.type == "cpu" else 1
     before = torch.get_num_threads()
     torch.set_num_threads(threads or (1 if device.type == "cpu" else before))
     try:
         return _run(store_path, device, data_root, examples, progress, log, selection,
-                    precisions.resolve(precision, device))
+                    precisions.resolve(precision, device), workers if device.type == "cpu" else 1)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(store_path, device, data_root, examples, progress, log, selection, precision: str) -> dict:
+def _run(store_path, device, data_root, examples, progress, log, selection, precision: str, workers: int = 1,
+         data=None) -> dict:
     from tqdm import tqdm
 
     from depthlab.run.runner import DataCache
@@ -208,36 +218,119 @@ def _run(store_path, device, data_root, examples, progress, log, selection, prec
     try:
         the_plan = plan(store, store_path, **selection)
         _log_skipped(the_plan, store_path, log)
-        data = DataCache(device, data_root)
-        env = environment(device, precision)
-        written, diverged = 0, 0
+        summary = {"done_before": the_plan.done_before, "runs": len(the_plan.runs),
+                   "no_weights": len(the_plan.no_weights), "unavailable": len(the_plan.unavailable),
+                   "device": str(device)}
         bar = tqdm(total=len(the_plan.todo), desc="shift", unit="row", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
-        loaded: dict = {}  # the current run's (model, x, y, mean, std, n)
-        sets: dict = {}    # the current run's corrupted sets, by (corruption, severity, seed)
         try:
-            for rec, name, severity, seed, batch, method in the_plan.todo:
-                stopping.check()
-                if loaded.get("rid") != rec.run_id:
-                    loaded, sets = _load_run(store, store_path, data, rec, examples, device), {}
-                if (name, severity, seed) not in sets:
-                    bar.set_postfix_str(f"{rec.run_id[:8]} {name} s{severity}", refresh=False)
-                    images = corrupted_set(loaded["x"].cpu().numpy(), loaded["dataset"], name, severity, seed,
-                                           root=data_root, log=log)
-                    sets = {(name, severity, seed): torch.from_numpy(images).to(device)}  # one set at a time
-                result = measure(loaded["model"], sets[(name, severity, seed)], loaded["y"], loaded["mean"],
-                                 loaded["std"], method, batch, seed, precision)
-                if store.add_shift_result(_row(loaded, name, severity, seed, batch, method, result, env)):
-                    written += 1
-                    diverged += result["status"] == "diverged"
-                bar.update(1)
+            if workers > 1 and len(_runs_of(the_plan.todo)) > 1:
+                job = dict(device=str(device), data_root=data_root, examples=examples, precision=precision,
+                           selection=selection)
+                return {**summary, **_side_by_side(store_path, the_plan.todo, workers, job, bar)}
+            data = data or DataCache(device, data_root)
+            return {**summary, **_measure_rows(store, store_path, the_plan.todo, data, examples, device,
+                                               precision, data_root, log, bar)}
         finally:
             bar.close()
-        return {"written": written, "diverged": diverged, "done_before": the_plan.done_before,
-                "runs": len(the_plan.runs), "no_weights": len(the_plan.no_weights),
-                "unavailable": len(the_plan.unavailable), "device": str(device)}
     finally:
         store.close()
+
+
+def _measure_rows(store, store_path, todo, data, examples, device, precision: str, data_root, log, bar) -> dict:
+    """Measure `todo`'s rows in order, each committed as soon as it is measured; {"written", "diverged"}."""
+    env = environment(device, precision)
+    written, diverged = 0, 0
+    loaded: dict = {}  # the current run's (model, x, y, mean, std, n)
+    sets: dict = {}    # the current run's corrupted sets, by (corruption, severity, seed)
+    for rec, name, severity, seed, batch, method in todo:
+        stopping.check()
+        if loaded.get("rid") != rec.run_id:
+            loaded, sets = _load_run(store, store_path, data, rec, examples, device), {}
+        if (name, severity, seed) not in sets:
+            bar.set_postfix_str(f"{rec.run_id[:8]} {name} s{severity}", refresh=False)
+            images = corrupted_set(loaded["x"].cpu().numpy(), loaded["dataset"], name, severity, seed,
+                                   root=data_root, log=log)
+            sets = {(name, severity, seed): torch.from_numpy(images).to(device)}  # one set at a time
+        result = measure(loaded["model"], sets[(name, severity, seed)], loaded["y"], loaded["mean"],
+                         loaded["std"], method, batch, seed, precision)
+        if store.add_shift_result(_row(loaded, name, severity, seed, batch, method, result, env)):
+            written += 1
+            diverged += result["status"] == "diverged"
+        bar.update(1)
+    return {"written": written, "diverged": diverged}
+
+
+def _runs_of(todo) -> list[str]:
+    """The run ids of `todo`, in its order."""
+    return list(dict.fromkeys(rec.run_id for rec, *_ in todo))
+
+
+def _side_by_side(store_path, todo, workers: int, job: dict, bar) -> dict:
+    """`todo`'s runs measured `workers` at a time, each run's rows in one task of a process pool.
+
+    Processes, not threads: a stream of batch-1 steps (TENT, alpha-BN) is mostly Python between small operators
+    and holds the GIL, so two threads gain little where two processes on two cores measure nearly twice the rows
+    (the study's robustness lever: bench/study_quick.py). Each process measures on one intra-op thread, as a
+    single one does, so a row does not depend on how many ran beside it. The pool is spawned (no fork of a
+    process that holds torch's threads), its processes ignore Ctrl-C and stop signals, and this process waits
+    for them in short steps so that a stop lands here: it then terminates the pool. Rows are committed one by
+    one, so a stop loses only the rows being measured, as it does without workers."""
+    import multiprocessing
+
+    runs = _runs_of(todo)
+    rows = {rid: sum(rec.run_id == rid for rec, *_ in todo) for rid in runs}
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(runs)), initializer=_ignore_stops)
+    total = {"written": 0, "diverged": 0}
+    try:
+        pending = {rid: pool.apply_async(_measure_one_run, (str(store_path), rid, job)) for rid in runs}
+        while pending:
+            stopping.check()
+            for rid in [r for r, res in pending.items() if res.ready()]:
+                outcome = pending.pop(rid).get()
+                if "error" in outcome:
+                    raise (DepthlabError if outcome["depthlab"] else RuntimeError)(outcome["error"])
+                total["written"] += outcome["written"]
+                total["diverged"] += outcome["diverged"]
+                bar.update(rows[rid])
+            if pending:
+                next(iter(pending.values())).wait(0.2)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return total
+
+
+def _ignore_stops() -> None:
+    """A pool process leaves Ctrl-C and stop signals to the process that waits for it (`_side_by_side`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_POOL_DATA: dict = {}  # a pool process's datasets, kept from one run to the next (a run's task loads none again)
+
+
+def _measure_one_run(store_path: str, run_id: str, job: dict) -> dict:
+    """In a pool process: one run's rows of the plan, as `_run` measures them alone. Errors come back as text
+    (an exception class with its own arguments may not survive pickling)."""
+    from depthlab.run.runner import DataCache
+
+    try:
+        device = torch.device(job["device"])
+        torch.set_num_threads(1)
+        key = (job["device"], job["data_root"])
+        data = _POOL_DATA.setdefault(key, DataCache(device, job["data_root"]))
+        selection = {**job["selection"], "runs": [run_id]}
+        summary = _run(store_path, device, job["data_root"], job["examples"], False, lambda msg: None, selection,
+                       job["precision"], 1, data)
+        return {"written": summary["written"], "diverged": summary["diverged"]}
+    except BaseException as err:  # noqa: BLE001 - handed back to the waiting process, which raises it
+        return {"error": str(err) or type(err).__name__, "depthlab": isinstance(err, DepthlabError)}
 
 
 def _log_skipped(the_plan: ShiftPlan, store_path, log) -> None:
