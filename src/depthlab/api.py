@@ -72,8 +72,9 @@ def compare(store="depthlab.sqlite", *, sweep: str | None = None, contrast: str 
 def run_sweep(spec="demo", store="depthlab.sqlite", *, overrides: dict | None = None, name: str | None = None,
         progress: bool = True, **options):
     """Train the sweep `spec` (a preset name, a YAML path, or a dict as a spec file holds) into `store`, as
-    `depthlab run` does (resumable; `options`: run_sweep's, e.g. device, precision, save_weights, workers), and
-    return its runs (`runs(store, sweep=...)`). Progress goes to stderr, which a notebook shows."""
+    `depthlab run` does (resumable; `options`: run_sweep's, e.g. device, precision, save_weights, workers, and
+    tensorboard=DIR to write each trained run's epochs as TensorBoard scalars under DIR/RUN_ID), and return its
+    runs (`runs(store, sweep=...)`). Progress goes to stderr, which a notebook shows."""
     import dataclasses
 
     from depthlab.results.store import check_store_path

@@ -104,7 +104,7 @@ def test_a_copy_of_the_database_file_alone_holds_every_finished_pack(tmp_path):
     (run,) = store.add_runs([CONFIG.to_dict()], sweep="s", recipe=2)
     driver = Driver.__new__(Driver)  # the pieces `finished` uses, without a sweep around them
     driver.store, driver.owner, driver.store_path, driver.save_weights, driver.env = store, "me", path, False, {}
-    driver.trained, driver._lock, driver.log = {}, __import__("threading").Lock(), print
+    driver.trained, driver._lock, driver.log, driver.tensorboard = {}, __import__("threading").Lock(), print, None
     driver._heartbeat = type("H", (), {"hold": lambda *a: None})()
     driver.bar = type("B", (), {"finished": lambda *a: None})()
     store.claim([run], "me")

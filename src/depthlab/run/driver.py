@@ -8,6 +8,8 @@ differs, so what the store guarantees is kept here, once, for both:
   crashed peer's stale claims on them are taken back; their heartbeats stay fresh while it trains;
 - each epoch's metrics are added to the run's history as the epoch ends (also a heartbeat), and each result is
   written in its own transaction, its weights (when kept) before the row: a run is never done without them;
+- with a TensorBoard directory, each epoch of a held run is also written there as it ends (depthlab.run.tensorboard),
+  here in the process that drives the sweep, whichever backend trains;
 - a pack that fails is recorded failed, with the history it had, and the sweep goes on; a broken device
   (`is_device_error`), a stop (Ctrl-C, a stop signal) or any other error ends the sweep, and every run still
   held goes back to pending (`Driver.run`).
@@ -118,12 +120,13 @@ class Driver:
     """One pass of sweep `name` over `the_plan` (a depthlab.run.runner.SweepPlan) against `store`, the store
     at `store_path` (see the module's docstring). `save_weights`: the trained weights are kept next to the store;
     `title`: the progress bar's; `env`: added to every run's env (what the executor decides and the engine
-    cannot see, e.g. the worker threads)."""
+    cannot see, e.g. the worker threads); `tensorboard`: a depthlab.run.tensorboard.Board that the epochs of the
+    runs trained here are written to, or None."""
 
     def __init__(self, name: str, store: Store, the_plan, *, store_path, log, save_weights: bool = False,
-                 title: str = "", progress: bool = True, env: dict | None = None):
+                 title: str = "", progress: bool = True, env: dict | None = None, tensorboard=None):
         self.name, self.store, self.plan, self.store_path, self.log = name, store, the_plan, store_path, log
-        self.save_weights, self.env = save_weights, dict(env or {})
+        self.save_weights, self.env, self.tensorboard = save_weights, dict(env or {}), tensorboard
         self.bar = SweepProgress(the_plan.todo, title or name, enabled=progress)
         self.owner = owner_token()
         self.trained = {"done": 0, "diverged": 0, "failed": 0}
@@ -145,6 +148,8 @@ class Driver:
         finally:
             self._heartbeat.stop()
             self.bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         counts = self.store.counts(self.name)
         self.store.close()
         return {"sweep": self.name, "total": self.plan.total, "trained": self.trained, "counts": counts,
@@ -165,10 +170,14 @@ class Driver:
         return [c for c, i in zip(configs, ids) if i in claimed]
 
     def epoch(self, config: RunConfig, metrics: dict) -> None:
-        """An epoch of a held run ended: its metrics join the run's history (a heartbeat too)."""
-        self.store.record_epoch(rid(config), self.owner, metrics)
+        """An epoch of a held run ended: its metrics join the run's history (a heartbeat too), and its
+        TensorBoard log while the run is still this owner's."""
+        run = rid(config)
+        held = self.store.record_epoch(run, self.owner, metrics)
         with self._lock:
             self.bar.epoch(config)
+        if held and self.tensorboard is not None:
+            self.tensorboard.epoch(run, config, metrics)
         stopping.check()
 
     def split(self, configs: list[RunConfig], sizes) -> None:
@@ -176,6 +185,7 @@ class Driver:
         self.log(f"out of memory: pack split into {sizes[0]} + {sizes[1]}")
         with self._lock:
             self.bar.restart(configs)
+        self._end_logs(configs)
 
     def finished(self, slot, results: list[RunResult]) -> None:
         """A pack's results, each written in its own transaction (weights first, when kept)."""
@@ -190,6 +200,7 @@ class Driver:
                 if recorded:
                     self.trained[result.status] = self.trained.get(result.status, 0) + 1
                 self.bar.finished(result.config, result.status)
+        self._end_logs([r.config for r in results])
         self.store.checkpoint()  # a backup of the .sqlite file alone then holds every pack finished so far
 
     def failed(self, slot, configs: list[RunConfig], err: BaseException) -> None:
@@ -206,3 +217,10 @@ class Driver:
             self.trained["failed"] += len(configs)
             for config in configs:
                 self.bar.finished(config, "failed")
+        self._end_logs(configs)
+
+    def _end_logs(self, configs: list[RunConfig]) -> None:
+        """These runs finished, failed or start over: their TensorBoard writers are closed."""
+        if self.tensorboard is not None:
+            for config in configs:
+                self.tensorboard.end(rid(config))

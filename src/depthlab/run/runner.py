@@ -26,6 +26,7 @@ from depthlab.errors import DepthlabError, SpecError
 from depthlab.train import engine
 from depthlab.results import weights
 from depthlab.run.allocator import keep_freed_memory
+from depthlab.run.tensorboard import open_board
 from depthlab.spec.config import RunConfig
 from depthlab.run.driver import Driver, Heartbeat, is_device_error, rid  # noqa: F401 - Heartbeat: its old home
 from depthlab.train.engine import train_pack_splitting
@@ -277,18 +278,21 @@ class LocalExecutor:
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
               retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True,
-              workers: int | None = None) -> dict:
+              workers: int | None = None, tensorboard=None) -> dict:
     """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
     depthlab.precision), with or without the geometric complexity, `workers` packs at a time (None: two on a CPU
-    with two cores or more, one on a GPU; see depthlab.run.workers). Returns a summary dict."""
+    with two cores or more, one on a GPU; see depthlab.run.workers), each trained run's epochs written as
+    TensorBoard scalars under `tensorboard`/RUN_ID when a directory is given (depthlab.run.tensorboard).
+    Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    board = open_board(tensorboard, spec.name, log)  # refused before the store is touched
     device = resolve_device(device) if isinstance(device, str) else device
     store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,
                                  retry_failed=retry_failed, save_weights=save_weights, precision=precision,
                                  workers=workers)
     driver = Driver(spec.name, store, the_plan, store_path=store_path, log=log, save_weights=save_weights,
                     title=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)", progress=progress,
-                    env={"workers": the_plan.workers})
+                    env={"workers": the_plan.workers}, tensorboard=board)
     if device.type == "cpu":
         keep_freed_memory()  # a step's activations keep their pages from one step to the next
     summary = driver.run(LocalExecutor(DataCache(device, data_root), device, max_pack=max_pack, compile=compile,
