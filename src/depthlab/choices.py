@@ -56,12 +56,17 @@ SHIFT_METHODS = {
 
 # -- the figures of `depthlab plot KIND` (depthlab.report.plots draws them), and what each shows ----------------
 PLOT_KINDS = {
-    "scatter-val": "sequential vs parallel final validation loss, one point per matched pair",
+    "scatter-val": "the deep wiring's final validation loss against each shallower one's, per pair",
     "scatter-train": "the same for the training loss",
-    "loss-vs-q": "final validation loss against Q, both topologies",
-    "curves": "validation loss per epoch of the pairs that differ most (--runs N)",
-    "winrate": "share of pairs where parallel has the lower validation loss, blocks x width",
+    "loss-vs-q": "final validation loss against Q, every wiring",
+    "curves": "validation loss per epoch of the pairs that differ most (--runs N; 2 epochs or more)",
+    "winrate": "share of pairs where a shallower wiring has the lower validation loss, blocks x width",
     "erf": "effective against theoretical receptive field per run (kernels, branch types)",
     "prune": "the density pruning kept in each block, per method and wiring",
 }
-IMAGE_FORMATS = ("png", "svg")  # what a figure is saved as, told by the file name's extension
+# The comparison figures and the final metric each draws unless told another (`plot --metric`); only these take a
+# metric and split by a config field (`plot --by`).
+PLOT_METRICS = {"scatter-val": "val_loss", "scatter-train": "train_loss", "loss-vs-q": "val_loss",
+                "curves": "val_loss", "winrate": "val_loss"}
+IMAGE_FORMATS = ("png", "svg", "pdf")  # what a figure is saved as, told by the file name's extension
+REPORT_IMAGE_FORMATS = ("png", "svg")  # what the HTML report inlines (a data: URI or the <svg> element)

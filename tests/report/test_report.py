@@ -8,7 +8,6 @@ import base64
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
-from html.parser import HTMLParser
 
 import pytest
 
@@ -22,44 +21,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE, HOSTILE_SWEEP = "<script>alert(1)</script>", "<b>x</b>"  # as conftest puts them in the store
 
 
-class Tables(HTMLParser):
-    """Text of every cell of every table with an id: {id: [[cell, ...], ...]} (header row first)."""
-
-    def __init__(self, html: str):
-        super().__init__(convert_charrefs=True)
-        self.tables, self._current, self._row, self._cell = {}, None, None, None
-        self.feed(html)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table" and attrs.get("id"):
-            self._current = self.tables.setdefault(attrs["id"], [])
-        elif tag == "tr" and self._current is not None:
-            self._row = []
-            self._current.append(self._row)
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._current, self._row = None, None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-
 @pytest.fixture(scope="module")
 def compare(records):
     return compare_report(records)  # what `depthlab compare --json` prints for this store
 
 
 @pytest.fixture(scope="module")
-def tables(report_html):
-    return Tables(report_html).tables
+def tables(report_html, html_tables):
+    return html_tables(report_html)
 
 
 def test_paired_tables_match_compare(tables, compare):
@@ -108,12 +77,12 @@ def test_every_figure_is_an_inline_png(report_html):
     assert "no data" not in report_html
 
 
-def test_report_is_self_contained(report_html, records):
+def test_report_is_self_contained(report_html, records, html_tables):
     assert report_html.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", report_html)  # nothing fetched
     assert "<link" not in report_html and "<script src" not in report_html
     assert "Content-Security-Policy" in report_html
-    rows = Tables(report_html).tables["runs-table"]
+    rows = html_tables(report_html)["runs-table"]
     assert len(rows) == 1 + len(records)
     assert {r[0] for r in rows[1:]} == {r.run_id for r in records}
 
@@ -147,8 +116,9 @@ def test_figure_data_agree_with_the_pairs_compared(records, compare):
         assert len(points) == overall["n_pairs"] == 6
     cells = plots.winrate_cells(records)
     overall = next(g for g in compare["paired"]["val_loss"][0]["groups"] if g["q_band"] == ALL)
-    assert sum(w for w, _ in cells["synthetic"].values()) == overall["wins_b"]
-    assert sorted(cells["synthetic"]) == [(2, 4), (3, 4)]
+    assert list(cells["synthetic"]) == ["parallel"]  # against sequential, the deepest wiring
+    assert sum(w for w, _ in cells["synthetic"]["parallel"].values()) == overall["wins_b"]
+    assert sorted(cells["synthetic"]["parallel"]) == [(2, 4), (3, 4)]
     chosen = plots.curve_runs(records, n=3)
     assert sum(1 + (p is not None) for _, p, _ in chosen) == 3
     diffs = [abs(d) for _, _, d in chosen]

@@ -1,5 +1,6 @@
-"""The report in a real browser: headless Chromium renders it to a non-blank screenshot, and its one script (the
-run-table sorting, allowed by hash in the page's Content-Security-Policy) runs."""
+"""The report in a real browser: headless Chromium renders it to a non-blank screenshot, its one script (the
+run-table sorting, allowed by hash in the page's Content-Security-Policy) runs, and the report split by a field
+opens without a message on the console (a script error, or anything the policy blocked)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,25 @@ def test_report_script_runs_under_its_content_security_policy(chromium, report_p
     dom = result.stdout.decode(errors="replace")
     assert 'id="runs-table"' in dom, result.stderr.decode(errors="replace")[-2000:]
     assert 'title="click to sort"' in dom  # set by the report's script: it was allowed to run
+
+
+def console(result: subprocess.CompletedProcess) -> list[str]:
+    """What the page wrote to the console (errors, and what its Content-Security-Policy blocked), as Chromium logs it
+    with --enable-logging=stderr."""
+    return [line for line in result.stderr.decode(errors="replace").splitlines() if ":CONSOLE" in line]
+
+
+def test_the_report_by_a_field_opens_without_console_messages(chromium, by_report_path, tmp_path):
+    result = headless(chromium, tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                      by_report_path.resolve().as_uri())
+    dom = result.stdout.decode(errors="replace")
+    assert 'id="by-1"' in dom and 'title="click to sort"' in dom, result.stderr.decode(errors="replace")[-2000:]
+    assert console(result) == []
+    # the check sees what it looks for: an image the policy blocks, and a script error
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" content=\"img-src "
+                   "'none'\"></head><body><img src=\"data:image/gif;base64,R0lGODlhAQABAAAAACw=\">"
+                   "<script>undefined_name()</script></body></html>")
+    seen = console(headless(chromium, tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom",
+                            bad.resolve().as_uri()))
+    assert len(seen) == 2 and any("undefined_name" in line for line in seen), seen

@@ -1,43 +1,74 @@
 """The report's figures, one function per figure, each returning a matplotlib `Figure`.
 
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no global figure registry to leak
-memory across a report, and no GUI backend is ever touched (saving goes through Agg or the SVG backend).
+memory across a report, and no GUI backend is ever touched (saving goes through Agg, the SVG or the PDF backend).
 
 Every figure reads the same pairs as `depthlab compare` (`pair_records`), so a point in a scatter is a pair the
-statistics counted. A figure with nothing to draw raises `NoData` with a short reason: the HTML report shows
-the reason in its place, `depthlab plot` prints it as an error.
+statistics counted. Every wiring of a sweep is drawn: the deepest one present (sequential) is the reference,
+and each shallower one (the `groups:g` family, parallel) is paired with it; each wiring keeps one colour,
+marker and line style in every figure (`wiring_styles`). The comparison figures (`DEFAULT_METRIC`) draw any
+final metric and split into a panel per value of a config field (`by`). A figure with nothing to
+draw raises `NoData` with a short reason: the HTML report shows the reason in its place, `depthlab plot`
+prints it as an error.
+
+Saved figures keep their text as text (`render`): SVG `<text>` elements and embedded TrueType fonts in a PDF,
+which a vector editor can change, set for the save only.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
+from itertools import zip_longest
+from typing import NamedTuple
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from depthlab.analysis.compare import BAND_LABELS, NO_BAND, pair_records, q_band, run_state
+from depthlab.analysis.compare import BAND_LABELS, NO_BAND, check_by, pair_records, q_band, run_state, value_order
 from depthlab.choices import IMAGE_FORMATS as FORMATS
-from depthlab.choices import PLOT_KINDS, SHIFT_METHODS
+from depthlab.choices import PLOT_KINDS, SHIFT_METHODS, check
+from depthlab.choices import PLOT_METRICS as DEFAULT_METRIC  # the comparison figures: they take a metric and by
 from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
 from depthlab.results.export import varied_fields
-from depthlab.records import RunRecord
+from depthlab.records import METRICS, RunRecord, canonical_json
 from depthlab.records import finite as store_finite
 
-# One colour per wiring, the same in every figure.
+# The deep stack and the broad layer have fixed colours (the page's CSS names the same two); the groups:g family
+# takes GROUP_STYLES in depth order (`wiring_styles`).
 TOPOLOGY_COLORS = {"sequential": "#1f5fa8", "parallel": "#e07b00"}
+TOPOLOGY_MARKERS = {"sequential": "o", "parallel": "^"}
+TOPOLOGY_LINES = {"sequential": "-", "parallel": "--"}
+GROUP_STYLES = (("#7b3fa0", "s", "-."), ("#2a9d8f", "D", ":"), ("#c0392b", "v", (0, (5, 1, 1, 1))),
+                ("#8c6d31", "P", (0, (1, 1))), ("#d6609f", "X", (0, (3, 1, 1, 1, 1, 1))), ("#17a2b8", "h", (0, (8, 2))))
 BAND_MARKERS = dict(zip(BAND_LABELS, ("o", "s", "^", "D")), **{NO_BAND: "X"})
 DATASET_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 METRIC_LABELS = {"val_loss": "validation loss", "train_loss": "training loss", "val_acc": "validation accuracy",
                  "train_acc": "training accuracy", "test_loss": "test loss", "test_acc": "test accuracy"}
 DPI = 110
+MIN_EPOCHS = 2  # a learning curve needs two points: one epoch is a dot, and the final value is in the other figures
+MAX_WIDTH, MAX_HEIGHT = 16.0, 26.0  # inches: a figure of many panels shrinks them rather than grow past this
+# While saving: SVG text as <text> elements (not glyph outlines), PDF fonts as TrueType (Type 42, not Type 3), so
+# a vector editor can change the words; no creation date, so the same figure gives the same file.
+SAVE_RC = {"svg.fonttype": "none", "pdf.fonttype": 42}
+SAVE_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
+_GROUPS = re.compile(r"^groups:(\d+)$")
 
 
 class NoData(DepthlabError):
     """A figure has nothing to draw; the message says why."""
+
+
+class Style(NamedTuple):
+    color: str
+    marker: str
+    line: object  # a matplotlib line style: a name or (offset, dashes)
 
 
 def _text(value) -> str:
@@ -62,48 +93,144 @@ def _dataset_colors(datasets) -> dict:
     return {d: DATASET_COLORS[i % len(DATASET_COLORS)] for i, d in enumerate(sorted(datasets))}
 
 
+# -- wirings and splits -----------------------------------------------------------------------------------------
+
+
+def wiring_depth(topology) -> tuple:
+    """Sort key of a wiring, deep to shallow: sequential (g = n groups), groups:g by decreasing g, parallel
+    (g = 1), then any other by name."""
+    name = str(topology)
+    match = _GROUPS.match(name)
+    if name == "sequential":
+        return (0, 0, "")
+    if match:
+        return (1, -int(match.group(1)), "")
+    return (2, 0, "") if name == "parallel" else (3, 0, name)
+
+
+def wirings(records: list[RunRecord]) -> list[str]:
+    """The wirings (topology values) of the records, deep to shallow."""
+    return sorted({str(r.config["topology"]) for r in records if r.config.get("topology") is not None},
+                  key=wiring_depth)
+
+
+def wiring_styles(names) -> dict[str, Style]:
+    """{wiring: Style} for the given wirings (in depth order): sequential and parallel their own, the others the
+    next of GROUP_STYLES."""
+    styles, k = {}, 0
+    for name in names:
+        if name in TOPOLOGY_COLORS:
+            styles[name] = Style(TOPOLOGY_COLORS[name], TOPOLOGY_MARKERS[name], TOPOLOGY_LINES[name])
+        else:
+            styles[name] = Style(*GROUP_STYLES[k % len(GROUP_STYLES)])
+            k += 1
+    return styles
+
+
+def split(records: list[RunRecord], by: str | None) -> list[tuple[str | None, list[RunRecord]]]:
+    """(label, records) per value of the config field `by`, in value order, the label "by = value"; without
+    `by`, one group of every record labelled None. Pairs differ only in the wiring, so each pair is in one group."""
+    if by is None:
+        return [(None, records)]
+    groups: dict[str, tuple] = {}
+    for rec in records:
+        value = rec.config.get(by)
+        groups.setdefault(canonical_json(value), (value, []))[1].append(rec)
+    ordered = sorted(groups.values(), key=lambda vr: value_order(vr[0]))
+    return [(f"{by} = {value}", recs) for value, recs in ordered]
+
+
+def _panel_title(*parts) -> str:
+    return _text(" · ".join(str(p) for p in parts if p is not None))
+
+
+def _panels(rows: int, cols: int, one: tuple, each: tuple, wrap: int = 3) -> tuple[Figure, np.ndarray]:
+    """A constrained figure of rows × cols panels (rows: the values of `by`; columns: datasets, say), as an array
+    of axes indexed [row][col]: `one` inches for a single panel, `each` per panel otherwise. With one column the
+    rows stand side by side instead, `wrap` to a line, so that a split figure stays about as wide as it is high."""
+    if cols == 1 and rows > 1 and wrap > 1:
+        across = min(rows, wrap)
+        fig, grid = _panels(math.ceil(rows / across), across, one, each, wrap=1)
+        flat = list(grid.ravel())
+        for ax in flat[rows:]:
+            ax.remove()
+        axes = np.empty((rows, 1), dtype=object)
+        axes[:, 0] = flat[:rows]
+        return fig, axes
+    size = one if rows * cols == 1 else (min(each[0] * cols, MAX_WIDTH), min(each[1] * rows, MAX_HEIGHT))
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _empty(ax, why: str) -> None:
+    """A panel with nothing to draw says so."""
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 # -- the data behind the figures (plain lists, so tests can check them) ------------------------------------------
 
 
-def used_pairs(records: list[RunRecord], metric: str = "val_loss") -> list[tuple[RunRecord, RunRecord]]:
-    """(sequential, parallel) pairs whose runs are both done, learned and did not blow up (`run_state`), with a
-    finite `metric`: the pairs the paired statistics of `compare` use for that metric, in the same order."""
-    pairs, _ = pair_records(records)
-    return [(s, p) for s, p in pairs
-            if run_state(s) == "done" and run_state(p) == "done"
-            and finite(s.metric(metric)) is not None and finite(p.metric(metric)) is not None]
+def used_pairs(records: list[RunRecord], metric: str = "val_loss",
+               order: list[str] | None = None) -> list[tuple[RunRecord, RunRecord]]:
+    """(deep, shallow) pairs: the deepest wiring of `order` (default: the records' `wirings`) against each other
+    one, whose runs are both done, learned and did not blow up (`run_state`), with a finite `metric`: the pairs
+    the paired statistics of `compare` use for that metric, wiring by wiring, each in record order."""
+    order = wirings(records) if order is None else order
+    out = []
+    for other in order[1:]:
+        pairs, _ = pair_records(records, "topology", order[0], other)
+        out += [(s, p) for s, p in pairs
+                if run_state(s) == "done" and run_state(p) == "done"
+                and finite(s.metric(metric)) is not None and finite(p.metric(metric)) is not None]
+    return out
 
 
-def scatter_points(records: list[RunRecord], metric: str = "val_loss") -> list[dict]:
-    """One point per used pair: x = sequential, y = parallel final `metric`, with its dataset and Q band."""
+def scatter_points(records: list[RunRecord], metric: str = "val_loss", order: list[str] | None = None) -> list[dict]:
+    """One point per used pair: x = the deep wiring's, y = the shallow one's final `metric`, with the dataset,
+    Q band, both wirings and both run ids."""
     return [dict(x=float(s.metric(metric)), y=float(p.metric(metric)), dataset=str(s.config.get("dataset")),
-                 band=q_band(s.q), seq=s.run_id, par=p.run_id)
-            for s, p in used_pairs(records, metric)]
+                 band=q_band(s.q), reference=str(s.config.get("topology")), wiring=str(p.config.get("topology")),
+                 deep=s.run_id, shallow=p.run_id)
+            for s, p in used_pairs(records, metric, order)]
 
 
-def winrate_cells(records: list[RunRecord], metric: str = "val_loss") -> dict:
-    """{dataset: {(blocks, width): (parallel wins, pairs)}}: a win is a strictly lower `metric` for parallel
-    (strictly higher for an accuracy)."""
+def winrate_cells(records: list[RunRecord], metric: str = "val_loss", order: list[str] | None = None) -> dict:
+    """{dataset: {shallow wiring: {(blocks, width): (its wins, pairs)}}} against the deepest wiring: a win is a
+    strictly lower `metric` (strictly higher for an accuracy)."""
     higher_is_better = metric.endswith("_acc")
     out: dict[str, dict] = {}
-    for s, p in used_pairs(records, metric):
+    for s, p in used_pairs(records, metric, order):
         d = float(p.metric(metric)) - float(s.metric(metric))
         win = d > 0 if higher_is_better else d < 0
-        cells = out.setdefault(str(s.config.get("dataset")), {})
+        cells = out.setdefault(str(s.config.get("dataset")), {}).setdefault(str(p.config.get("topology")), {})
         key = (s.config.get("blocks"), s.config.get("width"))
         wins, n = cells.get(key, (0, 0))
         cells[key] = (wins + int(win), n + 1)
     return out
 
 
-def curve_runs(records: list[RunRecord], n: int = 8,
-               metric: str = "val_loss") -> list[tuple[RunRecord, RunRecord | None, float]]:
-    """The pairs with the largest |parallel − sequential| final `metric`, at most `n` runs in all, as
-    (sequential, parallel, d); runs without a per-epoch history are skipped. Without pairs: the first `n` done
-    runs with a history, as (run, None, nan)."""
+def curve(rec: RunRecord, metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) of the run's per-epoch `metric`, the epochs that have a finite one."""
+    return [(h.get("epoch", k + 1), float(h[metric])) for k, h in enumerate(rec.history)
+            if finite(h.get(metric)) is not None]
+
+
+def curve_runs(records: list[RunRecord], n: int = 8, metric: str = "val_loss",
+               order: list[str] | None = None) -> list[tuple[RunRecord, RunRecord | None, float]]:
+    """The pairs with the largest |shallow − deep| final `metric`, taken in turn from each shallower wiring (so
+    that every wiring shows), at most `n` runs in all, as (deep, shallow, d); runs with fewer than MIN_EPOCHS
+    epochs of `metric` history are skipped. Without pairs: the first `n` done runs with such a history, as
+    (run, None, nan)."""
+    drawable = lambda rec: len(curve(rec, metric)) >= MIN_EPOCHS
     chosen, count = [], 0
-    pairs = [(s, p) for s, p in used_pairs(records, metric) if s.history and p.history]
+    pairs = [(s, p) for s, p in used_pairs(records, metric, order) if drawable(s) and drawable(p)]
     pairs.sort(key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
+    per_wiring: dict[str, list] = {}
+    for s, p in pairs:
+        per_wiring.setdefault(str(p.config.get("topology")), []).append((s, p))
+    pairs = [sp for turn in zip_longest(*per_wiring.values()) for sp in turn if sp is not None]
     for s, p in pairs:
         if count >= n:
             break
@@ -111,7 +238,7 @@ def curve_runs(records: list[RunRecord], n: int = 8,
         chosen.append((s, p if count + 2 <= n else None, d))
         count += 2
     if not pairs:
-        singles = [r for r in records if r.status == "done" and r.history][:n]
+        singles = [r for r in records if r.status == "done" and drawable(r)][:n]
         chosen = [(r, None, float("nan")) for r in singles]
     return chosen
 
@@ -119,22 +246,70 @@ def curve_runs(records: list[RunRecord], n: int = 8,
 # -- figures --------------------------------------------------------------------------------------------------
 
 
-def scatter_pairs(records: list[RunRecord], metric: str = "val_loss") -> Figure:
-    """Sequential vs parallel final `metric`, one point per matched pair; colour = dataset, marker = Q band,
-    and the line y = x (below it, parallel has the lower value)."""
-    points = scatter_points(records, metric)
+def _no_pairs(order: list[str], metric: str) -> NoData:
+    names = order if len(order) > 1 else list(TOPOLOGY_COLORS)
+    return NoData(f"no {'/'.join(names)} pairs with both runs done and a finite {metric}")
+
+
+def _challenger(order: list[str]) -> str:
+    """How a figure names the shallow side: the wiring itself when there is one."""
+    return order[1] if len(order) == 2 else "the shallower wiring"
+
+
+def scatter_pairs(records: list[RunRecord], metric: str = "val_loss", by: str | None = None) -> Figure:
+    """The deepest wiring's final `metric` (x) against each shallower wiring's (y), one point per matched pair;
+    colour = the shallow wiring, marker = Q band, the line y = x (below it, the shallow wiring has the lower
+    value); one panel per dataset and value of `by`."""
+    order = wirings(records)
+    styles = wiring_styles(order)
+    rows = [(label, scatter_points(subset, metric, order)) for label, subset in split(records, by)]
+    points = [pt for _, pts in rows for pt in pts]
     if not points:
-        raise NoData(f"no sequential/parallel pairs with both runs done and a finite {metric}")
-    colors = _dataset_colors({pt["dataset"] for pt in points})
-    fig = Figure(figsize=(5.6, 5.0), layout="constrained")
-    ax = fig.add_subplot()
+        raise _no_pairs(order, metric)
+    datasets = sorted({pt["dataset"] for pt in points})
+    fig, axes = _panels(len(rows), len(datasets), (5.6, 5.0), (4.6, 4.2))
+    name = METRIC_LABELS.get(metric, metric)
+    shown = [w for w in order[1:] if any(pt["wiring"] == w for pt in points)]
     bands = [b for b in BAND_MARKERS if any(pt["band"] == b for pt in points)]
-    for dataset, color in colors.items():
+    for i, (label, pts) in enumerate(rows):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            sel = [pt for pt in pts if pt["dataset"] == dataset]
+            title = _panel_title(label, dataset if len(datasets) > 1 else None,
+                                 f"{len(sel)} pair{'s' * (len(sel) != 1)}")
+            if not sel:
+                _empty(ax, "no pairs")
+                ax.set_title(title, fontsize=9)
+                continue
+            _scatter_panel(ax, sel, shown, bands, styles)
+            ax.set_xlabel(_text(f"{order[0]}: final {name}"))
+            ax.set_ylabel(_text(f"{_challenger(order)}: final {name}"))
+            ax.set_title(title, fontsize=9)
+    better = "above" if metric.endswith("_acc") else "below"
+    title = _text(f"Final {name}, {len(points)} matched pair{'s' * (len(points) != 1)}\n"
+                  f"({better} the line y = x: {_challenger(order)} better)")
+    if axes.size == 1:
+        axes[0][0].set_title(_text(f"{datasets[0]}: ") + title, fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=10)
+    handles = [Line2D([], [], marker="o", linestyle="", color=styles[w].color, label=_text(w)) for w in shown]
+    first = next(ax for ax in axes.ravel() if ax.collections)  # a panel with points holds the legends
+    leg = first.legend(handles=handles, title=f"against {_text(order[0])}", loc="upper left", fontsize=8,
+                       title_fontsize=8)
+    first.add_artist(leg)
+    handles = [Line2D([], [], marker=BAND_MARKERS[b], linestyle="", color="#444444", label=b) for b in bands]
+    handles.append(Line2D([], [], color="#555555", linestyle="--", label="y = x"))
+    first.legend(handles=handles, title="Q band", loc="lower right", fontsize=8, title_fontsize=8)
+    return fig
+
+
+def _scatter_panel(ax, points: list[dict], shown: list[str], bands: list[str], styles: dict) -> None:
+    for wiring in shown:
         for band in bands:
-            sel = [pt for pt in points if pt["dataset"] == dataset and pt["band"] == band]
+            sel = [pt for pt in points if pt["wiring"] == wiring and pt["band"] == band]
             if sel:
-                ax.scatter([pt["x"] for pt in sel], [pt["y"] for pt in sel], c=color, marker=BAND_MARKERS[band],
-                           s=36, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=3)
+                ax.scatter([pt["x"] for pt in sel], [pt["y"] for pt in sel], color=styles[wiring].color,
+                           marker=BAND_MARKERS[band], s=36, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=3)
     values = [pt["x"] for pt in points] + [pt["y"] for pt in points]
     lo, hi = min(values), max(values)
     if _wide_range(values):  # datasets at very different loss levels: each cluster stays readable
@@ -148,70 +323,69 @@ def scatter_pairs(records: list[RunRecord], metric: str = "val_loss") -> Figure:
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
-    name = METRIC_LABELS.get(metric, metric)
-    ax.set_xlabel(f"sequential (deep): final {name}")
-    ax.set_ylabel(f"parallel (shallow): final {name}")
-    better = "above" if metric.endswith("_acc") else "below"
-    ax.set_title(f"Final {name}, {len(points)} matched pair{'s' * (len(points) != 1)}\n"
-                 f"({better} the line y = x: parallel better)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=_text(d)) for d, c in colors.items()]
-    leg = ax.legend(handles=handles, title="dataset", loc="upper left", fontsize=8, title_fontsize=8)
-    ax.add_artist(leg)
-    handles = [Line2D([], [], marker=BAND_MARKERS[b], linestyle="", color="#444444", label=b) for b in bands]
-    handles.append(Line2D([], [], color="#555555", linestyle="--", label="y = x"))
-    ax.legend(handles=handles, title="Q band", loc="lower right", fontsize=8, title_fontsize=8)
-    return fig
 
 
-def loss_vs_q(records: list[RunRecord], metric: str = "val_loss") -> Figure:
-    """Final `metric` of the done runs against Q (log scale), sequential and parallel, one panel per dataset;
-    the line joins the mean at each Q value, the dotted verticals are the Q band edges."""
-    runs = [r for r in records if r.status == "done" and r.config.get("topology") in TOPOLOGY_COLORS
+def loss_vs_q(records: list[RunRecord], metric: str = "val_loss", by: str | None = None) -> Figure:
+    """Final `metric` of the done runs against Q (log scale), every wiring, one panel per dataset and value of
+    `by`; the line joins the mean at each Q value, the dotted verticals are the Q band edges."""
+    runs = [r for r in records if r.status == "done" and r.config.get("topology") is not None
             and finite(r.metric(metric)) is not None and (finite(r.q) or 0) > 0]
     if not runs:
-        raise NoData(f"no done sequential or parallel run with a Q and a finite {metric}")
+        raise NoData(f"no done run with a wiring, a Q and a finite {metric}")
+    styles = wiring_styles(wirings(runs))
     datasets = sorted({str(r.config.get("dataset")) for r in runs})
-    fig = Figure(figsize=(5.6, 4.6) if len(datasets) == 1 else (min(5.0 * len(datasets), 11.5), 4.2),
-                 layout="constrained")
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    rows = split(runs, by)
+    fig, axes = _panels(len(rows), len(datasets), (5.6, 4.6), (5.0, 4.2))
     name = METRIC_LABELS.get(metric, metric)
-    for ax, dataset in zip(axes, datasets):
-        qs_all = []
-        for topology, color in TOPOLOGY_COLORS.items():
-            sel = [r for r in runs if str(r.config.get("dataset")) == dataset and r.config.get("topology") == topology]
+    for i, (label, subset) in enumerate(rows):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            sel = [r for r in subset if str(r.config.get("dataset")) == dataset]
+            ax.set_title(_panel_title(label, dataset), fontsize=10)
             if not sel:
+                _empty(ax, "no done runs")
                 continue
-            q = np.array([float(r.q) for r in sel])
-            y = np.array([float(r.metric(metric)) for r in sel])
-            qs_all.extend(q)
-            ax.scatter(q, y, color=color, s=16, alpha=0.45, marker="o" if topology == "sequential" else "^",
-                       linewidths=0)
-            levels = np.unique(q)
-            ax.plot(levels, [y[q == v].mean() for v in levels], color=color, linewidth=1.8, marker="o"
-                    if topology == "sequential" else "^", markersize=4, label=f"{topology} (mean, n={len(sel)})")
-        ax.set_xscale("log")
-        lo, hi = min(qs_all) / 1.5, max(qs_all) * 1.5
-        ax.set_xlim(lo, hi)
-        for edge in (1, 3, 10):
-            if lo < edge < hi:
-                ax.axvline(edge, color="#999999", linestyle=":", linewidth=1)
-        # plain numbers on the 1-3-10 grid of the band edges, not powers of ten
-        ticks = [t for e in range(-4, 7) for t in (10.0 ** e, 3 * 10.0 ** e) if lo <= t <= hi]
-        if len(ticks) >= 2:
-            ax.xaxis.set_major_locator(FixedLocator(ticks))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_xlabel("Q = training examples × outputs / parameters")
-        ax.set_ylabel(f"final {name}")
-        ax.set_title(_text(dataset), fontsize=10)
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="best")
-    if len(datasets) == 1:
-        axes[0].set_title(f"Final {name} against Q: {_text(datasets[0])}", fontsize=10)
+            _q_panel(ax, sel, metric, styles)
+            ax.set_ylabel(f"final {name}")
+    if axes.size == 1:
+        axes[0][0].set_title(_text(f"Final {name} against Q: {datasets[0]}"), fontsize=10)
     else:
         fig.suptitle(f"Final {name} against Q", fontsize=11)
     return fig
+
+
+def _q_panel(ax, runs: list[RunRecord], metric: str, styles: dict) -> None:
+    qs_all = []
+    for wiring, style in styles.items():
+        sel = [r for r in runs if str(r.config.get("topology")) == wiring]
+        if not sel:
+            continue
+        q = np.array([float(r.q) for r in sel])
+        y = np.array([float(r.metric(metric)) for r in sel])
+        qs_all.extend(q)
+        ax.scatter(q, y, color=style.color, s=16, alpha=0.45, marker=style.marker, linewidths=0)
+        levels = np.unique(q)
+        ax.plot(levels, [y[q == v].mean() for v in levels], color=style.color, linewidth=1.8, marker=style.marker,
+                markersize=4, label=_text(f"{wiring} (mean, n={len(sel)})"))
+    ax.set_xscale("log")
+    lo, hi = min(qs_all) / 1.5, max(qs_all) * 1.5
+    ax.set_xlim(lo, hi)
+    for edge in (1, 3, 10):
+        if lo < edge < hi:
+            ax.axvline(edge, color="#999999", linestyle=":", linewidth=1)
+    # plain numbers on the 1-3-10 grid of the band edges, not powers of ten
+    ticks = [t for e in range(-4, 7) for t in (10.0 ** e, 3 * 10.0 ** e) if lo <= t <= hi]
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    if len(ticks) >= 2:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:  # a narrow range: the minor ticks carry the labels, plain too
+        ax.xaxis.set_minor_formatter(plain)
+    ax.xaxis.set_major_formatter(plain)
+    ax.set_xlabel("Q = training examples × outputs / parameters")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
 
 
 def _pair_label(rec: RunRecord, fields: list[str]) -> str:
@@ -219,74 +393,106 @@ def _pair_label(rec: RunRecord, fields: list[str]) -> str:
     return _text(text if len(text) <= 48 else text[:45] + "...")
 
 
-def learning_curves(records: list[RunRecord], n: int = 8, metric: str = "val_loss") -> Figure:
-    """`metric` per epoch for at most `n` runs: the pairs with the largest final |difference| (sequential solid,
-    parallel dashed, one colour per pair)."""
-    chosen = curve_runs(records, n, metric)
-    if not chosen:
-        raise NoData("no done run with a per-epoch history")
-    fields = [f for f in varied_fields(records) if f != "topology"]
-    fig = Figure(figsize=(10.0, 4.4), layout="constrained")
-    ax = fig.add_subplot()
+def learning_curves(records: list[RunRecord], n: int = 8, metric: str = "val_loss", by: str | None = None) -> Figure:
+    """`metric` per epoch for at most `n` runs per panel: the pairs with the largest final |difference|, one
+    colour per pair and one line style per wiring; one panel per value of `by`. Only runs with at least
+    MIN_EPOCHS epochs of history are drawn."""
+    order = wirings(records)
+    styles = wiring_styles(order)
+    rows = [(label, curve_runs(subset, n, metric, order)) for label, subset in split(records, by)]
+    if not any(chosen for _, chosen in rows):
+        raise NoData(_why_no_curves(records, metric))
+    fields = [f for f in varied_fields(records) if f not in ("topology", by)]
+    fig, axes = _panels(len(rows), 1, (10.0, 4.4), (10.0, 3.6), wrap=1)
     name = METRIC_LABELS.get(metric, metric)
-    for i, (seq, par, d) in enumerate(chosen):
-        color = DATASET_COLORS[i % len(DATASET_COLORS)]
-        label = _pair_label(seq, fields) + ("" if math.isnan(d) else f"  (d = {d:+.3g})")
-        for rec, style in ((seq, "-"), (par, "--")):
-            if rec is None:
-                continue
-            hist = [h for h in rec.history if finite(h.get(metric)) is not None]
-            ax.plot([h.get("epoch", k + 1) for k, h in enumerate(hist)], [h[metric] for h in hist], style,
-                    color=color, marker="o", markersize=3, linewidth=1.5, label=label if style == "-" else None)
-    drawn = [v for line in ax.get_lines() for v in line.get_ydata()]
-    if drawn and _wide_range(drawn):
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(name)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.grid(True, alpha=0.3)
-    kind = "pairs with the largest |final difference|" if not math.isnan(chosen[0][2]) else "runs (no pairs)"
-    ax.set_title(f"{name.capitalize()} per epoch: {kind}", fontsize=10)
-    handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="#444444", linestyle="-", label="sequential (deep)"),
-                Line2D([], [], color="#444444", linestyle="--", label="parallel (shallow)")]
-    fig.legend(handles=handles, fontsize=8, loc="outside right center", frameon=False)
+    drawn = set()
+    for (label, chosen), ax in zip(rows, axes[:, 0]):
+        if not chosen:
+            _empty(ax, f"no run with {MIN_EPOCHS} or more epochs of {metric}")
+            ax.set_title(_panel_title(label), fontsize=10)
+            continue
+        for i, (deep, shallow, d) in enumerate(chosen):
+            color = DATASET_COLORS[i % len(DATASET_COLORS)]
+            text = _pair_label(deep, fields)
+            if shallow is not None and len(order) > 2:  # which of the shallower wirings the pair holds
+                text += _text(f" vs {shallow.config.get('topology')}")
+            text += "" if math.isnan(d) else f"  (d = {d:+.3g})"
+            for k, rec in enumerate((deep, shallow)):
+                if rec is None:
+                    continue
+                wiring = str(rec.config.get("topology"))
+                drawn.add(wiring)
+                points = curve(rec, metric)
+                ax.plot([e for e, _ in points], [v for _, v in points], linestyle=styles[wiring].line, color=color,
+                        marker="o", markersize=3, linewidth=1.5, label=text if k == 0 else None)
+        values = [v for line in ax.get_lines() for v in line.get_ydata()]
+        if _wide_range(values):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(True, alpha=0.3)
+        kind = "pairs with the largest |final difference|" if not math.isnan(chosen[0][2]) else "runs (no pairs)"
+        ax.set_title(_panel_title(label, f"{name.capitalize()} per epoch: {kind}"), fontsize=10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    handles = [Line2D([], [], color="#444444", linestyle=styles[w].line, label=_text(w)) for w in order if w in drawn]
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=max(len(handles), 1), frameon=False)
     return fig
 
 
-def winrate_heatmap(records: list[RunRecord], metric: str = "val_loss") -> Figure:
-    """Per dataset, over blocks × width: the fraction of pairs where parallel has the better final `metric`
-    (lower loss, higher accuracy), with the counts in each cell."""
-    cells = winrate_cells(records, metric)
-    if not cells:
-        raise NoData(f"no sequential/parallel pairs with both runs done and a finite {metric}")
-    datasets = sorted(cells)
-    fig = Figure(figsize=(5.6, 4.6) if len(datasets) == 1 else (min(1.0 + 4.6 * len(datasets), 11.5), 4.0),
-                 layout="constrained")
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+def _why_no_curves(records: list[RunRecord], metric: str) -> str:
+    done = [r for r in records if r.status == "done"]
+    longest = max((len(curve(r, metric)) for r in done), default=0)
+    if longest == 0:
+        return f"no done run with a per-epoch history of {metric}"
+    return (f"the done runs have at most {longest} epoch{'s' * (longest != 1)} of {metric} history: a learning curve "
+            f"needs {MIN_EPOCHS} (the final values are in the other figures)")
+
+
+def winrate_heatmap(records: list[RunRecord], metric: str = "val_loss", by: str | None = None) -> Figure:
+    """Per dataset and shallow wiring, over blocks × width: the fraction of pairs where the shallow wiring has
+    the better final `metric` than the deepest one (lower loss, higher accuracy), with the counts in each cell;
+    one row of panels per value of `by`."""
+    order = wirings(records)
+    rows = [(label, winrate_cells(subset, metric, order)) for label, subset in split(records, by)]
+    if not any(cells for _, cells in rows):
+        raise _no_pairs(order, metric)
+    columns = sorted({(dataset, wiring) for _, cells in rows for dataset, per in cells.items() for wiring in per},
+                     key=lambda dw: (dw[0], wiring_depth(dw[1])))
+    fig, axes = _panels(len(rows), len(columns), (5.6, 4.6), (4.4, 3.8))
     image = None
-    for ax, dataset in zip(axes, datasets):
-        grid = cells[dataset]
-        blocks = sorted({k[0] for k in grid}, key=_order)
-        widths = sorted({k[1] for k in grid}, key=_order)
-        rate = np.full((len(blocks), len(widths)), np.nan)
-        for (b, w), (wins, n) in grid.items():
-            rate[blocks.index(b), widths.index(w)] = wins / n
-        image = ax.imshow(np.ma.masked_invalid(rate), cmap="RdBu_r", vmin=0, vmax=1, origin="lower", aspect="auto")
-        for (b, w), (wins, n) in grid.items():
-            r = wins / n
-            ax.text(widths.index(w), blocks.index(b), f"{r:.2f}\n{wins}/{n}", ha="center", va="center",
-                    fontsize=8, color="white" if abs(r - 0.5) > 0.3 else "black")
-        ax.set_xticks(range(len(widths)), [str(w) for w in widths])
-        ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
-        ax.set_xlabel("width (channels)")
-        ax.set_ylabel("blocks (depth)")
-        ax.set_title(_text(dataset), fontsize=10)
+    for i, (label, cells) in enumerate(rows):
+        for j, (dataset, wiring) in enumerate(columns):
+            ax = axes[i][j]
+            ax.set_title(_panel_title(label, dataset, f"{wiring} vs {order[0]}"), fontsize=9)
+            grid = cells.get(dataset, {}).get(wiring)
+            if not grid:
+                _empty(ax, "no pairs")
+                continue
+            image = _winrate_panel(ax, grid)
     better = "higher" if metric.endswith("_acc") else "lower"
-    fig.colorbar(image, ax=list(axes), label=f"parallel win rate ({better} final {metric})", shrink=0.9)
-    fig.suptitle(f"Share of pairs where parallel has the {better}\nfinal {METRIC_LABELS.get(metric, metric)}",
-                 fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=f"win rate ({better} final {metric})", shrink=0.9)
+    fig.suptitle(_text(f"Share of pairs where {_challenger(order)} has the {better}\n"
+                       f"final {METRIC_LABELS.get(metric, metric)}"), fontsize=10)
     return fig
+
+
+def _winrate_panel(ax, grid: dict):
+    blocks = sorted({k[0] for k in grid}, key=_order)
+    widths = sorted({k[1] for k in grid}, key=_order)
+    rate = np.full((len(blocks), len(widths)), np.nan)
+    for (b, w), (wins, n) in grid.items():
+        rate[blocks.index(b), widths.index(w)] = wins / n
+    image = ax.imshow(np.ma.masked_invalid(rate), cmap="RdBu_r", vmin=0, vmax=1, origin="lower", aspect="auto")
+    for (b, w), (wins, n) in grid.items():
+        r = wins / n
+        ax.text(widths.index(w), blocks.index(b), f"{r:.2f}\n{wins}/{n}", ha="center", va="center",
+                fontsize=8, color="white" if abs(r - 0.5) > 0.3 else "black")
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(blocks)), [str(b) for b in blocks])
+    ax.set_xlabel("width (channels)")
+    ax.set_ylabel("blocks (depth)")
+    return image
 
 
 def _order(value):
@@ -300,11 +506,11 @@ def prune_profile(rows: list[dict], density: float) -> Figure:
         raise NoData("no pruning profile to draw")
     fig = Figure(figsize=(7.0, 4.4), layout="constrained")
     ax = fig.add_subplot()
-    colors = _dataset_colors({r["method"] for r in rows})  # one colour per method
+    colors = _dataset_colors({r["method"] for r in rows})  # one colour per method, one line style per wiring
+    styles = wiring_styles(sorted({str(r["topology"]) for r in rows}, key=wiring_depth))
     for r in rows:
-        style = "-" if r["topology"] == "sequential" else "--"
-        ax.plot(range(len(r["blocks"])), r["blocks"], style, marker="o", markersize=3, color=colors[r["method"]],
-                label=f"{r['method']} ({r['topology']})")
+        ax.plot(range(len(r["blocks"])), r["blocks"], linestyle=styles[str(r["topology"])].line, marker="o",
+                markersize=3, color=colors[r["method"]], label=_text(f"{r['method']} ({r['topology']})"))
     if density == density:  # not NaN: one density for every line
         ax.axhline(density, color="#999999", linestyle=":", linewidth=1)
     ax.set_xlabel("block position (input side first)")
@@ -355,10 +561,11 @@ def receptive_fields(records: list[RunRecord]) -> Figure:
     fig = Figure(figsize=(5.8, 4.6), layout="constrained")
     ax = fig.add_subplot()
     labels = sorted({p["label"] for p in points})
-    colors = _dataset_colors(labels)  # one colour per branch type and kernel
-    markers = {"sequential": "o", "parallel": "^"}
+    colors = _dataset_colors(labels)  # one colour per branch type and kernel, one marker per wiring
+    styles = wiring_styles(sorted({p["topology"] for p in points}, key=wiring_depth))
+    markers = {t: s.marker for t, s in styles.items()}
     for p in points:
-        marker = markers.get(p["topology"], "s")
+        marker = markers[p["topology"]]
         ax.scatter(p["theory"], p["erf90"], color=colors[p["label"]], marker=marker, s=30, alpha=0.7)
         ax.scatter(p["theory"], p["erf50"], facecolors="none", edgecolors=colors[p["label"]], marker=marker, s=30)
     top = max(max(p["theory"], p["erf90"]) for p in points) * 1.05
@@ -366,7 +573,7 @@ def receptive_fields(records: list[RunRecord]) -> Figure:
     ax.set_xlabel("theoretical receptive field (input pixels)")
     ax.set_ylabel("effective receptive field (side, pixels)")
     handles = [Line2D([], [], color=colors[lab], marker="o", linestyle="", label=_text(lab)) for lab in labels]
-    handles += [Line2D([], [], color="#444444", marker=m, linestyle="", label=t) for t, m in markers.items()]
+    handles += [Line2D([], [], color="#444444", marker=m, linestyle="", label=_text(t)) for t, m in markers.items()]
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
     ax.set_title("Receptive fields: filled 90% of the gradient mass, hollow 50%", fontsize=10)
@@ -374,29 +581,40 @@ def receptive_fields(records: list[RunRecord]) -> Figure:
 
 
 # How each figure of `depthlab plot KIND` is drawn, keyed and ordered as depthlab.choices.PLOT_KINDS (which the
-# CLI reads without importing matplotlib; tests/cli/test_choices.py keeps the two equal).
+# How each figure of `depthlab plot KIND` is drawn, keyed and ordered as depthlab.choices.PLOT_KINDS (which the
+# CLI reads without importing matplotlib; tests/cli/test_choices.py keeps the two equal): (records, n, metric, by).
 KINDS = {
-    "scatter-val": lambda records, n: scatter_pairs(records, "val_loss"),
-    "scatter-train": lambda records, n: scatter_pairs(records, "train_loss"),
-    "loss-vs-q": lambda records, n: loss_vs_q(records, "val_loss"),
-    "curves": lambda records, n: learning_curves(records, n, "val_loss"),
-    "winrate": lambda records, n: winrate_heatmap(records, "val_loss"),
-    "erf": lambda records, n: receptive_fields(records),
-    "prune": lambda records, n: prune_profile(prune_rows(records), float("nan")),
+    "scatter-val": lambda records, n, metric, by: scatter_pairs(records, metric, by),
+    "scatter-train": lambda records, n, metric, by: scatter_pairs(records, metric, by),
+    "loss-vs-q": lambda records, n, metric, by: loss_vs_q(records, metric, by),
+    "curves": lambda records, n, metric, by: learning_curves(records, n, metric, by),
+    "winrate": lambda records, n, metric, by: winrate_heatmap(records, metric, by),
+    "erf": lambda records, n, metric, by: receptive_fields(records),
+    "prune": lambda records, n, metric, by: prune_profile(prune_rows(records), float("nan")),
 }
 # Figures the report shows only when the sweep varies one of these fields.
 CONDITIONAL = {"erf": ("kernel", "branch", "reparam"), "prune": ("prune", "density", "prune_structure")}
 
 
-def figure(kind: str, records: list[RunRecord], n: int = 8) -> Figure:
-    """The figure of one KIND (see `KINDS`); raises NoData when it has nothing to draw."""
+def figure(kind: str, records: list[RunRecord], n: int = 8, *, metric: str | None = None,
+           by: str | None = None) -> Figure:
+    """The figure of one KIND (see `KINDS`): a comparison figure draws `metric` (default: its
+    `DEFAULT_METRIC`), a panel per value of the config field `by` (one that varies across the
+    records, not the wiring). Raises NoData when it has nothing to draw, SpecError for a bad metric or field."""
     if kind not in PLOT_KINDS:
         raise DepthlabError(f"unknown figure {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
-    return KINDS[kind](records, n)
+    if kind not in DEFAULT_METRIC and (metric is not None or by is not None):
+        raise DepthlabError(f"the {kind} figure draws no metric and has no panels to split: --metric and --by "
+                            f"apply to {', '.join(DEFAULT_METRIC)}")
+    if metric is not None:
+        check("metric", metric, METRICS)
+    if by is not None:
+        check_by(records, by)  # as `depthlab compare --by` (the figures contrast the wirings)
+    return KINDS[kind](records, n, metric or DEFAULT_METRIC.get(kind), by)
 
 
 def image_format(path) -> str:
-    """"png" or "svg", from the file name's extension."""
+    """One of FORMATS (png, svg, pdf), from the file name's extension."""
     ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
     if ext not in FORMATS:
         raise DepthlabError(f"{os.fspath(path)}: cannot tell the image format; use a "
@@ -404,13 +622,28 @@ def image_format(path) -> str:
     return ext
 
 
+def render(fig: Figure, fmt: str) -> bytes:
+    """The figure as a PNG, SVG or PDF file's bytes, its text kept as text (SAVE_RC, for this save only)."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context(SAVE_RC):
+        fig.savefig(buf, format=fmt, dpi=DPI, metadata=SAVE_METADATA.get(fmt))
+    return buf.getvalue()
+
+
+def svg_element(fig: Figure) -> str:
+    """The figure as an <svg> element to put inside an HTML page (no XML prolog), its text as <text>."""
+    svg = render(fig, "svg").decode("utf-8")
+    return svg[svg.index("<svg"):]
+
+
 def save(fig: Figure, path) -> str:
-    """Write `fig` to `path` as PNG or SVG, chosen by the extension. Returns the path."""
+    """Write `fig` to `path` as PNG, SVG or PDF, chosen by the extension, through a temporary file renamed over
+    it once complete. Returns the path."""
     path = os.fspath(path)
-    ext = image_format(path)
+    data = render(fig, image_format(path))
     try:
         with replaced(path) as temp:
-            fig.savefig(temp, format=ext, dpi=DPI)
+            temp.write_bytes(data)
     except OSError as err:
         raise DepthlabError(f"cannot write {path}: {err.strerror or err}") from err
     return path
@@ -447,8 +680,7 @@ def shift_heatmap(records: list[RunRecord]) -> Figure:
     cells = shift_cells(records)
     if not cells:
         raise NoData("no done shift measurement (run `depthlab shift`)")
-    wirings = list(TOPOLOGY_COLORS)
-    topologies = sorted({t for t, _ in cells}, key=lambda t: (wirings.index(t) if t in wirings else len(wirings), t))
+    topologies = sorted({t for t, _ in cells}, key=wiring_depth)
     batches = sorted({b for _, b in cells}, key=_order)
     corruptions = sorted({c for panel in cells.values() for c, _ in panel})
     methods = sorted({m for panel in cells.values() for _, m in panel}, key=_method_order)
