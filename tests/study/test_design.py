@@ -104,3 +104,20 @@ def test_a_dataset_without_a_corruption_suite_skips_the_shift_lever_and_says_so(
     assert list(skipped) == ["shift"] and "fashion_mnist has no corruption suite" in skipped["shift"]
     assert skipped_levers(StudySpec(name="m")) == {}
     assert "add depth" in skipped_levers(StudySpec(name="m", levers=("wiring", "shift")))["shift"]
+
+
+def test_a_study_recorded_before_a_field_existed_resumes_and_a_changed_one_is_refused(tmp_path):
+    """A study recorded by an earlier version lacks the fields added since (eval_every): it reads them at their
+    default, as its spec file would, and resumes; a field recorded with another value is named in the refusal."""
+    from depthlab.errors import DepthlabError
+    from depthlab.results.store import Store
+    from depthlab.study.runner import check_recorded
+
+    spec = StudySpec(name="old", dataset="synthetic")
+    assert spec.eval_every == LEVELS[spec.level].eval_every
+    recorded = {k: v for k, v in spec.to_dict().items() if k != "eval_every"}
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save_study("old", recorded, 1, {"seeds": {}, "phase": "training"})
+        assert check_recorded(store, spec, "s.sqlite")["round"] == 1
+        with pytest.raises(DepthlabError, match="differs in eval_every"):
+            check_recorded(store, spec.replace(eval_every=1), "s.sqlite")

@@ -46,6 +46,12 @@ def test_a_killed_study_resumes_and_answers(tmp_path, spec_file, killed_when):
     after = done_runs(store)
     assert len(after) == 9  # 3 designs (d1, d2, d2-parallel: d2 is both levers') x 3 seeds
     assert {k: after[k] for k in before} == before  # runs finished before the kill were not trained again
+    from depthlab.results.store import Store
+
+    with Store(store, readonly=True) as s:  # the level validates every 4th epoch and the last: of 2, the last
+        recs = s.records(sweep="study tiny")
+    assert {r.env.get("eval_every") for r in recs} == {4}
+    assert all(["val_acc" in h for h in r.history] == [False, True] for r in recs)
     result = json.loads(done.stdout)
     (budget,) = result["budgets"]
     assert {d["name"] for d in budget["designs"]} == {"d1", "d2", "d2-parallel"}

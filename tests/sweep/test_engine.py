@@ -150,6 +150,23 @@ def test_an_lk_pack_in_bf16_records_its_float32_depthwise_convs(data):
     assert "float32_parts" not in fp32.env and "float32_parts" not in conv.env
 
 
+def test_validating_every_few_epochs_changes_only_which_epochs_hold_validation(data):
+    """eval_every=3 of 4 epochs validates after epochs 3 and 4 (the last always): the other epochs record the
+    training metrics only, and the run learns exactly what it learns when every epoch is validated."""
+    configs = [config(seed=0, epochs=4), config(seed=1, epochs=4)]
+    every = train_pack(configs, data, keep_weights=True)
+    sparse = train_pack(configs, data, keep_weights=True, eval_every=3)
+    for a, b in zip(every, sparse):
+        assert [("val_loss" in h, "val_acc" in h) for h in b.history] == [(False, False), (False, False),
+                                                                         (True, True), (True, True)]
+        assert [h["train_loss"] for h in b.history] == [h["train_loss"] for h in a.history]
+        assert [h["val_acc"] for h in b.history[2:]] == [h["val_acc"] for h in a.history[2:]]
+        assert b.final == a.final and b.env["eval_every"] == 3 and a.env["eval_every"] == 1
+        assert all(torch.equal(b.state_dict[k], a.state_dict[k]) for k in a.state_dict)
+    with pytest.raises(ValueError, match="eval_every"):
+        train_pack(configs, data, eval_every=0)
+
+
 def test_geometric_complexity_is_recorded_per_model(data, complexity_oracle):
     from depthlab.data import normalise
     from depthlab.models import build

@@ -241,13 +241,20 @@ def open_sweep(spec: SweepSpec, store_path, device: torch.device, log, **options
     return store, the_plan
 
 
+def check_eval_every(eval_every) -> None:
+    """Refuse an `eval_every` that is not a positive integer, before the store is touched."""
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise SpecError("eval_every", eval_every, "a positive integer (validate every N-th epoch and the last)")
+
+
 class LocalExecutor:
     """Packs trained in this process, `plan.workers` at a time on worker threads (depthlab.run.workers), each
     on its share of torch's intra-op threads; they share the driver's store connection and the runner's data."""
 
-    def __init__(self, data: DataCache, device: torch.device, *, max_pack, compile: bool, complexity: bool):
+    def __init__(self, data: DataCache, device: torch.device, *, max_pack, compile: bool, complexity: bool,
+                 eval_every: int = 1):
         self.data, self.device, self.max_pack = data, device, max_pack
-        self.compile, self.complexity = compile, complexity
+        self.compile, self.complexity, self.eval_every = compile, complexity, eval_every
 
     def run(self, driver: Driver) -> None:
         pool = Workers(driver.plan.workers)
@@ -265,7 +272,7 @@ class LocalExecutor:
         try:
             results = train_pack_splitting(
                 configs, dataset, device=self.device, compile=self.compile, keep_weights=driver.save_weights,
-                precision=driver.plan.precision, complexity=self.complexity,
+                precision=driver.plan.precision, complexity=self.complexity, eval_every=self.eval_every,
                 initial=starting_models(configs, driver.store_path, dataset),
                 on_epoch=lambda i, metrics: driver.epoch(configs[i], metrics),
                 on_split=lambda sizes: driver.split(configs, sizes), interrupt=interrupt)
@@ -278,13 +285,15 @@ class LocalExecutor:
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
               retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True,
-              workers: int | None = None, tensorboard=None) -> dict:
+              workers: int | None = None, tensorboard=None, eval_every: int = 1) -> dict:
     """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
     depthlab.precision), with or without the geometric complexity, `workers` packs at a time (None: two on a CPU
     with two cores or more, one on a GPU; see depthlab.run.workers), each trained run's epochs written as
-    TensorBoard scalars under `tensorboard`/RUN_ID when a directory is given (depthlab.run.tensorboard).
-    Returns a summary dict."""
+    TensorBoard scalars under `tensorboard`/RUN_ID when a directory is given (depthlab.run.tensorboard), the
+    validation split measured every `eval_every`-th epoch and the last (how a run is computed, like the
+    precision: recorded in its environment, not part of its id). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_eval_every(eval_every)
     board = open_board(tensorboard, spec.name, log)  # refused before the store is touched
     device = resolve_device(device) if isinstance(device, str) else device
     store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,
@@ -296,5 +305,5 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     if device.type == "cpu":
         keep_freed_memory()  # a step's activations keep their pages from one step to the next
     summary = driver.run(LocalExecutor(DataCache(device, data_root), device, max_pack=max_pack, compile=compile,
-                                       complexity=complexity))
+                                       complexity=complexity, eval_every=eval_every))
     return {**summary, "precision": the_plan.precision, "device": str(device), "workers": the_plan.workers}

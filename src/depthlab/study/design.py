@@ -92,11 +92,12 @@ class StudySpec:
     shift_batch_sizes: tuple[int, ...] = (1, 64)
     shift_examples: int = 0
     shift_corruptions: int | None = 0
+    eval_every: int = 0                      # validate every N-th epoch and the last (0: the level's)
 
     def __post_init__(self):
         self._check_names()
         level = LEVELS[self.level]
-        for name in ("seeds", "max_seeds", "seed_step", "epochs", "shift_examples"):  # 0: the level's value
+        for name in ("seeds", "max_seeds", "seed_step", "epochs", "shift_examples", "eval_every"):  # 0: the level's
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, getattr(level, name))
         for name in ("train_subset", "shift_corruptions"):
@@ -137,7 +138,7 @@ class StudySpec:
     def _check_values(self) -> None:
         from depthlab.spec.config import field_names
 
-        for name in ("seeds", "max_seeds", "seed_step", "epochs", "shift_examples"):
+        for name in ("seeds", "max_seeds", "seed_step", "epochs", "shift_examples", "eval_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise SpecError(name, value, "a positive integer")

@@ -39,14 +39,23 @@ def check_recorded(store, spec: StudySpec, store_path) -> dict:
     recorded = store.study(spec.name)
     if recorded is None:
         return {"round": 0, "seeds": {}}
-    if recorded["spec"] != spec.to_dict():
-        changed = sorted(k for k in set(recorded["spec"]) | set(spec.to_dict())
-                         if recorded["spec"].get(k) != spec.to_dict().get(k))
+    before = _as_read(recorded["spec"])
+    if before != spec.to_dict():
+        changed = sorted(k for k in set(before) | set(spec.to_dict()) if before.get(k) != spec.to_dict().get(k))
         raise DepthlabError(f"study {spec.name!r} in {store_path} was run with another design (it differs in "
                             f"{', '.join(changed)}); give this one another name (--name), or write the recorded "
                             f"design with `depthlab study --store {store_path} --name {spec.name} --write-spec "
                             "FILE` and run that file")
     return {"round": recorded["round"], "seeds": dict(recorded["state"].get("seeds", {}))}
+
+
+def _as_read(recorded: dict) -> dict:
+    """A recorded study spec as this version reads it: a field added since takes its default (the level's value),
+    as the spec file would give it."""
+    try:
+        return StudySpec.from_dict(recorded).to_dict()
+    except DepthlabError:
+        return recorded
 
 
 def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "local", ray_address=None,
@@ -76,7 +85,7 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
             seconds["cost"] = time.perf_counter() - clock
             seeds = _rounds(spec, designs, costs, store, store_path, state, dict(
                 device=device, backend=backend, ray_address=ray_address, precision=precision, data_root=data_root,
-                progress=progress, log=log), seconds)
+                progress=progress, log=log, eval_every=spec.eval_every), seconds)
             if "shift" in spec.levers and "shift" not in skipped:
                 clock = time.perf_counter()
                 _shift(spec, designs, store, store_path, cost_device, resolved, data_root, progress, log)
@@ -134,7 +143,8 @@ def _rounds(spec: StudySpec, designs, costs: dict, store, store_path, state: dic
         state["round"] += 1
 
 
-def _train(sweep, store_path, *, device, backend, ray_address, precision, data_root, progress, log) -> dict:
+def _train(sweep, store_path, *, device, backend, ray_address, precision, data_root, progress, log,
+           eval_every: int) -> dict:
     """Train the sweep's missing runs, with their weights (the robustness lever and later analyses load them) and
     without the geometric complexity (the study does not read it; it would count as time outside training)."""
     if backend == "ray":
@@ -145,7 +155,7 @@ def _train(sweep, store_path, *, device, backend, ray_address, precision, data_r
     from depthlab.run.runner import run_sweep
 
     return run_sweep(sweep, store_path, device=device, save_weights=True, data_root=data_root, progress=progress,
-                     precision=precision, log=log, complexity=False)
+                     precision=precision, log=log, complexity=False, eval_every=eval_every)
 
 
 def shift_corruptions(spec: StudySpec) -> tuple[str, list[str], object]:

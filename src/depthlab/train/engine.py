@@ -157,8 +157,10 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
     order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
     computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for the branch types that declare it);
-    `complexity` (False: skip the geometric complexity, recorded as None); `interrupt()`, called before every
-    training step (raise from it to stop: how a sweep's worker threads stop, see depthlab.run.workers)."""
+    `complexity` (False: skip the geometric complexity, recorded as None); `eval_every` (validate every N-th
+    epoch and the last: the epochs between record training metrics only; what the run learns does not change);
+    `interrupt()`, called before every training step (raise from it to stop: how a sweep's worker threads stop,
+    see depthlab.run.workers)."""
     device = torch.device(device)
     with cudnn_autotuning(device):
         return _train_pack(configs, dataset, device=device, **kwargs)
@@ -166,10 +168,12 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
 
 def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
                 on_epoch=None, keep_weights: bool = False, precision: str = "fp32",
-                channels_last: bool | None = None, initial=None, complexity: bool = True,
+                channels_last: bool | None = None, initial=None, complexity: bool = True, eval_every: int = 1,
                 interrupt=None) -> list[RunResult]:
     if len({c.pack_key() for c in configs}) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be a positive integer, not {eval_every!r}")
     precision = precisions.resolve(precision, device)
     c0, models, table = configs[0], len(configs), recipe.TABLE
     start = time.perf_counter()
@@ -188,7 +192,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
                                 precision=precision, batch_size=eval_batch)
 
     # the epoch loop, until the last epoch or until every model has diverged
-    trained = _train_epochs(configs, dataset, steps, batches, measure, on_epoch)
+    trained = _train_epochs(configs, dataset, steps, batches, measure, on_epoch, eval_every)
 
     # the final measurements, on the trained weights
     finals = _final_measurements(net, dataset, measure, trained.val, table, c0.batch_size, complexity)
@@ -197,6 +201,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     # the results, one per config
     env = environment(device, models, precision, compile, dataset, channels_last=channels_last,
                       train_eval_examples=finals.train_eval, complexity=complexity, eval_batch=eval_batch,
+                      eval_every=eval_every,
                       **_float32_parts(device, net.spec, precision))
     return _results(configs, net, dataset, trained, finals, pruning, env, seconds, keep_weights)
 
@@ -263,9 +268,10 @@ class _Trained:
     train_seconds: float
 
 
-def _train_epochs(configs, dataset, steps: _Steps, batches, measure, on_epoch) -> _Trained:
+def _train_epochs(configs, dataset, steps: _Steps, batches, measure, on_epoch, eval_every: int = 1) -> _Trained:
     """Every epoch: the training steps, the models whose weights are no longer finite frozen, validation in eval
-    mode on the whole split, and each model's metrics recorded; stops early once every model has diverged."""
+    mode on the whole split (every `eval_every`-th epoch, the last, and once every model has diverged), and each
+    model's metrics recorded; stops early once every model has diverged."""
     models = len(configs)
     alive = torch.ones(models, dtype=torch.bool, device=steps.device)
     histories: list[list[dict]] = [[] for _ in configs]
@@ -277,10 +283,14 @@ def _train_epochs(configs, dataset, steps: _Steps, batches, measure, on_epoch) -
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
         alive &= _finite_params(steps.net, models)
-        val_loss, val_acc = measure(dataset.val_x, dataset.val_y)
-        seconds = time.perf_counter() - epoch_start
-        train, val = (train_loss.tolist(), train_acc.tolist()), (val_loss.tolist(), val_acc.tolist())
         alive_list = alive.tolist()
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == configs[0].epochs or not any(alive_list):
+            val_loss, val_acc = measure(dataset.val_x, dataset.val_y)
+            val = (val_loss.tolist(), val_acc.tolist())
+        else:
+            val = None  # not validated this epoch
+        seconds = time.perf_counter() - epoch_start
+        train = (train_loss.tolist(), train_acc.tolist())
         _record_epoch(histories, epoch, train, val, alive_list,
                       {"seconds": seconds, "train_seconds": epoch_train_seconds}, on_epoch)
         if not any(alive_list):
@@ -290,13 +300,16 @@ def _train_epochs(configs, dataset, steps: _Steps, batches, measure, on_epoch) -
 
 def _record_epoch(histories, epoch: int, train, val, alive: list[bool], times: dict, on_epoch) -> None:
     """Append each model's metrics of `epoch` to its history and report them (`on_epoch(i, metrics)`); a model
-    that diverged is recorded once, in the epoch it diverged."""
-    (train_loss, train_acc), (val_loss, val_acc) = train, val
+    that diverged is recorded once, in the epoch it diverged. An epoch without validation (`val` None) has no
+    val_loss and val_acc: absent means not measured, where null means not finite."""
+    train_loss, train_acc = train
     for i, history in enumerate(histories):
         if not alive[i] and history and history[-1].get("diverged"):
             continue  # already recorded as diverged
-        metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i],
-                   "val_loss": finite(val_loss[i]), "val_acc": finite(val_acc[i]), **times}
+        metrics = {"epoch": epoch + 1, "train_loss": finite(train_loss[i]), "train_acc": train_acc[i]}
+        if val is not None:
+            metrics.update(val_loss=finite(val[0][i]), val_acc=finite(val[1][i]))
+        metrics.update(times)
         if not alive[i]:
             metrics["diverged"] = True
         history.append(metrics)
