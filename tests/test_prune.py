@@ -2,6 +2,7 @@
 zero through training, PreCropping's closed form and crop, and pruned runs in the pipeline."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -276,3 +277,59 @@ def test_a_crop_pruned_runs_saved_weights_load_for_every_analysis(tmp_path, caps
     model, config, _ = load_trained(store, rec.run_id)
     assert config.cropped and param_count(model) == rec.params
     assert main(["lesion", "--store", str(store), "--run", rec.run_id, "--no-plain", "--quiet"]) == 0
+
+
+def test_a_density_below_one_weight_per_layer_is_refused_naming_the_smallest_allowed():
+    """#23: `density: 1e-9` kept no weight at all, so the run trained a constant network and recorded it as a
+    result; a crop of it ended 8 orders of magnitude above the density asked for, without a word."""
+    fields = dict(dataset="synthetic", width=4, blocks=2, stem_stride=2, prune="magnitude")
+    net = build(RunConfig(**fields).model_spec(), seed=0)
+    sizes = prune.layer_sizes(net)
+    layers, weights = len(sizes), sum(sizes.values())
+    nothing = prune.compute_masks(net, "magnitude", 1e-9)
+    prune.apply_masks(net, nothing)
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(net.eval()(x[:1]), net(x[1:]))  # what density 1e-9 trained: the same output for any input
+    with pytest.raises(SpecError, match=r"density: got 1e-09; allowed: at least \S+ for this run, up to 1 \(a "
+                       rf"mask keeps {layers} of its {weights:,} prunable weights, one per layer") as refused:
+        RunConfig(density=1e-9, **fields)
+    floor = float(re.search(r"at least (\S+) for", str(refused.value)).group(1))
+    assert layers / weights <= floor < 1.01 * layers / weights
+    assert RunConfig(density=floor, **fields).density == floor  # the density the message names is allowed
+    assert sum(m.sum().item() for m in prune.compute_masks(net, "magnitude", floor).values()) >= layers
+    with pytest.raises(SpecError, match="density"):
+        RunConfig(density=(layers - 1) / weights, **fields)  # fewer weights than layers: one is left empty
+    # a crop keeps a channel of each layer: it is never smaller than the network of width 1 and hidden width 1
+    narrowest = sum(prune.layer_sizes(build(net.spec.replace(width=1, hidden=1))).values())
+    with pytest.raises(SpecError, match=rf"its narrowest crop, width 1 and hidden width 1, keeps {narrowest} of "
+                       rf"its {weights}") as refused:
+        RunConfig(density=floor, prune_structure="crop", **fields)
+    crop_floor = float(re.search(r"at least (\S+) for", str(refused.value)).group(1))
+    assert narrowest / weights <= crop_floor < 1.01 * narrowest / weights
+    RunConfig(density=crop_floor, prune_structure="crop", **fields)
+    RunConfig(**{**fields, "prune": "none", "density": 1e-9})  # no pruning: the density changes nothing
+
+
+def test_run_says_when_a_crop_kept_far_more_than_its_density(tmp_path, capsys):
+    """A crop keeps whole channels: in a narrow network it can keep several times the density asked for. `run`
+    says so in one line, and each run records the density it realised."""
+    import yaml
+
+    from depthlab.cli.main import main
+    from depthlab.results.store import Store
+
+    spec, store = tmp_path / "crop.yaml", tmp_path / "s.sqlite"
+    spec.write_text(yaml.safe_dump({
+        "name": "crop", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 32, "test_subset": 16,
+                                     "width": 4, "blocks": 2, "stem_stride": 2, "batch_size": 32, "epochs": 1,
+                                     "prune": "magnitude", "prune_structure": "crop"},
+        "grid": {"density": [0.1, 0.6]}}))
+    assert main(["run", str(spec), "--store", str(store), "--quiet", "--no-compare", "--no-complexity",
+                 "--precision", "fp32"]) == 0
+    kept = {r.config["density"]: r.extra["realised_density"] for r in Store(store).records()}
+    wide = [d for d, got in kept.items() if got > 2 * d]
+    assert wide == [0.1]  # width 4: its narrowest crop alone keeps 8% of the weights
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "crop run" in ln]
+    assert line == [f"1 crop run(s) of sweep crop kept more than 2x their density (density 0.1 kept "
+                    f"{kept[0.1]:.3g}): a crop keeps whole channels, at least one per layer; each run records its "
+                    "realised_density (`depthlab results`)"]

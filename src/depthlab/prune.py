@@ -21,6 +21,7 @@ and outputs depend on its own parameters only.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from contextlib import contextmanager
 
@@ -65,6 +66,32 @@ def layer_views(net, tensors: dict | None = None, shadow=None) -> dict[str, torc
 def layer_sizes(net) -> dict[str, int]:
     """Weights per model in each layer."""
     return {name: view[0].numel() for name, view in layer_views(net).items()}
+
+
+def density_floor(spec, structure: str) -> tuple[float, str]:
+    """The smallest density at which every prunable layer of a `spec` network can stay alive, and what it keeps
+    there. A mask keeps round(density · weights) weights, so below (layers / weights) some layer has none (at
+    density 1e-9, every layer: a constant network, whatever it is trained on); above it, a score may still empty
+    a layer, the layer collapse SynFlow avoids, which is a result of the method. A crop keeps at least one channel
+    of the stream and of each block (`crop_spec`): it is never smaller than the network of width 1 and hidden
+    width 1."""
+    layers, weights = _prunable(spec)
+    if structure == "crop":
+        narrowest = _prunable(spec.replace(width=1, hidden=1))[1]
+        return narrowest / weights, (f"its narrowest crop, width 1 and hidden width 1, keeps {narrowest:,} of its "
+                                     f"{weights:,} prunable weights")
+    return layers / weights, (f"a mask keeps {layers} of its {weights:,} prunable weights, one per layer: fewer "
+                              "leave a layer empty")
+
+
+@functools.lru_cache(maxsize=256)
+def _prunable(spec) -> tuple[int, int]:
+    """(prunable layers, their weights) of one model of `spec`: a grid's runs share a few shapes."""
+    from depthlab.models import ResidualNet
+    from depthlab.models.rng import blank
+
+    sizes = layer_sizes(blank(ResidualNet, spec))
+    return len(sizes), sum(sizes.values())
 
 
 def layer_flops(net) -> dict[str, int]:

@@ -179,3 +179,31 @@ def test_cli_lesion_of_a_stored_run_reports_its_recorded_loss_and_refuses_traini
     for bad in ("*", "../x", "zz"):  # ids are ids: never a glob pattern or a path
         assert cli_main.main(["lesion", "--store", str(store), "--run", bad, "--quiet"]) == 2
         assert "not a run id" in capsys.readouterr().err
+
+
+def test_cli_lesion_of_a_stored_run_names_its_own_wiring(tmp_path, capsys):
+    """#23: `lesion --run` of a parallel run printed 'sequential network'; a stored plain run was labelled the
+    residual one and lesioned twice, as itself and as its own plain contrast."""
+    from depthlab.results.store import Store
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
+
+    spec = SweepSpec.from_dict({
+        "name": "w", "defaults": {"dataset": "synthetic", "val_split": 32, "train_subset": 64, "test_subset": 16,
+                                  "width": 4, "blocks": 2, "stem_stride": 2, "batch_size": 32, "epochs": 1},
+        "runs": [{"topology": "parallel"}, {"topology": "groups:2", "skip": False}]})
+    store = tmp_path / "s.sqlite"
+    run_sweep(spec, store, device="cpu", progress=False, save_weights=True, precision="fp32")
+    runs = {r.config["topology"]: r.run_id for r in Store(store).records()}
+    lesion = ["lesion", "--store", str(store), "--quiet", "--precision", "fp32", "--run"]
+    assert cli_main.main([*lesion, runs["parallel"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lesions: parallel residual network of 2 blocks") and "sequential" not in out
+    assert "residual acc" in out and "plain acc" in out
+    assert cli_main.main([*lesion, runs["groups:2"], "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["spec", "dataset", "n_train", "n_test", "store", "precision", "plain"]
+    assert result["plain"]["network"] == "plain" and result["plain"]["run"]["run_id"] == runs["groups:2"]
+    assert cli_main.main([*lesion, runs["groups:2"]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lesions: groups:2 plain network of 2 blocks") and "residual" not in out

@@ -194,3 +194,51 @@ def test_data_corrupt_list_and_verify(tmp_path, capsys):
     next(cache_dir(tmp_path).glob("*.npy")).write_bytes(b"damaged")
     assert main(["data", "corrupt", "verify", "--root", str(tmp_path)]) == 2
     assert "damaged corrupted sets" in capsys.readouterr().err
+
+
+# A process that makes a corrupted set and stops mid-write: its numpy writes a few bytes, says so, then sleeps
+# (killed there, or kept alive as a writer that is still at work).
+STALLED_WRITER = """
+import sys, time
+import numpy as np
+from depthlab.data.corrupt_cache import corrupted_set
+
+def stalled(f, array, **options):
+    f.write(b"half a set")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(120)
+
+np.save = stalled
+corrupted_set(np.zeros((2, 1, 28, 28), np.uint8), "mnist", "fog", 1, seed=int(sys.argv[2]), root=sys.argv[1])
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_no_part_file_behind_the_next_use(tmp_path):
+    """#23: the corrupted-set cache kept the hidden `.part` file of a process killed while writing a set. The
+    next use removes it, and never the part of a writer still at work."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    writers = [subprocess.Popen([sys.executable, "-c", STALLED_WRITER, str(tmp_path), str(seed)],
+                                stdout=subprocess.PIPE, text=True) for seed in (0, 1)]
+    try:
+        assert [w.stdout.readline() for w in writers] == ["writing\n"] * 2
+        folder = cache_dir(tmp_path)
+        dead, alive = (next(folder.glob(f".*-seed{seed}-*.npy.*.part")) for seed in (0, 1))
+        writers[0].send_signal(signal.SIGKILL)
+        writers[0].wait(timeout=30)
+        an_hour_ago = time.time() - 3600
+        for part in (dead, alive):  # both look abandoned by their age: only the lock tells the live one
+            os.utime(part, (an_hour_ago, an_hour_ago))
+        corrupted_set(digits(2), "mnist", "fog", 1, seed=2, root=tmp_path)
+        assert not dead.exists() and alive.exists()
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait(timeout=30)
+            w.stdout.close()
+    hidden = [p.name for p in cache_dir(tmp_path).iterdir() if p.name.startswith(".")]
+    assert hidden == [alive.name]  # the killed one's is gone; the other's goes once it is old and unheld

@@ -111,3 +111,43 @@ def test_a_study_trains_on_ray_as_on_the_local_backend(tmp_path):
     records = Store(store_path).records(sweep=spec.sweep)
     assert len(records) == 6 and all(r.status == "done" and r.attempts == 1 for r in records)
     assert [d["seeds"] for d in result["budgets"][0]["designs"]] == [3, 3]
+
+
+def test_a_sigterm_stops_a_ray_sweep_as_it_stops_a_local_one(tmp_path):
+    """#23: Ray's own SIGTERM handler made the driver exit 15 at once, without the line local runs print (they
+    exit 143). The driver joins this module's Ray, as a driver of a cluster does."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    spec, store = tmp_path / "long.yaml", tmp_path / "s.sqlite"
+    spec.write_text(yaml.safe_dump({**SPEC, "defaults": {**SPEC["defaults"], "epochs": 100_000},
+                                    "grid": {"seed": [0, 1]}}))
+    driver = subprocess.Popen([sys.executable, "-m", "depthlab.cli.main", "run", str(spec), "--store", str(store),
+                               "--backend", "ray", "--ray-address", ray.get_runtime_context().gcs_address,
+                               "--quiet", "--no-compare"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def statuses():
+        try:
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+                return [row[0] for row in db.execute("SELECT status FROM runs")]
+        except sqlite3.Error:
+            return []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None and "running" not in statuses():
+        time.sleep(0.1)
+    try:
+        assert driver.poll() is None, driver.communicate()[1].decode()
+        os.kill(driver.pid, signal.SIGTERM)
+        err = driver.communicate(timeout=60)[1].decode()
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, err
+    assert "depthlab: terminated; everything finished so far is saved." in err
+    assert set(statuses()) == {"pending"}  # the runs it held are given back

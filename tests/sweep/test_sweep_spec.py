@@ -311,3 +311,35 @@ def test_a_field_given_as_the_spec_points_to_set():
     """`depthlab run epochs=1` (Hydra's habit) names --set instead of only saying the file is missing."""
     with pytest.raises(DepthlabError, match=r"epochs=1: no such spec file; .*--set epochs=1 "):
         load_spec("epochs=1")
+
+
+def test_a_list_that_could_be_one_per_block_value_is_refused_with_both_spellings(tmp_path, capsys):
+    """#23: a per-block `hidden` list given in grid:, runs: or --set silently became a grid axis (runs of one
+    width each). Where a flat list is as long as a run's blocks it reads either way: refused, naming both."""
+    base = {"name": "h", "defaults": {"dataset": "synthetic", "width": 4, "val_split": 64}}
+    with pytest.raises(SpecError, match=r"^grid.hidden: got \[8, 16\]; allowed: \[\[8, 16\]\] for hidden \[8, 16\], "
+                       r"one per block .* or runs: \[\{hidden: 8\}, \{hidden: 16\}\] for a run of each$"):
+        SweepSpec.from_dict({**base, "grid": {"hidden": [8, 16]}})
+    with pytest.raises(SpecError, match=r"^runs\[1\].hidden: got \[8, 16, 4\]"):
+        SweepSpec.from_dict({**base, "runs": [{"blocks": 2}, {"hidden": [8, 16, 4], "blocks": [2, 3]}]})
+    # each spelling the error shows does what it says: one run of a width per block; a run of each width
+    (one,) = SweepSpec.from_dict({**base, "grid": {"hidden": [[8, 16]]}}).configs()
+    assert one.hidden == (8, 16)
+    assert [c.hidden for c in SweepSpec.from_dict({**base, "runs": [{"hidden": 8}, {"hidden": 16}]}).configs()] == \
+        [8, 16]
+    # a list that cannot be one value (3 widths for 2 blocks) varies the field, as every grid list does; a list
+    # in defaults is one value
+    assert [c.hidden for c in SweepSpec.from_dict({**base, "grid": {"hidden": [8, 16, 32]}}).configs()] == [8, 16, 32]
+    defaults = {**base["defaults"], "hidden": [8, 16]}
+    assert [c.hidden for c in SweepSpec.from_dict({**base, "defaults": defaults}).configs()] == [(8, 16)]
+    # --set: the same rule, with the --set spelling that works
+    spec = SweepSpec.from_dict({**base, "grid": {"seed": [0, 1]}})
+    with pytest.raises(SpecError, match=r"^--set hidden: got \[8, 16\]; allowed: --set 'hidden=\[\[8,16\]\]'"):
+        spec.with_overrides(parse_overrides(["hidden=[8,16]"]))
+    assert [c.hidden for c in spec.with_overrides(parse_overrides(["hidden=[[8,16]]"])).configs()] == [(8, 16)] * 2
+    assert main(["run", "smoke", "--set", "hidden=[8,16]", "--dry-run", "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("depthlab: error: --set hidden: got [8, 16]") and err.count("\n") == 1
+    # exclude matches a per-block value (validation makes a tuple of the list)
+    spec = SweepSpec.from_dict({**base, "grid": {"hidden": [[8, 16], [4, 4]]}, "exclude": [{"hidden": [4, 4]}]})
+    assert [c.hidden for c in spec.configs()] == [(8, 16)]

@@ -193,11 +193,12 @@ def _add_lesion(subparsers) -> None:
     p = subparsers.add_parser(
         "lesion", formatter_class=FMT,
         help="delete each block of a trained residual network (and of a plain one) and measure the damage",
-        description="Delete each block of a trained sequential residual network in turn at test time (Veit et "
+        description="Delete each block of a trained residual network in turn at test time (Veit et "
         "al.: a deleted block passes its input on unchanged) and report test accuracy and loss against the "
         "intact network; as the contrast, the same for the plain network (skip=false: no identity connections) "
-        "of the same config, trained by the same engine and recipe. The residual network is --run of --store, "
-        "or is trained first from the flags below; either way the runs are recorded in --store.")
+        "of the same config, trained by the same engine and recipe. The residual network is --run of --store "
+        "(in its own wiring), or a sequential one trained first from the flags below; either way the runs are "
+        "recorded in --store.")
     _training_options(p)
     p.add_argument("--no-plain", action="store_true", help="skip the plain-network contrast")
     _store_options(p)
@@ -470,7 +471,9 @@ def _networks(args, contrasts: dict, sweep: str):
     if run is not None:
         model, config, rid, data, record = _stored_run(args.store, run)
         out = {"base": (record, model)}
-        wanted = {name: config.replace(**changes) for name, changes in contrasts.items()}
+        # a contrast that changes nothing (the plain contrast of a plain run) is the run itself
+        wanted = {name: config.replace(**changes) for name, changes in contrasts.items()
+                  if config.replace(**changes) != config}
     else:
         wanted = {"base": config, **{name: config.replace(**ch) for name, ch in contrasts.items()}}
         out, data = {}, DataCache(_cpu()).get(config)
@@ -517,7 +520,7 @@ def _lesion_studies(args, nets, data) -> dict:
     test = (data.test_x, data.test_y, data.mean, data.std)
     studies = {}
     for name, (record, model) in nets.items():
-        label = "residual" if name == "base" else name
+        label = _kind(record.config) if name == "base" else name
         study = lesion_study(model, *test, progress=_progress(args), precision=args.precision) \
             if model is not None else None
         studies[label] = (study, record)
@@ -529,10 +532,10 @@ def _print_lesions(args, studies: dict, base, data) -> None:
     from depthlab.precision import resolve
 
     cfg = base.config
-    print(f"lesions: sequential network of {cfg['blocks']} blocks (width {cfg['width']}, norm {cfg['norm']}, "
-          f"scale {cfg['residual_scale']}) trained by the engine on {data.n_train} {cfg['dataset']} examples for "
-          f"{cfg['epochs']} epochs (recipe {base.recipe}); test accuracy on {len(data.test_x)} examples with each "
-          f"block deleted (evaluated in {resolve(args.precision, 'cpu')})\n")
+    print(f"lesions: {cfg['topology']} {_kind(cfg)} network of {cfg['blocks']} blocks (width {cfg['width']}, norm "
+          f"{cfg['norm']}, scale {cfg['residual_scale']}) trained by the engine on {data.n_train} {cfg['dataset']} "
+          f"examples for {cfg['epochs']} epochs (recipe {base.recipe}); test accuracy on {len(data.test_x)} examples "
+          f"with each block deleted (evaluated in {resolve(args.precision, 'cpu')})\n")
     headers = ["deleted block"]
     rows = [["none (intact)"]] + [[str(i)] for i in range(cfg["blocks"])]
     for name, (study, _) in studies.items():
@@ -552,6 +555,11 @@ def _print_lesions(args, studies: dict, base, data) -> None:
             continue
         print(f"{name} ({where}): final train loss {_num(record.train_loss)}; accuracy drop per deleted block: "
               f"mean {study['mean_accuracy_drop']:.4g}, max {study['max_accuracy_drop']:.4g}")
+
+
+def _kind(config) -> str:
+    """What a run's network is: residual, or plain (skip false: no identity connections)."""
+    return "residual" if config.get("skip", True) else "plain"
 
 
 def cmd_convert(args) -> int:

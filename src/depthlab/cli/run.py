@@ -14,6 +14,7 @@ from depthlab.results.store import DEFAULT_STORE
 
 # A dry run of a bigger grid counts its runs from the grid's list lengths instead of expanding and hashing each.
 DRY_RUN_EXPAND = 20_000
+CROP_NOTE = 2  # a crop that keeps more than this many times its density says so
 
 
 def register(subparsers) -> None:
@@ -27,7 +28,8 @@ def register(subparsers) -> None:
                    help=f"a YAML sweep spec, or a preset: {', '.join(PRESETS)}")
     p.add_argument("--store", default=DEFAULT_STORE, help="SQLite results file (created if missing)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="give FIELD this value in every run (repeatable; a list such as blocks=[2,4] varies it); "
+                   help="give FIELD this value in every run (repeatable; a list such as blocks=[2,4] varies it, so a "
+                   "per-block hidden is hidden=[[8,16]]); "
                    "the sweep is named with its overrides (a short hash of them when they are long; see --name)")
     p.add_argument("--name", type=_sweep_name, default=None,
                    help="the sweep's name in the store, instead of the spec's name and its [overrides] suffix")
@@ -53,6 +55,11 @@ def register(subparsers) -> None:
                    help="keep each trained model's weights next to the store (STORE.weights/RUN_ID.pt)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: $DEPTHLAB_DATA or "
                    "~/.cache/depthlab); CIFAR-10 is read from here")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write each run's per-epoch metrics (losses, accuracies, epoch times) as TensorBoard "
+                   "scalars under DIR/RUN_ID as its epochs end, with its config as hparams; view them with "
+                   "`tensorboard --logdir DIR`. Runs already finished are not written again. Needs "
+                   "pip install 'depthlab[tensorboard]' (local backend)")
     p.add_argument("--retry-failed", action="store_true",
                    help="train the spec's failed runs again (diverged runs stay: divergence is a result)")
     p.add_argument("--no-compare", action="store_true", help="do not print the comparison at the end")
@@ -83,9 +90,12 @@ def run_command(args) -> int:
         "cuda" if args.device == "cuda" else "cpu")
     if args.dry_run:
         return _dry_run(args, spec, device)
+    if not os.path.exists(args.store):
+        _check_sweep(args, spec)  # a sweep refused after the store was created would leave an empty one behind
     summary = _train_sweep(args, spec, device)
     counts = summary["counts"]
     _print_trained(args, spec, summary)
+    _print_wide_crops(args, spec)
     if not args.no_compare and counts.get("done", 0):
         _print_comparison(args, spec)
     if counts.get("failed", 0):
@@ -121,6 +131,16 @@ def _dry_run(args, spec, device) -> int:
     return 0
 
 
+def _check_sweep(args, spec) -> None:
+    """What starting the sweep checks once its store is open (every run valid, at least one run, every init_from
+    known), checked without a store: planned for no device, as for Ray workers, and for one run (no packs)."""
+    import torch
+
+    from depthlab.run.runner import plan
+
+    plan(spec, None, torch.device("meta"), limit=1, add=False, store_path=args.store)
+
+
 def _train_sweep(args, spec, device) -> dict:
     """Train the sweep's runs that the store lacks, on the chosen backend; the driver's summary."""
     from depthlab.run.runner import run_sweep
@@ -129,6 +149,9 @@ def _train_sweep(args, spec, device) -> dict:
         if args.workers is not None:
             raise DepthlabError("--workers is for the local backend: Ray trains a pack per Ray worker "
                                 "(give Ray its CPUs instead)")
+        if args.tensorboard is not None:
+            raise DepthlabError("--tensorboard is for the local backend: the ray backend does not write "
+                                "TensorBoard logs yet (use --backend local)")
         from depthlab.run.ray_backend import run_sweep_ray
         return run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
                              address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
@@ -138,7 +161,7 @@ def _train_sweep(args, spec, device) -> dict:
     return run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                      compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
                      progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
-                     complexity=args.complexity, workers=args.workers)
+                     complexity=args.complexity, workers=args.workers, tensorboard=args.tensorboard)
 
 
 def _print_trained(args, spec, summary: dict) -> None:
@@ -150,6 +173,23 @@ def _print_trained(args, spec, summary: dict) -> None:
           f"{summary['device']}{workers} in {summary['precision']} ({trained.get('done', 0)} done, "
           f"{trained.get('diverged', 0)} diverged, {trained.get('failed', 0)} failed); store {args.store}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+
+
+def _print_wide_crops(args, spec) -> None:
+    """One line when crop runs of the sweep kept more than CROP_NOTE times the density they ask for: a crop keeps
+    whole channels, at least one per layer, which in a narrow network can be far more than the mask kept."""
+    from depthlab.results.store import Store
+
+    with Store(args.store, readonly=True) as store:
+        records = store.records(sweep=spec.name)
+    wide = [(r.config["density"], r.extra["realised_density"]) for r in records
+            if r.config.get("prune_structure") == "crop" and r.extra.get("realised_density") is not None
+            and r.extra["realised_density"] > CROP_NOTE * r.config["density"]]
+    if wide:
+        shown = ", ".join(f"{asked:g} kept {got:.3g}" for asked, got in sorted(set(wide))[:3])
+        print(f"{len(wide)} crop run(s) of sweep {spec.name} kept more than {CROP_NOTE:g}x their density (density "
+              f"{shown}{', ...' if len(set(wide)) > 3 else ''}): a crop keeps whole channels, at least one per "
+              "layer; each run records its realised_density (`depthlab results`)")
 
 
 def _print_comparison(args, spec) -> None:

@@ -4,13 +4,17 @@ A set is named by what determines it: the dataset, the corruption, its severity,
 images it was made from (so another subset or copy is another set) and the corruption code's version. Each set
 is two files in `cache_dir()`: NAME.npy (uint8 N×C×H×W) and NAME.json (what it is, and the sha256 of the .npy).
 The .npy is written first and the .json last, each under a temporary name renamed into place, so a killed
-process never leaves a set that looks complete. A set whose checksum fails is made again.
+process never leaves a set that looks complete. A set whose checksum fails is made again. A writer holds a lock
+on its temporary file (`.NAME.npy.XXXX.part`) while it writes; the lock dies with the process, even with a
+SIGKILL, so the next use removes the parts that no process holds (and that are not fresh: a part is locked just
+after it is created), and never a part another process is still writing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,13 @@ from depthlab.data import corrupt
 from depthlab.data.download import default_data_dir
 from depthlab.errors import DataError
 from depthlab.outputs import replaced
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: whether a part's writer is alive cannot be told, so parts are kept
+    fcntl = None
+
+STALE_PART_SECONDS = 60  # a part no writer holds is a killed writer's once it is this old (created, not yet locked)
 
 
 def cache_dir(root=None) -> Path:
@@ -47,9 +58,30 @@ def _sha256(path: Path) -> str:
 
 def _write_atomic(path: Path, write) -> None:
     """`write(binary file)` into a file beside `path`, renamed over it once complete (depthlab.outputs.replaced:
-    the usual file mode, not mkstemp's 0600)."""
+    the usual file mode, not mkstemp's 0600), holding the temporary file's lock while it writes."""
     with replaced(path) as temp, open(temp, "wb") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when f closes, or when this process dies
         write(f)
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Remove the temporary files of writers killed mid-write: the parts older than STALE_PART_SECONDS whose lock
+    no process holds."""
+    if fcntl is None or not folder.is_dir():
+        return
+    for part in folder.glob(".*.part"):
+        try:
+            if time.time() - part.stat().st_mtime < STALE_PART_SECONDS:
+                continue
+            with open(part, "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is at work
+                part.unlink()
+        except OSError:  # removed meanwhile by another process, or a read-only folder: nothing to do
+            continue
 
 
 def problem(meta_path: Path) -> str | None:
@@ -75,6 +107,7 @@ def corrupted_set(images: np.ndarray, dataset: str, name: str, severity: int, se
     folder = cache_dir(root)
     base = set_name(dataset, name, severity, seed, images_digest(images))
     meta_path, data_path = folder / f"{base}.json", folder / f"{base}.npy"
+    _remove_stale_parts(folder)
     if meta_path.is_file():
         why = problem(meta_path)
         if why is None:

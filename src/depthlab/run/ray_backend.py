@@ -4,13 +4,18 @@ This process drives the sweep with the local backend's driver (depthlab.run.driv
 it, and records what the task streams back (each epoch as it ends, then the results), so workers need no access
 to the SQLite file and the store's guarantees (no run trained twice, nothing finished lost, every held run given
 back on a stop) hold exactly as with the local backend. Errors are handled as there too: a pack that fails is
-recorded failed and the sweep goes on; a broken device, or data a worker cannot load, stops the sweep.
+recorded failed and the sweep goes on; a broken device, or data a worker cannot load, stops the sweep. Stops too:
+Ray's own SIGTERM handler (an exit with status 15) is replaced by the one the driver had, so that a SIGTERM gives
+the held runs back and exits 143 with the usual line, and a local Ray that the driver started ends with it even
+when it is killed outright (depthlab.run.ray_reaper).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import queue
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from depthlab import stopping
 from depthlab.errors import DepthlabError
 from depthlab.spec.config import RunConfig
 from depthlab.run.driver import Driver
+from depthlab.run.ray_reaper import Reaper, processes_below
 from depthlab.run.runner import open_sweep, starting_models
 from depthlab.spec.grid import SweepSpec
 from depthlab.run.workers import Stopped
@@ -171,14 +177,24 @@ def start_ray(ray, address, num_cpus, device: str) -> tuple[str, int]:
     """Ray started (here, unless it already is or `address` names a cluster) and the workers' device resolved:
     (device, how many packs train at once)."""
     if not ray.is_initialized():
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True)
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # Ray's exits at once, with status 15 and nothing given back
     resources = ray.cluster_resources()
     if device == "auto":
         device = "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
     if device == "cuda" and resources.get("GPU", 0) < 1:
         raise DepthlabError("--device cuda: the Ray cluster has no GPU; use --device cpu or auto")
     return device, int(resources.get("GPU", 1)) if device == "cuda" else max(1, int(resources.get("CPU", 1)))
+
+
+def _reaper(before: set) -> Reaper | None:
+    """A watcher of the processes this one has started since `before`, those of the local Ray that `ray.init`
+    started, and of theirs; None when there are none (a cluster joined, or no /proc to read them from)."""
+    started = processes_below(os.getpid()) - before
+    return Reaper(started | processes_below(*(pid for pid, _ in started))) if started else None
 
 
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
@@ -192,8 +208,10 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
         raise DepthlabError("the ray backend needs Ray: pip install 'depthlab[ray]'") from None
     log = log or (lambda msg: print(msg, file=sys.stderr))
     started_here = not ray.is_initialized()
+    before, reaper = processes_below(os.getpid()) if started_here else set(), None
     try:
         device, slots = start_ray(ray, address, num_cpus, device)
+        reaper = _reaper(before) if started_here else None
         # Pack sizes are planned for the workers' device, which the driver may not have: on GPU workers a fixed
         # cap (an out-of-memory error still splits a pack on the worker), on CPU workers the CPU cap (the
         # driver's calibrations measured other threads, maybe another CPU).
@@ -201,6 +219,8 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
             max_pack = RAY_GPU_MAX_PACK
         store, the_plan = open_sweep(spec, store_path, torch.device("meta"), log, limit=limit, max_pack=max_pack,
                                      retry_failed=retry_failed, save_weights=save_weights, precision=precision)
+        if reaper is not None:
+            reaper.refresh()  # what Ray's processes have started since: agents that a slow raylet started late
         driver = Driver(spec.name, store, the_plan, store_path=store_path, log=log, save_weights=save_weights,
                         title=f"{spec.name} on ray ({slots} {device} slots)", progress=progress)
         summary = driver.run(RayExecutor(ray, device, slots, data_root, compile=compile, precision=precision,
@@ -208,5 +228,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
     finally:
         if started_here:
             ray.shutdown()
+        if reaper is not None:
+            reaper.close()  # and it stops what the shutdown left
     return {**summary, "precision": precision if precision != "auto" else "auto precision (per worker)",
             "device": f"{device} via ray ({slots} slots)"}

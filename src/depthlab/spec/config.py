@@ -68,6 +68,7 @@ class RunConfig(ModelFields):
         else:
             check("budget_by", self.budget_by, BUDGET_BY)
         super().__post_init__()  # the model fields (ModelFields), with the size a budget chose
+        self._check_density_floor()
         self._canonical_spellings()
 
     def _check_training(self) -> None:
@@ -118,6 +119,19 @@ class RunConfig(ModelFields):
         object.__setattr__(self, "density", float(self.density))
         check("prune_structure", self.prune_structure, STRUCTURES)
         check("crop_init", self.crop_init, CROP_INITS)
+
+    def _check_density_floor(self) -> None:
+        """A pruned run's density lets every prunable layer of its network keep something
+        (`depthlab.prune.density_floor`): below that, a mask leaves a layer without weights (at 1e-9, all of them:
+        a constant network), and a crop cannot get as small as asked."""
+        if not self.pruned:
+            return
+        from depthlab.prune import density_floor
+
+        floor, keeps = density_floor(self.model_spec(), self.prune_structure)
+        if self.density < floor * (1 - 1e-9):  # the floor itself is allowed, whatever its last bit
+            raise SpecError("density", self.density, f"at least {_round_up(floor)} for this run, up to 1 ({keeps}; "
+                            f"run {self.branch} k{self.kernel}, {self.blocks} blocks, width {self.width})")
 
     def _canonical_spellings(self) -> None:
         """One spelling per value, so that equal runs get equal ids (`--set weight_decay=0` reads as the integer 0,
@@ -232,10 +246,22 @@ def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
 
 
+def list_fields() -> tuple[str, ...]:
+    """The run fields whose one value may itself be a list, as their type declares (`hidden`: one width per
+    block, a tuple once validated)."""
+    return tuple(f.name for f in fields(RunConfig) if "tuple" in str(f.type))
+
+
 def neutral() -> Mapping:
     """{field: neutral value} of the run fields declared with `added`: what run ids leave out. For modules that
     import this one only where they need it (it brings torch); the others may ask `records.neutral_defaults()`."""
     return neutral_defaults()
+
+
+def _round_up(value: float, digits: int = 3) -> str:
+    """`value` rounded up to `digits` significant digits: a floor that, written as shown, is still allowed."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return f"{math.ceil(value / scale - 1e-9) * scale:.{digits}g}"
 
 
 def _is_int(value) -> bool:

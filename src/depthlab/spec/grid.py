@@ -2,9 +2,10 @@
 
 A spec has a `name`, a `description`, `defaults` (fields every run shares), a `grid` (field → list of values:
 the cartesian product) and optionally `runs`: a list of sub-grids, each merged over the grid (its keys replace
-the grid's) — the way to express "BN rows here, Fixup rows there" in one spec. `exclude` drops the runs that
-match any of its partial configs. Every run is validated before anything trains, including its data fields
-against the dataset's standard size.
+the grid's) — the way to express "BN rows here, Fixup rows there" in one spec. A field whose one value is itself
+a list (`hidden`, one width per block) is varied by a list of such lists (`hidden: [[8, 16], [4, 4]]`); a flat
+list that could be read either way is refused. `exclude` drops the runs that match any of its partial configs.
+Every run is validated before anything trains, including its data fields against the dataset's standard size.
 
 Spec files are read as YAML with numbers as in YAML 1.2 (`1e-3` is a float, not the string YAML 1.1 makes of it),
 and refused when a mapping repeats a key, when aliases expand to an absurd size, or when they loop.
@@ -71,7 +72,24 @@ class SweepSpec:
             _check_fields(f"runs[{i}]", sub)
         for i, sub in enumerate(spec.exclude):
             _check_fields(f"exclude[{i}]", sub)
+        spec._check_list_values()
         return spec
+
+    def _check_list_values(self, overrides: dict | None = None) -> None:
+        """SpecError for a flat list, given to vary a field whose one value may itself be a list (`hidden`), that is
+        as long as the blocks of a run it makes: `hidden: [8, 16]` is two runs of one width each, as every grid
+        list is, and with two blocks one run of a width per block as well. `overrides`: the --set fields."""
+        from depthlab.spec.config import RunConfig, list_fields
+
+        for i, sub in enumerate(self.runs or [{}]):
+            merged = {**self.grid, **sub}
+            blocks = merged.get("blocks", self.defaults.get("blocks", RunConfig.blocks))
+            blocks = set(blocks if isinstance(blocks, list) else [blocks])
+            for key in list_fields():
+                value = merged.get(key)
+                if isinstance(value, list) and not any(isinstance(v, list) for v in value) and len(value) in blocks:
+                    where = "--set" if key in (overrides or {}) else f"runs[{i}]" if key in sub else "grid"
+                    raise _either_way(where, key, value)
 
     def _subgrids(self) -> list[dict]:
         return [{**self.grid, **sub} for sub in self.runs] or [self.grid]
@@ -142,8 +160,10 @@ class SweepSpec:
             digest = hashlib.sha256(suffix.encode()).hexdigest()[:12]
             keys = ",".join(overrides)
             suffix = f"{keys} #{digest}" if len(keys) <= MAX_SUFFIX - 14 else f"{len(overrides)} fields #{digest}"
-        return SweepSpec(name=f"{self.name}[{suffix}]", description=self.description, defaults=defaults,
+        spec = SweepSpec(name=f"{self.name}[{suffix}]", description=self.description, defaults=defaults,
                          grid=grid, runs=runs, exclude=list(self.exclude))
+        spec._check_list_values(overrides)
+        return spec
 
     def _excluded(self, values: dict) -> bool:
         return any(all(_same(values.get(k), v) for k, v in ex.items()) for ex in self.exclude)
@@ -216,6 +236,20 @@ def _check_fields(where: str, values) -> None:
             raise SpecError(f"{where}.{key}", values[key], "a run field: " + ", ".join(allowed))
 
 
+def _either_way(where: str, key: str, value: list) -> SpecError:
+    """The error of a flat list that reads both as values to vary and as one per-block value, showing how to
+    write each in `where` (grid, runs[i] or --set)."""
+    each = ", ".join(f"{{{key}: {v}}}" for v in value)
+    why = f"with {len(value)} blocks, {value} reads either way"
+    if where == "--set":
+        flat = ",".join(map(str, value))
+        return SpecError(f"--set {key}", value, f"--set '{key}=[[{flat}]]' for {key} {value}, one per block (a "
+                         f"list given to --set is the values to vary; {why}), or a spec's runs: [{each}] for a run "
+                         "of each")
+    return SpecError(f"{where}.{key}", value, f"{[value]} for {key} {value}, one per block (a grid's list is the "
+                     f"values to vary; {why}), or runs: [{each}] for a run of each")
+
+
 def _short(values: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
 
@@ -226,7 +260,9 @@ def _is_text(value) -> bool:
 
 
 def _same(a, b) -> bool:
-    """Equal, and a bool matches only a bool (True == 1 in Python; never in a spec)."""
+    """Equal, and a bool matches only a bool (True == 1 in Python; never in a spec); a list matches the tuple
+    that validation makes of it (`hidden`)."""
+    a, b = (tuple(v) if isinstance(v, list) else v for v in (a, b))
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
