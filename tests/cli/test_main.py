@@ -82,7 +82,8 @@ def test_other_database_errors_are_not_called_a_full_disk(monkeypatch):
     ("--max-pack", "0", "argument --max-pack: must be >= 1, got 0"),
     ("--name", "", "argument --name: a non-empty string"),
     ("--name", "x" * 201, "at most 200 characters"),
-], ids=["limit-negative", "max-pack-zero", "name-empty", "name-long"])
+    ("--eval-every", "0", "argument --eval-every: must be >= 1, got 0"),
+], ids=["limit-negative", "max-pack-zero", "name-empty", "name-long", "eval-every-zero"])
 def test_run_refuses_bad_numbers_and_names(tmp_path, option, value, says):
     proc = run_cli("run", "smoke", "--store", tmp_path / "s.sqlite", option, value)
     assert proc.returncode == 2 and says in proc.stderr

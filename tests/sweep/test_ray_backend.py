@@ -59,6 +59,26 @@ def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
     assert all(r.status == "done" and len(r.history) == 2 for r in records)
 
 
+def test_ray_runs_validate_as_asked_and_log_to_tensorboard(tmp_path):
+    """The execution options reach the Ray tasks (eval_every) and the driver writes each run's TensorBoard log
+    from the epochs the tasks stream, as the local backend does."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from depthlab.run.ray_backend import run_sweep_ray
+
+    store_path, board = tmp_path / "ray.sqlite", tmp_path / "tb"
+    run_sweep_ray(sweep(tmp_path, {"topology": ["sequential", "parallel"]}, epochs=3), store_path, device="cpu",
+                  max_pack=1, progress=False, eval_every=2, tensorboard=board)
+    records = Store(store_path).records()
+    assert len(records) == 2 and all(r.env["eval_every"] == 2 for r in records)
+    for rec in records:
+        assert ["val_acc" in h for h in rec.history] == [False, True, True]
+        scalars = EventAccumulator(str(board / rec.run_id)).Reload()
+        assert [e.step for e in scalars.Scalars("train_loss")] == [1, 2, 3]
+        assert [e.step for e in scalars.Scalars("val_acc")] == [2, 3]
+
+
 def test_a_failed_ray_pack_keeps_its_epochs_and_the_sweep_goes_on(tmp_path, monkeypatch):
     from depthlab.run import ray_backend
 

@@ -130,11 +130,6 @@ def test_a_log_directory_that_cannot_be_made_is_refused(tmp_path, capsys):
     assert not store.exists()
 
 
-def test_the_ray_backend_refuses_it(tmp_path, capsys):
-    assert run(write_spec(tmp_path), tmp_path / "s.sqlite", tmp_path / "tb", "--backend", "ray") == 2
-    assert "--tensorboard is for the local backend" in capsys.readouterr().err
-
-
 def test_a_log_that_cannot_be_written_stops_the_logging_not_the_sweep(tmp_path):
     spec = {**SPEC, "grid": {"seed": [0, 1]}}
     blocked = rid(SweepSpec.from_dict(spec).configs()[0])

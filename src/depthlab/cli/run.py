@@ -59,7 +59,10 @@ def register(subparsers) -> None:
                    help="write each run's per-epoch metrics (losses, accuracies, epoch times) as TensorBoard "
                    "scalars under DIR/RUN_ID as its epochs end, with its config as hparams; view them with "
                    "`tensorboard --logdir DIR`. Runs already finished are not written again. Needs "
-                   "pip install 'depthlab[tensorboard]' (local backend)")
+                   "pip install 'depthlab[tensorboard]'")
+    p.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
+                   help="measure the validation split every N-th epoch and the last (the epochs between record "
+                   "training metrics only; what a run learns does not change; recorded per run) (default: 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="train the spec's failed runs again (diverged runs stay: divergence is a result)")
     p.add_argument("--no-compare", action="store_true", help="do not print the comparison at the end")
@@ -149,19 +152,17 @@ def _train_sweep(args, spec, device) -> dict:
         if args.workers is not None:
             raise DepthlabError("--workers is for the local backend: Ray trains a pack per Ray worker "
                                 "(give Ray its CPUs instead)")
-        if args.tensorboard is not None:
-            raise DepthlabError("--tensorboard is for the local backend: the ray backend does not write "
-                                "TensorBoard logs yet (use --backend local)")
         from depthlab.run.ray_backend import run_sweep_ray
         return run_sweep_ray(spec, args.store, device=args.device, limit=args.limit, max_pack=args.max_pack,
                              address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
                              compile=args.compile, save_weights=args.save_weights,
                              retry_failed=args.retry_failed, precision=args.precision,
-                             complexity=args.complexity)
+                             complexity=args.complexity, eval_every=args.eval_every, tensorboard=args.tensorboard)
     return run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                      compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
                      progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
-                     complexity=args.complexity, workers=args.workers, tensorboard=args.tensorboard)
+                     complexity=args.complexity, workers=args.workers, tensorboard=args.tensorboard,
+                     eval_every=args.eval_every)
 
 
 def _print_trained(args, spec, summary: dict) -> None:

@@ -151,7 +151,8 @@ def _train(sweep, store_path, *, device, backend, ray_address, precision, data_r
         from depthlab.run.ray_backend import run_sweep_ray
 
         return run_sweep_ray(sweep, store_path, device=device, address=ray_address, data_root=data_root,
-                             progress=progress, save_weights=True, precision=precision, log=log, complexity=False)
+                             progress=progress, save_weights=True, precision=precision, log=log, complexity=False,
+                             eval_every=eval_every)
     from depthlab.run.runner import run_sweep
 
     return run_sweep(sweep, store_path, device=device, save_weights=True, data_root=data_root, progress=progress,
