@@ -66,9 +66,23 @@ def training_flops(result: dict, records, spec) -> tuple[float, int]:
 
 def training_step_seconds(records, workers: int) -> float:
     """The packs' time in training steps, over the packs trained side by side. A pack's models share its
-    `train_seconds`; a pack is told apart by its time, wall time and size (the export has no pack id yet)."""
-    packs = {(r.train_seconds, r.seconds, r.pack_size) for r in records if r.train_seconds}
-    return sum(p[0] for p in packs) / max(1, workers)
+    `train_seconds`, and each records its pack's id (`env.pack`)."""
+    packs = {r.env.get("pack") or (r.train_seconds, r.seconds, r.pack_size): r.train_seconds
+             for r in records if r.train_seconds}
+    return sum(packs.values()) / max(1, workers)
+
+
+def design_seconds(result: dict, records) -> list[tuple[str, float]]:
+    """(design name, the pack seconds of its runs), slowest first: where the training time went."""
+    from depthlab.study.decide import design_key
+
+    names = {d["key"]: d["name"] for b in result["budgets"] for d in b["designs"]}
+    seconds: dict[str, float] = {}
+    for rec in records:
+        name = names.get(design_key(rec.config))
+        if name and rec.pack_seconds:
+            seconds[name] = seconds.get(name, 0.0) + rec.pack_seconds
+    return sorted(seconds.items(), key=lambda item: -item[1])
 
 
 def main(argv=None) -> int:
@@ -114,6 +128,8 @@ def main(argv=None) -> int:
           f"matmul ceiling of {ceiling:.0f} GFLOP/s")
     print(f"outside training steps: {wall - steps:.1f} s of {wall:.1f} s = {outside:.2f}x the whole "
           f"(target at most {OUTSIDE_TARGET:.2f}; training steps {steps:.1f} s over {workers} worker(s))")
+    print("pack time per design (its runs' share of their packs' wall time), slowest first: "
+          + ", ".join(f"{name} {sec:.0f} s" for name, sec in design_seconds(result, records)))
     return 0
 
 

@@ -135,3 +135,19 @@ def test_store_scale_prints_the_ratio_of_each_read(capsys):
     bench("store_scale").main(["--runs", "40", "--sweeps", "2"])
     out = capsys.readouterr().out
     assert "store of 40 runs" in out and len(ratios(out, "records of")) == 2
+
+
+def test_study_quick_prints_wall_time_flops_and_where_the_time_went(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.setenv("DEPTHLAB_DATA", str(tmp_path / "data"))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "dataset": "synthetic", "budgets": [6000], "depths": [1, 2],
+                                    "levers": ["depth"], "seeds": 3, "max_seeds": 3, "epochs": 1}))
+    assert bench("study_quick").main(["--spec", str(spec), "--precision", "fp32", "--matmul", "256"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"wall time \d+\.\d s = \d+\.\d\dx the 600 s target", out)
+    assert re.search(r"training FLOPs \d+\.\d\d TFLOP .* = \d+\.\d{3}x the fp32 matmul ceiling", out)
+    assert re.search(r"outside training steps: .* = \d\.\d\dx the whole", out)
+    designs = re.search(r"pack time per design .*: (.*)", out).group(1)
+    assert {part.split()[0] for part in designs.split(", ")} == {"d1", "d2"}
