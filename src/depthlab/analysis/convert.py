@@ -18,7 +18,7 @@ import copy
 import torch
 from torch import nn
 
-from depthlab.errors import DepthlabError
+from depthlab.errors import DepthlabError, SpecError
 from depthlab.measure import scores
 from depthlab.models import ResidualNet, param_count, parallel_from_sequential
 
@@ -50,6 +50,39 @@ def recalibrate_batchnorm(model: ResidualNet, x, mean, std, batch_size: int = 25
     return model
 
 
+def unconvertible(spec, models: int = 1) -> str | None:
+    """Why `models` networks of `spec` cannot be rewired deep → shallow with their weights, or None when they can
+    (what `depthlab convert` refuses)."""
+    if models != 1 or spec.topology != "sequential":
+        return (f"deep → shallow conversion takes one sequential model; got topology={spec.topology!r}, "
+                f"models={models}")
+    try:  # a crop gives each block a hidden width of its own, which some parallel layers cannot hold
+        spec.replace(topology="parallel")
+    except SpecError as err:
+        return (f"deep → shallow conversion keeps each block as trained, and the parallel wiring cannot hold "
+                f"these blocks (hidden widths {list(spec.block_hidden)}; a crop gives each block its own): it needs "
+                f"{err.allowed}")
+    return None
+
+
+# The fields that made a crop-pruned run's network narrower than its config's: once made, that network is a dense
+# one of its cropped widths, and its fine-tuning trains it as it is, neither budgeted nor pruned again.
+_CROPPING = ("param_budget", "budget_by", "prune", "density", "prune_structure", "crop_init")
+
+
+def finetune_config(config, spec, run_id: str, epochs: int, lr: float | None = None):
+    """The run that fine-tunes the converted network of run `run_id` (`config`, the `RunConfig` it trained, and
+    `spec`, its network's `ModelSpec`): the same run wired in parallel, starting from its weights (`init_from`),
+    for `epochs` epochs at `lr` (default: the run's). A crop-pruned run is the dense network of its cropped widths
+    (PreCropping, Cai et al., arXiv 2203.02549): that network, as `spec` says."""
+    changes = dict(topology="parallel", epochs=epochs, init_from=run_id, lr=config.lr if lr is None else lr)
+    if config.cropped:
+        from depthlab.spec.config import neutral
+
+        changes.update({name: neutral()[name] for name in _CROPPING}, width=spec.width, hidden=spec.hidden)
+    return config.replace(**changes)
+
+
 def deep_to_shallow(model: ResidualNet, data, recalibrate: bool = True,
                     precision: str = "fp32") -> tuple[ResidualNet, dict]:
     """Convert `model` (one sequential model) to the parallel wiring and measure both on `data`'s test split
@@ -59,9 +92,9 @@ def deep_to_shallow(model: ResidualNet, data, recalibrate: bool = True,
     `retained` = converted accuracy / original accuracy, the parameter counts, and with `recalibrate` and
     BatchNorm: `recalibrated` (statistics re-estimated on the training split) and `retained_recalibrated`. The
     model returned is the last of these stages. `model` itself is not modified."""
-    if model.models != 1 or model.spec.topology != "sequential":
-        raise DepthlabError(f"deep → shallow conversion takes one sequential model; got "
-                            f"topology={model.spec.topology!r}, models={model.models}")
+    why = unconvertible(model.spec, model.models)
+    if why is not None:
+        raise DepthlabError(why)
     test = (data.test_x, data.test_y, data.mean, data.std)
     shallow = parallel_from_sequential(model).eval()
     original, converted = scores(model, *test, precision=precision), scores(shallow, *test, precision=precision)

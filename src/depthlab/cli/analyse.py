@@ -563,7 +563,7 @@ def _kind(config) -> str:
 
 
 def cmd_convert(args) -> int:
-    from depthlab.analysis.convert import deep_to_shallow
+    from depthlab.analysis.convert import deep_to_shallow, finetune_config
     from depthlab.measure import scores
     from depthlab.precision import resolve
 
@@ -573,9 +573,8 @@ def cmd_convert(args) -> int:
         raise DepthlabError(f"run {record.run_id} is {record.status}: nothing to convert")
     _, report = deep_to_shallow(model, data, recalibrate=not args.no_recalibrate, precision=args.precision)
     if args.finetune_epochs:
-        config = _config_of(record)
-        tune = config.replace(topology="parallel", epochs=args.finetune_epochs, init_from=record.run_id,
-                              lr=args.finetune_lr if args.finetune_lr is not None else config.lr)
+        tune = finetune_config(_config_of(record), model.spec, record.run_id, args.finetune_epochs,
+                               args.finetune_lr)
         tuned = next(iter(_train(args, [tune], "convert").values()))
         report["finetune"] = _run_summary(tuned)
         if tuned.status == "done":
