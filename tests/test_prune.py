@@ -333,3 +333,14 @@ def test_run_says_when_a_crop_kept_far_more_than_its_density(tmp_path, capsys):
     assert line == [f"1 crop run(s) of sweep crop kept more than 2x their density (density 0.1 kept "
                     f"{kept[0.1]:.3g}): a crop keeps whole channels, at least one per layer; each run records its "
                     "realised_density (`depthlab results`)"]
+
+
+def test_a_crop_that_starts_from_trained_weights_is_refused_with_what_works():
+    """A crop chooses its network from a fresh dense one: `init_from` with prune_structure crop failed at training
+    time with a shape error (the trained start is narrow already); it is refused when the config is read."""
+    fields = dict(dataset="synthetic", width=8, blocks=2, prune="random", density=0.5, prune_structure="crop")
+    with pytest.raises(SpecError, match=r"init_from: got '0123456789abcdef'; allowed: null with prune_structure "
+                                        r"crop .* give its width and hidden widths with prune none"):
+        RunConfig(init_from="0123456789abcdef", **fields)
+    RunConfig(init_from="0123456789abcdef", **{**fields, "prune_structure": "mask"})
+    RunConfig(init_from="0123456789abcdef", **{**fields, "prune": "none"})

@@ -119,6 +119,11 @@ class RunConfig(ModelFields):
         object.__setattr__(self, "density", float(self.density))
         check("prune_structure", self.prune_structure, STRUCTURES)
         check("crop_init", self.crop_init, CROP_INITS)
+        if self.init_from is not None and self.cropped:
+            # a crop chooses its narrower network from a fresh dense one: trained weights have no dense form
+            raise SpecError("init_from", self.init_from, "null with prune_structure crop (a crop chooses its network "
+                            "at initialisation); to go on from a cropped run, give its width and hidden widths "
+                            "with prune none, as `depthlab convert --finetune-epochs` does")
 
     def _check_density_floor(self) -> None:
         """A pruned run's density lets every prunable layer of its network keep something
