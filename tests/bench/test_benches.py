@@ -131,10 +131,15 @@ def test_cpu_throughput_says_no_native_bf16_and_skips_it(capsys, monkeypatch):
     assert not re.search(r"blocks +bf16", out)
 
 
-def test_store_scale_prints_the_ratio_of_each_read(capsys):
-    bench("store_scale").main(["--runs", "40", "--sweeps", "2"])
+def test_store_scale_prints_the_ratio_of_each_read_and_each_commands_growth(capsys):
+    bench("store_scale").main(["--runs", "40", "--sweeps", "2", "--sizes", "20,40", "--epochs", "2",
+                               "--commands", "status,summary"])
     out = capsys.readouterr().out
     assert "store of 40 runs" in out and len(ratios(out, "records of")) == 2
+    assert "built a store of 20 runs" in out and "built a store of 40 runs" in out
+    for name in ("status", "summary"):  # seconds at each size, and per 1,000 runs against the smallest store's
+        (line,) = [row for row in out.splitlines() if row.startswith(name + " ")]
+        assert len(re.findall(r"\d+\.\d+ s \(\d+\.\d+x\)", line)) == 2 and ratios(line, name)[0] == 1.0
 
 
 def test_study_quick_prints_wall_time_flops_and_where_the_time_went(tmp_path, monkeypatch, capsys):

@@ -559,3 +559,24 @@ def test_sweep_memberships_are_indexed_by_run(tmp_path):
         "EXPLAIN QUERY PLAN SELECT sweep FROM sweep_runs WHERE run_id = 'x'").fetchall())
     con.close()
     assert "sweep_runs_by_run" in plan
+
+
+def test_records_without_history_count_its_epochs_and_leave_the_collector_as_it_was(store):
+    """#23: the read commands that draw no curves read records without their per-epoch history (most of a run's
+    row); everything else is the same record."""
+    import gc
+
+    ids = store.add_runs([cfg(0), cfg(1)], sweep="s", recipe=1)
+    store.claim(ids, "me:1:x")
+    assert finish(store, ids[0], "me:1:x", history=[{"epoch": e, "val_loss": 0.5} for e in range(3)])
+    full, lean = store.records(), store.records(history=False)
+    assert [r.epochs_run for r in lean] == [3, 0] and [len(r.history) for r in full] == [3, 0]
+    assert all(r.history == () for r in lean)
+    assert [dataclasses.replace(r, history=()) for r in full] == lean
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        store.records()
+        assert not gc.isenabled()  # paused while records are made, restored as it was
+    finally:
+        gc.enable()

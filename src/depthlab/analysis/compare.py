@@ -25,11 +25,16 @@ different recipes is not formed unless asked (`allow_mixed_recipes`), and `compa
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import shlex
 import shutil
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Mapping
 
 import numpy as np
@@ -123,7 +128,12 @@ def _neutral_for(records: list[RunRecord]) -> dict:
     """The run fields' neutral values where the records need them: when some record lacks a field that another
     holds (stored before the field existed). Records that hold the same fields pair alike with or without them,
     and the declaration (depthlab.spec.config) imports torch, which a comparison otherwise does without."""
-    if len({frozenset(r.config) for r in records}) <= 1:
+    return _once(("neutral",), records, lambda: _neutral_values(records))
+
+
+def _neutral_values(records: list[RunRecord]) -> dict:
+    fields = records[0].config.keys() if records else None
+    if all(r.config.keys() == fields for r in records):
         return {}
     from depthlab.spec.config import neutral
 
@@ -133,17 +143,67 @@ def _neutral_for(records: list[RunRecord]) -> dict:
 def _field_value(rec: RunRecord, field: str, neutral: dict | None = None):
     """The record's value of `field` (a list for a compound contrast); a field it predates has its neutral value."""
     cfg, neutral = rec.config, neutral or {}
-    fields = contrast_fields(field)
+    fields = _fields_of(field)
     if len(fields) > 1:
         return [cfg.get(f, neutral.get(f)) for f in fields]
     return cfg.get(field, neutral.get(field))
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_of(contrast: str) -> tuple[str, ...]:
+    return tuple(contrast_fields(contrast))
+
+
+# -- what a comparison computes once ----------------------------------------------------------------------------
+#
+# A report asks for the same things many times: the newest recipes, the contrast's values and the pairs, once
+# per metric and two values, each encoding every record's config again. With 100,000 runs that repetition was
+# most of a comparison; within `_remembering()` (a `compare_report` or a `paired`) each is computed once. A result
+# is remembered by the identity of the list of records it was computed from, which is kept alive beside it so
+# that its id cannot be reused meanwhile (the records are frozen, and nothing changes the lists).
+
+_SEEN: ContextVar[dict | None] = ContextVar("depthlab_compare_seen", default=None)
+
+
+@contextmanager
+def _remembering():
+    if _SEEN.get() is not None:  # an enclosing comparison remembers already
+        yield
+        return
+    token = _SEEN.set({})
+    try:
+        yield
+    finally:
+        _SEEN.reset(token)
+
+
+def _once(what: tuple, source, compute):
+    """`compute()`, remembered for `source` and `what` within `_remembering()` (else computed each time)."""
+    seen = _SEEN.get()
+    if seen is None:
+        return compute()
+    key = (what, id(source))
+    hit = seen.get(key)
+    if hit is None or hit[0] is not source:
+        hit = seen[key] = (source, compute())
+    return hit[1]
+
+
+def _value_text(value) -> str:
+    """`canonical_json` of a config value; the usual ones (names, sizes, flags) from a cache."""
+    return _plain_text(value) if type(value) in (str, int, bool, type(None)) else canonical_json(value)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: 1 and True are different values (and texts)
+def _plain_text(value) -> str:
+    return canonical_json(value)
 
 
 def pairing_key(cfg: Mapping, contrast: str, neutral: dict | None = None) -> str:
     """What two runs of a pair share: their canonical configs (`neutral`: see `_neutral_for`) without the
     contrast's fields and, for runs sized by a parameter budget, without the size the budget chose (hidden or width
     follow from the other fields)."""
-    drop = set(contrast_fields(contrast))
+    drop = set(_fields_of(contrast))
     if cfg.get("param_budget") is not None:
         drop.add(cfg.get("budget_by") or "hidden")
     return canonical_json({k: v for k, v in canonical_config(cfg, neutral or {}).items() if k not in drop})
@@ -151,10 +211,14 @@ def pairing_key(cfg: Mapping, contrast: str, neutral: dict | None = None) -> str
 
 def contrast_values(records: list[RunRecord], field: str) -> list:
     """The distinct values of `field` in the records' configs, in contrast order."""
+    return list(_once(("values", field), records, lambda: _contrast_values(records, field)))
+
+
+def _contrast_values(records: list[RunRecord], field: str) -> list:
     seen, neutral = {}, _neutral_for(records)
     for rec in records:
         value = _field_value(rec, field, neutral)
-        seen.setdefault(canonical_json(value), value)
+        seen.setdefault(_value_text(value), value)
     return sorted(seen.values(), key=lambda v: contrast_order(field, v))
 
 
@@ -185,8 +249,9 @@ def band_table(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> li
     for rec in records:
         if rec.status == "done":
             value = _field_value(rec, contrast, neutral)
-            values[canonical_json(value)] = value
-            key = (str(rec.config.get("dataset")), canonical_json(value), q_band(rec.q))
+            text = _value_text(value)
+            values[text] = value
+            key = (str(rec.config.get("dataset")), text, q_band(rec.q))
             groups.setdefault(key, []).append(rec)
     rows = []
     order = lambda k: (k[0], contrast_order(contrast, values[k[1]]), _band_order(k[2]))
@@ -232,13 +297,19 @@ def run_state(record: RunRecord) -> str:
 def latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
     """The records without those superseded by a newer recipe of the same config (a record without a recipe,
     e.g. a hand-made one, is its own), and how many were superseded."""
+    return _once(("latest",), records, lambda: _latest_recipes(records))
+
+
+def _latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
     newest: dict[str, int] = {}
     neutral = _neutral_for(records)
-    key = lambda rec: canonical_json(canonical_config(rec.config, neutral))
-    for rec in records:
+    keys = [canonical_json(canonical_config(rec.config, neutral)) for rec in records]
+    for rec, k in zip(records, keys):
         if rec.recipe is not None:
-            newest[key(rec)] = max(newest.get(key(rec), rec.recipe), rec.recipe)
-    kept = [r for r in records if r.recipe is None or r.recipe == newest[key(r)]]
+            newest[k] = max(newest.get(k, rec.recipe), rec.recipe)
+    kept = [r for r, k in zip(records, keys) if r.recipe is None or r.recipe == newest[k]]
+    if len(kept) == len(records):  # the same list: what is remembered for it serves both
+        return records, 0
     return kept, len(records) - len(kept)
 
 
@@ -253,6 +324,11 @@ def pair_records(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST, a=N
     although their runs were trained by different recipes; pairs formed whose runs were trained in different
     precisions (`depthlab.precision`: the same run, computed differently; counted, not refused). Records of
     other values are ignored."""
+    key = ("pairs", contrast, canonical_json(a), canonical_json(b), allow_mixed_recipes)
+    return _once(key, records, lambda: _pair_records(records, contrast, a, b, allow_mixed_recipes))
+
+
+def _pair_records(records, contrast, a, b, allow_mixed_recipes):
     records, superseded = latest_recipes(records)
     if a is None and b is None:
         a, b = first_two_values(records, contrast)
@@ -260,7 +336,7 @@ def pair_records(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST, a=N
     buckets: dict[str, dict[str, list]] = {}
     neutral = _neutral_for(records)
     for rec in records:
-        value = canonical_json(_field_value(rec, contrast, neutral))
+        value = _value_text(_field_value(rec, contrast, neutral))
         if value not in (key_a, key_b):
             continue
         key = pairing_key(rec.config, contrast, neutral)
@@ -296,7 +372,8 @@ def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> 
     chunk = max(1, 2_000_000 // n)
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
-        means[start:stop] = d[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        # int32 indices: the same draws as int64 (numpy draws any range below 2**32 as 32-bit), half the memory
+        means[start:stop] = d[rng.integers(0, n, size=(stop - start, n), dtype=np.int32)].mean(axis=1)
     lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
 
@@ -392,6 +469,11 @@ def paired(records: list[RunRecord], metric: str = "val_loss", margin: float | N
     """Paired comparison of `metric` between values a and b of `contrast` (default: its first two values,
     sequential and parallel for topology), d = b − a, per dataset, per dataset × Q band, and (with `by`) per
     value of that config field within each. See the module docstring; every number is in the returned dict."""
+    with _remembering():
+        return _paired(records, metric, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes)
+
+
+def _paired(records, metric, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes) -> dict:
     _validate(metric, margin, alpha, n_boot)
     if by is not None:
         check_by(records, by, contrast)
@@ -400,9 +482,10 @@ def paired(records: list[RunRecord], metric: str = "val_loss", margin: float | N
     pairs, info = pair_records(records, contrast, a, b, allow_mixed_recipes=allow_mixed_recipes)
     labels = (value_label(contrast, a), value_label(contrast, b))
     higher_is_better = metric.endswith("_acc")
-    items = [_pair_item(left, right, metric, by) for left, right in pairs]
+    states = _once(("states",), records, lambda: {id(r): run_state(r) for r in records})  # for every metric
+    items = [_pair_item(left, right, metric, by, states) for left, right in pairs]
     stats = dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better, labels=labels)
-    groups = [_group_row(sel, row_labels, margin, stats) for row_labels, sel in _slices(items, by)]
+    groups = _group_rows(list(_slices(items, by)), margin, stats)
     return _json_safe(dict(
         metric=metric, contrast=contrast, a=a, b=b, a_label=labels[0], b_label=labels[1],
         difference=f"{labels[1]} - {labels[0]}", higher_is_better=higher_is_better,
@@ -423,12 +506,12 @@ def _margin_rule(margin: float | None, higher_is_better: bool) -> str:
     return f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
 
 
-def _pair_item(left: RunRecord, right: RunRecord, metric: str, by: str | None) -> dict:
+def _pair_item(left: RunRecord, right: RunRecord, metric: str, by: str | None, states: dict) -> dict:
     """One pair as the statistics see it: where it falls (dataset, Q band, `by` value), its runs' statuses (a
     blown-up or unlearned run counts as its own status, `run_state`) and `metric` values, and its state: "used",
     or why it is not ("excluded": a run diverged, failed, blew up or did not learn; "unfinished"; "missing": no
-    value of the metric)."""
-    statuses = (run_state(left), run_state(right))
+    value of the metric). `states`: {id(record): its `run_state`}."""
+    statuses = (states[id(left)], states[id(right)])
     values = (finite(left.metric(metric)), finite(right.metric(metric)))
     if any(s in ("diverged", "failed", "blown_up", "not_learned") for s in statuses):
         state = "excluded"
@@ -476,6 +559,22 @@ def _group_row(sel: list[dict], row_labels: dict, margin: float | None, stats: d
         row["verdict"] = (f"not learned: {unlearned} of {len(sel)} pairs hold a run near chance level; "
                           "train longer")
     return row
+
+
+def _group_rows(slices: list[tuple[dict, list]], margin: float | None, stats: dict) -> list[dict]:
+    """`_group_row` of each slice, in order. Each group's bootstrap is its own seeded stream, and numpy draws and
+    averages without the GIL, so the groups are computed on several threads, the largest first: with 100,000
+    runs the resampling is most of a comparison."""
+    workers = min(len(slices), os.cpu_count() or 1)
+    if workers < 2 or sum(len(sel) for _, sel in slices) < PARALLEL_PAIRS:
+        return [_group_row(sel, labels, margin, stats) for labels, sel in slices]
+    largest_first = sorted(range(len(slices)), key=lambda k: -len(slices[k][1]))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {k: pool.submit(_group_row, slices[k][1], slices[k][0], margin, stats) for k in largest_first}
+        return [futures[k].result() for k in range(len(slices))]
+
+
+PARALLEL_PAIRS = 2000  # fewer pairs in all a comparison's groups are resampled faster than threads start
 
 
 def _group_margin(used: list[dict], margin: float | None, higher_is_better: bool) -> float | None:
@@ -539,6 +638,11 @@ def compare_report(records: list[RunRecord], margin: float | None = None, by: st
     """The band table and the paired comparison of each metric for every two values of `contrast`, as one
     JSON-serialisable dict: `paired[metric]` is a list with one comparison per pair of values. Refuses runs
     of different recipes in one pair unless `allow_mixed_recipes` (then they are paired and counted)."""
+    with _remembering():
+        return _compare_report(records, margin, by, metrics, alpha, n_boot, seed, contrast, allow_mixed_recipes)
+
+
+def _compare_report(records, margin, by, metrics, alpha, n_boot, seed, contrast, allow_mixed_recipes) -> dict:
     counts = dict.fromkeys(STATUSES, 0)
     for rec in records:
         counts[rec.status] = counts.get(rec.status, 0) + 1

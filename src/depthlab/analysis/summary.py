@@ -25,7 +25,7 @@ def summarise(records: list[RunRecord], by: list[str] | None = None, metrics=DEF
     """One row per combination of the `by` fields present in the records: runs per status, and the mean and std
     of each metric over the group's runs that are done (a diverged run has no metric to average)."""
     allowed = varied_fields(records)
-    by = summary_fields(records) if by is None else list(by)
+    by = [f for f in allowed if f != "seed"] if by is None else list(by)  # summary_fields, without a 2nd pass
     for field in by:
         if field not in allowed:
             raise SpecError("by", field, ", ".join(allowed) or "none (no config field varies)")

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from contextlib import contextmanager
+from operator import itemgetter
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.outputs import replaced
@@ -34,12 +35,39 @@ def varied_fields(records: list[RunRecord]) -> list[str]:
     """Config keys whose value differs across the records (a key missing from some counts as None), sorted."""
     configs = [r.config for r in records]
     keys = set().union(*configs) if configs else set()
-    return sorted(k for k in keys if len({_key(c.get(k)) for c in configs}) > 1)
+    if all(len(c) == len(keys) for c in configs):  # each holds every key (the usual case): read them faster
+        return sorted(k for k in keys if _varies(list(map(itemgetter(k), configs))))
+    return sorted(k for k in keys if _varies([c.get(k) for c in configs]))
+
+
+_JSON_TYPES = frozenset((str, int, float, bool, type(None), list, dict))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _varies(values: list) -> bool:
+    """Whether two of `values` differ as their JSON (`_key`) does, encoding only the distinct values (a field of
+    100,000 runs holds a handful): 1, 1.0 and true differ, and so do 0.0 and -0.0."""
+    kinds = set(map(type, values))
+    if len(kinds) > 1 and kinds <= _JSON_TYPES:
+        return True  # no two JSON types share a text
+    if len(kinds) == 1 and kinds <= _SCALARS:
+        distinct = set(values)  # one scalar type: equal values have one text, unequal ones two (NaN aside)
+        if not (float in kinds and 0.0 in distinct):  # 0.0 and -0.0 are equal, their texts are not
+            return len({_key(v) for v in distinct}) > 1
+    return len({_key(v) for v in values}) > 1
+
+
+_PLAIN = (str, int, bool, type(None))  # cells as they are (exact types: a numpy integer is not one)
 
 
 def _cell(value):
     """A table cell: a scalar or None (non-finite floats -> None; lists and dicts -> their JSON; a list of
     names, such as a run's sweeps, joined by '; ')."""
+    kind = type(value)
+    if kind in _PLAIN:  # most cells, first (a table of 100,000 runs has millions)
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     if hasattr(value, "tolist"):  # numpy values
         value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
@@ -133,9 +161,11 @@ def write_results(records: list[RunRecord], fmt: str = "csv", out="-", *, histor
         return len(rows)
     with _opened(str(out) if out != "-" else out) as f:
         if fmt == "csv":
-            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: _safe_for_spreadsheets(v) for k, v in row.items()} for row in rows)
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(columns)
+            # a row's values are in column order (`flat_table`, `history_table`); most cells are not text
+            writer.writerows([_safe_for_spreadsheets(v) if isinstance(v, str) else v for v in row.values()]
+                             for row in rows)
         else:
             json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")

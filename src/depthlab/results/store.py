@@ -11,7 +11,11 @@ relies on:
   An owner is dead when its process is gone (same host) or its heartbeat is older than `stale_after`
   (any host: a pid reused by an unrelated process must not hold a run forever);
 - read-only opens (`Store(path, readonly=True)`, what `status`, `results`, `compare` and `report` use) never
-  change the file, not even to migrate it: an old store is migrated in a private in-memory copy.
+  change the file, not even to migrate it: an old store is migrated in a private in-memory copy. They work where
+  nothing may be written too (a read-only folder or mount; see `Store._connect_readonly`).
+
+A store is its file with links resolved (`Store.file`): opened through a symlink and through its target, it is one
+store, with one weights folder beside the real file (`depthlab.results.weights`).
 
 Schema versions: the file's SQLite `user_version` is the schema version. `MIGRATIONS` run in order, once, each
 in one transaction with the version bump; a store of a newer depthlab (a higher version) is refused, and so
@@ -27,11 +31,16 @@ between threads (e.g. a heartbeat thread).
 
 from __future__ import annotations
 
+import filecmp
+import gc
 import json
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -311,6 +320,15 @@ def owner_dead(owner: str | None, last_beat: float | None, stale_after: float, n
 # -- the store ------------------------------------------------------------------------------------------------
 
 
+def _sqlite(target: str) -> sqlite3.Connection:
+    """A connection to a path or a `file:` URI. isolation_level=None: `Store` issues BEGIN IMMEDIATE / COMMIT
+    itself."""
+    conn = sqlite3.connect(target, uri=target.startswith("file:"), timeout=60.0, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 60000")
+    return conn
+
+
 def check_store_path(path) -> str:
     """A store is a file: refuse what SQLite would quietly keep in memory ('', ':memory:', URIs), a directory,
     and a file in a folder that does not exist, before anything is trained."""
@@ -331,28 +349,77 @@ class Store:
     """A results store in one SQLite file (WAL mode), safe to share between processes."""
 
     def __init__(self, path=DEFAULT_STORE, *, stale_after: float = 600.0, readonly: bool = False):
-        self.path = check_store_path(path)
+        self.path = check_store_path(path)  # as given: what messages name
+        self.file = os.path.realpath(self.path)  # what is opened, and what the weights folder is named after
         self.stale_after = float(stale_after)
         self.readonly = readonly
         self.migrated: list[int] = []  # the schema versions this open migrated to
         self._lock = threading.Lock()
+        self._private: tempfile.TemporaryDirectory | None = None  # a copy read instead of the file (see below)
         try:
             self._conn = self._connect()
             self._open()
         except sqlite3.DatabaseError as err:
             if getattr(self, "_conn", None) is not None:
                 self._conn.close()
+            self._drop_private()
             raise DepthlabError(f"{self.path}: cannot open as a depthlab results store ({err})") from err
 
     def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves
         if self.readonly:
-            uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False)
-        else:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 60000")
+            return self._connect_readonly()
+        return _sqlite(self.file)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A connection that cannot write. A WAL database is read through its index file (-shm), which SQLite
+        creates beside it; in a folder this process may not write (a read-only mount, another user's folder) it
+        cannot, and since SQLite 3.22 it reads there only when the -shm and -wal files exist already
+        (https://www.sqlite.org/wal.html#readonly). Otherwise: a store without a write-ahead log (closed cleanly)
+        is opened `immutable`, which needs no index and is safe since nobody can be writing a WAL database where
+        its log cannot be created; a store whose log holds pages is read through a private copy, where SQLite
+        merges the log (`_merged_copy`)."""
+        uri = f"file:{quote(self.file)}?mode=ro"
+        conn = _sqlite(uri)
+        try:
+            conn.execute("PRAGMA schema_version")  # SQLite opens the file at the first statement
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if os.access(os.path.dirname(self.file), os.W_OK):
+                raise  # not a folder it may not write: an error of its own
+        wal = f"{self.file}-wal"
+        if not os.path.exists(wal) or os.path.getsize(wal) == 0:
+            return _sqlite(uri + "&immutable=1")
+        return self._merged_copy(wal)
+
+    def _merged_copy(self, wal: str) -> sqlite3.Connection:
+        """A connection to a private copy of the store and its write-ahead log (which SQLite merges there), for a
+        store whose log cannot be read in place. Says in one line when the log held pages the store file lacks:
+        results committed by a runner that was stopped before it could merge them (it does when it finishes), which
+        stay out of the file until the store is opened where it can be written."""
+        self._private = tempfile.TemporaryDirectory(prefix="depthlab-store-")
+        copy = os.path.join(self._private.name, "store.sqlite")
+        try:
+            shutil.copyfile(self.file, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+        except OSError as err:
+            self._drop_private()
+            raise DepthlabError(f"{self.path}: its write-ahead log {wal} cannot be read in this read-only folder, "
+                                f"and copying the store to {self._private.name} to read it there failed "
+                                f"({err.strerror or err})") from err
+        conn = _sqlite(copy)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not filecmp.cmp(copy, self.file, shallow=False):
+            print(f"note: {wal} holds results that are not in the store file yet (read here through a private "
+                  "copy: this folder is read-only); copy the store with its -wal file, or open it once where it can "
+                  f"be written (`depthlab release --store {self.path} --stale`) to merge them", file=sys.stderr)
+        conn.execute("PRAGMA query_only = ON")
         return conn
+
+    def _drop_private(self) -> None:
+        if self._private is not None:
+            self._private.cleanup()
+            self._private = None
 
     def _open(self) -> None:
         version = self._check()  # before anything below changes the file
@@ -364,6 +431,7 @@ class Store:
                 self._conn = memory
                 self._migrate()
                 self._conn.execute("PRAGMA query_only = ON")  # the copy is as read-only as the file
+                self._drop_private()  # read from memory now
             return
         self._conn.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL survives any process crash; only a power cut may lose the last commits.
@@ -418,7 +486,7 @@ class Store:
             with self._tx() as c:
                 if c.execute("PRAGMA user_version").fetchone()[0] >= version:
                     continue  # done before, or by another process while we waited for the lock
-                migrate(c, self.path)
+                migrate(c, self.file)
                 c.execute(f"PRAGMA user_version = {int(version)}")
             self.migrated.append(version)
 
@@ -427,7 +495,7 @@ class Store:
         done once the file is under its new name (or there is none to rename), so every write open finishes what
         an open killed after the migration's commit left; a read-only open leaves files alone."""
         pending = self._query("SELECT old_id, new_id FROM rekeyed WHERE renamed = 0")
-        folder = Path(f"{self.path}.weights")
+        folder = Path(f"{self.file}.weights")
         for row in pending:
             source, target = folder / f"{row['old_id']}.pt", folder / f"{row['new_id']}.pt"
             if source.is_file() and not target.exists():
@@ -473,6 +541,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._drop_private()
 
     def __enter__(self):
         return self
@@ -692,15 +761,22 @@ class Store:
             params.append(sweep)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def records(self, *, status=None, sweep=None, run_ids=None) -> list[RunRecord]:
+    def records(self, *, status=None, sweep=None, run_ids=None, history: bool = True) -> list[RunRecord]:
         """One frozen record per run, in insertion order (`depthlab.records.RunRecord`: the config, the result
         fields, extra final metrics). With `sweep`, the runs that sweep lists (shared runs included), each
-        record's `sweep` being that sweep; with `run_ids`, those runs only."""
+        record's `sweep` being that sweep; with `run_ids`, those runs only. With `history=False` the records
+        leave their per-epoch history out (`epochs_run` still counts its epochs): it is most of a run's row, and
+        only what draws or exports curves reads it (100,000 runs of 10 epochs: over a quarter of the read's time)."""
         where, params = self._where(status, sweep, run_ids)
         sweeps_of = ("(SELECT json_group_array(sweep) FROM (SELECT sweep FROM sweep_runs s "
                      "WHERE s.run_id = runs.run_id ORDER BY s.rowid)) AS sweeps_json")
-        rows = self._query(f"SELECT *, {sweeps_of} FROM runs{where} ORDER BY rowid", params)
-        return [_record(row, sweep) for row in rows]
+        columns = "*" if history else ", ".join(sorted(_COLUMNS[SCHEMA_VERSION] - {"history"}))
+        parsed: dict[str, tuple] = {}  # lists of sweeps, which most runs share, parsed once
+        with self._lock, _collector_paused():
+            cur = self._conn.execute(f"SELECT {columns}, json_array_length(history) AS epochs_run, {sweeps_of} "
+                                     f"FROM runs{where} ORDER BY rowid", params)
+            names = [d[0] for d in cur.description]
+            return [_record(dict(zip(names, row)), sweep, parsed) for row in cur]
 
     def counts(self, sweep=None) -> dict[str, int]:
         """Runs per status (every status a key, zeros included)."""
@@ -834,17 +910,39 @@ class Store:
 SHIFT_KEY = ("run_id", "corruption", "severity", "method", "batch_size", "alpha", "seed")
 
 
-def _record(row: dict, sweep: str | None) -> RunRecord:
-    """The record of one runs row (`sweep`: the sweep it was read for, else the run's own)."""
-    history = json.loads(row["history"])
+@contextmanager
+def _collector_paused():
+    """Python's cycle collector paused while many records are made at once: each of its passes would walk every
+    record made so far (100,000 runs: as long as making them) to free nothing, since records hold no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _record(row: dict, sweep: str | None, parsed: dict) -> RunRecord:
+    """The record of one runs row (`sweep`: the sweep it was read for, else the run's own; `parsed`: the lists of
+    sweeps parsed so far, see `_shared`); without the row's history (see `Store.records`), one without it."""
+    history = json.loads(row["history"]) if "history" in row else ()
     return RunRecord(
         config=json.loads(row["config"]), run_id=row["run_id"], config_id=row["config_id"], recipe=row["recipe"],
-        sweep=row["sweep"] if sweep is None else sweep, sweeps=json.loads(row["sweeps_json"] or "[]"),
+        sweep=row["sweep"] if sweep is None else sweep, sweeps=_shared(row["sweeps_json"] or "[]", parsed),
         status=row["status"], params=row["params"], q=row["q"], **{m: row[m] for m in METRICS},
-        epochs_run=len(history), seconds=row["seconds"], train_seconds=row["train_seconds"], history=history,
+        epochs_run=row["epochs_run"], seconds=row["seconds"], train_seconds=row["train_seconds"], history=history,
         env=json.loads(row["env"]) if row["env"] else {}, error=row["error"], attempts=row["attempts"],
         extra=json.loads(row["final"]) if row["final"] else {},
     )
+
+
+def _shared(text: str, parsed: dict) -> tuple:
+    """The JSON list `text` as a tuple (immutable: one serves every run whose text is the same), parsed once."""
+    value = parsed.get(text)
+    if value is None:
+        value = parsed[text] = tuple(json.loads(text))
+    return value
 
 
 def _shift_key(row: dict) -> tuple:

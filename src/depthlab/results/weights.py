@@ -24,7 +24,7 @@ _ID = re.compile(r"^[0-9a-f]{1,16}$")
 
 
 def weights_dir(store_path) -> Path:
-    return Path(f"{os.fspath(store_path)}.weights")
+    return Path(f"{os.path.realpath(store_path)}.weights")  # beside the real file: a symlinked store has one folder
 
 
 def weights_path(store_path, rid: str) -> Path:
