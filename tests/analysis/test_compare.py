@@ -10,8 +10,8 @@ from scipy import stats
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.analysis.compare import (
-    BAND_LABELS, band_table, bootstrap_ci, compare_report, format_report, not_learned, pair_records, paired,
-    paired_stats, q_band, tost_p,
+    BAND_LABELS, N_BOOTSTRAP_MAX, band_table, bootstrap_ci, compare_report, format_answer, format_report, normal_ci,
+    not_learned, pair_records, paired, paired_stats, q_band, tost_p,
 )
 from depthlab.records import RunRecord
 from depthlab.results.store import Store
@@ -186,6 +186,38 @@ def test_bootstrap_ci_coverage_is_about_95_percent():
     covered = sum(lo < 0.3 < hi for lo, hi in (bootstrap_ci(rng.normal(0.3, 1.0, 30), n_boot=1000, seed=k)
                                                 for k in range(300)))
     assert 0.88 <= covered / 300 <= 0.99  # percentile CIs run a little narrow at n = 30
+
+
+def test_groups_up_to_the_bootstrap_limit_are_resampled_as_before_larger_ones_take_the_normal_law():
+    d = np.random.default_rng(5).normal(0.1, 1.0, N_BOOTSTRAP_MAX + 1)
+    upto = paired_stats(d[:N_BOOTSTRAP_MAX], 0.05, n_boot=50, seed=4)
+    assert upto["ci_method"] == "bootstrap"  # to the last digit: the same draws as ever
+    assert (upto["ci_low"], upto["ci_high"]) == bootstrap_ci(d[:N_BOOTSTRAP_MAX], n_boot=50, seed=4)
+    over = paired_stats(d, 0.05, n_boot=50, seed=4)
+    assert over["ci_method"] == "normal" and (over["ci_low"], over["ci_high"]) == normal_ci(d)
+    half = 1.959963984540054 * d.std(ddof=0) / math.sqrt(len(d))  # z of 97.5%, the resamples' own sd
+    assert normal_ci(d) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-12)
+    assert paired_stats(d[:2], 0.05)["ci_method"] is None  # too few pairs: no CI at all
+
+
+def test_normal_ci_agrees_with_the_bootstrap_on_a_skewed_sample_of_6000():
+    d = np.random.default_rng(7).exponential(1.0, 6000)  # skewness 2: the worst case of the usual metrics
+    lo, hi = bootstrap_ci(d, n_boot=10000, seed=0)
+    n_lo, n_hi = normal_ci(d)
+    assert abs(n_lo - lo) < 0.02 * (hi - lo) and abs(n_hi - hi) < 0.02 * (hi - lo)
+
+
+def test_a_report_says_which_groups_took_the_normal_approximation():
+    n = N_BOOTSTRAP_MAX + 1
+    d = np.random.default_rng(3).normal(0.01, 0.1, n)
+    report = compare_report(pairs(np.ones(n), 1 + d), metrics=("val_loss",), n_boot=20)
+    res = report["paired"]["val_loss"][0]
+    assert [g["ci_method"] for g in res["groups"]] == ["normal", "normal"]  # all, and its one Q band
+    assert (res["groups"][0]["ci_low"], res["groups"][0]["ci_high"]) == pytest.approx(normal_ci(d), rel=1e-9)
+    assert "2 group(s) of over 5,000 pairs: its normal approximation" in format_report(report)
+    assert "bootstrap CI, over 5,000 pairs its normal approximation]" in format_answer(report, width=200)
+    small = compare_report(pairs(BASE, BASE + NOISE), metrics=("val_loss",), n_boot=20)
+    assert "normal approximation" not in format_report(small)
 
 
 def test_tost_matches_two_one_sided_scipy_tests():

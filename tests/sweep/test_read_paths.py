@@ -18,7 +18,8 @@ def configs_with(values: list) -> list[RunRecord]:
 
 
 @pytest.mark.parametrize("values, varied", [
-    ([1, 1], False), ([1, 1.0], True), ([1, True], True), ([0, False], True), (["1", 1], True),
+    ([1, 1], False), ([1, 2], True), (["a", "b"], True), ([1, 1.0], True), ([1, True], True), ([0, False], True),
+    (["1", 1], True),
     ([0.0, 0.0], False), ([0.0, -0.0], True), ([math.nan, math.nan], False), ([None, None], False),
     ([[1, 2], [1, 2]], False), ([[1, 2], [1.0, 2]], True), ([{"a": 1}, {"a": 1}], False), ([2.5, 2.5, 2.5], False),
 ])
@@ -78,3 +79,81 @@ def test_read_commands_leave_the_collector_as_they_found_it(tmp_path, capsys):
         assert main([*argv, "--store", str(path)]) == 0
         assert gc.isenabled() and gc.get_freeze_count() == 0
     capsys.readouterr()
+
+
+def stored_runs(path) -> None:
+    """Runs of every shape a store holds: shared and own environments, extra metrics or none, a history, a run in
+    two sweeps, a failed one (no environment, no metrics) and a pending one."""
+    with Store(path) as store:
+        configs = [{"dataset": "mnist", "topology": t, "seed": s} for s in range(3) for t in ("sequential", "parallel")]
+        ids = store.add_runs(configs, sweep="a", recipe=2)
+        store.add_runs(configs[:2], sweep="b", recipe=2)
+        store.claim(ids[:5], "t:1:x")
+        for k, rid in enumerate(ids[:4]):
+            store.finish(rid, "t:1:x", status="done", final={"val_loss": 0.5 + k, "erf50": k} if k % 2 else
+                         {"val_loss": 0.5}, history=[{"epoch": 1, "val_loss": 0.7}, {"epoch": 2, "val_loss": 0.5}],
+                         params=10, q=2.0, seconds=1.0, env={"pack": k // 2, "precision": "fp32"})
+        store.fail(ids[4], "t:1:x", "boom")
+
+
+@pytest.mark.parametrize("history", [True, False])
+def test_records_made_from_parsed_rows_equal_records_made_the_defensive_way(tmp_path, history):
+    import json
+    import sqlite3
+    from types import MappingProxyType
+
+    path = tmp_path / "s.sqlite"
+    stored_runs(path)
+    with Store(path, readonly=True) as store:
+        fast = store.records(history=history)
+        in_b = store.records(sweep="b", history=history)
+    con = sqlite3.connect(path)
+    con.row_factory = sqlite3.Row
+    rows = con.execute("SELECT *, json_array_length(history) AS n FROM runs ORDER BY rowid").fetchall()
+    sweeps = {r["run_id"]: tuple(s for (s,) in con.execute("SELECT sweep FROM sweep_runs WHERE run_id = ? ORDER BY "
+                                                             "rowid", (r["run_id"],))) for r in rows}
+    slow = [RunRecord(config=json.loads(r["config"]), run_id=r["run_id"], config_id=r["config_id"],
+                      recipe=r["recipe"], sweep=r["sweep"], sweeps=sweeps[r["run_id"]], status=r["status"],
+                      params=r["params"], q=r["q"], **{m: r[m] for m in compare.METRICS}, epochs_run=r["n"],
+                      seconds=r["seconds"], train_seconds=r["train_seconds"], error=r["error"],
+                      attempts=r["attempts"], history=json.loads(r["history"]) if history else (),
+                      env=json.loads(r["env"]) if r["env"] else {}, extra=json.loads(r["final"] or "{}"))
+            for r in rows]
+    assert fast == slow and [r.as_row() for r in fast] == [r.as_row() for r in slow]
+    assert [vars(r) for r in fast] == [vars(r) for r in slow]  # no field more, none less
+    assert [r.sweep for r in in_b] == ["b", "b"] and in_b[0].sweeps == ("a", "b")
+    done = fast[0]
+    assert fast[0].env is fast[1].env and fast[0].env is not fast[2].env  # a pack's environment: parsed once
+    for view in (done.config, done.env, done.extra, *done.history):
+        assert type(view) is MappingProxyType
+        with pytest.raises(TypeError):
+            view["x"] = 1
+    assert fast[4].env == {} and fast[4].error == "boom" and fast[5].status == "pending"
+    with pytest.raises(TypeError, match="every field"):
+        RunRecord.from_parsed({"run_id": "x", "config": {}})
+
+
+def test_export_rows_read_field_by_field_are_the_rows_of_as_row():
+    import numpy as np
+
+    from depthlab.results import export
+
+    env = {"pack": "000001", "pack_size": 2, "device": "=cmd", "recipe_table": {"a": [1, 2]}}
+    records = [
+        RunRecord.make({"dataset": "mnist", "topology": "parallel", "width": 8, "lr": 0.1, "note": "-x",
+                        "blocks": 2},
+                       run_id="a", sweeps=("s", "t"), status="done", val_loss=math.nan, q=np.float64(2.5),
+                       seconds=4.0, env=env, erf50=3),
+        RunRecord.make({"dataset": "mnist", "topology": "sequential", "width": 8, "lr": -0.0, "note": "+y",
+                        "blocks": 2},
+                       run_id="b", sweeps=("s", "t"), status="diverged", val_loss=math.inf, params=np.int64(7),
+                       seconds=4.0, env=env, error="@loss is nan"),
+        RunRecord.make({"dataset": "cifar10", "topology": "parallel", "blocks": [1, 2]}, run_id="c", sweeps=(),
+                       status="done", train_loss=0.5, env={"pack_size": 1, "extra": None}, erf50=np.float32(2.5)),
+    ]
+    parts = export._column_parts(records)  # the first two hold every config key, the third not
+    for safe in (False, True):
+        assert export._flat_rows(records, parts, safe=safe) == export._generic_rows(records, safe)
+    rows = export._flat_rows(records, parts, safe=True)
+    assert rows[1][export._columns(records).index("error")] == "'@loss is nan"
+    assert rows[0][export._columns(records).index("val_loss")] is None  # NaN: an empty cell

@@ -7,9 +7,10 @@ parameters), or any other (`kernel`, `skip`, `norm`, ...). Two views:
   band of the determination ratio Q = K·M/P (training examples × outputs / free parameters).
 - `paired`: runs whose configs are identical except the contrast field form a pair; for two of its values a
   and b the per-pair difference d = b − a removes everything the two runs share (depth, width, seed, ...). For
-  each group we give the mean and median d, a seeded percentile-bootstrap CI of the mean, win counts, and a
-  TOST equivalence test, and from those one verdict. A mean alone would hide whether a difference is
-  consistent, and "no significant difference" is not "equivalent": that takes TOST against a stated margin.
+  each group we give the mean and median d, a seeded percentile-bootstrap CI of the mean (over N_BOOTSTRAP_MAX
+  pairs, its normal approximation), win counts, and a TOST equivalence test, and from those one verdict. A mean
+  alone would hide whether a difference is consistent, and "no significant difference" is not "equivalent":
+  that takes TOST against a stated margin.
   When d is both within the margin and consistently of one sign, the verdict says both.
 
 Pairs with a diverged or failed member cannot give a loss difference; they are left out of the statistics but
@@ -35,6 +36,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from statistics import NormalDist
 from typing import Mapping
 
 import numpy as np
@@ -206,7 +208,10 @@ def pairing_key(cfg: Mapping, contrast: str, neutral: dict | None = None) -> str
     drop = set(_fields_of(contrast))
     if cfg.get("param_budget") is not None:
         drop.add(cfg.get("budget_by") or "hidden")
-    return canonical_json({k: v for k, v in canonical_config(cfg, neutral or {}).items() if k not in drop})
+    shared = canonical_config(cfg, neutral) if neutral else dict(cfg)  # without `neutral`: the config itself
+    for field in drop:
+        shared.pop(field, None)
+    return canonical_json(shared)
 
 
 def contrast_values(records: list[RunRecord], field: str) -> list:
@@ -215,11 +220,19 @@ def contrast_values(records: list[RunRecord], field: str) -> list:
 
 
 def _contrast_values(records: list[RunRecord], field: str) -> list:
-    seen, neutral = {}, _neutral_for(records)
-    for rec in records:
-        value = _field_value(rec, field, neutral)
-        seen.setdefault(_value_text(value), value)
+    seen = {}
+    for value, text in _values_of(records, field):
+        seen.setdefault(text, value)
     return sorted(seen.values(), key=lambda v: contrast_order(field, v))
+
+
+def _values_of(records: list[RunRecord], field: str) -> list[tuple]:
+    """(value, its `_value_text`) of `field` in each record (`_field_value`), in record order; remembered."""
+    def compute():
+        neutral = _neutral_for(records)
+        return [(value, _value_text(value)) for value in (_field_value(rec, field, neutral) for rec in records)]
+
+    return _once(("field values", field), records, compute)
 
 
 def first_two_values(records: list[RunRecord], contrast: str) -> tuple:
@@ -245,11 +258,8 @@ def band_table(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> li
     runs that have the metric."""
     groups: dict[tuple, list[RunRecord]] = {}
     values: dict[str, object] = {}
-    neutral = _neutral_for(records)
-    for rec in records:
+    for rec, (value, text) in zip(records, _values_of(records, contrast)):
         if rec.status == "done":
-            value = _field_value(rec, contrast, neutral)
-            text = _value_text(value)
             values[text] = value
             key = (str(rec.config.get("dataset")), text, q_band(rec.q))
             groups.setdefault(key, []).append(rec)
@@ -259,7 +269,7 @@ def band_table(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> li
         value = values[key[1]]
         row = {"dataset": key[0], contrast: value, "value": value, "q_band": key[2], "n": len(groups[key])}
         for m in BAND_METRICS:
-            found = [v for v in (finite(r.metric(m)) for r in groups[key]) if v is not None]
+            found = [v for v in (finite(getattr(r, m)) for r in groups[key]) if v is not None]  # m: a field
             row[f"{m}_mean"] = mean_or_none(found)
             if m.endswith("_loss"):
                 row[f"{m}_std"] = std_or_none(found)
@@ -281,17 +291,27 @@ def not_learned(record: RunRecord) -> bool:
 
 
 def _loss_over(record: RunRecord, times_chance: float) -> bool:
+    loss, chance = _loss_and_chance(record)
+    return chance is not None and loss > times_chance * chance
+
+
+def _loss_and_chance(record: RunRecord) -> tuple:
+    """(final training loss, the dataset's chance-level loss) of a done run; (None, None) where either is missing
+    (a dataset the registry does not know, e.g. a hand-made record's, has no chance level to compare with)."""
     loss = finite(record.train_loss)
-    if record.status != "done" or loss is None:
-        return False
     dataset = record.config.get("dataset")
-    # a dataset the registry does not know (a hand-made record) has no chance level to compare with
-    return dataset in registry.REGISTRY and loss > times_chance * registry.entry(dataset).chance_loss
+    if record.status != "done" or loss is None or dataset not in registry.REGISTRY:
+        return None, None
+    return loss, registry.entry(dataset).chance_loss
 
 
 def run_state(record: RunRecord) -> str:
-    """A run's status as the pairing sees it: "blown_up" and "not_learned" are done runs that mean nothing."""
-    return "blown_up" if blown_up(record) else "not_learned" if not_learned(record) else record.status
+    """A run's status as the pairing sees it: "blown_up" and "not_learned" are done runs that mean nothing
+    (`blown_up`, `not_learned`: one look at the loss and the chance level for both)."""
+    loss, chance = _loss_and_chance(record)
+    if chance is None:
+        return record.status
+    return "blown_up" if loss > BLOWN_UP * chance else "not_learned" if loss > NOT_LEARNED * chance else "done"
 
 
 def latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
@@ -301,6 +321,8 @@ def latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
 
 
 def _latest_recipes(records: list[RunRecord]) -> tuple[list[RunRecord], int]:
+    if len({r.recipe for r in records} - {None}) < 2:  # one recipe (a store's usual case): none is newer
+        return records, 0
     newest: dict[str, int] = {}
     neutral = _neutral_for(records)
     keys = [canonical_json(canonical_config(rec.config, neutral)) for rec in records]
@@ -335,8 +357,7 @@ def _pair_records(records, contrast, a, b, allow_mixed_recipes):
     key_a, key_b = canonical_json(a), canonical_json(b)
     buckets: dict[str, dict[str, list]] = {}
     neutral = _neutral_for(records)
-    for rec in records:
-        value = _value_text(_field_value(rec, contrast, neutral))
+    for rec, (_, value) in zip(records, _values_of(records, contrast)):
         if value not in (key_a, key_b):
             continue
         key = pairing_key(rec.config, contrast, neutral)
@@ -378,6 +399,32 @@ def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> 
     return float(lo), float(hi)
 
 
+# Groups of more pairs than this take the normal approximation of the bootstrap distribution of the mean instead
+# of resampling it: the percentile bootstrap converges to it (central limit theorem; Berry-Esseen bounds the error
+# by O(skewness / sqrt(n))), and from n = 5,000 on the two differ by less than the bootstrap's own Monte Carlo
+# error at 10,000 resamples, while resampling costs n x 10,000 draws (100,000 runs: most of a comparison).
+N_BOOTSTRAP_MAX = 5_000
+
+
+def mean_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float, str]:
+    """(low, high, method) of a (1 - alpha) CI of the mean of d: the percentile bootstrap (`bootstrap_ci`,
+    method "bootstrap") up to N_BOOTSTRAP_MAX values, else its normal approximation (`normal_ci`, "normal")."""
+    if len(d) > N_BOOTSTRAP_MAX:
+        return (*normal_ci(d, alpha), "normal")
+    return (*bootstrap_ci(d, alpha, n_boot, seed), "bootstrap")
+
+
+def normal_ci(d, alpha: float = 0.05) -> tuple[float, float]:
+    """mean ± z_{1-alpha/2}·sd₀/√n: the normal law the bootstrap distribution of the mean tends to, sd₀ being
+    the sample's standard deviation with ddof 0 (a resample's variance is the sample's own; Efron & Tibshirani,
+    An Introduction to the Bootstrap, 1993, ch. 5 and 13)."""
+    d = np.asarray(d, dtype=float)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    half = z * float(d.std(ddof=0)) / math.sqrt(len(d))
+    mean = float(d.mean())
+    return mean - half, mean + half
+
+
 def tost_p(d, margin: float) -> float:
     """Two one-sided t-tests of the mean of d against -margin and +margin; the p-value is the larger one.
     p < alpha means the mean difference lies within ±margin (equivalence)."""
@@ -403,8 +450,8 @@ def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: i
     difference), and then the verdict says both."""
     d = np.asarray(d, dtype=float)
     n = len(d)
-    out = dict(n_pairs=n, mean=None, median=None, ci_low=None, ci_high=None, wins_a=0, wins_b=0, ties=0,
-               tost_p=None, equivalent=False, favours=None, verdict="inconclusive")
+    out = dict(n_pairs=n, mean=None, median=None, ci_low=None, ci_high=None, ci_method=None, wins_a=0, wins_b=0,
+               ties=0, tost_p=None, equivalent=False, favours=None, verdict="inconclusive")
     if n == 0:
         return out
     lower, higher = int((d < 0).sum()), int((d > 0).sum())
@@ -412,8 +459,8 @@ def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: i
                wins_b=higher if higher_is_better else lower, wins_a=lower if higher_is_better else higher)
     if n < MIN_PAIRS:
         return out
-    lo, hi = bootstrap_ci(d, alpha, n_boot, seed)
-    out.update(ci_low=lo, ci_high=hi)
+    lo, hi, method = mean_ci(d, alpha, n_boot, seed)
+    out.update(ci_low=lo, ci_high=hi, ci_method=method)
     if margin is not None and margin > 0:
         out["tost_p"] = tost_p(d, margin)
     if hi < 0:
@@ -483,7 +530,8 @@ def _paired(records, metric, margin, by, alpha, n_boot, seed, contrast, a, b, al
     labels = (value_label(contrast, a), value_label(contrast, b))
     higher_is_better = metric.endswith("_acc")
     states = _once(("states",), records, lambda: {id(r): run_state(r) for r in records})  # for every metric
-    items = [_pair_item(left, right, metric, by, states) for left, right in pairs]
+    places = _once(("places", by), pairs, lambda: [_pair_place(left, right, by, states) for left, right in pairs])
+    items = [_pair_item(left, right, metric, place) for (left, right), place in zip(pairs, places)]
     stats = dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better, labels=labels)
     groups = _group_rows(list(_slices(items, by)), margin, stats)
     return _json_safe(dict(
@@ -506,26 +554,28 @@ def _margin_rule(margin: float | None, higher_is_better: bool) -> str:
     return f"relative {RELATIVE_MARGIN:.0%} of mean (per group: {RELATIVE_MARGIN:g} x pooled mean)"
 
 
-def _pair_item(left: RunRecord, right: RunRecord, metric: str, by: str | None, states: dict) -> dict:
-    """One pair as the statistics see it: where it falls (dataset, Q band, `by` value), its runs' statuses (a
-    blown-up or unlearned run counts as its own status, `run_state`) and `metric` values, and its state: "used",
-    or why it is not ("excluded": a run diverged, failed, blew up or did not learn; "unfinished"; "missing": no
-    value of the metric). `states`: {id(record): its `run_state`}."""
-    statuses = (states[id(left)], states[id(right)])
-    values = (finite(left.metric(metric)), finite(right.metric(metric)))
-    if any(s in ("diverged", "failed", "blown_up", "not_learned") for s in statuses):
-        state = "excluded"
-    elif statuses != ("done", "done"):
-        state = "unfinished"
-    elif None in values:
-        state = "missing"
-    else:
-        state = "used"
+def _pair_place(left: RunRecord, right: RunRecord, by: str | None, states: dict) -> dict:
+    """What a pair is whatever the metric: where it falls (dataset, Q band, `by` value) and its runs' statuses (a
+    blown-up or unlearned run counts as its own status, `run_state`; `states`: {id(record): its `run_state`})."""
     cfg = left.config
+    statuses = (states[id(left)], states[id(right)])
+    # whatever the metric, a pair with a run that diverged, failed, blew up or did not learn is excluded, and one
+    # with a run not done is unfinished
+    state = ("excluded" if any(s in ("diverged", "failed", "blown_up", "not_learned") for s in statuses)
+             else "unfinished" if statuses != ("done", "done") else None)
     # both runs share the dataset; Q is the left run's (equal across a topology pair, not across kernels)
     return dict(dataset=str(cfg.get("dataset")), band=q_band(left.q),
                 by=canonical_json(cfg.get(by)) if by else None, by_value=cfg.get(by) if by else None,
-                statuses=statuses, values=values, state=state)
+                statuses=statuses, state=state)
+
+
+def _pair_item(left: RunRecord, right: RunRecord, metric: str, place: dict) -> dict:
+    """One pair as the statistics see it: its place (`_pair_place`), its runs' `metric` values, and its state:
+    "used", or why it is not ("excluded": a run diverged, failed, blew up or did not learn; "unfinished";
+    "missing": no value of the metric)."""
+    values = (finite(left.metric(metric)), finite(right.metric(metric)))
+    state = place["state"] or ("missing" if None in values else "used")
+    return {**place, "values": values, "state": state}
 
 
 def _slices(items: list[dict], by: str | None):
@@ -747,6 +797,12 @@ def format_report(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _normal_groups(res: dict) -> str:
+    """Which groups' CI is the bootstrap's normal approximation (over N_BOOTSTRAP_MAX pairs), when any is."""
+    normal = sum(g.get("ci_method") == "normal" for g in res["groups"])
+    return f"; {normal} group(s) of over {N_BOOTSTRAP_MAX:,} pairs: its normal approximation" if normal else ""
+
+
 def _format_comparison(metric: str, res: dict, by) -> list[str]:
     p, a, b = res["pairs"], res["a_label"], res["b_label"]
     better = "higher" if res["higher_is_better"] else "lower"
@@ -759,7 +815,8 @@ def _format_comparison(metric: str, res: dict, by) -> list[str]:
     out = [
         f"{metric}: d = {b} - {a} per pair; {better} is better, so {favours} favours {b}",
         f"  {res['ci_level']:.0%} percentile-bootstrap CI of mean d ({res['n_boot']} resamples, seed "
-        f"{res['seed']}); TOST equivalence at alpha {res['alpha']:g}; margin: {res['margin_rule']}",
+        f"{res['seed']}{_normal_groups(res)}); TOST equivalence at alpha {res['alpha']:g}; margin: "
+        f"{res['margin_rule']}",
         f"  pairs: {p['n_pairs']} compared of {p['n_found']} found; {p['n_excluded']} excluded with a diverged, "
         f"failed, blown-up or unlearned run (diverged: {a} {p['diverged'][a]}, {b} {p['diverged'][b]}; failed: {a} "
         f"{p['failed'][a]}, {b} {p['failed'][b]}; blown up: {a} {p['blown_up'][a]}, {b} {p['blown_up'][b]}; "
@@ -839,8 +896,10 @@ def format_answer(report: dict, width: int | None = None, *, details: bool = Fal
     lines = [_answer_header(report)]
     if results:
         level = results[0].get("ci_level", 0.95)
-        lines.append(f"each line: d = b - a, its mean over the pairs [{level:.0%} bootstrap CI]; pairs used/found; "
-                     "verdict")
+        normal = any(g.get("ci_method") == "normal" for res in results for g in res["groups"])
+        lines.append(f"each line: d = b - a, its mean over the pairs [{level:.0%} bootstrap CI"
+                     + (f", over {N_BOOTSTRAP_MAX:,} pairs its normal approximation" if normal else "")
+                     + "]; pairs used/found; verdict")
     blocks = []
     pad = max(map(len, report["paired"]), default=0)
     for metric, found in report["paired"].items():

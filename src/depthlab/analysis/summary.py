@@ -8,6 +8,9 @@ default the groups are every varied config field except `seed`.
 
 from __future__ import annotations
 
+from collections import Counter
+from operator import itemgetter
+
 from depthlab.analysis.compare import mean_or_none, std_or_none, value_order
 from depthlab.errors import SpecError
 from depthlab.results.export import varied_fields
@@ -33,19 +36,36 @@ def summarise(records: list[RunRecord], by: list[str] | None = None, metrics=DEF
         if metric not in METRICS:
             raise SpecError("metric", metric, ", ".join(METRICS))
     groups: dict[tuple, list[RunRecord]] = {}
+    key = _group_key(by)
     for rec in records:
-        groups.setdefault(tuple(rec.config.get(f) for f in by), []).append(rec)
+        groups.setdefault(key(rec.config), []).append(rec)
     rows = []
     for key in sorted(groups, key=lambda k: tuple(value_order(v) for v in k)):
         runs = groups[key]
         row = dict(zip(by, key), runs=len(runs))
-        row.update({s: sum(r.status == s for r in runs) for s in STATUSES})
+        statuses = Counter(r.status for r in runs)
+        row.update({s: statuses[s] for s in STATUSES})
         done = [r for r in runs if r.status == "done"]
-        for metric in metrics:
-            values = [v for v in (finite(r.metric(metric)) for r in done) if v is not None]
+        for metric in metrics:  # one of METRICS: a record field
+            values = [v for v in (finite(getattr(r, metric)) for r in done) if v is not None]
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean_or_none(values), std_or_none(values)
         rows.append(row)
     return {"by": by, "metrics": list(metrics), "rows": rows}
+
+
+def _group_key(by: list[str]):
+    """config -> the values of the `by` fields in it (None where it has none), read at once where it has them all."""
+    every = itemgetter(*by) if len(by) > 1 else None
+
+    def key(config) -> tuple:
+        if every is not None:
+            try:
+                return every(config)
+            except KeyError:
+                pass
+        return tuple(config.get(f) for f in by)
+
+    return key
 
 
 def format_summary(summary: dict) -> str:

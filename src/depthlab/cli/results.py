@@ -273,7 +273,8 @@ COMPARE_DESCRIPTION = (
     "Compare two values of one config field honestly (--contrast; topology by default: parallel\n"
     "against sequential). Runs whose configs differ only in that field form a pair; d = b - a for\n"
     "every two of its values a, b (for topology, d = parallel - sequential). Per dataset and per Q band\n"
-    "(Q = examples x outputs / parameters): mean and median d, a percentile-bootstrap CI of the mean,\n"
+    "(Q = examples x outputs / parameters): mean and median d, a percentile-bootstrap CI of the mean\n"
+    "(over 5,000 pairs, its normal approximation: the two agree there, and resampling costs much),\n"
     "win counts, a TOST equivalence test against a margin, and a verdict: 'equivalent within ±margin',\n"
     "'<value> better' or 'inconclusive' (both equivalent and consistently better when both hold).\n"
     "Pairs with a diverged or failed run are excluded and counted. Runs of different recipes (versions\n"
@@ -313,7 +314,8 @@ def _add_compare(subparsers) -> None:
                    help="pair runs trained by different recipes (versions of the training code) and say so")
     p.add_argument("--alpha", type=float, default=0.05, help="test level; the CI is 1 - alpha (default: %(default)s)")
     p.add_argument("--n-boot", type=bounded_boot, default=10000, metavar="N",
-                   help="bootstrap resamples, 1 to 1,000,000 (default: %(default)s)")
+                   help="bootstrap resamples of a group of up to 5,000 pairs, 1 to 1,000,000 (default: "
+                   "%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--details", action="store_true", help="after the answer, the full tables: mean metrics per Q "
                    "band, each comparison's margin, exclusions and win counts per group, and the notes")

@@ -11,11 +11,11 @@ import json
 import math
 import sys
 from contextlib import contextmanager
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.outputs import replaced
-from depthlab.records import RunRecord
+from depthlab.records import RECORD_FIELDS, RunRecord
 
 RESULT_FIELDS = [
     "run_id", "sweeps", "recipe", "dataset", "topology", "blocks", "width", "kernel", "params", "q", "status",
@@ -35,8 +35,9 @@ def varied_fields(records: list[RunRecord]) -> list[str]:
     """Config keys whose value differs across the records (a key missing from some counts as None), sorted."""
     configs = [r.config for r in records]
     keys = set().union(*configs) if configs else set()
-    if all(len(c) == len(keys) for c in configs):  # each holds every key (the usual case): read them faster
-        return sorted(k for k in keys if _varies(list(map(itemgetter(k), configs))))
+    if len(keys) > 1 and all(len(c) == len(keys) for c in configs):  # each holds every key (the usual case):
+        names = sorted(keys)  # read them as one table turned into its columns
+        return [k for k, values in zip(names, zip(*map(itemgetter(*names), configs))) if _varies(values)]
     return sorted(k for k in keys if _varies([c.get(k) for c in configs]))
 
 
@@ -52,7 +53,9 @@ def _varies(values: list) -> bool:
         return True  # no two JSON types share a text
     if len(kinds) == 1 and kinds <= _SCALARS:
         distinct = set(values)  # one scalar type: equal values have one text, unequal ones two (NaN aside)
-        if not (float in kinds and 0.0 in distinct):  # 0.0 and -0.0 are equal, their texts are not
+        if float not in kinds:  # (a seed's 100,000 values need no text)
+            return len(distinct) > 1
+        if 0.0 not in distinct:  # 0.0 and -0.0 are equal, their texts are not
             return len({_key(v) for v in distinct}) > 1
     return len({_key(v) for v in values}) > 1
 
@@ -79,24 +82,104 @@ def _cell(value):
     return value
 
 
-def _columns(records: list[RunRecord]) -> list[str]:
-    """RESULT_FIELDS, PACK_FIELDS, every config key, every extra measurement, every env key (`env.<key>`)."""
+def _columns(records: list[RunRecord], parts: tuple | None = None) -> list[str]:
+    """RESULT_FIELDS, PACK_FIELDS, every config key, every extra measurement, every env key (`env.<key>`);
+    `parts`: the records' `_column_parts`, when known."""
+    config, extra, env = parts or _column_parts(records)
+    return RESULT_FIELDS + PACK_FIELDS + config + extra + [f"env.{k}" for k in env]
+
+
+def _column_parts(records: list[RunRecord]) -> tuple[list[str], list[str], list[str]]:
+    """The config columns, the extra measurements' and the env keys, each sorted (`_columns`)."""
     taken = set(RESULT_FIELDS) | set(PACK_FIELDS)
     config = sorted(set().union(*(r.config for r in records)) - taken) if records else []
     extra = sorted(set().union(*(r.extra for r in records)) - taken - set(config)) if records else []
-    env = sorted({f"env.{k}" for r in records for k in r.env})
-    return RESULT_FIELDS + PACK_FIELDS + config + extra + env
+    envs = {id(r.env): r.env for r in records}  # the runs of a pack share one (`Store.records`)
+    env = sorted({f"env.{k}" for e in envs.values() for k in e})
+    return config, extra, [k[4:] for k in env]
 
 
 def flat_table(records: list[RunRecord]) -> list[dict]:
     """One row per record, with the columns of `_columns` (a record without one gets None)."""
+    parts = _column_parts(records)
+    return [dict(zip(_columns(records, parts), row)) for row in _flat_rows(records, parts)]
+
+
+# Where each of RESULT_FIELDS comes from: a record field (read at once by one getter), the run's sweeps, or its
+# config: indexes into a record's [*those fields, its sweeps' cell, *those config values].
+_OWN = tuple(f for f in RESULT_FIELDS if f in RECORD_FIELDS and f != "sweeps")
+_OWN_VALUES = attrgetter(*_OWN)
+_HEAD_CONFIG = tuple(f for f in RESULT_FIELDS if f not in RECORD_FIELDS)
+_HEAD = [len(_OWN) if f == "sweeps" else _OWN.index(f) if f in _OWN else len(_OWN) + 1 + _HEAD_CONFIG.index(f)
+         for f in RESULT_FIELDS]
+
+
+def _flat_rows(records: list[RunRecord], parts: tuple, *, safe: bool = False) -> list[list]:
+    """The cells of `flat_table`'s rows, in column order; `safe`: text cells made safe for spreadsheets
+    (`_safe_cells`). The cells are what `_cell` makes of `record.as_row()` with the pack and `env.<key>` columns
+    over it, read here field by field instead, and each environment's cells made once for the runs that share it (a
+    pack's: `Store.records`); `parts`: the records' `_column_parts`."""
+    config, extra, env = parts
+    if _shadowed(config, extra):
+        return _generic_rows(records, safe)
+    keys = len(set().union(*(r.config for r in records)))
+    whole = itemgetter(*config) if len(config) > 1 else None  # a config holding every key: its cells at once
+    envs: dict[int, tuple] = {}  # {id(env): (env, its cells)}: the env is held so that its id stays its own
+    sweeps: dict[int, tuple] = {}
+    rows = []
+    for rec in records:
+        cfg, ex, en = rec.config, rec.extra, rec.env
+        known = envs.get(id(en))
+        if known is None:
+            known = envs[id(en)] = (en, _safe_cells([_cell(en.get(k)) for k in env], safe))
+        listed = sweeps.get(id(rec.sweeps))
+        if listed is None:
+            listed = sweeps[id(rec.sweeps)] = (rec.sweeps, _cell(list(rec.sweeps)))
+        pool = [*_OWN_VALUES(rec), listed[1], *(cfg[c] if c in cfg else ex.get(c) for c in _HEAD_CONFIG)]
+        cells = [pool[k] for k in _HEAD]
+        cells += [en.get("pack"), rec.pack_size, rec.pack_seconds, rec.pack_train_seconds]
+        cells += whole(cfg) if whole and len(cfg) == keys else [cfg[c] if c in cfg else ex.get(c) for c in config]
+        cells += [ex.get(c) for c in extra]
+        row = _safe_cells(cells, safe, cell=True)
+        row += known[1]
+        rows.append(row)
+    return rows
+
+
+_NOT_TEXT = frozenset((int, bool, type(None)))
+
+
+def _safe_cells(cells: list, safe: bool, *, cell: bool = False) -> list:
+    """`cells` (with `cell`: values, each made a cell by `_cell`), with `safe` each text that a spreadsheet would
+    evaluate (a sweep named "=cmd|...") made inert with a leading apostrophe. One pass over millions of cells:
+    `_cell` inline for the usual types (a float is itself when finite: v - v is 0 then, NaN otherwise)."""
+    if cell and safe:
+        return [("'" + v if v.startswith(FORMULA_START) else v) if (t := type(v)) is str else v if t in _NOT_TEXT
+                else (v if v - v == 0 else None) if t is float else _safe_cells([_cell(v)], True)[0] for v in cells]
+    if cell:
+        return [v if (t := type(v)) is str or t in _NOT_TEXT else (v if v - v == 0 else None) if t is float
+                else _cell(v) for v in cells]
+    if not safe:
+        return cells
+    return [("'" + v if v.startswith(FORMULA_START) else v) if isinstance(v, str) else v for v in cells]
+
+
+def _shadowed(config: list[str], extra: list[str]) -> bool:
+    """Whether a config or extra column could be hidden in `as_row()` by a record field or by an `env.<key>`
+    column (no store writes such names; a hand-made record may): then rows are made the generic way."""
+    names = {*config, *extra}
+    return bool(names & set(RECORD_FIELDS)) or any(n.startswith("env.") for n in names)
+
+
+def _generic_rows(records: list[RunRecord], safe: bool) -> list[list]:
+    """`_flat_rows` through `record.as_row()`, whatever the names."""
     columns = _columns(records)
     rows = []
     for rec in records:
         flat = {**rec.as_row(), "pack": rec.env.get("pack"), "pack_size": rec.pack_size,
                 "pack_seconds": rec.pack_seconds, "pack_train_seconds": rec.pack_train_seconds,
                 **{f"env.{k}": v for k, v in rec.env.items()}}
-        rows.append({c: _cell(flat.get(c)) for c in columns})
+        rows.append(_safe_cells([_cell(flat.get(c)) for c in columns], safe))
     return rows
 
 
@@ -106,13 +189,6 @@ def history_table(records: list[RunRecord]) -> tuple[list[str], list[dict]]:
             for rec in records for i, h in enumerate(rec.history)]
     keys = sorted({k for r in rows for k in r} - {"run_id", "epoch"})
     return ["run_id", "epoch", *keys], [{c: r.get(c) for c in ["run_id", "epoch", *keys]} for r in rows]
-
-
-def _safe_for_spreadsheets(value):
-    """Text a spreadsheet would evaluate (a sweep named "=cmd|..."), made inert with a leading apostrophe."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
 
 
 @contextmanager
@@ -141,7 +217,12 @@ def write_results(records: list[RunRecord], fmt: str = "csv", out="-", *, histor
     stdout). Returns the number of rows."""
     if fmt not in FORMATS:
         raise SpecError("format", fmt, ", ".join(FORMATS))
-    columns, rows = history_table(records) if history else (_columns(records), flat_table(records))
+    if history:
+        columns, table = history_table(records)
+        rows = [_safe_cells(list(r.values()), fmt == "csv") for r in table]  # values in column order
+    else:  # rows of cells in column order, text made safe for spreadsheets where it goes into a CSV
+        parts = _column_parts(records)
+        columns, rows = _columns(records, parts), _flat_rows(records, parts, safe=fmt == "csv")
     if fmt == "parquet":
         if out == "-":
             raise DepthlabError("parquet is binary and needs a file: pass --out FILE.parquet")
@@ -152,7 +233,8 @@ def write_results(records: list[RunRecord], fmt: str = "csv", out="-", *, histor
             raise DepthlabError(
                 "writing parquet needs pyarrow: pip install 'depthlab[parquet]' (or use --format csv/json)"
             ) from err
-        table = pa.table({c: pa.array(_arrow_column([r[c] for r in rows])) for c in columns})
+        values = list(zip(*rows)) or [()] * len(columns)  # column by column
+        table = pa.table({c: pa.array(_arrow_column(list(v))) for c, v in zip(columns, values)})
         try:  # into a file beside it: pyarrow removes what it was writing when it fails, never `out` itself
             with replaced(out) as temp:
                 pq.write_table(table, str(temp))
@@ -163,10 +245,8 @@ def write_results(records: list[RunRecord], fmt: str = "csv", out="-", *, histor
         if fmt == "csv":
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(columns)
-            # a row's values are in column order (`flat_table`, `history_table`); most cells are not text
-            writer.writerows([_safe_for_spreadsheets(v) if isinstance(v, str) else v for v in row.values()]
-                             for row in rows)
+            writer.writerows(rows)
         else:
-            json.dump(rows, f, indent=2, allow_nan=False)
+            json.dump([dict(zip(columns, row)) for row in rows], f, indent=2, allow_nan=False)
             f.write("\n")
     return len(rows)
