@@ -110,6 +110,13 @@ def one_epoch_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def big_store(tmp_path_factory):
+    """Hand-made done runs of every wiring, 2 widths and 350 seeds (2,100 runs, 3 epochs each): more than a
+    report lists one by one (about a second to write)."""
+    return hand_store(tmp_path_factory.mktemp("big") / "runs.sqlite", seeds=range(350), epochs=3)
+
+
+@pytest.fixture(scope="session")
 def wiring_store(tmp_path_factory):
     """Hand-made done runs of sequential, groups:2 and parallel, two epochs each, in a sweep with a hostile name."""
     return hand_store(tmp_path_factory.mktemp("wirings") / "runs.sqlite", sweep=SCRIPT_SWEEP)

@@ -10,6 +10,12 @@ plain values (text, numbers as `depthlab compare` prints them) and the template 
 sweep names and config strings are user input. Only the CSS, the sorting script and the figures are markup. The
 page's Content-Security-Policy lets it load nothing and run only that script (by hash), so even an escaping bug
 could not run injected script.
+
+A large sweep's page stays readable and small: above MAX_TABLE_RUNS runs the run table is one row per setting
+(seeds averaged, as `depthlab summary`) and points to `depthlab results` for every run; a scatter panel of more
+than `plots.MAX_POINTS` pairs is a 2-D histogram and one of more runs shows a fixed-seed sample (each figure's
+caption says so); the learning curves read the per-epoch history of the few runs they may draw only
+(`plots.curve_candidates`), the rest of the store is read once without it.
 """
 
 from __future__ import annotations
@@ -17,17 +23,22 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
+import gc
 import hashlib
 import json
 import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 from markupsafe import Markup
 
-from depthlab.analysis.compare import ALL, _ci, _fmt, band_table, check_by, compare_report, q_band, value_label
+from depthlab.analysis.compare import (ALL, _ci, _fmt, _remembering, band_table, check_by, compare_report, q_band,
+                                       value_label)
+from depthlab.analysis.summary import summarise
 from depthlab.choices import REPORT_IMAGE_FORMATS
 from depthlab.errors import DepthlabError
 from depthlab.outputs import replaced
@@ -38,6 +49,12 @@ from depthlab.results.store import Store
 
 DEFAULT_OUT = "report.html"
 DEFAULT_CURVE_RUNS = 8
+# Above this many runs the "every run" table is one row per setting (seeds averaged, as `depthlab summary`), and
+# at most this many rows of it: a sortable table of 100,000 rows makes a page of about 100 MB that a browser
+# opens slowly and nobody reads; `depthlab results` exports every run.
+MAX_TABLE_RUNS = 2_000
+SUMMARY_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "test_acc")  # the settings table's means
+ID_CHUNK = 500  # run ids bound per query (as depthlab.shift.records, which imports torch: not read from there)
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 
@@ -247,9 +264,12 @@ def _summary(records: list[RunRecord], compare: dict, source: str | None) -> dic
                else "-"),
               ("mean per timed run (its share of its pack)",
                f"{sum(seconds) / len(seconds):.2f} s ({len(seconds)} runs)" if seconds else "-")]
+    per_wiring: dict[str, list[float]] = {}  # one pass: a pass per wiring is seconds at 100,000 runs
+    for r in records:
+        if plots.finite(r.pack_seconds) is not None:
+            per_wiring.setdefault(str(r.config.get("topology")), []).append(float(r.pack_seconds))
     for wiring in plots.wirings(records):
-        sel = [float(r.pack_seconds) for r in records
-               if str(r.config.get("topology")) == wiring and plots.finite(r.pack_seconds) is not None]
+        sel = per_wiring.get(wiring)
         if sel:
             timing.append((f"mean, {wiring}", f"{sum(sel) / len(sel):.2f} s"))
     params = [r.params for r in records if isinstance(r.params, int)]
@@ -325,19 +345,24 @@ def _image(fig, image_format: str, alt: str) -> dict:
     return dict(svg=None, src=f"data:image/png;base64,{data}", alt=alt, nodata=None)
 
 
-def _drawn(make, image_format: str, alt: str) -> dict:
-    """`make()`'s figure as an image, or why there is none."""
+def _drawn(make, image_format: str, alt: str, notes: list | None = None) -> dict:
+    """`make()`'s figure as an image, or why there is none; what it binned or sampled is added to `notes`."""
     try:
-        return _image(make(), image_format, alt)
+        fig = make()
+        if notes is not None and plots.note(fig):
+            notes.append(plots.note(fig))
+        return _image(fig, image_format, alt)
     except plots.NoData as err:
         return dict(svg=None, src=None, alt=alt, nodata=str(err))
 
 
-def _figures(records: list[RunRecord], n: int, image_format: str, by: str | None) -> list[dict]:
+def _figures(records: list[RunRecord], n: int, image_format: str, by: str | None,
+             histories: Callable[[list[str]], list[RunRecord]] | None = None) -> list[dict]:
     # two figures a row; the curves (legend at the side), and the comparison figures split into panels (several
     # datasets or a `by` field), take a whole row
     several = len({str(r.config.get("dataset")) for r in records if r.status == "done"}) > 1
-    varied = set(varied_fields(records))
+    # only whether the conditional figures' fields vary: every field's check is a second or more at 100,000 runs
+    varied = set(varied_fields([plots.conditional_config(r) for r in records]))
     out = []
     for kind, heading, caption in FIGURES:
         if kind in plots.CONDITIONAL and not varied & set(plots.CONDITIONAL[kind]):
@@ -345,8 +370,14 @@ def _figures(records: list[RunRecord], n: int, image_format: str, by: str | None
         comparison = kind in plots.DEFAULT_METRIC  # these split by `by`
         wide = kind == "curves" or (comparison and (by is not None or several))
         kind_by = by if comparison else None
-        out.append(dict(kind=kind, heading=heading, caption=caption, full=wide,
-                        image=_drawn(lambda: plots.figure(kind, records, n, by=kind_by), image_format, kind)))
+        drawn = records
+        if kind == "curves" and histories is not None:  # only the runs it may draw carry their history
+            place = {r.run_id: i for i, r in enumerate(records)}
+            drawn = sorted(histories(plots.curve_candidates(records, n, plots.DEFAULT_METRIC[kind], kind_by)),
+                           key=lambda r: place.get(r.run_id, len(place)))
+        notes = []
+        image = _drawn(lambda: plots.figure(kind, drawn, n, by=kind_by), image_format, kind, notes)
+        out.append(dict(kind=kind, heading=heading, caption=" ".join([caption, *notes]), full=wide, image=image))
     return out
 
 
@@ -369,7 +400,10 @@ def _cell(value) -> dict:
     return dict(text="-" if value is None else str(value), key=_sort_key(value), numeric=False)
 
 
-def _runs_table(records: list[RunRecord]) -> dict:
+def _runs_table(records: list[RunRecord], source: str | None = None) -> dict:
+    """Every run, one row each; above MAX_TABLE_RUNS, one row per setting instead (`_settings_table`)."""
+    if len(records) > MAX_TABLE_RUNS:
+        return _settings_table(records, source)
     keys = {k for k, _ in RUN_COLUMNS}
     extra = [f for f in varied_fields(records) if f not in keys]
     rows = []
@@ -380,7 +414,27 @@ def _runs_table(records: list[RunRecord]) -> dict:
         error = rec.error or ""
         rows.append(dict(status=rec.status, cells=[_cell(v) for v in values], error=error,
                          short=error if len(error) <= 80 else error[:77] + "..."))
-    return dict(headers=[h for _, h in RUN_COLUMNS] + extra + ["error"], rows=rows)
+    return dict(headers=[h for _, h in RUN_COLUMNS] + extra + ["error"], rows=rows, note=None)
+
+
+def _settings_table(records: list[RunRecord], source: str | None) -> dict:
+    """One row per setting (the varied config fields but the seed, as `depthlab summary` groups them): its runs
+    per status and the mean of SUMMARY_METRICS over its done runs; the first MAX_TABLE_RUNS settings."""
+    summary = summarise(records, metrics=SUMMARY_METRICS)
+    statuses = [s for s in STATUSES if any(row[s] for row in summary["rows"])]
+    rows = []
+    for row in summary["rows"][:MAX_TABLE_RUNS]:
+        values = [row[f] for f in summary["by"]] + [row["runs"]] + [row[s] for s in statuses]
+        values += [row[f"{m}_mean"] for m in SUMMARY_METRICS]
+        rows.append(dict(status=None, cells=[_cell(v) for v in values], error=None, short=None))
+    n = len(summary["rows"])
+    shown = f"the first {MAX_TABLE_RUNS:,} of its {n:,} settings" if n > MAX_TABLE_RUNS else f"its {n:,} settings"
+    note = (f"{len(records):,} runs, more than the {MAX_TABLE_RUNS:,} a page lists one by one: this table shows "
+            f"{shown}, a row per setting (configs equal but for the seed), with its runs per status and the mean "
+            f"of each metric over its done runs (as depthlab summary). Every run: depthlab results --store "
+            f"{source or 'STORE'} (CSV, JSON or Parquet).")
+    headers = summary["by"] + ["runs", *statuses] + [f"{m.replace('_', ' ')} (mean)" for m in SUMMARY_METRICS]
+    return dict(headers=headers, rows=rows, note=note)
 
 
 # -- covariate shift (`depthlab shift`) -----------------------------------------------------------------------
@@ -388,10 +442,13 @@ def _runs_table(records: list[RunRecord]) -> dict:
 
 def load_shift(store_path, sweep: str | None = None) -> list[RunRecord]:
     """The store's shift measurements as records (none: an empty list)."""
-    from depthlab.shift.records import load_shift_records
-
     with Store.existing(os.fspath(store_path), readonly=True) as store:
-        return load_shift_records(store, sweep=sweep)
+        rows = store.shift_rows()
+        if not rows:  # the usual case: nothing to read, and the shift package (it imports torch) stays unloaded
+            return []
+        from depthlab.shift.records import load_shift_records
+
+        return load_shift_records(store, sweep=sweep, rows=rows)
 
 
 def _shift_section(shift, image_format: str = "png") -> dict | None:
@@ -426,14 +483,22 @@ def _environment() -> jinja2.Environment:
 
 def build_report(records: list[RunRecord], title: str = "depthlab report", compare: dict | None = None, *,
                  runs: int = DEFAULT_CURVE_RUNS, source: str | None = None, image_format: str = "png",
-                 shift: list[RunRecord] | None = None, by: str | None = None) -> str:
+                 shift: list[RunRecord] | None = None, by: str | None = None,
+                 histories: Callable[[list[str]], list[RunRecord]] | None = None) -> str:
     """The report of `records` (from `Store.records`) as one HTML page. `compare`: a `compare_report` of the
     same records (computed with its defaults, and `by`, when None); `runs`: at most this many runs in the
     learning curves (per panel); `source`: where the records came from (shown in the header); `image_format`:
     png (data URIs) or svg (inline, text as text); `shift`: the store's shift measurements as records
     (`depthlab.shift.records`), shown in a section of their own when there are any; `by`: a config field that
     varies across the records: verdicts, tables and comparison figures per value of it too (default: the
-    `by` of `compare`)."""
+    `by` of `compare`); `histories`: the records of some run ids with their per-epoch history, when `records`
+    leave it out (`Store.records(history=False)`): the learning curves fetch only the runs they may draw.
+    Within one `_remembering()` the figures reuse the pairs the comparison formed."""
+    with _remembering():
+        return _build_report(records, title, compare, runs, source, image_format, shift, by, histories)
+
+
+def _build_report(records, title, compare, runs, source, image_format, shift, by, histories) -> str:
     if image_format not in REPORT_IMAGE_FORMATS:
         raise DepthlabError(f"image format {image_format!r}: use {' or '.join(REPORT_IMAGE_FORMATS)}")
     by = by if by is not None else (compare or {}).get("by")
@@ -455,16 +520,17 @@ def build_report(records: list[RunRecord], title: str = "depthlab report", compa
         headline=_headline(compare), by_sections=_by_sections(records, compare, by),
         summary=_summary(records, compare, source),
         # the figures always pair the wirings: they split by any other field
-        figures=_figures(records, runs, image_format, by if by != "topology" else None),
+        figures=_figures(records, runs, image_format, by if by != "topology" else None, histories),
         paired=_paired_section(compare), bands=_band_section(records, compare, by),
-        shift=_shift_section(shift, image_format), runs=_runs_table(records))
+        shift=_shift_section(shift, image_format), runs=_runs_table(records, source))
 
 
-def load_records(store_path, sweep: str | None = None) -> list[RunRecord]:
-    """The records of an existing store (of one sweep when given); a missing store or no runs is an error."""
+def load_records(store_path, sweep: str | None = None, *, history: bool = True) -> list[RunRecord]:
+    """The records of an existing store (of one sweep when given; without their per-epoch history unless
+    `history`); a missing store or no runs is an error."""
     store_path = os.fspath(store_path)
     with Store.existing(store_path, readonly=True) as store:
-        records = store.records(sweep=sweep)
+        records = store.records(sweep=sweep, history=history)
         sweeps = store.sweeps()
     if not records:
         if sweep is not None:
@@ -474,19 +540,41 @@ def load_records(store_path, sweep: str | None = None) -> list[RunRecord]:
     return records
 
 
+def load_histories(store_path, sweep: str | None, run_ids: list[str]) -> list[RunRecord]:
+    """The records of `run_ids` with their per-epoch history."""
+    with Store.existing(os.fspath(store_path), readonly=True) as store:
+        return [rec for start in range(0, len(run_ids), ID_CHUNK)
+                for rec in store.records(sweep=sweep, run_ids=run_ids[start:start + ID_CHUNK])]
+
+
+@contextmanager
+def _collector_paused():
+    """The cyclic garbage collector off meanwhile: its full passes scan every object of the records again and
+    again (at 100,000 runs, seconds of a report), and a report makes few cycles, freed when it is back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, runs: int = DEFAULT_CURVE_RUNS,
                  title: str | None = None, margin: float | None = None, image_format: str = "png",
                  contrast: str = "topology", allow_mixed_recipes: bool = False, by: str | None = None) -> str:
     """Read the store, write the report to `out_path` (through a temporary file renamed over it once complete);
     returns the path written. `by`: as `build_report`'s, and `depthlab compare --by`."""
-    records = load_records(store_path, sweep)
     if title is None:
         title = f"depthlab report: {sweep or os.path.basename(os.fspath(store_path))}"
-    compare = compare_report(records, margin=margin, by=by, contrast=contrast,
-                             allow_mixed_recipes=allow_mixed_recipes)
-    page = build_report(records, title=title, compare=compare, runs=runs,
-                        source=os.fspath(store_path), image_format=image_format,
-                        shift=load_shift(store_path, sweep), by=by)
+    with _collector_paused(), _remembering():  # the figures reuse the comparison's pairs
+        records = load_records(store_path, sweep, history=False)  # the curves fetch the few histories they draw
+        compare = compare_report(records, margin=margin, by=by, contrast=contrast,
+                                 allow_mixed_recipes=allow_mixed_recipes)
+        page = build_report(records, title=title, compare=compare, runs=runs,
+                            source=os.fspath(store_path), image_format=image_format,
+                            shift=load_shift(store_path, sweep), by=by,
+                            histories=lambda ids: load_histories(store_path, sweep, ids))
     out_path = os.fspath(out_path)
     try:
         with replaced(out_path) as temp, open(temp, "w", encoding="utf-8") as f:

@@ -9,7 +9,8 @@ and each shallower one (the `groups:g` family, parallel) is paired with it; each
 marker and line style in every figure (`wiring_styles`). The comparison figures (`DEFAULT_METRIC`) draw any
 final metric and split into a panel per value of a config field (`by`). A figure with nothing to
 draw raises `NoData` with a short reason: the HTML report shows the reason in its place, `depthlab plot`
-prints it as an error.
+prints it as an error. A panel of more than MAX_POINTS pairs is drawn as a 2-D histogram, one of more runs as
+a fixed-seed sample of them; `note(fig)` says which, for the caption.
 
 Saved figures keep their text as text (`render`): SVG `<text>` elements and embedded TrueType fonts in a PDF,
 which a vector editor can change, set for the save only.
@@ -30,7 +31,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-from depthlab.analysis.compare import BAND_LABELS, NO_BAND, check_by, pair_records, q_band, run_state, value_order
+from depthlab.analysis.compare import (BAND_LABELS, NO_BAND, _once, check_by, pair_records, q_band, run_state,
+                                       value_order)
 from depthlab.choices import IMAGE_FORMATS as FORMATS
 from depthlab.choices import PLOT_KINDS, SHIFT_METHODS, check
 from depthlab.choices import PLOT_METRICS as DEFAULT_METRIC  # the comparison figures: they take a metric and by
@@ -59,6 +61,12 @@ MAX_WIDTH, MAX_HEIGHT = 16.0, 26.0  # inches: a figure of many panels shrinks th
 SAVE_RC = {"svg.fonttype": "none", "pdf.fonttype": 42}
 SAVE_METADATA = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
 _GROUPS = re.compile(r"^groups:(\d+)$")
+# Above this many points in one panel, markers pile into a blot that hides how many lie where, and drawing them
+# takes most of a large sweep's report: a panel of pairs becomes a 2-D histogram (hexagonal bins, colour = count)
+# and a panel of runs shows a random sample of this many, drawn with SAMPLE_SEED (the same page every time).
+MAX_POINTS = 5_000
+SAMPLE_SEED = 0
+HEX_GRID = 40  # hexagons across a binned panel: about one per 0.1 inch of a 4.6-inch panel
 
 
 class NoData(DepthlabError):
@@ -109,9 +117,10 @@ def wiring_depth(topology) -> tuple:
 
 
 def wirings(records: list[RunRecord]) -> list[str]:
-    """The wirings (topology values) of the records, deep to shallow."""
-    return sorted({str(r.config["topology"]) for r in records if r.config.get("topology") is not None},
-                  key=wiring_depth)
+    """The wirings (topology values) of the records, deep to shallow (found once per list of records within a
+    comparison's `_remembering()`, as the report draws its figures)."""
+    return list(_once(("wirings",), records, lambda: sorted(
+        {str(r.config["topology"]) for r in records if r.config.get("topology") is not None}, key=wiring_depth)))
 
 
 def wiring_styles(names) -> dict[str, Style]:
@@ -169,6 +178,26 @@ def _empty(ax, why: str) -> None:
     ax.set_yticks([])
 
 
+def note(fig: Figure) -> str | None:
+    """What the figure binned or sampled to stay readable (a sentence for its caption), or None."""
+    return getattr(fig, "_depthlab_note", None)
+
+
+def _noted(fig: Figure, text: str) -> Figure:
+    fig._depthlab_note = text
+    return fig
+
+
+def sample(items: list, k: int | None = None) -> list:
+    """At most `k` (default MAX_POINTS) of `items`, drawn at random with SAMPLE_SEED, in their order (all of
+    them when few)."""
+    k = MAX_POINTS if k is None else k
+    if len(items) <= k:
+        return items
+    keep = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(items), size=k, replace=False))
+    return [items[i] for i in keep]
+
+
 # -- the data behind the figures (plain lists, so tests can check them) ------------------------------------------
 
 
@@ -178,6 +207,11 @@ def used_pairs(records: list[RunRecord], metric: str = "val_loss",
     one, whose runs are both done, learned and did not blow up (`run_state`), with a finite `metric`: the pairs
     the paired statistics of `compare` use for that metric, wiring by wiring, each in record order."""
     order = wirings(records) if order is None else order
+    # within `_remembering()` (a report) once per metric: three figures and the curves' choice read them
+    return list(_once(("used-pairs", metric, tuple(order)), records, lambda: _used_pairs(records, metric, order)))
+
+
+def _used_pairs(records, metric, order):
     out = []
     for other in order[1:]:
         pairs, _ = pair_records(records, "topology", order[0], other)
@@ -243,6 +277,37 @@ def curve_runs(records: list[RunRecord], n: int = 8, metric: str = "val_loss",
     return chosen
 
 
+CANDIDATES = 2  # curve_candidates picks this many times the runs drawn: a run can have too few finite values
+
+
+def curve_candidates(records: list[RunRecord], n: int = 8, metric: str = "val_loss", by: str | None = None,
+                     order: list[str] | None = None) -> list[str]:
+    """The ids of the runs `learning_curves` may draw, judged from records without their history (by the
+    epochs they ran): what a report fetches the histories of, instead of every run's. Per value of `by`: the
+    pairs of `curve_runs`' order, CANDIDATES × `n` pairs of them; without pairs, the first such done runs; when
+    no run ran MIN_EPOCHS epochs, the done run that ran the most (the figure says how many)."""
+    order = wirings(records) if order is None else order
+    ran = lambda rec: (rec.epochs_run or 0) >= MIN_EPOCHS
+    ids: list[str] = []
+    for _, subset in split(records, by):
+        pairs = [(s, p) for s, p in used_pairs(subset, metric, order) if ran(s) and ran(p)]
+        pairs.sort(key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
+        per_wiring: dict[str, list] = {}
+        for s, p in pairs:
+            per_wiring.setdefault(str(p.config.get("topology")), []).append((s, p))
+        turns = [sp for turn in zip_longest(*per_wiring.values()) for sp in turn if sp is not None]
+        ids += [rec.run_id for sp in turns[:CANDIDATES * n] for rec in sp]
+        if not turns:
+            ids += [r.run_id for r in [r for r in subset if r.status == "done" and ran(r)][:CANDIDATES * n]]
+    done = [r for r in records if r.status == "done"]
+    if not ids and done:
+        ids.append(max(done, key=lambda r: r.epochs_run or 0).run_id)
+    # a run of every wiring and value of `by`, drawn or not, so that the styles and panels are those of all runs
+    ids += [next(r for r in records if str(r.config.get("topology")) == w).run_id for w in order]
+    ids += [subset[0].run_id for _, subset in split(records, by)]
+    return list(dict.fromkeys(ids))
+
+
 # -- figures --------------------------------------------------------------------------------------------------
 
 
@@ -271,6 +336,7 @@ def scatter_pairs(records: list[RunRecord], metric: str = "val_loss", by: str | 
     name = METRIC_LABELS.get(metric, metric)
     shown = [w for w in order[1:] if any(pt["wiring"] == w for pt in points)]
     bands = [b for b in BAND_MARKERS if any(pt["band"] == b for pt in points)]
+    binned = any(sum(pt["dataset"] == d for pt in pts) > MAX_POINTS for _, pts in rows for d in datasets)
     for i, (label, pts) in enumerate(rows):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
@@ -281,7 +347,7 @@ def scatter_pairs(records: list[RunRecord], metric: str = "val_loss", by: str | 
                 _empty(ax, "no pairs")
                 ax.set_title(title, fontsize=9)
                 continue
-            _scatter_panel(ax, sel, shown, bands, styles)
+            _scatter_panel(ax, sel, shown, bands, styles, binned)
             ax.set_xlabel(_text(f"{order[0]}: final {name}"))
             ax.set_ylabel(_text(f"{_challenger(order)}: final {name}"))
             ax.set_title(title, fontsize=9)
@@ -292,6 +358,13 @@ def scatter_pairs(records: list[RunRecord], metric: str = "val_loss", by: str | 
         axes[0][0].set_title(_text(f"{datasets[0]}: ") + title, fontsize=10)
     else:
         fig.suptitle(title, fontsize=10)
+    if binned:
+        first = next(ax for ax in axes.ravel() if ax.collections)
+        first.legend(handles=[Line2D([], [], color="#555555", linestyle="--", label="y = x")], loc="lower right",
+                     fontsize=8)
+        return _noted(fig, f"Over {MAX_POINTS:,} pairs in a panel: each panel is a 2-D histogram of its pairs "
+                           "(hexagonal bins, colour = pairs per bin on a log scale, every wiring and Q band "
+                           "together) instead of one point per pair.")
     handles = [Line2D([], [], marker="o", linestyle="", color=styles[w].color, label=_text(w)) for w in shown]
     first = next(ax for ax in axes.ravel() if ax.collections)  # a panel with points holds the legends
     leg = first.legend(handles=handles, title=f"against {_text(order[0])}", loc="upper left", fontsize=8,
@@ -303,16 +376,25 @@ def scatter_pairs(records: list[RunRecord], metric: str = "val_loss", by: str | 
     return fig
 
 
-def _scatter_panel(ax, points: list[dict], shown: list[str], bands: list[str], styles: dict) -> None:
-    for wiring in shown:
+def _scatter_panel(ax, points: list[dict], shown: list[str], bands: list[str], styles: dict,
+                   binned: bool = False) -> None:
+    values = [pt["x"] for pt in points] + [pt["y"] for pt in points]
+    lo, hi = min(values), max(values)
+    log = _wide_range(values)  # datasets at very different loss levels: each cluster stays readable
+    if binned:
+        scale = "log" if log else "linear"
+        image = ax.hexbin([pt["x"] for pt in points], [pt["y"] for pt in points], gridsize=HEX_GRID, bins="log",
+                          mincnt=1, cmap="viridis", xscale=scale, yscale=scale, linewidths=0.2, zorder=3)
+        ax.figure.colorbar(image, ax=ax, label="pairs per bin", shrink=0.8)
+        for axis in (ax.xaxis, ax.yaxis):  # hexbin's log axes label minor ticks too, which overlap
+            axis.set_minor_formatter(NullFormatter())
+    for wiring in shown if not binned else ():
         for band in bands:
             sel = [pt for pt in points if pt["wiring"] == wiring and pt["band"] == band]
             if sel:
                 ax.scatter([pt["x"] for pt in sel], [pt["y"] for pt in sel], color=styles[wiring].color,
                            marker=BAND_MARKERS[band], s=36, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=3)
-    values = [pt["x"] for pt in points] + [pt["y"] for pt in points]
-    lo, hi = min(values), max(values)
-    if _wide_range(values):  # datasets at very different loss levels: each cluster stays readable
+    if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
         lo, hi = lo / 1.15, hi * 1.15
@@ -338,6 +420,7 @@ def loss_vs_q(records: list[RunRecord], metric: str = "val_loss", by: str | None
     rows = split(runs, by)
     fig, axes = _panels(len(rows), len(datasets), (5.6, 4.6), (5.0, 4.2))
     name = METRIC_LABELS.get(metric, metric)
+    sampled = False
     for i, (label, subset) in enumerate(rows):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
@@ -347,16 +430,21 @@ def loss_vs_q(records: list[RunRecord], metric: str = "val_loss", by: str | None
                 _empty(ax, "no done runs")
                 continue
             _q_panel(ax, sel, metric, styles)
+            sampled |= len(sel) > MAX_POINTS
             ax.set_ylabel(f"final {name}")
     if axes.size == 1:
         axes[0][0].set_title(_text(f"Final {name} against Q: {datasets[0]}"), fontsize=10)
     else:
         fig.suptitle(f"Final {name} against Q", fontsize=11)
+    if sampled:
+        _noted(fig, f"Over {MAX_POINTS:,} runs in a panel: its points are a random sample of {MAX_POINTS:,} of them "
+                    f"(seed {SAMPLE_SEED}); the lines are means over every run.")
     return fig
 
 
 def _q_panel(ax, runs: list[RunRecord], metric: str, styles: dict) -> None:
     qs_all = []
+    drawn = {id(r) for r in sample(runs)}
     for wiring, style in styles.items():
         sel = [r for r in runs if str(r.config.get("topology")) == wiring]
         if not sel:
@@ -364,7 +452,8 @@ def _q_panel(ax, runs: list[RunRecord], metric: str, styles: dict) -> None:
         q = np.array([float(r.q) for r in sel])
         y = np.array([float(r.metric(metric)) for r in sel])
         qs_all.extend(q)
-        ax.scatter(q, y, color=style.color, s=16, alpha=0.45, marker=style.marker, linewidths=0)
+        shown = np.array([id(r) in drawn for r in sel])
+        ax.scatter(q[shown], y[shown], color=style.color, s=16, alpha=0.45, marker=style.marker, linewidths=0)
         levels = np.unique(q)
         ax.plot(levels, [y[q == v].mean() for v in levels], color=style.color, linewidth=1.8, marker=style.marker,
                 markersize=4, label=_text(f"{wiring} (mean, n={len(sel)})"))
@@ -555,19 +644,24 @@ def erf_points(records: list[RunRecord]) -> list[dict]:
 def receptive_fields(records: list[RunRecord]) -> Figure:
     """Effective against theoretical receptive field per run (filled: 90% of the mass, hollow: 50%), one colour
     per branch type and kernel, one marker per wiring: a large kernel reaches far in one shallow layer."""
-    points = erf_points(records)
-    if not points:
+    every = erf_points(records)
+    if not every:
         raise NoData("no done run recorded its receptive fields (runs trained before they were recorded?)")
+    points = sample(every)
     fig = Figure(figsize=(5.8, 4.6), layout="constrained")
     ax = fig.add_subplot()
     labels = sorted({p["label"] for p in points})
     colors = _dataset_colors(labels)  # one colour per branch type and kernel, one marker per wiring
     styles = wiring_styles(sorted({p["topology"] for p in points}, key=wiring_depth))
     markers = {t: s.marker for t, s in styles.items()}
-    for p in points:
-        marker = markers[p["topology"]]
-        ax.scatter(p["theory"], p["erf90"], color=colors[p["label"]], marker=marker, s=30, alpha=0.7)
-        ax.scatter(p["theory"], p["erf50"], facecolors="none", edgecolors=colors[p["label"]], marker=marker, s=30)
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:  # one scatter per colour and marker: a call per point is slow for a large sweep
+        groups.setdefault((p["label"], p["topology"]), []).append(p)
+    for (lab, topology), sel in groups.items():
+        theory = [p["theory"] for p in sel]
+        ax.scatter(theory, [p["erf90"] for p in sel], color=colors[lab], marker=markers[topology], s=30, alpha=0.7)
+        ax.scatter(theory, [p["erf50"] for p in sel], facecolors="none", edgecolors=colors[lab],
+                   marker=markers[topology], s=30)
     top = max(max(p["theory"], p["erf90"]) for p in points) * 1.05
     ax.plot([0, top], [0, top], "--", color="#999999", linewidth=1)
     ax.set_xlabel("theoretical receptive field (input pixels)")
@@ -577,6 +671,8 @@ def receptive_fields(records: list[RunRecord]) -> Figure:
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     ax.grid(True, alpha=0.3)
     ax.set_title("Receptive fields: filled 90% of the gradient mass, hollow 50%", fontsize=10)
+    if len(points) < len(every):
+        _noted(fig, f"{len(every):,} runs: the points are a random sample of {len(points):,} (seed {SAMPLE_SEED}).")
     return fig
 
 
@@ -594,6 +690,17 @@ KINDS = {
 }
 # Figures the report shows only when the sweep varies one of these fields.
 CONDITIONAL = {"erf": ("kernel", "branch", "reparam"), "prune": ("prune", "density", "prune_structure")}
+_CONDITIONAL_FIELDS = tuple(dict.fromkeys(f for fields in CONDITIONAL.values() for f in fields))
+
+
+class Configured(NamedTuple):
+    config: dict
+
+
+def conditional_config(rec: RunRecord) -> Configured:
+    """The record's config fields among CONDITIONAL's (those it has), to tell which of them vary
+    (`varied_fields` reads only a record's config)."""
+    return Configured({f: rec.config[f] for f in _CONDITIONAL_FIELDS if f in rec.config})
 
 
 def figure(kind: str, records: list[RunRecord], n: int = 8, *, metric: str | None = None,

@@ -58,6 +58,15 @@ def _measurement(run: RunRecord, row: dict) -> RunRecord:
     )
 
 
-def load_shift_records(store, sweep: str | None = None) -> list[RunRecord]:
-    """The shift records of an open store (of one sweep's runs when given)."""
-    return shift_records(store.records(sweep=sweep), store.shift_rows())
+ID_CHUNK = 500  # run ids bound per query: SQLite's limit on bound parameters is 999 in older builds
+
+
+def load_shift_records(store, sweep: str | None = None, rows: list[dict] | None = None) -> list[RunRecord]:
+    """The shift records of an open store (of one sweep's runs when given; `rows`: its `shift_rows()` when read
+    already). Only the measured runs are read, without their per-epoch history (a measurement has none): a store
+    without shift rows reads no run at all."""
+    rows = store.shift_rows() if rows is None else rows
+    ids = list(dict.fromkeys(row["run_id"] for row in rows))
+    runs = [rec for start in range(0, len(ids), ID_CHUNK)
+            for rec in store.records(sweep=sweep, run_ids=ids[start:start + ID_CHUNK], history=False)]
+    return shift_records(runs, rows)
