@@ -6,6 +6,8 @@ limit is lowered for the module so that a panel of this store is "too many" (a r
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from depthlab.report import html as report_html
@@ -74,3 +76,12 @@ def test_curves_from_fetched_histories_say_why_there_are_none(one_epoch_store, t
     assert ids and len(ids) < len(records)  # the longest run, and one of each wiring for its style
     with pytest.raises(plots.NoData, match="at most 1 epoch of val_loss history"):
         plots.learning_curves(report_html.load_histories(one_epoch_store, None, ids), 4)
+
+
+def test_the_settings_note_exports_the_sweep_the_report_shows(big_store):
+    """A report of one sweep points at `depthlab results --sweep` of it, not at the whole store."""
+    records = load_records(big_store, sweep="hand", history=False)
+    one = report_html._settings_table(records, str(big_store))
+    assert f"depthlab results --store {big_store} --sweep hand (" in one["note"]
+    two_sweeps = [dataclasses.replace(records[0], sweep="other"), *records[1:]]  # the whole store's command
+    assert "--sweep" not in report_html._settings_table(two_sweeps, str(big_store))["note"]

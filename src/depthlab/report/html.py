@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +55,6 @@ DEFAULT_CURVE_RUNS = 8
 # opens slowly and nobody reads; `depthlab results` exports every run.
 MAX_TABLE_RUNS = 2_000
 SUMMARY_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "test_acc")  # the settings table's means
-ID_CHUNK = 500  # run ids bound per query (as depthlab.shift.records, which imports torch: not read from there)
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = "report.html.j2"
 
@@ -417,6 +417,12 @@ def _runs_table(records: list[RunRecord], source: str | None = None) -> dict:
     return dict(headers=[h for _, h in RUN_COLUMNS] + extra + ["error"], rows=rows, note=None)
 
 
+def _sweep_option(records: list[RunRecord]) -> str:
+    """` --sweep NAME` when the records are one sweep's (a report of `--sweep`), so the command exports just it."""
+    sweeps = {r.sweep for r in records}
+    return f" --sweep {shlex.quote(sweeps.pop())}" if len(sweeps) == 1 and None not in sweeps else ""
+
+
 def _settings_table(records: list[RunRecord], source: str | None) -> dict:
     """One row per setting (the varied config fields but the seed, as `depthlab summary` groups them): its runs
     per status and the mean of SUMMARY_METRICS over its done runs; the first MAX_TABLE_RUNS settings."""
@@ -432,7 +438,7 @@ def _settings_table(records: list[RunRecord], source: str | None) -> dict:
     note = (f"{len(records):,} runs, more than the {MAX_TABLE_RUNS:,} a page lists one by one: this table shows "
             f"{shown}, a row per setting (configs equal but for the seed), with its runs per status and the mean "
             f"of each metric over its done runs (as depthlab summary). Every run: depthlab results --store "
-            f"{source or 'STORE'} (CSV, JSON or Parquet).")
+            f"{shlex.quote(source or 'STORE')}{_sweep_option(records)} (CSV, JSON or Parquet).")
     headers = summary["by"] + ["runs", *statuses] + [f"{m.replace('_', ' ')} (mean)" for m in SUMMARY_METRICS]
     return dict(headers=headers, rows=rows, note=note)
 
@@ -543,8 +549,7 @@ def load_records(store_path, sweep: str | None = None, *, history: bool = True) 
 def load_histories(store_path, sweep: str | None, run_ids: list[str]) -> list[RunRecord]:
     """The records of `run_ids` with their per-epoch history."""
     with Store.existing(os.fspath(store_path), readonly=True) as store:
-        return [rec for start in range(0, len(run_ids), ID_CHUNK)
-                for rec in store.records(sweep=sweep, run_ids=run_ids[start:start + ID_CHUNK])]
+        return store.records(sweep=sweep, run_ids=run_ids)
 
 
 @contextmanager

@@ -746,10 +746,10 @@ class Store:
 
     def _where(self, status=None, sweep=None, run_ids=None) -> tuple[str, list]:
         clauses, params = [], []
-        if run_ids is not None:  # a few runs by id (an analysis of stored runs), not a whole sweep
-            ids = list(run_ids)
-            clauses.append(f"run_id IN ({', '.join('?' * len(ids))})" if ids else "0")
-            params += ids
+        if run_ids is not None:  # runs by id, as one JSON parameter: any number of them (SQLite limits the
+            # bound parameters of a statement, 999 in older builds), read in the store's order
+            clauses.append("run_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(run_ids)))
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             for s in statuses:

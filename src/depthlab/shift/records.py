@@ -58,7 +58,6 @@ def _measurement(run: RunRecord, row: dict) -> RunRecord:
     )
 
 
-ID_CHUNK = 500  # run ids bound per query: SQLite's limit on bound parameters is 999 in older builds
 
 
 def load_shift_records(store, sweep: str | None = None, rows: list[dict] | None = None) -> list[RunRecord]:
@@ -67,6 +66,5 @@ def load_shift_records(store, sweep: str | None = None, rows: list[dict] | None 
     without shift rows reads no run at all."""
     rows = store.shift_rows() if rows is None else rows
     ids = list(dict.fromkeys(row["run_id"] for row in rows))
-    runs = [rec for start in range(0, len(ids), ID_CHUNK)
-            for rec in store.records(sweep=sweep, run_ids=ids[start:start + ID_CHUNK], history=False)]
+    runs = store.records(sweep=sweep, run_ids=ids, history=False)
     return shift_records(runs, rows)
