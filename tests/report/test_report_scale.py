@@ -85,3 +85,11 @@ def test_the_settings_note_exports_the_sweep_the_report_shows(big_store):
     assert f"depthlab results --store {big_store} --sweep hand (" in one["note"]
     two_sweeps = [dataclasses.replace(records[0], sweep="other"), *records[1:]]  # the whole store's command
     assert "--sweep" not in report_html._settings_table(two_sweeps, str(big_store))["note"]
+
+
+def test_plot_says_what_it_binned(big_store, tmp_path, capsys, monkeypatch):
+    from depthlab.cli.main import main
+
+    monkeypatch.setattr(plots, "MAX_POINTS", POINTS)
+    assert main(["plot", "scatter-val", "--store", str(big_store), "--out", str(tmp_path / "s.svg")]) == 0
+    assert "2-D histogram" in capsys.readouterr().out

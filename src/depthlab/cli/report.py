@@ -28,14 +28,15 @@ def cmd_report(args) -> int:
 
 def cmd_plot(args) -> int:
     from depthlab.report.html import load_records
-    from depthlab.report.plots import figure, image_format, save
+    from depthlab.report.plots import figure, image_format, note, save
 
     out = check_out(args.out or f"{args.kind}.png", args.store)
     image_format(out)  # a bad file name fails before the store is read
     records = load_records(args.store, args.sweep)
     # NoData, a bad --by and --metric or --by on a figure without them are DepthlabErrors: printed as one line
-    save(figure(args.kind, records, args.runs, metric=args.metric, by=args.by), out)
-    print(f"wrote {out}")
+    fig = figure(args.kind, records, args.runs, metric=args.metric, by=args.by)
+    save(fig, out)
+    print(f"wrote {out}" + (f" ({note(fig)})" if note(fig) else ""))  # what was binned or sampled to stay readable
     return 0
 
 
