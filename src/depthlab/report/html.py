@@ -23,14 +23,12 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
-import gc
 import hashlib
 import json
 import math
 import os
 import shlex
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +44,7 @@ from depthlab.outputs import replaced
 from depthlab.records import STATUSES, RunRecord, canonical_json
 from depthlab.report import plots
 from depthlab.results.export import varied_fields
-from depthlab.results.store import Store
+from depthlab.results.store import Store, collector_paused
 
 DEFAULT_OUT = "report.html"
 DEFAULT_CURVE_RUNS = 8
@@ -552,19 +550,6 @@ def load_histories(store_path, sweep: str | None, run_ids: list[str]) -> list[Ru
         return store.records(sweep=sweep, run_ids=run_ids)
 
 
-@contextmanager
-def _collector_paused():
-    """The cyclic garbage collector off meanwhile: its full passes scan every object of the records again and
-    again (at 100,000 runs, seconds of a report), and a report makes few cycles, freed when it is back on."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, runs: int = DEFAULT_CURVE_RUNS,
                  title: str | None = None, margin: float | None = None, image_format: str = "png",
                  contrast: str = "topology", allow_mixed_recipes: bool = False, by: str | None = None) -> str:
@@ -572,7 +557,7 @@ def write_report(store_path, out_path=DEFAULT_OUT, sweep: str | None = None, *, 
     returns the path written. `by`: as `build_report`'s, and `depthlab compare --by`."""
     if title is None:
         title = f"depthlab report: {sweep or os.path.basename(os.fspath(store_path))}"
-    with _collector_paused(), _remembering():  # the figures reuse the comparison's pairs
+    with collector_paused(), _remembering():  # the figures reuse the comparison's pairs
         records = load_records(store_path, sweep, history=False)  # the curves fetch the few histories they draw
         compare = compare_report(records, margin=margin, by=by, contrast=contrast,
                                  allow_mixed_recipes=allow_mixed_recipes)

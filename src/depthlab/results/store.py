@@ -772,7 +772,7 @@ class Store:
         sweeps_of = ("(SELECT json_group_array(sweep) FROM (SELECT sweep FROM sweep_runs s "
                      "WHERE s.run_id = runs.run_id ORDER BY s.rowid)) AS sweeps_json")
         columns = ", ".join((*_RECORD_COLUMNS, "history" if history else "NULL"))  # what a record holds
-        with self._lock, _collector_paused():
+        with self._lock, collector_paused():
             cur = self._conn.execute(f"SELECT {columns}, json_array_length(history) AS epochs_run, {sweeps_of} "
                                      f"FROM runs{where} ORDER BY rowid", params)
             return _records(cur, sweep)
@@ -910,9 +910,10 @@ SHIFT_KEY = ("run_id", "corruption", "severity", "method", "batch_size", "alpha"
 
 
 @contextmanager
-def _collector_paused():
+def collector_paused():
     """Python's cycle collector paused while many records are made at once: each of its passes would walk every
-    record made so far (100,000 runs: as long as making them) to free nothing, since records hold no cycles."""
+    record made so far (100,000 runs: as long as making them) to free nothing, since records hold no cycles.
+    The report pauses it too while it works on them (at 100,000 runs, seconds)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
