@@ -98,3 +98,18 @@ def test_help_gives_defaults_of_options_but_not_of_flags(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: True)" not in text and "(default: False)" not in text
     assert "(default: " in text  # options that take a value still give theirs
+
+
+def test_no_help_gives_a_default_twice():
+    """`--eval-every`'s help once read "(default: 1) (default: 1)": a help that states its default, formatted by
+    a formatter that adds it too."""
+    import argparse
+    import re
+
+    from depthlab.cli.main import build_parser
+
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in subparsers.choices.items():
+        text = " ".join(sub.format_help().split())
+        assert not re.search(r"(\(default: [^()]*\)) \1", text), name

@@ -62,7 +62,7 @@ def register(subparsers) -> None:
                    "pip install 'depthlab[tensorboard]'")
     p.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
                    help="measure the validation split every N-th epoch and the last (the epochs between record "
-                   "training metrics only; what a run learns does not change; recorded per run) (default: 1)")
+                   "training metrics only; what a run learns does not change; recorded per run)")
     p.add_argument("--retry-failed", action="store_true",
                    help="train the spec's failed runs again (diverged runs stay: divergence is a result)")
     p.add_argument("--no-compare", action="store_true", help="do not print the comparison at the end")
