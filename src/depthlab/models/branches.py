@@ -12,7 +12,8 @@ and count its parameters, FLOPs and reach.
 It also declares what the rest of depthlab would otherwise decide by its name (`BranchType` lists it all): the
 re-params it takes (`reparams`, which spec validation and the CLI read), its width rule (`roles`, the axis roles
 of each view that PreCropping crops along, and `equal_widths`, whether the branches of one layer must share a
-hidden width), whether its activations run channels_last on a CPU (`channels_last_on_cpu`, the engine's layout),
+hidden width), whether its activations run channels_last on a CPU (`channels_last_on_cpu`, the engine's layout)
+and which of its parts compute in float32 under bf16 autocast there (`float32_depthwise_on_cpu`),
 the activations autograd keeps per block (`activations`, the engine's memory estimate for pack sizes), and which
 of its tensors weight decay and pruning act on (`decays`, `prunable`; the network gathers them into its
 `parameter_groups`, as nanoGPT's model declares its optimizer groups). A new branch type is a new class here,
@@ -158,6 +159,7 @@ class BranchType(Protocol):
     name: str
     reparams: tuple[str, ...]      # the re-params it takes ("none" first; ("none",) for a type without any)
     channels_last_on_cpu: bool     # whether its activations run channels_last on a CPU in float32
+    float32_depthwise_on_cpu: bool  # whether its depthwise convs compute in float32 under CPU bf16 autocast
 
     def last_kernel(self, kernel: int) -> int: ...  # the kernel of the layer's last (linear) conv
 
@@ -196,6 +198,7 @@ class ConvBranch:
     name = "conv"
     reparams = ("none",)
     channels_last_on_cpu = False  # recipe 1's float32 CPU training is NCHW, bit for bit
+    float32_depthwise_on_cpu = False  # it has no depthwise conv
 
     @staticmethod
     def last_kernel(kernel: int) -> int:

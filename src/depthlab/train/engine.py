@@ -410,8 +410,7 @@ def use_channels_last(device: torch.device, spec, precision: str, given: bool | 
 def _float32_parts(device: torch.device, spec, precision: str) -> dict:
     """{"float32_parts": what computes in float32 under bf16 autocast beyond autocast's own list} where there is
     such a part (an lk branch's depthwise convs on a CPU: `LargeKernelBranch.float32_depthwise_on_cpu`)."""
-    if precision == "bf16" and device.type == "cpu" and getattr(branch_type(spec.branch),
-                                                                 "float32_depthwise_on_cpu", False):
+    if precision == "bf16" and device.type == "cpu" and branch_type(spec.branch).float32_depthwise_on_cpu:
         return {"float32_parts": "depthwise convs and their norms"}
     return {}
 
