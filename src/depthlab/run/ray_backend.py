@@ -27,7 +27,8 @@ from depthlab.errors import DepthlabError
 from depthlab.spec.config import RunConfig
 from depthlab.run.driver import Driver
 from depthlab.run.ray_reaper import Reaper, processes_below
-from depthlab.run.runner import check_eval_every, open_sweep, starting_models
+from depthlab.run.runner import open_sweep, starting_models
+from depthlab.train.engine import check_eval_every
 from depthlab.run.tensorboard import open_board
 from depthlab.spec.grid import SweepSpec
 from depthlab.run.workers import Stopped

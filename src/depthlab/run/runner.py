@@ -241,12 +241,6 @@ def open_sweep(spec: SweepSpec, store_path, device: torch.device, log, **options
     return store, the_plan
 
 
-def check_eval_every(eval_every) -> None:
-    """Refuse an `eval_every` that is not a positive integer, before the store is touched."""
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise SpecError("eval_every", eval_every, "a positive integer (validate every N-th epoch and the last)")
-
-
 class LocalExecutor:
     """Packs trained in this process, `plan.workers` at a time on worker threads (depthlab.run.workers), each
     on its share of torch's intra-op threads; they share the driver's store connection and the runner's data."""
@@ -293,7 +287,7 @@ def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None =
     validation split measured every `eval_every`-th epoch and the last (how a run is computed, like the
     precision: recorded in its environment, not part of its id). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    check_eval_every(eval_every)
+    engine.check_eval_every(eval_every)  # before the store is touched
     board = open_board(tensorboard, spec.name, log)  # refused before the store is touched
     device = resolve_device(device) if isinstance(device, str) else device
     store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,

@@ -58,8 +58,6 @@ def _measurement(run: RunRecord, row: dict) -> RunRecord:
     )
 
 
-
-
 def load_shift_records(store, sweep: str | None = None, rows: list[dict] | None = None) -> list[RunRecord]:
     """The shift records of an open store (of one sweep's runs when given; `rows`: its `shift_rows()` when read
     already). Only the measured runs are read, without their per-epoch history (a measurement has none): a store

@@ -50,6 +50,7 @@ from depthlab.records import finite
 from depthlab.train import recipe
 from depthlab.spec.config import RunConfig
 from depthlab.train.optim import PackedOptimizer
+from depthlab.errors import SpecError
 from depthlab.train.recipe import RECIPE  # the recipe's version, and its history: depthlab.train.recipe
 
 # Model-images per evaluation forward on a CPU (see evaluation_batch). Speed only, so not in the recipe's table:
@@ -172,8 +173,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
                 interrupt=None) -> list[RunResult]:
     if len({c.pack_key() for c in configs}) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be a positive integer, not {eval_every!r}")
+    check_eval_every(eval_every)
     precision = precisions.resolve(precision, device)
     c0, models, table = configs[0], len(configs), recipe.TABLE
     start = time.perf_counter()
@@ -405,6 +405,13 @@ def use_channels_last(device: torch.device, spec, precision: str, given: bool | 
     if given is not None:
         return given
     return device.type == "cuda" or branch_type(spec.branch).channels_last_on_cpu or precision == "bf16"
+
+
+def check_eval_every(eval_every) -> None:
+    """Refuse an `eval_every` that is not a positive integer (the sweep runners call it before a store is
+    touched)."""
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
+        raise SpecError("eval_every", eval_every, "a positive integer (validate every N-th epoch and the last)")
 
 
 def _float32_parts(device: torch.device, spec, precision: str) -> dict:
