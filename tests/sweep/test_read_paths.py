@@ -3,6 +3,7 @@ computed before, value for value."""
 
 import gc
 import math
+import sqlite3
 
 import pytest
 
@@ -157,3 +158,54 @@ def test_export_rows_read_field_by_field_are_the_rows_of_as_row():
     rows = export._flat_rows(records, parts, safe=True)
     assert rows[1][export._columns(records).index("error")] == "'@loss is nan"
     assert rows[0][export._columns(records).index("val_loss")] is None  # NaN: an empty cell
+
+
+# -- the epochs column (schema 8) ------------------------------------------------------------------------------
+
+
+def epochs_read(store) -> dict:
+    """{run id: epochs_run} as a read gives it, with and without histories."""
+    with_history = {r.run_id: r.epochs_run for r in store.records()}
+    assert with_history == {r.run_id: r.epochs_run for r in store.records(history=False)}
+    assert with_history == {r.run_id: len(r.history) for r in store.records()}
+    return with_history
+
+
+def test_epochs_run_follows_the_history_through_every_write(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        a, b = store.add_runs([{"dataset": "mnist", "seed": s} for s in (0, 1)], sweep="s", recipe=2)
+        assert epochs_read(store) == {a: 0, b: 0}
+        store.claim([a, b], "t:1:x")
+        for k in range(3):
+            store.record_epoch(a, "t:1:x", {"epoch": k + 1, "train_loss": 1.0})
+        store.record_epoch(b, "t:1:x", {"epoch": 1})
+        assert epochs_read(store) == {a: 3, b: 1}
+        store.finish(a, "t:1:x", status="done", final={"val_loss": 0.5}, history=[{"epoch": 1}] * 5, params=1,
+                     q=1.0, seconds=1.0, env={})
+        store.release([b], "t:1:x")  # back to pending: its history is emptied
+        assert epochs_read(store) == {a: 5, b: 0}
+        store.reopen([a], "again")  # pending, its last history kept until it is claimed again
+        assert epochs_read(store) == {a: 5, b: 0}
+        store.claim([a], "t:2:y")
+        assert epochs_read(store) == {a: 0, b: 0}
+
+
+def test_a_store_before_the_epochs_column_gets_it_counted(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        (rid,) = store.add_runs([{"dataset": "mnist"}], recipe=2)
+        store.claim([rid], "t:1:x")
+        store.finish(rid, "t:1:x", status="done", final={}, history=[{"epoch": 1}, {"epoch": 2}], params=1, q=1.0,
+                     seconds=1.0, env={})
+    con = sqlite3.connect(path)  # the store as schema 7 left it
+    con.execute("DROP TRIGGER runs_epochs_run")
+    con.execute("ALTER TABLE runs DROP COLUMN epochs_run")
+    con.execute("PRAGMA user_version = 7")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with Store.existing(path, readonly=True) as store:  # a private migrated copy: the file stays as it was
+        assert store.migrated == [8] and epochs_read(store) == {rid: 2}
+    assert path.read_bytes() == before
+    with Store(path) as store:
+        assert store.migrated == [8] and epochs_read(store) == {rid: 2}

@@ -36,6 +36,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from operator import itemgetter
 from statistics import NormalDist
 from typing import Mapping
 
@@ -214,6 +215,24 @@ def pairing_key(cfg: Mapping, contrast: str, neutral: dict | None = None) -> str
     return canonical_json(shared)
 
 
+def _pairing_keys(records: list[RunRecord], contrast: str) -> list[str]:
+    """`pairing_key` of each record, remembered. Where every record holds the same fields (a store's usual case:
+    `_neutral_for` is empty) a run without a parameter budget drops only the contrast's fields, so its key can be
+    the JSON array of its other values in sorted-field order: equal exactly when those dicts' JSON is equal, and
+    never equal to a dict's JSON, which the other records keep (100,000 runs: 0.35 s against 0.9 s)."""
+    def compute():
+        neutral = _neutral_for(records)
+        if neutral or not records:
+            return [pairing_key(rec.config, contrast, neutral) for rec in records]
+        drop = set(_fields_of(contrast))
+        kept = sorted(k for k in records[0].config if k not in drop)
+        values = itemgetter(*kept) if len(kept) > 1 else lambda cfg: [cfg[k] for k in kept]
+        return [canonical_json(values(cfg)) if cfg.get("param_budget") is None else pairing_key(cfg, contrast)
+                for cfg in (rec.config for rec in records)]
+
+    return _once(("pairing keys", contrast), records, compute)
+
+
 def contrast_values(records: list[RunRecord], field: str) -> list:
     """The distinct values of `field` in the records' configs, in contrast order."""
     return list(_once(("values", field), records, lambda: _contrast_values(records, field)))
@@ -356,12 +375,9 @@ def _pair_records(records, contrast, a, b, allow_mixed_recipes):
         a, b = first_two_values(records, contrast)
     key_a, key_b = canonical_json(a), canonical_json(b)
     buckets: dict[str, dict[str, list]] = {}
-    neutral = _neutral_for(records)
-    for rec, (_, value) in zip(records, _values_of(records, contrast)):
-        if value not in (key_a, key_b):
-            continue
-        key = pairing_key(rec.config, contrast, neutral)
-        buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
+    for rec, (_, value), key in zip(records, _values_of(records, contrast), _pairing_keys(records, contrast)):
+        if value in (key_a, key_b):
+            buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
     pairs, unpaired, duplicate, identical, mixed, mixed_precisions = [], 0, 0, 0, 0, 0
     for bucket in buckets.values():
         left, right = bucket[key_a], bucket[key_b]
@@ -386,17 +402,30 @@ def _pair_records(records, contrast, a, b, allow_mixed_recipes):
 
 def bootstrap_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap (1 - alpha) CI of the mean of d; resampled in chunks to bound memory."""
-    d = np.asarray(d, dtype=float)
-    n = len(d)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        # int32 indices: the same draws as int64 (numpy draws any range below 2**32 as 32-bit), half the memory
-        means[start:stop] = d[rng.integers(0, n, size=(stop - start, n), dtype=np.int32)].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
+    return bootstrap_cis([d], alpha, n_boot, seed)[0]
+
+
+def bootstrap_cis(samples: list, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> list[tuple]:
+    """`bootstrap_ci` of each of `samples`, the same numbers. The resampling indices depend only on the seed and
+    a sample's size, so samples of one size (a group's pairs under several metrics) share one draw of them, which
+    is most of the work (100,000 runs, three metrics: a third of the draws)."""
+    samples = [np.asarray(d, dtype=float) for d in samples]
+    cis: list = [None] * len(samples)
+    for n in dict.fromkeys(len(d) for d in samples):
+        same = [k for k, d in enumerate(samples) if len(d) == n]
+        rng = np.random.default_rng(seed)
+        means = np.empty((len(same), n_boot))
+        chunk = max(1, 2_000_000 // n)
+        for start in range(0, n_boot, chunk):
+            stop = min(n_boot, start + chunk)
+            # int32 indices: the same draws as int64 (numpy draws any range below 2**32 as 32-bit), half the memory
+            drawn = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
+            for row, k in enumerate(same):
+                means[row, start:stop] = samples[k][drawn].mean(axis=1)
+        for row, k in enumerate(same):
+            lo, hi = np.percentile(means[row], [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            cis[k] = (float(lo), float(hi))
+    return cis
 
 
 # Groups of more pairs than this take the normal approximation of the bootstrap distribution of the mean instead
@@ -409,9 +438,15 @@ N_BOOTSTRAP_MAX = 5_000
 def mean_ci(d, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> tuple[float, float, str]:
     """(low, high, method) of a (1 - alpha) CI of the mean of d: the percentile bootstrap (`bootstrap_ci`,
     method "bootstrap") up to N_BOOTSTRAP_MAX values, else its normal approximation (`normal_ci`, "normal")."""
-    if len(d) > N_BOOTSTRAP_MAX:
-        return (*normal_ci(d, alpha), "normal")
-    return (*bootstrap_ci(d, alpha, n_boot, seed), "bootstrap")
+    return mean_cis([d], alpha, n_boot, seed)[0]
+
+
+def mean_cis(samples: list, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0) -> list[tuple]:
+    """`mean_ci` of each of `samples`, the bootstraps of one size drawn once (`bootstrap_cis`)."""
+    small = [k for k, d in enumerate(samples) if len(d) <= N_BOOTSTRAP_MAX]
+    resampled = dict(zip(small, bootstrap_cis([samples[k] for k in small], alpha, n_boot, seed)))
+    return [(*resampled[k], "bootstrap") if k in resampled else (*normal_ci(d, alpha), "normal")
+            for k, d in enumerate(samples)]
 
 
 def normal_ci(d, alpha: float = 0.05) -> tuple[float, float]:
@@ -443,11 +478,12 @@ def tost_p(d, margin: float) -> float:
 
 
 def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: int = 0,
-                 higher_is_better: bool = False, labels=("a", "b")) -> dict:
+                 higher_is_better: bool = False, labels=("a", "b"), ci: tuple | None = None) -> dict:
     """Statistics and verdict for the paired differences d = b − a of one group (`labels`: the names of a and
     b in the verdict). `favours` is "a", "b" or None: which value the CI says is consistently better;
     `equivalent`: whether TOST puts the mean d within ±margin. Both may hold (a small but consistent
-    difference), and then the verdict says both."""
+    difference), and then the verdict says both. `ci`: `mean_ci` of d when already computed (with other
+    samples, `mean_cis`)."""
     d = np.asarray(d, dtype=float)
     n = len(d)
     out = dict(n_pairs=n, mean=None, median=None, ci_low=None, ci_high=None, ci_method=None, wins_a=0, wins_b=0,
@@ -459,7 +495,7 @@ def paired_stats(d, margin, *, alpha: float = 0.05, n_boot: int = 10000, seed: i
                wins_b=higher if higher_is_better else lower, wins_a=lower if higher_is_better else higher)
     if n < MIN_PAIRS:
         return out
-    lo, hi, method = mean_ci(d, alpha, n_boot, seed)
+    lo, hi, method = ci or mean_ci(d, alpha, n_boot, seed)
     out.update(ci_low=lo, ci_high=hi, ci_method=method)
     if margin is not None and margin > 0:
         out["tost_p"] = tost_p(d, margin)
@@ -517,32 +553,35 @@ def paired(records: list[RunRecord], metric: str = "val_loss", margin: float | N
     sequential and parallel for topology), d = b − a, per dataset, per dataset × Q band, and (with `by`) per
     value of that config field within each. See the module docstring; every number is in the returned dict."""
     with _remembering():
-        return _paired(records, metric, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes)
+        return _paired(records, [metric], margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes)[0]
 
 
-def _paired(records, metric, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes) -> dict:
-    _validate(metric, margin, alpha, n_boot)
+def _paired(records, metrics, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes) -> list[dict]:
+    """`paired` of each of `metrics`, for one two values: one pairing, and each group's bootstrap shared by the
+    metrics (`_group_rows`)."""
+    for metric in metrics:
+        _validate(metric, margin, alpha, n_boot)
     if by is not None:
         check_by(records, by, contrast)
     if a is None and b is None:
         a, b = first_two_values(latest_recipes(records)[0], contrast)
     pairs, info = pair_records(records, contrast, a, b, allow_mixed_recipes=allow_mixed_recipes)
     labels = (value_label(contrast, a), value_label(contrast, b))
-    higher_is_better = metric.endswith("_acc")
     states = _once(("states",), records, lambda: {id(r): run_state(r) for r in records})  # for every metric
     places = _once(("places", by), pairs, lambda: [_pair_place(left, right, by, states) for left, right in pairs])
-    items = [_pair_item(left, right, metric, place) for (left, right), place in zip(pairs, places)]
-    stats = dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=higher_is_better, labels=labels)
-    groups = _group_rows(list(_slices(items, by)), margin, stats)
-    return _json_safe(dict(
+    items = [[_pair_item(left, right, metric, place) for (left, right), place in zip(pairs, places)]
+             for metric in metrics]
+    stats = [dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=metric.endswith("_acc"), labels=labels)
+             for metric in metrics]
+    groups = _group_rows([list(_slices(its, by)) for its in items], margin, stats)
+    return [_json_safe(dict(
         metric=metric, contrast=contrast, a=a, b=b, a_label=labels[0], b_label=labels[1],
-        difference=f"{labels[1]} - {labels[0]}", higher_is_better=higher_is_better,
+        difference=f"{labels[1]} - {labels[0]}", higher_is_better=st["higher_is_better"],
         alpha=alpha, ci_level=1 - alpha, n_boot=n_boot, seed=seed, margin=margin,
-        margin_rule=_margin_rule(margin, higher_is_better), by=by, allow_mixed_recipes=allow_mixed_recipes,
-        pairs=dict(n_found=len(items), n_pairs=sum(i["state"] == "used" for i in items), **_tally(items, labels),
-                   **info),
-        groups=groups,
-    ))
+        margin_rule=_margin_rule(margin, st["higher_is_better"]), by=by, allow_mixed_recipes=allow_mixed_recipes,
+        pairs=dict(n_found=len(its), n_pairs=sum(i["state"] == "used" for i in its), **_tally(its, labels), **info),
+        groups=rows,
+    )) for metric, its, st, rows in zip(metrics, items, stats, groups)]
 
 
 def _margin_rule(margin: float | None, higher_is_better: bool) -> str:
@@ -598,30 +637,47 @@ def _by_values(items: list[dict]) -> list[tuple]:
     return [(k, values[k]) for k in sorted(values, key=lambda k: value_order(values[k]))]
 
 
-def _group_row(sel: list[dict], row_labels: dict, margin: float | None, stats: dict) -> dict:
-    """The statistics of one group's pairs (`stats`: `paired_stats`' settings), its margin and its tally."""
-    used = [i for i in sel if i["state"] == "used"]
-    m = _group_margin(used, margin, stats["higher_is_better"])
-    d = [i["values"][1] - i["values"][0] for i in used]
-    row = {**row_labels, **paired_stats(d, m, **stats), "margin": m, **_tally(sel, stats["labels"])}
+def _group_row(sel: list[dict], row_labels: dict, margin: float | None, d: list, stats: dict, ci) -> dict:
+    """The statistics of one group's pairs `sel` under one metric (`stats`: `paired_stats`' settings; `d`: the
+    used pairs' differences, `ci`: their `mean_ci`), its margin and its tally."""
+    row = {**row_labels, **paired_stats(d, margin, **stats, ci=ci), "margin": margin, **_tally(sel, stats["labels"])}
     unlearned = sum("not_learned" in i["statuses"] for i in sel)
-    if len(used) < MIN_PAIRS and unlearned:  # say why there is no verdict: the models, not the statistics
+    if len(d) < MIN_PAIRS and unlearned:  # say why there is no verdict: the models, not the statistics
         row["verdict"] = (f"not learned: {unlearned} of {len(sel)} pairs hold a run near chance level; "
                           "train longer")
     return row
 
 
-def _group_rows(slices: list[tuple[dict, list]], margin: float | None, stats: dict) -> list[dict]:
-    """`_group_row` of each slice, in order. Each group's bootstrap is its own seeded stream, and numpy draws and
-    averages without the GIL, so the groups are computed on several threads, the largest first: with 100,000
-    runs the resampling is most of a comparison."""
-    workers = min(len(slices), os.cpu_count() or 1)
-    if workers < 2 or sum(len(sel) for _, sel in slices) < PARALLEL_PAIRS:
-        return [_group_row(sel, labels, margin, stats) for labels, sel in slices]
-    largest_first = sorted(range(len(slices)), key=lambda k: -len(slices[k][1]))
-    with ThreadPoolExecutor(workers) as pool:
-        futures = {k: pool.submit(_group_row, slices[k][1], slices[k][0], margin, stats) for k in largest_first}
-        return [futures[k].result() for k in range(len(slices))]
+def _group_rows_of(slices: list[tuple[dict, list]], margin: float | None, stats: list[dict]) -> list[dict]:
+    """The row of one group under each metric (`slices`: the group's slice under each, `stats`: each metric's
+    settings): the metrics' differences resampled together, so that those of one size share the draws."""
+    used = [[i for i in sel if i["state"] == "used"] for _, sel in slices]
+    margins = [_group_margin(u, margin, st["higher_is_better"]) for u, st in zip(used, stats)]
+    ds = [[i["values"][1] - i["values"][0] for i in u] for u in used]
+    resampled = [k for k, d in enumerate(ds) if len(d) >= MIN_PAIRS]  # fewer get no CI (`paired_stats`)
+    cis = dict(zip(resampled, mean_cis([ds[k] for k in resampled], stats[0]["alpha"], stats[0]["n_boot"],
+                                       stats[0]["seed"])))
+    return [_group_row(sel, labels, m, d, st, cis.get(k))
+            for k, ((labels, sel), m, d, st) in enumerate(zip(slices, margins, ds, stats))]
+
+
+def _group_rows(slices: list[list[tuple[dict, list]]], margin: float | None, stats: list[dict]) -> list[list[dict]]:
+    """Each metric's group rows (`slices[j]`: metric j's slices, `stats[j]` its settings), in order. The metrics'
+    slices are of the same pairs (their states aside), so group k is computed for every metric at once
+    (`_group_rows_of`). Each group's bootstrap is its own seeded stream, and numpy draws and averages without the
+    GIL, so the groups are computed on several threads, the largest first: with 100,000 runs the resampling is
+    most of a comparison."""
+    count = len(slices[0])
+    at = lambda k: _group_rows_of([s[k] for s in slices], margin, stats)
+    workers = min(count, os.cpu_count() or 1)
+    if workers < 2 or sum(len(sel) for _, sel in slices[0]) < PARALLEL_PAIRS:
+        rows = [at(k) for k in range(count)]
+    else:
+        largest_first = sorted(range(count), key=lambda k: -len(slices[0][k][1]))
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {k: pool.submit(at, k) for k in largest_first}
+            rows = [futures[k].result() for k in range(count)]
+    return [[row[j] for row in rows] for j in range(len(slices))]
 
 
 PARALLEL_PAIRS = 2000  # fewer pairs in all a comparison's groups are resampled faster than threads start
@@ -730,12 +786,18 @@ def _compare_report(records, margin, by, metrics, alpha, n_boot, seed, contrast,
         n_runs=len(records), counts=counts, contrast=contrast, values=values, by=by, recipes=recipes,
         precisions=dict(sorted(by_precision.items())),
         band_table=band_table(records, contrast),
-        paired={m: [paired(records, m, margin=margin, by=by, alpha=alpha, n_boot=n_boot, seed=seed,
-                           contrast=contrast, a=a, b=b, allow_mixed_recipes=allow_mixed_recipes)
-                    for a, b in value_pairs]
-                for m in metrics},
+        paired=_paired_by_metric(records, list(metrics), value_pairs, margin, by, alpha, n_boot, seed, contrast,
+                                 allow_mixed_recipes),
         notes=notes,
     ))
+
+
+def _paired_by_metric(records, metrics, value_pairs, margin, by, alpha, n_boot, seed, contrast,
+                      allow_mixed_recipes) -> dict[str, list[dict]]:
+    """{metric: `paired` of each two values}, the metrics of two values computed together (`_paired`)."""
+    done = [_paired(records, metrics, margin, by, alpha, n_boot, seed, contrast, a, b, allow_mixed_recipes)
+            for a, b in value_pairs]
+    return {m: [results[j] for results in done] for j, m in enumerate(metrics)}
 
 
 # -- text rendering ---------------------------------------------------------------------------------------------
