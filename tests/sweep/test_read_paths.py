@@ -209,3 +209,77 @@ def test_a_store_before_the_epochs_column_gets_it_counted(tmp_path):
     assert path.read_bytes() == before
     with Store(path) as store:
         assert store.migrated == [8] and epochs_read(store) == {rid: 2}
+
+
+# -- the export's writers: a pack's environment formatted once, columns made at once ------------------------------
+
+
+def export_records(tmp_path) -> list[RunRecord]:
+    """Runs of two packs (the first two share one environment, as `Store.records` gives a pack's runs) and one
+    alone, with cells a CSV must quote or make inert, non-finite floats, lists and a mixed column."""
+    pack = {"pack": "000001", "pack_size": 2, "device": "cpu, 2 cores", "note": 'say "hi"\nbye', "host": "=cmd|x",
+            "recipe_table": {"b": [1, 2.5], "a": None}, "lr": float("nan")}
+    other = {"pack": "000002", "pack_size": 1, "device": "-x", "extra": [1, "a"]}
+    configs = [{"dataset": "mnist", "width": 8, "note": "+1", "scale": 0.5},
+               {"dataset": "mnist", "width": 8, "note": "a,b", "scale": "1/n"},
+               {"dataset": "mnist", "width": [8, 16], "note": "@x", "scale": 1}]
+    with Store(tmp_path / "export.sqlite") as store:
+        ids = store.claim(store.add_runs(configs, sweep="s", recipe=2), "t:1:x")
+        store.add_runs(configs[:2], sweep="t", recipe=2)
+        for rid, env, final, error in zip(ids, (pack, pack, other), ({"val_loss": 0.5, "erf50": 3}, {}, {}),
+                                          (None, None, "line\nbreak")):
+            store.finish(rid, "t:1:x", status="done", final=final, history=[], params=1, q=2.5, seconds=1.0,
+                         env=env, error=error)
+        records = store.records()
+    assert records[0].env is records[1].env and records[0].sweeps == ("s", "t")
+    return records
+
+
+def test_csv_rows_are_those_of_one_writer_over_whole_rows(tmp_path):
+    import csv
+    import io
+
+    from depthlab.results import export
+
+    records = export_records(tmp_path)
+    expected = io.StringIO()
+    writer = csv.writer(expected, lineterminator="\n")
+    writer.writerow(export._columns(records))
+    writer.writerows(export._generic_rows(records, safe=True))
+    for subset in (records, records[:1], []):
+        export.write_results(subset, "csv", tmp_path / "runs.csv")
+        whole = io.StringIO()
+        writer = csv.writer(whole, lineterminator="\n")
+        writer.writerow(export._columns(subset))
+        writer.writerows(export._generic_rows(subset, safe=True))
+        assert (tmp_path / "runs.csv").read_text() == whole.getvalue()
+    export.write_results(records, "csv", tmp_path / "runs.csv")
+    assert (tmp_path / "runs.csv").read_text() == expected.getvalue()
+    assert "'=cmd|x" in expected.getvalue() and "'@x" in expected.getvalue()  # made inert, in the env too
+
+
+def test_the_csv_writer_must_write_each_row_with_one_call():
+    from depthlab.results.export import _Lines
+
+    lines = _Lines(io_sink := __import__("io").StringIO(), [",x\n", ",y\n"])
+    lines.write("a\n")
+    with pytest.raises(RuntimeError, match="1 lines for 2 rows"):
+        lines.check_done()
+    lines.write("b\n")
+    lines.check_done()
+    assert io_sink.getvalue() == "a,x\nb,y\n"
+
+
+def test_parquet_columns_are_those_of_whole_rows(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from depthlab.results import export
+
+    records = export_records(tmp_path)
+    for subset in (records, records[:1], records[2:]):
+        export.write_results(subset, "parquet", tmp_path / "runs.parquet")
+        columns = export._columns(subset)
+        values = list(zip(*export._generic_rows(subset, safe=False)))
+        expected = pa.table({c: pa.array(export._arrow_column(list(v))) for c, v in zip(columns, values)})
+        written = pq.read_table(tmp_path / "runs.parquet")
+        assert written.equals(expected), (written.to_pylist(), expected.to_pylist())

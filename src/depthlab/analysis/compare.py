@@ -249,7 +249,11 @@ def _values_of(records: list[RunRecord], field: str) -> list[tuple]:
     """(value, its `_value_text`) of `field` in each record (`_field_value`), in record order; remembered."""
     def compute():
         neutral = _neutral_for(records)
-        return [(value, _value_text(value)) for value in (_field_value(rec, field, neutral) for rec in records)]
+        if len(_fields_of(field)) == 1 and not neutral:  # the value itself (`_field_value`), read at once
+            values = [rec.config.get(field) for rec in records]
+        else:
+            values = [_field_value(rec, field, neutral) for rec in records]
+        return [(value, _value_text(value)) for value in values]
 
     return _once(("field values", field), records, compute)
 
@@ -262,8 +266,8 @@ def first_two_values(records: list[RunRecord], contrast: str) -> tuple:
 
 
 def mean_or_none(values):
-    """The mean of a list of floats, None for an empty one."""
-    return float(np.mean(values)) if values else None
+    """The mean of a list (or array) of floats, None for an empty one."""
+    return float(np.mean(values)) if len(values) else None
 
 
 def std_or_none(values):
@@ -288,12 +292,18 @@ def band_table(records: list[RunRecord], contrast: str = DEFAULT_CONTRAST) -> li
         value = values[key[1]]
         row = {"dataset": key[0], contrast: value, "value": value, "q_band": key[2], "n": len(groups[key])}
         for m in BAND_METRICS:
-            found = [v for v in (finite(getattr(r, m)) for r in groups[key]) if v is not None]  # m: a field
+            found = _finite_values([getattr(r, m) for r in groups[key]])  # m: a field
             row[f"{m}_mean"] = mean_or_none(found)
             if m.endswith("_loss"):
                 row[f"{m}_std"] = std_or_none(found)
         rows.append(row)
     return rows
+
+
+def _finite_values(values: list) -> np.ndarray:
+    """The finite ones of `values` (floats or None), as an array: what `finite` keeps, in order, at once."""
+    array = np.array(values, dtype=float)  # None becomes NaN
+    return array[np.isfinite(array)]
 
 
 def blown_up(record: RunRecord) -> bool:
@@ -318,10 +328,10 @@ def _loss_and_chance(record: RunRecord) -> tuple:
     """(final training loss, the dataset's chance-level loss) of a done run; (None, None) where either is missing
     (a dataset the registry does not know, e.g. a hand-made record's, has no chance level to compare with)."""
     loss = finite(record.train_loss)
-    dataset = record.config.get("dataset")
-    if record.status != "done" or loss is None or dataset not in registry.REGISTRY:
+    known = registry.REGISTRY.get(record.config.get("dataset"))
+    if record.status != "done" or loss is None or known is None:
         return None, None
-    return loss, registry.entry(dataset).chance_loss
+    return loss, known.chance_loss
 
 
 def run_state(record: RunRecord) -> str:
