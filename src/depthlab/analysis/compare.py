@@ -428,8 +428,9 @@ def bootstrap_cis(samples: list, alpha: float = 0.05, n_boot: int = 10000, seed:
         chunk = max(1, 2_000_000 // n)
         for start in range(0, n_boot, chunk):
             stop = min(n_boot, start + chunk)
-            # int32 indices: the same draws as int64 (numpy draws any range below 2**32 as 32-bit), half the memory
-            drawn = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
+            # drawn as int32 (the same draws as int64: numpy draws any range below 2**32 as 32-bit, and faster), then
+            # made the index type once: indexing converts other index types, once per sample it indexes
+            drawn = rng.integers(0, n, size=(stop - start, n), dtype=np.int32).astype(np.intp)
             for row, k in enumerate(same):
                 means[row, start:stop] = samples[k][drawn].mean(axis=1)
         for row, k in enumerate(same):
@@ -579,17 +580,19 @@ def _paired(records, metrics, margin, by, alpha, n_boot, seed, contrast, a, b, a
     labels = (value_label(contrast, a), value_label(contrast, b))
     states = _once(("states",), records, lambda: {id(r): run_state(r) for r in records})  # for every metric
     places = _once(("places", by), pairs, lambda: [_pair_place(left, right, by, states) for left, right in pairs])
-    items = [[_pair_item(left, right, metric, place) for (left, right), place in zip(pairs, places)]
-             for metric in metrics]
+    slices = _once(("slices", by), pairs, lambda: list(_slices(places, by)))
+    items = [_pair_items(pairs, places, metric) for metric in metrics]
     stats = [dict(alpha=alpha, n_boot=n_boot, seed=seed, higher_is_better=metric.endswith("_acc"), labels=labels)
              for metric in metrics]
-    groups = _group_rows([list(_slices(its, by)) for its in items], margin, stats)
+    groups = _group_rows(slices, places, items, margin, stats)
+    everything = range(len(pairs))
     return [_json_safe(dict(
         metric=metric, contrast=contrast, a=a, b=b, a_label=labels[0], b_label=labels[1],
         difference=f"{labels[1]} - {labels[0]}", higher_is_better=st["higher_is_better"],
         alpha=alpha, ci_level=1 - alpha, n_boot=n_boot, seed=seed, margin=margin,
         margin_rule=_margin_rule(margin, st["higher_is_better"]), by=by, allow_mixed_recipes=allow_mixed_recipes,
-        pairs=dict(n_found=len(its), n_pairs=sum(i["state"] == "used" for i in its), **_tally(its, labels), **info),
+        pairs=dict(n_found=len(its), n_pairs=sum(state == "used" for _, state in its),
+                   **_tally(everything, places, its, labels), **info),
         groups=rows,
     )) for metric, its, st, rows in zip(metrics, items, stats, groups)]
 
@@ -618,102 +621,108 @@ def _pair_place(left: RunRecord, right: RunRecord, by: str | None, states: dict)
                 statuses=statuses, state=state)
 
 
-def _pair_item(left: RunRecord, right: RunRecord, metric: str, place: dict) -> dict:
-    """One pair as the statistics see it: its place (`_pair_place`), its runs' `metric` values, and its state:
-    "used", or why it is not ("excluded": a run diverged, failed, blew up or did not learn; "unfinished";
-    "missing": no value of the metric)."""
-    values = (finite(left.metric(metric)), finite(right.metric(metric)))
-    state = place["state"] or ("missing" if None in values else "used")
-    return {**place, "values": values, "state": state}
+def _pair_items(pairs: list[tuple], places: list[dict], metric: str) -> list[tuple]:
+    """Each pair as the statistics of `metric` see it: (its runs' values, its state): "used", or why it is not
+    ("excluded": a run diverged, failed, blew up or did not learn; "unfinished"; "missing": no value of the
+    metric). Its place, whatever the metric, is `places`' (`_pair_place`)."""
+    items = []
+    for (left, right), place in zip(pairs, places):
+        values = (finite(left.metric(metric)), finite(right.metric(metric)))
+        items.append((values, place["state"] or ("missing" if None in values else "used")))
+    return items
 
 
-def _slices(items: list[dict], by: str | None):
-    """(row labels, pairs) of each group a comparison reports: per dataset, its pairs in all and per Q band, each
-    also per value of the `by` field when given; groups without pairs are left out."""
-    for dataset in sorted({i["dataset"] for i in items}):
-        in_dataset = [i for i in items if i["dataset"] == dataset]
-        bands = [ALL] + sorted({i["band"] for i in in_dataset}, key=_band_order)
-        by_values = [(ALL, ALL)] + (_by_values(in_dataset) if by else [])
+def _slices(places: list[dict], by: str | None):
+    """(row labels, the indexes of its pairs, in order) of each group a comparison reports: per dataset, its pairs
+    in all and per Q band, each also per value of the `by` field when given; groups without pairs are left out."""
+    for dataset in sorted({p["dataset"] for p in places}):
+        in_dataset = [i for i, p in enumerate(places) if p["dataset"] == dataset]
+        bands = [ALL] + sorted({places[i]["band"] for i in in_dataset}, key=_band_order)
+        by_values = [(ALL, ALL)] + (_by_values([places[i] for i in in_dataset]) if by else [])
         for band in bands:
             for key, value in by_values:
-                sel = [i for i in in_dataset if band in (ALL, i["band"]) and key in (ALL, i["by"])]
+                sel = [i for i in in_dataset if band in (ALL, places[i]["band"]) and key in (ALL, places[i]["by"])]
                 if sel:
                     yield dict(dataset=dataset, q_band=band, **({"by_value": value} if by else {})), sel
 
 
-def _by_values(items: list[dict]) -> list[tuple]:
+def _by_values(places: list[dict]) -> list[tuple]:
     """(key, value) of each `by` value among the pairs, in value order."""
-    values = {i["by"]: i["by_value"] for i in items}
+    values = {p["by"]: p["by_value"] for p in places}
     return [(k, values[k]) for k in sorted(values, key=lambda k: value_order(values[k]))]
 
 
-def _group_row(sel: list[dict], row_labels: dict, margin: float | None, d: list, stats: dict, ci) -> dict:
-    """The statistics of one group's pairs `sel` under one metric (`stats`: `paired_stats`' settings; `d`: the
-    used pairs' differences, `ci`: their `mean_ci`), its margin and its tally."""
-    row = {**row_labels, **paired_stats(d, margin, **stats, ci=ci), "margin": margin, **_tally(sel, stats["labels"])}
-    unlearned = sum("not_learned" in i["statuses"] for i in sel)
+def _group_row(sel: list[int], row_labels: dict, places: list[dict], items: list[tuple], margin: float | None,
+               d: list, stats: dict, ci) -> dict:
+    """The statistics of one group's pairs `sel` (indexes of `places` and `items`, one metric's) (`stats`:
+    `paired_stats`' settings; `d`: the used pairs' differences, `ci`: their `mean_ci`), its margin and its tally."""
+    row = {**row_labels, **paired_stats(d, margin, **stats, ci=ci), "margin": margin,
+           **_tally(sel, places, items, stats["labels"])}
+    unlearned = sum("not_learned" in places[i]["statuses"] for i in sel)
     if len(d) < MIN_PAIRS and unlearned:  # say why there is no verdict: the models, not the statistics
         row["verdict"] = (f"not learned: {unlearned} of {len(sel)} pairs hold a run near chance level; "
                           "train longer")
     return row
 
 
-def _group_rows_of(slices: list[tuple[dict, list]], margin: float | None, stats: list[dict]) -> list[dict]:
-    """The row of one group under each metric (`slices`: the group's slice under each, `stats`: each metric's
-    settings): the metrics' differences resampled together, so that those of one size share the draws."""
-    used = [[i for i in sel if i["state"] == "used"] for _, sel in slices]
-    margins = [_group_margin(u, margin, st["higher_is_better"]) for u, st in zip(used, stats)]
-    ds = [[i["values"][1] - i["values"][0] for i in u] for u in used]
+def _group_rows_of(labels: dict, sel: list[int], places: list[dict], items: list[list], margin: float | None,
+                   stats: list[dict]) -> list[dict]:
+    """The row of one group (`sel`: its pairs) under each metric (`items`, `stats`: each metric's): the metrics'
+    differences resampled together, so that those of one size share the draws."""
+    used = [[i for i in sel if its[i][1] == "used"] for its in items]
+    margins = [_group_margin([its[i][0] for i in u], margin, st["higher_is_better"])
+               for u, its, st in zip(used, items, stats)]
+    ds = [[its[i][0][1] - its[i][0][0] for i in u] for u, its in zip(used, items)]
     resampled = [k for k, d in enumerate(ds) if len(d) >= MIN_PAIRS]  # fewer get no CI (`paired_stats`)
     cis = dict(zip(resampled, mean_cis([ds[k] for k in resampled], stats[0]["alpha"], stats[0]["n_boot"],
                                        stats[0]["seed"])))
-    return [_group_row(sel, labels, m, d, st, cis.get(k))
-            for k, ((labels, sel), m, d, st) in enumerate(zip(slices, margins, ds, stats))]
+    return [_group_row(sel, labels, places, its, m, d, st, cis.get(k))
+            for k, (its, m, d, st) in enumerate(zip(items, margins, ds, stats))]
 
 
-def _group_rows(slices: list[list[tuple[dict, list]]], margin: float | None, stats: list[dict]) -> list[list[dict]]:
-    """Each metric's group rows (`slices[j]`: metric j's slices, `stats[j]` its settings), in order. The metrics'
-    slices are of the same pairs (their states aside), so group k is computed for every metric at once
-    (`_group_rows_of`). Each group's bootstrap is its own seeded stream, and numpy draws and averages without the
-    GIL, so the groups are computed on several threads, the largest first: with 100,000 runs the resampling is
-    most of a comparison."""
-    count = len(slices[0])
-    at = lambda k: _group_rows_of([s[k] for s in slices], margin, stats)
-    workers = min(count, os.cpu_count() or 1)
-    if workers < 2 or sum(len(sel) for _, sel in slices[0]) < PARALLEL_PAIRS:
-        rows = [at(k) for k in range(count)]
+def _group_rows(slices: list[tuple[dict, list]], places: list[dict], items: list[list], margin: float | None,
+                stats: list[dict]) -> list[list[dict]]:
+    """Each metric's group rows (`items[j]`: metric j's `_pair_items`, `stats[j]` its settings), in the order of
+    `slices`; group k is computed for every metric at once (`_group_rows_of`). Each group's bootstrap is its own
+    seeded stream, and numpy draws and averages without the GIL, so the groups are computed on several threads,
+    the largest first: with 100,000 runs the resampling is most of a comparison."""
+    at = lambda k: _group_rows_of(*slices[k], places, items, margin, stats)
+    workers = min(len(slices), os.cpu_count() or 1)
+    if workers < 2 or sum(len(sel) for _, sel in slices) < PARALLEL_PAIRS:
+        rows = [at(k) for k in range(len(slices))]
     else:
-        largest_first = sorted(range(count), key=lambda k: -len(slices[0][k][1]))
+        largest_first = sorted(range(len(slices)), key=lambda k: -len(slices[k][1]))
         with ThreadPoolExecutor(workers) as pool:
             futures = {k: pool.submit(at, k) for k in largest_first}
-            rows = [futures[k].result() for k in range(count)]
-    return [[row[j] for row in rows] for j in range(len(slices))]
+            rows = [futures[k].result() for k in range(len(slices))]
+    return [[row[j] for row in rows] for j in range(len(items))]
 
 
 PARALLEL_PAIRS = 2000  # fewer pairs in all a comparison's groups are resampled faster than threads start
 
 
-def _group_margin(used: list[dict], margin: float | None, higher_is_better: bool) -> float | None:
+def _group_margin(used: list[tuple], margin: float | None, higher_is_better: bool) -> float | None:
     """The margin TOST tests a group against: the one given, else the accuracy default, else RELATIVE_MARGIN of
-    the pooled mean of the group's values (None without any)."""
+    the pooled mean of the group's values (`used`: each used pair's two values; None without any)."""
     if margin is not None:
         return float(margin)
     if higher_is_better:
         return ACCURACY_MARGIN
-    pooled = [v for i in used for v in i["values"]]
+    pooled = [v for values in used for v in values]
     # rounded to 3 significant digits, so the margin tested is the one printed
     return float(f"{RELATIVE_MARGIN * abs(float(np.mean(pooled))):.3g}") if pooled else None
 
 
-def _tally(sel: list[dict], labels: tuple) -> dict:
-    """How many pairs were left out and why: excluded ones per value and cause, unfinished, missing the metric."""
-    excluded = [i for i in sel if i["state"] == "excluded"]
-    per_value = lambda status: {t: sum(i["statuses"][k] == status for i in excluded) for k, t in enumerate(labels)}
+def _tally(sel, places: list[dict], items: list[tuple], labels: tuple) -> dict:
+    """How many of the pairs `sel` (indexes of `places` and of one metric's `items`) were left out and why:
+    excluded ones per value and cause, unfinished, missing the metric."""
+    states = Counter(items[i][1] for i in sel)
+    excluded = [places[i]["statuses"] for i in sel if items[i][1] == "excluded"]
+    per_value = lambda status: {t: sum(s[k] == status for s in excluded) for k, t in enumerate(labels)}
     return dict(
         n_excluded=len(excluded), diverged=per_value("diverged"), blown_up=per_value("blown_up"),
         not_learned=per_value("not_learned"),
-        failed=per_value("failed"), n_unfinished=sum(i["state"] == "unfinished" for i in sel),
-        n_missing=sum(i["state"] == "missing" for i in sel),
+        failed=per_value("failed"), n_unfinished=states["unfinished"], n_missing=states["missing"],
     )
 
 
