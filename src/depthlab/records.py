@@ -216,9 +216,11 @@ class RunRecord:
         if values.keys() != _FIELD_NAMES:
             raise TypeError(f"a record needs every field: {', '.join(sorted(_FIELD_NAMES ^ values.keys()))}")
         env, extra, history = values["env"], values["extra"], values["history"]
-        values.update(config=MappingProxyType(values["config"]), extra=MappingProxyType(extra) if extra else _EMPTY,
-                      env=env if type(env) is MappingProxyType else MappingProxyType(env),
-                      history=tuple(map(MappingProxyType, history)) if history else ())
+        values["config"] = MappingProxyType(values["config"])  # (items set one by one: 100,000 records a read)
+        values["extra"] = MappingProxyType(extra) if extra else _EMPTY
+        if type(env) is not MappingProxyType:
+            values["env"] = MappingProxyType(env)
+        values["history"] = tuple(map(MappingProxyType, history)) if history else ()
         record = object.__new__(cls)
         object.__setattr__(record, "__dict__", values)  # frozen: set as __post_init__ sets fields
         return record

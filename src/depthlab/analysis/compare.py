@@ -26,6 +26,7 @@ different recipes is not formed unless asked (`allow_mixed_recipes`), and `compa
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import math
@@ -71,10 +72,10 @@ def q_band(q) -> str:
     q = float(q)
     if q < 0:
         raise ValueError(f"q must be >= 0, got {q}")
-    for (lo, hi), label in zip(Q_BANDS, BAND_LABELS):
-        if lo <= q < hi:
-            return label
-    return BAND_LABELS[-1]  # q = inf
+    return BAND_LABELS[bisect.bisect_right(_BAND_STARTS, q) - 1]  # the bands follow each other: the last start <= q
+
+
+_BAND_STARTS = [lo for lo, _ in Q_BANDS]
 
 
 def _band_order(label: str) -> int:
@@ -387,7 +388,10 @@ def _pair_records(records, contrast, a, b, allow_mixed_recipes):
     buckets: dict[str, dict[str, list]] = {}
     for rec, (_, value), key in zip(records, _values_of(records, contrast), _pairing_keys(records, contrast)):
         if value in (key_a, key_b):
-            buckets.setdefault(key, {key_a: [], key_b: []})[value].append(rec)
+            bucket = buckets.get(key)
+            if bucket is None:  # (not setdefault: it would make a bucket for every run)
+                bucket = buckets[key] = {key_a: [], key_b: []}
+            bucket[value].append(rec)
     pairs, unpaired, duplicate, identical, mixed, mixed_precisions = [], 0, 0, 0, 0, 0
     for bucket in buckets.values():
         left, right = bucket[key_a], bucket[key_b]

@@ -983,8 +983,11 @@ def _records(cur: sqlite3.Cursor, sweep: str | None, sweeps: dict[str, list]) ->
         listed = tuple(sweeps.get(row[0], ()))
         listed = lists.setdefault(listed, listed)
         values = dict(zip(names, row))
-        values.update(config=parse(config)[0], env=shared_env, extra=parse(final)[0] if final else {},
-                      history=parse(history)[0] if history is not None else (), sweeps=listed)
+        values["config"] = parse(config)[0]
+        values["env"] = shared_env
+        values["extra"] = parse(final)[0] if final else {}
+        values["history"] = parse(history)[0] if history is not None else ()
+        values["sweeps"] = listed
         if sweep is not None:
             values["sweep"] = sweep
         out.append(make(values))
