@@ -59,6 +59,16 @@ def test_reparam_never_writes_over_a_runs_weights_or_the_store(trained, capsys):
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_reparam_out_at_a_folder_or_in_a_missing_one_is_one_line(trained, tmp_path, capsys):
+    """#23 bug 12: torch's file errors were raw tracebacks; now one line and exit 2, and nothing is left behind."""
+    store, record = trained
+    for out, says in ((tmp_path, "directory"), (tmp_path / "missing" / "merged.pt", "cannot write")):
+        assert main(["reparam", "--store", str(store), "--run", record.run_id, "--out", str(out)]) == 2
+        err = capsys.readouterr().err  # the run it read, then why it wrote nothing
+        assert says in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()
+
+
 def test_erf_on_fresh_models_and_a_stored_run(trained, capsys):
     assert main(["erf", "--kernels", "3,7", "--blocks", "1,4", "--branch", "lk", "--input-size", "24", "--batch",
                  "4", "--json"]) == 0
