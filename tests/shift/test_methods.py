@@ -115,3 +115,29 @@ def test_measure_streams_batches_and_reports_a_blow_up_as_diverged(small_net):
         next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).weight.fill_(float("nan"))
     bad = measure(model, x, y, (0.5,), (0.25,), Method("source"), 4, seed=0)
     assert bad["status"] == "diverged" and bad["loss"] is None and bad["accuracy"] is None
+
+
+@pytest.mark.parametrize("name", ["source", "norm", "alpha_bn"])
+def test_batches_of_one_taken_together_predict_as_one_at_a_time(small_net, name):
+    """A method that does not adapt predicts a batch of one from its example alone: `measure` computes its
+    batches of one many at a time, each example with its own statistics; the predictions are those of a forward
+    pass per example."""
+    from depthlab.data import normalise
+    from depthlab.shift import stream
+
+    model = small_net(dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (stream.ALONE_AT_ONCE + 9, 1, 12, 12), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 5, (len(x),), generator=g)
+    one = TestTimeModel(model, Method(name))
+    with torch.no_grad():
+        logits = torch.cat([one(normalise(x[i:i + 1], (0.5,), (0.25,))) for i in stream_order(len(x), 3)])
+    labels = y[stream_order(len(x), 3)]
+    out = measure(model, x, y, (0.5,), (0.25,), Method(name), 1, seed=3)
+    assert out["accuracy"] == (logits.argmax(1) == labels).double().mean().item()
+    assert out["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5)
+
+
+def test_an_adaptive_method_takes_its_batches_of_one_one_at_a_time(net):
+    with pytest.raises(ValueError, match="adapts batch by batch"):
+        TestTimeModel(net, Method("tent")).each_example_alone()

@@ -57,6 +57,7 @@ def test_a_killed_study_resumes_and_answers(tmp_path, spec_file, killed_when):
     assert {d["name"] for d in budget["designs"]} == {"d1", "d2", "d2-parallel"}
     assert all(d["seeds"] == 3 and d["params"] and d["latency_b1_ms"] > 0 for d in budget["designs"])
     assert budget["robustness"]["cells"] and not budget["robustness"]["skipped"]
+    assert budget["robustness"]["precisions"] == ["fp32"]  # on a CPU, whatever the training precision
     # a third time: nothing to train, the same answer in text, and status shows the study
     text = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "budget 6,000 parameters" in text.stdout and "depth" in text.stdout

@@ -9,6 +9,9 @@ not even computed), α = 1 is BN on the test batch's statistics ("norm": Schneid
 TENT's starting point). The batch variance is over N×H×W values per channel, so a batch of one image works; it
 is the unbiased one by default (n/(n-1)), and with `unbiased=False` α = 1 is exactly what a BN layer computes in
 train mode. Statistics flow into the gradient as in train-mode BN (TENT backpropagates through them).
+
+With `per_example` set, each example of a batch is normalised with its own statistics (over its H×W values), as
+if it were a batch of one: a stream of batches of one computed many examples at a time (`depthlab.shift.stream`).
 """
 
 from __future__ import annotations
@@ -30,19 +33,22 @@ class MixedBatchNorm(nn.Module):
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError("a BatchNorm without running statistics has no source statistics to mix")
         self.alpha, self.unbiased, self.eps = float(alpha), bool(unbiased), bn.eps
+        self.per_example = False  # each example of a batch with its own statistics, as a batch of one
         self.weight = nn.Parameter(bn.weight.detach().clone()) if bn.weight is not None else None
         self.bias = nn.Parameter(bn.bias.detach().clone()) if bn.bias is not None else None
         self.register_buffer("source_mean", bn.running_mean.detach().clone())
         self.register_buffer("source_var", bn.running_var.detach().clone())
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (mean, variance) this layer normalises `x` with."""
+        """The (mean, variance) this layer normalises `x` with: per channel, or with `per_example` per example and
+        channel (N×C)."""
         if self.alpha == 0.0:
             return self.source_mean, self.source_var
-        values = x.shape[0] * x.shape[2] * x.shape[3]
-        mean = x.mean(dim=(0, 2, 3))
+        dims = (2, 3) if self.per_example else (0, 2, 3)
+        values = x.shape[2] * x.shape[3] * (1 if self.per_example else x.shape[0])
+        mean = x.mean(dim=dims)
         # one value per channel has no unbiased variance: fall back to the biased one (0)
-        var = x.var(dim=(0, 2, 3), correction=1 if self.unbiased and values > 1 else 0)
+        var = x.var(dim=dims, correction=1 if self.unbiased and values > 1 else 0)
         if self.alpha == 1.0:
             return mean, var
         a = self.alpha
@@ -54,7 +60,8 @@ class MixedBatchNorm(nn.Module):
         # written out (eval-mode batch_norm takes no gradient through its statistics; TENT needs one)
         mean, var = self.statistics(x)
         shape = (1, -1, 1, 1)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        each = (*mean.shape, 1, 1) if mean.dim() == 2 else shape  # per example and channel, or per channel
+        y = (x - mean.view(each)) * torch.rsqrt(var.view(each) + self.eps)
         if self.weight is not None:
             y = y * self.weight.view(shape)
         if self.bias is not None:

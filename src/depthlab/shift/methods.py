@@ -128,6 +128,14 @@ class TestTimeModel:
             self.optimizer.step()
         return logits.detach()
 
+    def each_example_alone(self, on: bool = True) -> None:
+        """Normalise each example of a batch with its own statistics, as a batch of one would be (only for a method
+        that does not adapt: an adaptive one carries what each batch taught it to the next)."""
+        if on and self.optimizer is not None:
+            raise ValueError(f"{self.method.name} adapts batch by batch: its batches of one cannot be taken together")
+        for layer in mixed_layers(self.model):
+            layer.per_example = on
+
     def adapted_parameters(self) -> dict[str, torch.Tensor]:
         """The parameters an adaptive method trains (BN weight and bias), by name."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

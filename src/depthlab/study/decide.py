@@ -218,7 +218,7 @@ def robustness(spec: StudySpec, designs: list[Design], budget: int, runs: dict, 
                skipped: str | None) -> dict:
     """Mean accuracy under each corruption, method and batch size, per frontier design (over its seeds)."""
     out = dict(skipped=skipped, methods=list(spec.shift_methods), batch_sizes=list(spec.shift_batch_sizes),
-               corruptions=[], cells=[])
+               corruptions=[], precisions=[], cells=[])
     if skipped:
         return out
     frontier = lever_designs(designs, "depth", budget)
@@ -229,6 +229,8 @@ def robustness(spec: StudySpec, designs: list[Design], budget: int, runs: dict, 
         if name is not None and row["status"] == "done" and row["accuracy"] is not None:
             cells[(name, row["corruption"], row["method"], row["batch_size"])].append(row["accuracy"])
     out["corruptions"] = sorted({k[1] for k in cells})
+    out["precisions"] = sorted({(row.get("env") or {}).get("precision") or "?" for row in shift_rows
+                                if row["run_id"] in run_design})
     out["cells"] = [dict(design=k[0], corruption=k[1], method=k[2], batch_size=k[3], accuracy=float(np.mean(v)),
                          n=len(v)) for k, v in sorted(cells.items())]
     return out

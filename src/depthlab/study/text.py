@@ -84,7 +84,8 @@ def _robustness_lines(rob: dict) -> list[str]:
     for cell in rob["cells"]:
         means.setdefault((cell["design"], cell["method"], cell["batch_size"]), []).append(cell["accuracy"])
     designs = list(dict.fromkeys(c["design"] for c in rob["cells"]))
-    out = [f"  robustness (mean accuracy over {len(rob['corruptions'])} corruptions):"]
+    measured = f", measured in {', '.join(rob['precisions'])}" if rob.get("precisions") else ""
+    out = [f"  robustness (mean accuracy over {len(rob['corruptions'])} corruptions{measured}):"]
     for design in designs:
         parts = [f"{m} b{b} {sum(v) / len(v):.3f}" for (d, m, b), v in means.items() if d == design]
         out.append(f"    {design}: " + ", ".join(parts))
