@@ -57,6 +57,21 @@ def test_a_tie_is_resolved_by_cost():
     assert any(e.startswith("d2-parallel:") and "0.5 ms" in e for e in rec["evidence"])
 
 
+def test_latencies_within_the_tie_margin_choose_by_parameters_whatever_their_order():
+    """Two designs equally good and equally fast within latency noise: the choice must not follow the noise."""
+    recs = records({"d1": 0.80, "d2": 0.951, "d2-parallel": 0.950}, noise=0.001)
+    for fast, slow in (("d2", "d2-parallel"), ("d2-parallel", "d2")):
+        cost = {"d1": {"params": 6000, "latency_b1_ms": 0.1}, fast: {"params": 6000, "latency_b1_ms": 0.40},
+                slow: {"params": 5950, "latency_b1_ms": 0.40 * (1 + decide.LATENCY_TIE * 0.9)}}
+        res = decide.study_result(SPEC, DESIGNS, recs, {BY_NAME[n].key: c for n, c in cost.items()}, [])
+        rec = res["budgets"][0]["recommendation"]
+        assert rec["choice"] == slow and rec["decided"]  # within the tie: the fewer parameters
+        assert "count as equal" in rec["why"]
+    cost[slow]["latency_b1_ms"] = 0.40 * (1 + decide.LATENCY_TIE * 1.5)  # beyond the tie: the faster one
+    res = decide.study_result(SPEC, DESIGNS, recs, {BY_NAME[n].key: c for n, c in cost.items()}, [])
+    assert res["budgets"][0]["recommendation"]["choice"] == fast
+
+
 def test_everything_inconclusive_says_so_and_what_would_decide():
     recs = records({"d1": [0.80, 0.95, 0.88], "d2": [0.90, 0.86, 0.93], "d2-parallel": [0.95, 0.80, 0.90]})
     res = result(recs, latency={"d1": 0.1, "d2": 2.0, "d2-parallel": 0.5})  # the best (d2) is the dearest

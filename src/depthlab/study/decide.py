@@ -11,8 +11,9 @@ Every number here is read from the store or computed from what it holds; nothing
   or "inconclusive"; a contrast with fewer than 3 learned pairs says "not learned", and more seeds do not help it.
 - **Recommendation.** The best design by the metric's mean; the designs not worse than it by more than the margin
   (the CI of their paired difference to the best lies above -margin); among those the cheapest to run (latency at
-  batch 1, then parameters). It is undecided while a design whose comparison with the best is still open is
-  cheaper than the choice: more seeds, or a higher level, would decide it.
+  batch 1, then parameters, then FLOPs), latencies within `LATENCY_TIE` of the fastest counting as equal. It is
+  undecided while a design whose comparison with the best is still open is cheaper than the choice: more seeds,
+  or a higher level, would decide it.
 """
 
 from __future__ import annotations
@@ -151,6 +152,21 @@ def _cost_order(row: dict) -> tuple:
     return (latency if latency is not None else float("inf"), row.get("params") or 0)
 
 
+# Batch-1 latencies within this fraction of the fastest count as equal: the same networks measured in two quick
+# MNIST studies on one machine moved by up to 7% between runs, and under load two designs 1.5% apart swapped
+# places by 12%; a choice between them made by that noise would change from run to run. Fewer parameters, then
+# fewer FLOPs, then the latency itself decide among them.
+LATENCY_TIE = 0.10
+
+
+def _cheapest(rows: list[dict]) -> dict:
+    """The cheapest of `rows` to run (the module docstring): the fewest parameters, then FLOPs, among those whose
+    batch-1 latency is within LATENCY_TIE of the fastest (all of them when none was measured)."""
+    fastest = min(_cost_order(r)[0] for r in rows)
+    tied = [r for r in rows if _cost_order(r)[0] <= fastest * (1 + LATENCY_TIE)] or rows
+    return min(tied, key=lambda r: (r.get("params") or 0, r.get("flops") or float("inf"), _cost_order(r)[0]))
+
+
 def recommend(spec: StudySpec, budget: int, rows: list[dict], runs: dict) -> dict:
     """The recommendation at one budget (see the module docstring), from its designs' rows and runs. Designs whose
     inference parameters exceed the budget (the crop lever's mask: a sparse network still runs dense) are not
@@ -177,8 +193,8 @@ def recommend(spec: StudySpec, budget: int, rows: list[dict], runs: dict) -> dic
             not_worse.append(row_d)
         elif d["ci_high"] is None or d["ci_high"] >= -spec.margin:
             open_.append(row_d)  # neither within the margin nor surely beyond it
-    choice = min(not_worse, key=_cost_order)
-    cheaper_open = [r for r in open_ if _cost_order(r) < _cost_order(choice)]
+    choice = _cheapest(not_worse)
+    cheaper_open = [r for r in open_ if _cheapest([*not_worse, r]) is r]  # would be chosen, were it not worse
     out.update(not_worse=[r["name"] for r in not_worse], choice=choice["name"], decided=not cheaper_open,
                undecided=[r["name"] for r in cheaper_open], undecided_keys=[r["key"] for r in cheaper_open],
                best_key=best["key"])
@@ -207,11 +223,12 @@ def _evidence(spec: StudySpec, best: dict, row: dict) -> str:
 
 
 def _why(spec: StudySpec, best: dict, choice: dict) -> str:
+    rule = f"latencies within {LATENCY_TIE:.0%} of the fastest count as equal, then fewer parameters"
     if choice is best:
         return (f"{best['name']} has the best {spec.metric} ({best['metric_mean']:.4f}) and no design within the "
-                "margin runs cheaper")
+                f"margin runs cheaper ({rule})")
     return (f"{choice['name']} is within {spec.margin:g} of the best {spec.metric} ({best['name']}, "
-            f"{best['metric_mean']:.4f}) and the cheapest of those that are ({_fmt_cost(choice)})")
+            f"{best['metric_mean']:.4f}) and the cheapest of those that are ({_fmt_cost(choice)}; {rule})")
 
 
 def robustness(spec: StudySpec, designs: list[Design], budget: int, runs: dict, shift_rows: list[dict],
