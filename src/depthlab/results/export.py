@@ -128,7 +128,7 @@ def _flat_parts(records: list[RunRecord], parts: tuple, *, safe: bool = False,
                 raw: bool = False) -> tuple[list[list], list[list]]:
     """(each row's cells before its `env.<key>` columns, each row's `env.<key>` cells): `_flat_rows` in two parts,
     the second one list per environment, shared by the rows of the runs that share it (a pack's: `Store.records`),
-    so that a writer can format it once (`_write_csv`). The cells are what `_cell` makes of `record.as_row()` with
+    so that a writer can format it once (`_write_csv_rows`). The cells are what `_cell` makes of `record.as_row()` with
     the pack and `env.<key>` columns over it (`_generic_rows`), read here field by field instead; with `raw`, the
     first part holds the values, not yet cells, for a writer that makes a column of them at once (`_column_cells`)."""
     config, extra, env = parts

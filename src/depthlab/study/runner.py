@@ -194,5 +194,6 @@ def _shift(spec: StudySpec, designs, store, store_path, device, precision: str, 
         return
     _, names, severities = shift_corruptions(spec)
     run_shift(store_path, device=device, data_root=data_root, examples=spec.shift_examples, progress=progress,
-              log=log, precision=shift_precision(device, precision), runs=runs, corruptions=names, severities=severities,
-              methods=spec.shift_methods, batch_sizes=spec.shift_batch_sizes, alphas=SHIFT_ALPHAS)
+              log=log, precision=shift_precision(device, precision), runs=runs, corruptions=names,
+              severities=severities, methods=spec.shift_methods, batch_sizes=spec.shift_batch_sizes,
+              alphas=SHIFT_ALPHAS)
