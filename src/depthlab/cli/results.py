@@ -11,7 +11,7 @@ from depthlab import choices
 from depthlab.cli.args import int_between, positive_float
 from depthlab.errors import DepthlabError
 from depthlab.outputs import check_out
-from depthlab.results.store import DEFAULT_STORE  # a light import: sqlite3 and depthlab.records
+from depthlab.results.store import DEFAULT_STORE, collector_paused  # light: sqlite3 and depthlab.records
 
 STORE_HELP = "results store (SQLite file; default: %(default)s)"
 RAW = argparse.RawDescriptionHelpFormatter  # the descriptions below keep their own line breaks
@@ -23,16 +23,6 @@ def _open_store(path: str):
     from depthlab.results.store import Store
 
     return Store.existing(path, readonly=True)
-
-
-def _paused_collector():
-    """Python's cycle collector paused for a read command (`depthlab.results.store.collector_paused`): reading
-    a large store makes millions of objects, which the collector's passes would walk again and again, during the
-    read and the analysis after it, to free nothing (records hold no cycles); 100,000 runs: 0.2 s of a full pass
-    right after the read, and a sixth of `results` before."""
-    from depthlab.results.store import collector_paused
-
-    return collector_paused()
 
 
 def cmd_status(args) -> int:
@@ -127,7 +117,9 @@ def cmd_results(args) -> int:
 
     if args.out != "-":
         check_out(args.out, args.store)  # before the store is read: never over the store, its WAL or its weights
-    with _paused_collector():
+    # the records hold no cycles: the collector's passes over millions of them, during the read and the
+    # analysis after it, would free nothing (100,000 runs: a full pass was 0.2-0.8 s of each command)
+    with collector_paused():
         with _open_store(args.store) as store:
             _check_sweep(store, args.sweep)
             records = store.records(status=args.status, sweep=args.sweep, history=args.history)
@@ -163,7 +155,7 @@ def cmd_compare(args) -> int:
     else:
         from depthlab.shift.records import METRICS as default  # what a shift row measures
     metrics = args.metric or list(default)
-    with _paused_collector():
+    with collector_paused():
         records = _sweep_records(args) if table == "runs" else _shift_records(args)
         records, by = _combined_by(records, args.by, args.contrast)
         report = compare_report(records, margin=args.margin, by=by, metrics=metrics, alpha=args.alpha,
@@ -216,7 +208,7 @@ def cmd_summary(args) -> int:
     from depthlab.analysis.summary import DEFAULT_SUMMARY_METRICS, format_summary, summarise
 
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
-    with _paused_collector():
+    with collector_paused():
         records = _sweep_records(args)
         summary = summarise(records, by=by, metrics=args.metric or DEFAULT_SUMMARY_METRICS)
     return _print(summary, args.json, format_summary)

@@ -259,12 +259,7 @@ def curve_runs(records: list[RunRecord], n: int = 8, metric: str = "val_loss",
     (run, None, nan)."""
     drawable = lambda rec: len(curve(rec, metric)) >= MIN_EPOCHS
     chosen, count = [], 0
-    pairs = [(s, p) for s, p in used_pairs(records, metric, order) if drawable(s) and drawable(p)]
-    pairs.sort(key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
-    per_wiring: dict[str, list] = {}
-    for s, p in pairs:
-        per_wiring.setdefault(str(p.config.get("topology")), []).append((s, p))
-    pairs = [sp for turn in zip_longest(*per_wiring.values()) for sp in turn if sp is not None]
+    pairs = _in_turn([(s, p) for s, p in used_pairs(records, metric, order) if drawable(s) and drawable(p)], metric)
     for s, p in pairs:
         if count >= n:
             break
@@ -275,6 +270,16 @@ def curve_runs(records: list[RunRecord], n: int = 8, metric: str = "val_loss",
         singles = [r for r in records if r.status == "done" and drawable(r)][:n]
         chosen = [(r, None, float("nan")) for r in singles]
     return chosen
+
+
+def _in_turn(pairs: list[tuple], metric: str) -> list[tuple]:
+    """(deep, shallow) `pairs` by largest |shallow − deep| final `metric` first, taken in turn from each shallower
+    wiring, so that every wiring shows (`curve_runs`, `curve_candidates`)."""
+    pairs = sorted(pairs, key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
+    per_wiring: dict[str, list] = {}
+    for s, p in pairs:
+        per_wiring.setdefault(str(p.config.get("topology")), []).append((s, p))
+    return [sp for turn in zip_longest(*per_wiring.values()) for sp in turn if sp is not None]
 
 
 CANDIDATES = 2  # curve_candidates picks this many times the runs drawn: a run can have too few finite values
@@ -290,12 +295,7 @@ def curve_candidates(records: list[RunRecord], n: int = 8, metric: str = "val_lo
     ran = lambda rec: (rec.epochs_run or 0) >= MIN_EPOCHS
     ids: list[str] = []
     for _, subset in split(records, by):
-        pairs = [(s, p) for s, p in used_pairs(subset, metric, order) if ran(s) and ran(p)]
-        pairs.sort(key=lambda sp: -abs(float(sp[1].metric(metric)) - float(sp[0].metric(metric))))
-        per_wiring: dict[str, list] = {}
-        for s, p in pairs:
-            per_wiring.setdefault(str(p.config.get("topology")), []).append((s, p))
-        turns = [sp for turn in zip_longest(*per_wiring.values()) for sp in turn if sp is not None]
+        turns = _in_turn([(s, p) for s, p in used_pairs(subset, metric, order) if ran(s) and ran(p)], metric)
         ids += [rec.run_id for sp in turns[:CANDIDATES * n] for rec in sp]
         if not turns:
             ids += [r.run_id for r in [r for r in subset if r.status == "done" and ran(r)][:CANDIDATES * n]]

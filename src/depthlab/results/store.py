@@ -472,14 +472,11 @@ class Store:
         (writing our schema or WAL mode into somebody else's database would change it)."""
         # One read transaction, so one snapshot: a peer still creating the store commits its migrations one by
         # one, and read apart the version could predate the tables (which would then look foreign).
-        self._conn.execute("BEGIN")
-        try:
+        with self._snapshot():
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             tables = sorted(r[0] for r in self._conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
             columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-        finally:
-            self._conn.execute("COMMIT")
         if version > SCHEMA_VERSION:
             raise DepthlabError(f"{self.path}: written by a newer depthlab (store schema {version}; this depthlab "
                                 f"reads up to {SCHEMA_VERSION}); upgrade depthlab to read it")
