@@ -253,7 +253,7 @@ def main(argv=None):
     for (topology, blocks), precision, layout in itertools.product(SHAPES, precisions, ("NCHW", "channels_last")):
         config = next(c for c in configs if c.topology == topology and c.blocks == blocks)
         rates = {s: training_throughput([config.replace(seed=i) for i in range(s)], data, precision=precision,
-                                        channels_last=layout == "channels_last", steps=args.steps,
+                                        layout=layout.lower(), steps=args.steps,
                                         warmup=args.warmup)
                  for s in sizes}
         best = max(rates, key=rates.get)

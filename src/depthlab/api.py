@@ -90,14 +90,14 @@ def run_sweep(spec="demo", store="depthlab.sqlite", *, overrides: dict | None = 
     return runs(store, sweep=sweep.name)
 
 
-RUN_OPTIONS = ("device", "backend", "ray_address", "precision", "data_root", "train", "log")
+RUN_OPTIONS = ("device", "backend", "ray_address", "precision", "layout", "data_root", "train", "log")
 
 
 def run_study(spec=None, store="depthlab.sqlite", *, progress: bool = True, **fields) -> dict:
     """Run (or resume) a study, as `depthlab study` does, and return its result (the dict `--json` prints).
     `spec`: a StudySpec, a dict of study fields or a YAML path (as `--write-spec` writes); keywords: study fields
     on top of it (dataset, budgets, level, levers, ...; the name defaults as on the command line) and the run
-    options of `run_study` (device, backend, precision, data_root, train)."""
+    options of `run_study` (device, backend, precision, layout, data_root, train)."""
     from depthlab.study import runner
     from depthlab.study.design import StudySpec, default_name, read_spec_file
 

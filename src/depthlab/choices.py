@@ -41,6 +41,9 @@ BUDGET_BY = ("hidden", "width")  # what param_budget sets
 # -- where and how the commands run ----------------------------------------------------------------------------
 DEVICES = ("auto", "cpu", "cuda")  # by name, as depthlab.run.runner.resolve_device takes them
 BACKENDS = ("local", "ray")  # depthlab.run.runner (this process) or depthlab.run.ray_backend
+# the activations' memory layout a pack trains in (depthlab.train.engine.use_channels_last): auto is channels_last
+# on CUDA, in bf16 and for large kernels, NCHW for float32 on a CPU (thread-count independent weights, bit for bit)
+LAYOUTS = ("auto", "channels_last", "nchw")
 COMPARE_TABLES = ("runs", "shift")  # what `depthlab compare` pairs: trained runs, or `depthlab shift`'s rows
 
 # -- test-time methods under covariate shift (depthlab.shift.methods), and what each does ----------------------

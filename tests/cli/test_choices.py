@@ -25,6 +25,7 @@ REGISTRIES = {
     "stem_stride": (choices, "STEM_STRIDES"),
     "device": (choices, "DEVICES"),
     "backend": (choices, "BACKENDS"),
+    "layout": (choices, "LAYOUTS"),
     "table": (choices, "COMPARE_TABLES"),
     "kind": (choices, "PLOT_KINDS"),
     "precision": (precision, "PRECISIONS"),

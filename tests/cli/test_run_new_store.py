@@ -41,3 +41,25 @@ def test_a_refused_sweep_leaves_an_existing_store_as_it_was(tmp_path, capsys):
     assert "width: got -1" in capsys.readouterr().err
     with Store(store, readonly=True) as s:
         assert [r.sweeps for r in s.records()] == [("earlier",)]
+
+
+def test_run_trains_in_the_layout_asked_and_records_it(tmp_path):
+    """float32 on a CPU trains NCHW unless --layout says otherwise; each run records what it computed in."""
+    from depthlab.results.store import Store
+
+    store = tmp_path / "s.sqlite"
+    for seed, layout in enumerate(("auto", "channels_last")):  # another seed each: a run trains once, in any layout
+        assert main(["run", spec_file(tmp_path), "--store", str(store), "--quiet", "--precision", "fp32",
+                     "--layout", layout, "--no-compare", "--set", f"seed={seed}"]) == 0
+    with Store(store, readonly=True) as s:
+        assert sorted((r.config["seed"], r.env["channels_last"]) for r in s.records()) == [(0, False), (1, True)]
+
+
+def test_an_unknown_layout_from_python_is_refused_before_the_store_exists(tmp_path):
+    from depthlab.errors import SpecError
+    from depthlab.run.runner import run_sweep
+    from depthlab.spec.grid import SweepSpec
+
+    with pytest.raises(SpecError, match="layout: got 'nhwc'.*auto, channels_last, nchw"):
+        run_sweep(SweepSpec.from_dict(BASE), tmp_path / "new.sqlite", layout="nhwc", progress=False)
+    assert not (tmp_path / "new.sqlite").exists()

@@ -242,6 +242,9 @@ def test_the_engine_asks_the_type_for_the_layout_and_it_computes_the_same(case):
     assert use_channels_last(torch.device("cpu"), spec, "fp32") is kind.channels_last_on_cpu
     assert use_channels_last(torch.device("cpu"), spec, "bf16") and use_channels_last(torch.device("cuda"), spec,
                                                                                        "fp32")
+    for layout, expected in (("channels_last", True), ("nchw", False)):  # a chosen layout is the layout
+        assert all(use_channels_last(torch.device(d), spec, p, layout) is expected
+                   for d in ("cpu", "cuda") for p in ("fp32", "bf16"))
     net = build(spec.replace(topology="parallel"), seed=0).double().eval()
     x = torch.randn(3, 1, 10, 10, dtype=torch.float64)
     nchw = net(x)

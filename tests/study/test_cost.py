@@ -61,6 +61,11 @@ def test_threads_are_set_for_the_measurement_and_restored():
     assert torch.get_num_threads() == before
 
 
+def test_the_training_step_is_measured_in_the_layout_asked():
+    assert cost.measure(_config(), "cpu", "fp32", **QUICK)["channels_last"] is False  # the engine's default
+    assert cost.measure(_config(), "cpu", "fp32", layout="channels_last", **QUICK)["channels_last"] is True
+
+
 def test_auto_precision_is_recorded_resolved():
     got = cost.measure(_config(blocks=2), "cpu", "auto", **QUICK)
     assert got["precision"] in ("fp32", "bf16")
@@ -89,6 +94,7 @@ def test_cost_key_names_what_the_cost_depends_on():
                          "cpu", "fp32", 2) == key
     assert cost.cost_key(base, "cpu", "bf16", 2) != key
     assert cost.cost_key(base, "cpu", "fp32", 1) != key
+    assert cost.cost_key(base, "cpu", "fp32", 2, "channels_last") != key == cost.cost_key(base, "cpu", "fp32", 2, "auto")
     for changed in (base.replace(batch_size=64), base.replace(dataset="cifar10"), base.replace(width=16),
                     base.replace(topology="parallel")):
         assert cost.cost_key(changed, "cpu", "fp32", 2) != key

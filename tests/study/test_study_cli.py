@@ -51,6 +51,8 @@ def test_a_killed_study_resumes_and_answers(tmp_path, spec_file, killed_when):
     with Store(store, readonly=True) as s:  # the level validates every 4th epoch and the last: of 2, the last
         recs = s.records(sweep="study tiny")
     assert {r.env.get("eval_every") for r in recs} == {4}
+    # float32 on a CPU, where `depthlab run` trains NCHW: the study asks for channels_last (levels.LAYOUT)
+    assert {(r.env["precision"], r.env["channels_last"]) for r in recs} == {("fp32", True)}
     assert all(["val_acc" in h for h in r.history] == [False, True] for r in recs)
     result = json.loads(done.stdout)
     (budget,) = result["budgets"]
@@ -61,6 +63,7 @@ def test_a_killed_study_resumes_and_answers(tmp_path, spec_file, killed_when):
     # a third time: nothing to train, the same answer in text, and status shows the study
     text = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "budget 6,000 parameters" in text.stdout and "depth" in text.stdout
+    assert "in fp32 (channels_last)" in text.stdout
     assert "trained 0 runs" not in text.stdout
     status = subprocess.run([sys.executable, "-m", "depthlab.cli.main", "status", "--store", str(store)],
                             capture_output=True, text=True, timeout=60)

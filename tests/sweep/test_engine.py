@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from depthlab.errors import SpecError
 from depthlab.data import load
 from depthlab.train import engine, recipe
 from depthlab.spec.config import RunConfig
@@ -134,7 +135,7 @@ def test_bf16_training_ends_close_to_fp32(data):
         for metric in ("train_loss", "val_loss", "test_loss"):
             assert a.final[metric] == pytest.approx(b.final[metric], rel=0.05), metric
         assert a.final["train_loss"] != b.final["train_loss"]  # bf16 really ran
-    exact = train_pack(configs, data, channels_last=True, keep_weights=True)
+    exact = train_pack(configs, data, layout="channels_last", keep_weights=True)
     for a, b in zip(exact, plain):  # NHWC kernels sum in another order: float32 round-off, nothing more
         assert_same_run(a, b, rtol=1e-3, atol=1e-4)
 
@@ -230,6 +231,15 @@ def test_precision_layout_and_pack_size_are_recorded(data):
                for r in results)
     (lk,) = train_pack([config(epochs=1, branch="lk", kernel=5)], data, precision="fp32")
     assert lk.env["channels_last"] is True  # large depthwise kernels: channels_last on the CPU in any precision
+    (chosen,) = train_pack([config(epochs=1)], data, precision="fp32", layout="channels_last")
+    assert chosen.env["channels_last"] is True and chosen.env["precision"] == "fp32"
+    (lk,) = train_pack([config(epochs=1, branch="lk", kernel=5)], data, precision="fp32", layout="nchw")
+    assert lk.env["channels_last"] is False  # a chosen layout overrides the branch type's
+
+
+def test_an_unknown_layout_is_refused_naming_the_allowed_ones(data):
+    with pytest.raises(SpecError, match="layout.*auto, channels_last, nchw"):
+        train_pack([config(epochs=1)], data, layout="nhwc")
 
 
 def test_evaluation_batches_stay_cache_sized_on_a_cpu():

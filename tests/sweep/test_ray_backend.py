@@ -60,8 +60,8 @@ def test_ray_runs_record_each_epoch_as_it_ends(tmp_path, monkeypatch):
 
 
 def test_ray_runs_validate_as_asked_and_log_to_tensorboard(tmp_path):
-    """The execution options reach the Ray tasks (eval_every) and the driver writes each run's TensorBoard log
-    from the epochs the tasks stream, as the local backend does."""
+    """The execution options reach the Ray tasks (eval_every, layout) and the driver writes each run's TensorBoard
+    log from the epochs the tasks stream, as the local backend does."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -69,9 +69,10 @@ def test_ray_runs_validate_as_asked_and_log_to_tensorboard(tmp_path):
 
     store_path, board = tmp_path / "ray.sqlite", tmp_path / "tb"
     run_sweep_ray(sweep(tmp_path, {"topology": ["sequential", "parallel"]}, epochs=3), store_path, device="cpu",
-                  max_pack=1, progress=False, eval_every=2, tensorboard=board)
+                  max_pack=1, progress=False, eval_every=2, tensorboard=board, precision="fp32",
+                  layout="channels_last")
     records = Store(store_path).records()
-    assert len(records) == 2 and all(r.env["eval_every"] == 2 for r in records)
+    assert len(records) == 2 and all(r.env["eval_every"] == 2 and r.env["channels_last"] for r in records)
     for rec in records:
         assert ["val_acc" in h for h in rec.history] == [False, True, True]
         scalars = EventAccumulator(str(board / rec.run_id)).Reload()

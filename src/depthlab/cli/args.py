@@ -55,6 +55,18 @@ def add_precision(parser, help: str) -> None:
     parser.add_argument("--precision", default="auto", choices=precision.PRECISIONS, help=help)
 
 
+def add_layout(parser, default: str = "auto", why: str = "") -> None:
+    """The `--layout` option of the commands that train (`depthlab.choices.LAYOUTS`)."""
+    from depthlab.choices import LAYOUTS
+
+    parser.add_argument("--layout", default=default, choices=LAYOUTS,
+                        help="the activations' memory layout in training. auto: channels_last on CUDA, in bf16 and "
+                        "for lk blocks; NCHW for float32 on a CPU, whose weights are then the same bit for bit on "
+                        "one intra-op thread or two. channels_last trains float32 1.1-3x faster on a CPU; its "
+                        "weights differ by round-off with the thread count. Recorded per run (channels_last in its "
+                        "environment; not part of its identity)" + why)
+
+
 def described(values: dict[str, str], width: int = 104) -> str:
     """A registry's values and what each means, one under the other with the meanings aligned (for a raw
     description: `depthlab.choices` declares both, so a new value shows up here by itself)."""

@@ -7,7 +7,7 @@ import dataclasses
 import os
 
 from depthlab import choices
-from depthlab.cli.args import Defaults, add_precision, positive_int
+from depthlab.cli.args import Defaults, add_layout, add_precision, positive_int
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.spec.grid import PRESETS, check_name
 from depthlab.results.store import DEFAULT_STORE
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     add_precision(p, help="auto: bf16 autocast where the device computes bf16 natively (CUDA; CPUs with AVX-512 "
                   "BF16, AMX or Arm BF16), fp32 elsewhere; fp32 reproduces the engine's float32 training. Recorded "
                   "per run (not part of its identity: a finished run is not trained again in another precision)")
+    add_layout(p)
     p.add_argument("--no-complexity", dest="complexity", action="store_false",
                    help="skip each run's geometric complexity (10 backward passes over 128 examples at the end; "
                    "recorded as null, and as complexity: false in the run's environment)")
@@ -122,7 +123,7 @@ def _dry_run(args, spec, device) -> int:
         return 0
     store = Store(args.store, readonly=True) if os.path.exists(args.store) else None
     the_plan = plan(spec, store, device, args.limit, args.max_pack, add=False, precision=args.precision,
-                    workers=args.workers, store_path=args.store)
+                    workers=args.workers, store_path=args.store, layout=args.layout)
     if store is not None:
         store.close()
     measured = (f"; the pack sizes of {the_plan.uncalibrated} shape(s) may be measured when they first train, "
@@ -157,12 +158,13 @@ def _train_sweep(args, spec, device) -> dict:
                              address=args.ray_address, data_root=args.data_root, progress=not args.quiet,
                              compile=args.compile, save_weights=args.save_weights,
                              retry_failed=args.retry_failed, precision=args.precision,
-                             complexity=args.complexity, eval_every=args.eval_every, tensorboard=args.tensorboard)
+                             complexity=args.complexity, eval_every=args.eval_every, tensorboard=args.tensorboard,
+                             layout=args.layout)
     return run_sweep(spec, args.store, device=device, limit=args.limit, max_pack=args.max_pack,
                      compile=args.compile, save_weights=args.save_weights, data_root=args.data_root,
                      progress=not args.quiet, retry_failed=args.retry_failed, precision=args.precision,
                      complexity=args.complexity, workers=args.workers, tensorboard=args.tensorboard,
-                     eval_every=args.eval_every)
+                     eval_every=args.eval_every, layout=args.layout)
 
 
 def _print_trained(args, spec, summary: dict) -> None:

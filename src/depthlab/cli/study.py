@@ -9,13 +9,13 @@ import shutil
 import sys
 
 from depthlab import choices
-from depthlab.cli.args import Defaults, add_precision
+from depthlab.cli.args import Defaults, add_layout, add_precision
 from depthlab.data import registry
 from depthlab.errors import SpecError
 from depthlab.results.store import DEFAULT_STORE
 from depthlab.study.design import LEVERS, default_name, parse_budgets, read_spec_file
 from depthlab.study import levels
-from depthlab.study.levels import DEFAULT_LEVEL, LEVELS
+from depthlab.study.levels import DEFAULT_LEVEL, LAYOUT, LEVELS
 
 
 def register(subparsers) -> None:
@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="local", choices=choices.BACKENDS, help="local, or ray: packs as Ray tasks")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     add_precision(p, help="what the runs train in (auto: bf16 where the device computes it natively)")
+    add_layout(p, default=LAYOUT, why=". The study's default is channels_last: its float32 runs train 2-3x faster "
+               "on a CPU so")
     p.add_argument("--data-root", default=None, help="dataset directory (default: $DEPTHLAB_DATA or "
                    "~/.cache/depthlab)")
     p.add_argument("--write-spec", default=None, metavar="FILE",
@@ -119,7 +121,7 @@ def cmd_study(args) -> int:
         check_out(args.report, args.store, what="--report")  # before hours of training, not after
     result = run_study(spec, args.store, device=args.device, backend=args.backend, ray_address=args.ray_address,
                        precision=args.precision, data_root=args.data_root, progress=not args.quiet,
-                       train=not args.no_train)
+                       train=not args.no_train, layout=args.layout)
     if args.report:
         from depthlab.study.html import write_study_html
 

@@ -29,6 +29,7 @@ from depthlab.run.driver import Driver
 from depthlab.run.ray_reaper import Reaper, processes_below
 from depthlab.run.runner import open_sweep, starting_models
 from depthlab.train.engine import check_eval_every
+from depthlab.choices import LAYOUTS, check
 from depthlab.run.tensorboard import open_board
 from depthlab.spec.grid import SweepSpec
 from depthlab.run.workers import Stopped
@@ -39,7 +40,7 @@ RAY_GPU_MAX_PACK = 64
 
 def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: int, compile: bool = False,
                 keep_weights: bool = False, initial=None, precision: str = "auto", complexity: bool = True,
-                eval_every: int = 1):
+                eval_every: int = 1, layout: str = "auto"):
     """Body of the Ray task, a generator: load (or reuse) the dataset, train the pack, and yield what the driver
     records as it happens: ("loaded",), ("epoch", i, metrics) after each epoch of the i-th config, ("split",
     sizes) after an out-of-memory error, then ("results", results)."""
@@ -54,8 +55,8 @@ def _train_task(config_dicts: list[dict], device: str, data_root, cpu_threads: i
     yield ("loaded",)
     yield from _streamed(lambda on_epoch, on_split, interrupt: train_pack_splitting(
         configs, dataset, device=device, compile=compile, keep_weights=keep_weights, initial=initial,
-        precision=precision, complexity=complexity, eval_every=eval_every, on_epoch=on_epoch, on_split=on_split,
-        interrupt=interrupt))
+        precision=precision, layout=layout, complexity=complexity, eval_every=eval_every, on_epoch=on_epoch,
+        on_split=on_split, interrupt=interrupt))
 
 
 def _streamed(train):
@@ -110,10 +111,10 @@ class RayExecutor:
     process hands them to the driver as they arrive."""
 
     def __init__(self, ray, device: str, slots: int, data_root, *, compile: bool, precision: str,
-                 complexity: bool, eval_every: int = 1):
+                 complexity: bool, eval_every: int = 1, layout: str = "auto"):
         self.ray, self.device, self.slots, self.data_root = ray, device, slots, data_root
         self.options = {"compile": compile, "precision": precision, "complexity": complexity,
-                        "eval_every": eval_every}
+                        "eval_every": eval_every, "layout": layout}
         self.task = ray.remote(num_gpus=1 if device == "cuda" else 0, num_cpus=1, max_retries=0)(_train_task)
         self.in_flight: dict = {}  # a task's stream of events -> its _Pack
         self._slots = itertools.count()
@@ -205,7 +206,7 @@ def _reaper(before: set) -> Reaper | None:
 def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max_pack=None, address=None,
                   data_root=None, progress=True, num_cpus=None, compile=False, save_weights=False,
                   retry_failed=False, log=None, precision="auto", complexity=True, eval_every: int = 1,
-                  tensorboard=None) -> dict:
+                  tensorboard=None, layout: str = "auto") -> dict:
     """`depthlab.run.runner.run_sweep` with every pack trained as a Ray task, on the cluster at `address` (None:
     the one this process is connected to, else a local one started for the sweep, with `num_cpus`). The
     TensorBoard logs (`tensorboard`) are written here, by the driver, from the epochs the tasks stream."""
@@ -215,6 +216,7 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
         raise DepthlabError("the ray backend needs Ray: pip install 'depthlab[ray]'") from None
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_eval_every(eval_every)
+    check("layout", layout, LAYOUTS)
     board = open_board(tensorboard, spec.name, log)  # refused before Ray starts or the store is touched
     started_here = not ray.is_initialized()
     before, reaper = processes_below(os.getpid()) if started_here else set(), None
@@ -227,13 +229,14 @@ def run_sweep_ray(spec: SweepSpec, store_path, *, device="auto", limit=None, max
         if device == "cuda" and max_pack is None:
             max_pack = RAY_GPU_MAX_PACK
         store, the_plan = open_sweep(spec, store_path, torch.device("meta"), log, limit=limit, max_pack=max_pack,
-                                     retry_failed=retry_failed, save_weights=save_weights, precision=precision)
+                                     retry_failed=retry_failed, save_weights=save_weights, precision=precision,
+                                     layout=layout)
         if reaper is not None:
             reaper.refresh()  # what Ray's processes have started since: agents that a slow raylet started late
         driver = Driver(spec.name, store, the_plan, store_path=store_path, log=log, save_weights=save_weights,
                         title=f"{spec.name} on ray ({slots} {device} slots)", progress=progress, tensorboard=board)
         summary = driver.run(RayExecutor(ray, device, slots, data_root, compile=compile, precision=precision,
-                                         complexity=complexity, eval_every=eval_every))
+                                         complexity=complexity, eval_every=eval_every, layout=layout))
     finally:
         if started_here:
             ray.shutdown()

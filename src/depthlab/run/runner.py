@@ -22,6 +22,7 @@ import torch
 
 from depthlab import precision as precisions
 from depthlab import stopping
+from depthlab.choices import LAYOUTS, check
 from depthlab.errors import DepthlabError, SpecError
 from depthlab.train import engine
 from depthlab.results import weights
@@ -52,6 +53,7 @@ class SweepPlan:
     todo: list            # RunConfigs still to train (pending or interrupted)
     packs: list           # todo grouped into packs (at the calibrated size, or the cap where none is known yet)
     precision: str = "fp32"  # what the runs train in: fp32 or bf16 (auto resolved for the device)
+    layout: str = "auto"     # their activations' layout (depthlab.choices.LAYOUTS; auto: the engine's default)
     sizes: dict = dataclasses.field(default_factory=dict)  # {pack key: calibrated pack size} known to the store
     uncalibrated: int = 0  # shapes without a measured pack size: measured when they first train, if worth it
     workers: int = 1      # packs trained side by side (depthlab.run.workers)
@@ -88,12 +90,13 @@ class DataCache:
 
 def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int | None = None,
          max_pack: int | None = None, add: bool = True, retry_failed: bool = False, store_path=None,
-         save_weights: bool = False, precision: str = "fp32", workers: int | None = None) -> SweepPlan:
+         save_weights: bool = False, precision: str = "fp32", workers: int | None = None,
+         layout: str = "auto") -> SweepPlan:
     """What a run of `spec` against `store` would train; with `add`, its runs are added to the store first
     (with `retry_failed`, its failed runs are put back to pending; with `save_weights`, its done runs whose
     weights file under `store_path` is missing are put back to pending, to be trained again with them).
-    Packs take the pack sizes the store has calibrated for `device`, `precision` and the intra-op threads of
-    each of `workers` (None: the default; see depthlab.train.packs and depthlab.run.workers)."""
+    Packs take the pack sizes the store has calibrated for `device`, `precision`, `layout` and the intra-op
+    threads of each of `workers` (None: the default; see depthlab.train.packs and depthlab.run.workers)."""
     precision = precisions.resolve(precision, device) if device.type != "meta" else precision
     configs = spec.configs()
     if not configs:
@@ -119,7 +122,7 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
     workers = default_workers(device, len(todo), workers)
     sizes, uncalibrated, threads = {}, 0, threads_per_worker(workers)
     for members in groups(todo) if device.type == "cpu" else ():
-        key = calibration_key(members[0], device, precision, threads)
+        key = calibration_key(members[0], device, precision, threads, layout)
         size = store.pack_size(key) if store is not None else None
         if size is not None:
             sizes[members[0].pack_key()] = size
@@ -127,8 +130,8 @@ def plan(spec: SweepSpec, store: Store | None, device: torch.device, limit: int 
             uncalibrated += 1
     return SweepPlan(total=len(configs), finished=finished, todo=todo,
                      packs=make_packs(todo, device, max_pack, sizes, precision, defaults=True, workers=workers),
-                     precision=precision, sizes=sizes, uncalibrated=uncalibrated, workers=workers, threads=threads,
-                     superseded=superseded, reopened=reopened, orphans=orphans)
+                     precision=precision, layout=layout, sizes=sizes, uncalibrated=uncalibrated, workers=workers,
+                     threads=threads, superseded=superseded, reopened=reopened, orphans=orphans)
 
 
 def check_starts(configs: list[RunConfig], store: Store | None, store_path) -> None:
@@ -159,13 +162,14 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
         return min(the_plan.sizes[key], cap)
     if device.type != "cpu" or len(members) == 1 or cap == 1:
         return default
-    cache = calibration_key(members[0], device, the_plan.precision, the_plan.threads)
+    cache = calibration_key(members[0], device, the_plan.precision, the_plan.threads, the_plan.layout)
     size = store.pack_size(cache)  # a peer runner may have measured it meanwhile
     if size is None and not worth_calibrating(members, int(dataset.train_x.shape[0]), cap):
         return default
     if size is None:
         try:  # up to the cap, not to the runs waiting: a later sweep of the shape reuses the measurement
-            size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap, interrupt=interrupt)
+            size, rates = calibrate(members[0], dataset, device, the_plan.precision, cap, interrupt=interrupt,
+                                    layout=the_plan.layout)
         except Exception as err:  # noqa: BLE001 - a measurement that fails costs speed, not results
             if is_device_error(err):
                 raise
@@ -266,7 +270,8 @@ class LocalExecutor:
         try:
             results = train_pack_splitting(
                 configs, dataset, device=self.device, compile=self.compile, keep_weights=driver.save_weights,
-                precision=driver.plan.precision, complexity=self.complexity, eval_every=self.eval_every,
+                precision=driver.plan.precision, layout=driver.plan.layout, complexity=self.complexity,
+                eval_every=self.eval_every,
                 initial=starting_models(configs, driver.store_path, dataset),
                 on_epoch=lambda i, metrics: driver.epoch(configs[i], metrics),
                 on_split=lambda sizes: driver.split(configs, sizes), interrupt=interrupt)
@@ -279,20 +284,22 @@ class LocalExecutor:
 def run_sweep(spec: SweepSpec, store_path, *, device="auto", limit: int | None = None, max_pack: int | None = None,
               compile: bool = False, save_weights: bool = False, data_root=None, progress: bool = True,
               retry_failed: bool = False, log=None, precision: str = "auto", complexity: bool = True,
-              workers: int | None = None, tensorboard=None, eval_every: int = 1) -> dict:
+              workers: int | None = None, tensorboard=None, eval_every: int = 1, layout: str = "auto") -> dict:
     """Train every unfinished run of `spec` into the store at `store_path` at `precision` (auto, fp32, bf16; see
-    depthlab.precision), with or without the geometric complexity, `workers` packs at a time (None: two on a CPU
-    with two cores or more, one on a GPU; see depthlab.run.workers), each trained run's epochs written as
+    depthlab.precision) in the activations' `layout` (auto, channels_last, nchw; see engine.use_channels_last),
+    with or without the geometric complexity, `workers` packs at a time (None: two on a CPU with two cores or
+    more, one on a GPU; see depthlab.run.workers), each trained run's epochs written as
     TensorBoard scalars under `tensorboard`/RUN_ID when a directory is given (depthlab.run.tensorboard), the
     validation split measured every `eval_every`-th epoch and the last (how a run is computed, like the
-    precision: recorded in its environment, not part of its id). Returns a summary dict."""
+    precision and the layout: recorded in its environment, not part of its id). Returns a summary dict."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     engine.check_eval_every(eval_every)  # before the store is touched
+    check("layout", layout, LAYOUTS)
     board = open_board(tensorboard, spec.name, log)  # refused before the store is touched
     device = resolve_device(device) if isinstance(device, str) else device
     store, the_plan = open_sweep(spec, store_path, device, log, limit=limit, max_pack=max_pack,
                                  retry_failed=retry_failed, save_weights=save_weights, precision=precision,
-                                 workers=workers)
+                                 workers=workers, layout=layout)
     driver = Driver(spec.name, store, the_plan, store_path=store_path, log=log, save_weights=save_weights,
                     title=f"{spec.name} ({the_plan.finished}/{the_plan.total} done before)", progress=progress,
                     env={"workers": the_plan.workers}, tensorboard=board)

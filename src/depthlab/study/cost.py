@@ -79,15 +79,17 @@ def shape_fields(config: RunConfig) -> dict:
     return {k: v for k, v in values.items() if k not in TRAINING_ONLY or k in keep}
 
 
-def cost_key(config: RunConfig, device: torch.device | str, precision: str, threads: int) -> str:
+def cost_key(config: RunConfig, device: torch.device | str, precision: str, threads: int,
+             layout: str = "auto") -> str:
     """The key a cost is stored under: what it depends on, as canonical JSON. The network's shape and batch
     (`shape_fields`: model fields, dataset, batch_size, the pruning fields of a crop), the device
-    (`device_name`), the precision (`auto` resolved on the device), torch's intra-op threads, and the torch
-    and depthlab versions. Two configs that differ only in how they train (seed, lr, ...) share a key."""
+    (`device_name`), the precision (`auto` resolved on the device), the training layout where one is chosen,
+    torch's intra-op threads, and the torch and depthlab versions. Two configs that differ only in how they train
+    (seed, lr, ...) share a key."""
     return canonical_json({
         "shape": shape_fields(config), "device": device_name(device),
-        "precision": precisions.resolve(precision, device), "threads": int(threads),
-        "torch": torch.__version__, "depthlab": depthlab.__version__,
+        "precision": precisions.resolve(precision, device), **({} if layout == "auto" else {"layout": layout}),
+        "threads": int(threads), "torch": torch.__version__, "depthlab": depthlab.__version__,
     })
 
 
@@ -160,8 +162,9 @@ def _forward_times(net, x, precision: str, device: torch.device, repeats: int, w
 
 def measure(config: RunConfig, device: torch.device | str, precision: str = "fp32", *, steps: int = 5,
             warmup: int = 2, repeats: tuple[int, int] = REPEATS, threads: int | None = None,
-            dataset=None) -> dict:
-    """The cost of `config`'s network on `device` at `precision` (auto, fp32, bf16; `depthlab.precision`):
+            dataset=None, layout: str = "auto") -> dict:
+    """The cost of `config`'s network on `device` at `precision` (auto, fp32, bf16; `depthlab.precision`),
+    trained in `layout` (`depthlab.choices.LAYOUTS`):
 
     - `params`: inference parameters of the network actually trained (a crop design's narrower one; a mask
       design's dense one), merged (BatchNorms folded, re-param kernels merged): `spec_params(spec, merged=True)`;
@@ -170,13 +173,13 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
       counted), for the dataset's input size;
     - `train_samples_per_s`: examples per second of one model's training step (forward, backward, AdamW step as
       the engine steps it) at `config.batch_size` on random inputs of the dataset's shape, in train mode under the
-      precision's autocast, with the engine's activation layout: batch_size over the median of `steps` step
+      precision's autocast, in the layout the engine trains in at `layout`: batch_size over the median of `steps` step
       times after `warmup` untimed steps. This is how "the shallow form trains faster" is measured;
     - `latency_b1_ms`, `latency_b256_ms`: the median time of one forward of the merged, eval-mode network at
       batch 1 and 256 (under `torch.inference_mode` and the precision's autocast), over `repeats` = (batch 1,
       batch 256) forwards after `warmup` untimed ones;
     - `threads` (torch's intra-op threads it ran with: `threads`, else the current count), `device`
-      (`device_name`) and `precision` (resolved).
+      (`device_name`), `precision` (resolved) and `channels_last` (the training step's layout).
 
     The network is built here (its seed's weights: the global RNG is left as it was) and thrown away; inputs come
     from a generator of their own. Torch's thread count is restored afterwards.
@@ -192,7 +195,7 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
     with intra_op_threads(threads):
         net = initial_network(config, dataset)
         spec = net.spec
-        net.channels_last = use_channels_last(device, spec, precision)  # the layout the engine trains in
+        net.channels_last = use_channels_last(device, spec, precision, layout)  # as the engine trains it
         net = net.to(device).train()
         # an eval-mode copy, BN folded and kernels merged; its new convolutions are constructed (drawing initial
         # weights from the global RNG before they are overwritten), so the RNG is held and restored around it
@@ -218,22 +221,24 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
         "threads": threads,
         "device": device_name(device),
         "precision": precision,
+        "channels_last": net.channels_last,
     }
 
 
 def costs(store, configs: Iterable[RunConfig], device: torch.device | str, precision: str, *,
           log: Callable[[str], None] | None = None, threads: int | None = None, dataset=None,
-          **measure_options) -> dict[str, dict]:
+          layout: str = "auto", **measure_options) -> dict[str, dict]:
     """{config_id: cost} of each config (`measure`'s dict), read from `store` where it holds the config's
     `cost_key` and measured (then saved with `store.save_cost`) where it does not. Configs that share a key (that
     differ only in how they train: seed, lr, ...) are measured once. `log(message)` gets one line before a batch
     of measurements. `threads`: torch's intra-op threads to measure with (the current count by default);
     `dataset`: a `depthlab.data.Dataset`, or a function config -> Dataset, for the crops that need the training
-    data (see `initial_network`); `measure_options` (steps, warmup, repeats) go to `measure`."""
+    data (see `initial_network`); `layout`, the training layout the throughput is measured in; `measure_options`
+    (steps, warmup, repeats) go to `measure`."""
     device = torch.device(device)
     precision = precisions.resolve(precision, device)
     threads = int(threads or torch.get_num_threads())
-    keyed = [(config_id(c.to_dict()), cost_key(c, device, precision, threads), c) for c in configs]
+    keyed = [(config_id(c.to_dict()), cost_key(c, device, precision, threads, layout), c) for c in configs]
     found: dict[str, dict] = {}
     missing: dict[str, RunConfig] = {}  # key -> the first config with it
     for _, key, config in keyed:
@@ -249,7 +254,7 @@ def costs(store, configs: Iterable[RunConfig], device: torch.device | str, preci
             f"({precision}, {threads} thread{'s' * (threads != 1)}); {len(found)} from the store")
     for key, config in missing.items():
         data = dataset(config) if callable(dataset) else dataset
-        cost = measure(config, device, precision, threads=threads, dataset=data, **measure_options)
+        cost = measure(config, device, precision, threads=threads, dataset=data, layout=layout, **measure_options)
         store.save_cost(key, cost)
         found[key] = cost
     return {cid: found[key] for cid, key, _ in keyed}

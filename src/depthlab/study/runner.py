@@ -13,8 +13,10 @@ from __future__ import annotations
 import sys
 import time
 
+from depthlab.choices import LAYOUTS, check
 from depthlab.errors import DepthlabError
 from depthlab.study import decide
+from depthlab.study.levels import LAYOUT
 from depthlab.study.design import StudySpec, designs as make_designs, lever_designs, study_sweep
 
 SHIFT_ALPHAS = (0.1,)  # alpha-BN's weight on the batch statistics ((1 - α) source + α batch): the paper's default
@@ -69,15 +71,17 @@ def _as_read(recorded: dict) -> dict:
 
 def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "local", ray_address=None,
               precision: str = "auto", data_root=None, progress: bool = True, log=None,
-              train: bool = True) -> dict:
+              train: bool = True, layout: str = LAYOUT) -> dict:
     """Run (or resume) the study into the store at `store_path` and return its result (`decide.study_result`).
-    `train=False` reads what the store holds and trains nothing (`depthlab study --no-train`)."""
+    `train=False` reads what the store holds and trains nothing (`depthlab study --no-train`). Its runs train,
+    and their cost is measured, in the activations' `layout` (`depthlab.study.levels.LAYOUT` by default)."""
     from depthlab import precision as precisions
     from depthlab.results.store import Store, check_store_path
     from depthlab.run.runner import resolve_device
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_store_path(store_path)
+    check("layout", layout, LAYOUTS)
     started = time.perf_counter()
     designs = make_designs(spec)  # refuses a budget no design of a lever can meet, before anything runs
     skipped = skipped_levers(spec)
@@ -90,39 +94,39 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
         seeds = state["seeds"]
         if train:
             clock = time.perf_counter()
-            costs = _costs(store, designs, cost_device, resolved, log)
+            costs = _costs(store, designs, cost_device, resolved, layout, log)
             seconds["cost"] = time.perf_counter() - clock
             seeds = _rounds(spec, designs, costs, store, store_path, state, dict(
                 device=device, backend=backend, ray_address=ray_address, precision=precision, data_root=data_root,
-                progress=progress, log=log, eval_every=spec.eval_every), seconds)
+                progress=progress, log=log, eval_every=spec.eval_every, layout=layout), seconds)
             if "shift" in spec.levers and "shift" not in skipped:
                 clock = time.perf_counter()
                 _shift(spec, designs, store, store_path, cost_device, resolved, data_root, progress, log)
                 seconds["shift"] = time.perf_counter() - clock
             store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "done"})
         else:
-            costs = {d.key: store.cost(_cost_key(d, cost_device, resolved)) for d in designs}
+            costs = {d.key: store.cost(_cost_key(d, cost_device, resolved, layout)) for d in designs}
         records = store.records(sweep=spec.sweep)
         shift_rows = store.shift_rows([r.run_id for r in records]) if "shift" in spec.levers else []
     seconds["total"] = time.perf_counter() - started
-    env = dict(device=str(cost_device), precision=resolved, seconds={k: round(v, 1) for k, v in seconds.items()})
+    env = dict(device=str(cost_device), precision=resolved, layout=layout, seconds={k: round(v, 1) for k, v in seconds.items()})
     return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env)
 
 
-def _cost_key(d, device, precision: str) -> str:
+def _cost_key(d, device, precision: str, layout: str) -> str:
     import torch
 
     from depthlab.study.cost import cost_key
 
-    return cost_key(d.config(0), device, precision, torch.get_num_threads())
+    return cost_key(d.config(0), device, precision, torch.get_num_threads(), layout)
 
 
-def _costs(store, designs, device, precision: str, log) -> dict:
+def _costs(store, designs, device, precision: str, layout: str, log) -> dict:
     """{design key: cost} measured on this machine (only those the store lacks)."""
     from depthlab.records import config_id
     from depthlab.study.cost import costs
 
-    measured = costs(store, [d.config(0) for d in designs], device, precision, log=log)
+    measured = costs(store, [d.config(0) for d in designs], device, precision, log=log, layout=layout)
     return {d.key: measured.get(config_id(d.config(0).to_dict())) for d in designs}
 
 
@@ -153,7 +157,7 @@ def _rounds(spec: StudySpec, designs, costs: dict, store, store_path, state: dic
 
 
 def _train(sweep, store_path, *, device, backend, ray_address, precision, data_root, progress, log,
-           eval_every: int) -> dict:
+           eval_every: int, layout: str) -> dict:
     """Train the sweep's missing runs, with their weights (the robustness lever and later analyses load them) and
     without the geometric complexity (the study does not read it; it would count as time outside training)."""
     if backend == "ray":
@@ -161,11 +165,11 @@ def _train(sweep, store_path, *, device, backend, ray_address, precision, data_r
 
         return run_sweep_ray(sweep, store_path, device=device, address=ray_address, data_root=data_root,
                              progress=progress, save_weights=True, precision=precision, log=log, complexity=False,
-                             eval_every=eval_every)
+                             eval_every=eval_every, layout=layout)
     from depthlab.run.runner import run_sweep
 
     return run_sweep(sweep, store_path, device=device, save_weights=True, data_root=data_root, progress=progress,
-                     precision=precision, log=log, complexity=False, eval_every=eval_every)
+                     precision=precision, log=log, complexity=False, eval_every=eval_every, layout=layout)
 
 
 def shift_corruptions(spec: StudySpec) -> tuple[str, list[str], object]:

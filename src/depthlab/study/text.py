@@ -28,7 +28,8 @@ def format_study(result: dict, width: int = 100) -> str:
     seconds = result.get("seconds") or {}
     lines = [f"study {result['study']}: {result['dataset']}, level {result['level']}, metric {result['metric']} "
              f"(margin {result['margin']:g}; each of {result['looks']} looks at alpha "
-             f"{result['alpha_per_look']:.3g}); {result.get('device', '?')} in {result.get('precision', '?')}, "
+             f"{result['alpha_per_look']:.3g}); {result.get('device', '?')} in {result.get('precision', '?')}"
+             f"{f' ({layout})' if (layout := result.get('layout')) else ''}, "
              f"{_num(seconds.get('total'), '.0f')} s ({_num(seconds.get('training'), '.0f')} s training)"]
     for budget in result["budgets"]:
         lines += [""] + _budget_lines(result, budget)

@@ -4,9 +4,11 @@ sweeps, the plain (no-skip) control of a lesion study and the fine-tuning after 
 Each model of the pack keeps its own seed (initial weights and data order), learning rate, weight decay and
 augmentation; a model whose loss turns NaN/inf is frozen and recorded as `diverged` while its pack-mates carry
 on. The precision (`depthlab.precision`: float32, or bf16 autocast where the device has native bf16) is the
-caller's choice and recorded; float32 is what the tests check against one-model-at-a-time training. On CUDA, and
-on the CPU in bf16 or for branch types that declare it (large depthwise kernels), activations are channels_last
-(measured faster there: `bench/cpu_throughput.py`, `bench/lk_speed.py`); a pack may be `torch.compile`d.
+caller's choice and recorded; float32 is what the tests check against one-model-at-a-time training. So is the
+activations' layout (`use_channels_last`): by default channels_last on CUDA, and on the CPU in bf16 or for branch
+types that declare it (large depthwise kernels), measured faster there (`bench/cpu_throughput.py`,
+`bench/lk_speed.py`); NCHW for float32 on the CPU, whose weights are then the same bit for bit on any number of
+intra-op threads. A pack may be `torch.compile`d.
 
 Metrics, per epoch: `train_loss`/`train_acc` are the running means over that epoch's minibatches (train mode,
 augmented data); `val_loss`/`val_acc` are measured in eval mode on the whole validation split; `seconds` is the
@@ -51,6 +53,7 @@ from depthlab.train import recipe
 from depthlab.spec.config import RunConfig
 from depthlab.train.optim import PackedOptimizer
 from depthlab.errors import SpecError
+from depthlab.choices import LAYOUTS, check
 from depthlab.train.recipe import RECIPE  # the recipe's version, and its history: depthlab.train.recipe
 
 # Model-images per evaluation forward on a CPU (see evaluation_batch). Speed only, so not in the recipe's table:
@@ -157,7 +160,7 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
     the store); `keep_weights`; `initial`: one entry per config, None (initialise from the config's seed) or a
     one-model `ResidualNet` of the config's shape to start from (fine-tuning; the seed still sets the data
     order); `precision` (see `depthlab.precision`: auto, fp32 or bf16; fp32 by default, as the engine always
-    computed off CUDA); `channels_last` (None: on for CUDA, for bf16 and for the branch types that declare it);
+    computed off CUDA); `layout` (`depthlab.choices.LAYOUTS`, see `use_channels_last`);
     `complexity` (False: skip the geometric complexity, recorded as None); `eval_every` (validate every N-th
     epoch and the last: the epochs between record training metrics only; what the run learns does not change);
     `interrupt()`, called before every training step (raise from it to stop: how a sweep's worker threads stop,
@@ -169,11 +172,12 @@ def train_pack(configs: list[RunConfig], dataset, *, device="cpu", **kwargs) -> 
 
 def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, compile: bool = False,
                 on_epoch=None, keep_weights: bool = False, precision: str = "fp32",
-                channels_last: bool | None = None, initial=None, complexity: bool = True, eval_every: int = 1,
+                layout: str = "auto", initial=None, complexity: bool = True, eval_every: int = 1,
                 interrupt=None) -> list[RunResult]:
     if len({c.pack_key() for c in configs}) != 1:
         raise ValueError("train_pack() takes configs of one pack key (same shape and training loop)")
     check_eval_every(eval_every)
+    check("layout", layout, LAYOUTS)  # before the set-up's work
     precision = precisions.resolve(precision, device)
     c0, models, table = configs[0], len(configs), recipe.TABLE
     start = time.perf_counter()
@@ -182,7 +186,7 @@ def _train_pack(configs: list[RunConfig], dataset, *, device: torch.device, comp
     # the optimizer and the batches, the training steps and the evaluation
     net, masks, pruning = _starting_pack(configs, dataset, initial, device)
     net.train()
-    net.channels_last = channels_last = use_channels_last(device, net.spec, precision, channels_last)
+    net.channels_last = channels_last = use_channels_last(device, net.spec, precision, layout)
     forward = torch.compile(net) if compile else net
     optimizer, batches = _optimizer(configs, net, table), _batches(configs, dataset, table)
     steps = _Steps(forward, net, masks, optimizer, functools.partial(table.lr_factor, c0.schedule),
@@ -395,15 +399,20 @@ def evaluation_batch(device: torch.device, batch_size: int, models: int) -> int:
     return size
 
 
-def use_channels_last(device: torch.device, spec, precision: str, given: bool | None = None) -> bool:
-    """Whether a pack's activations run channels_last (`given` decides when not None). They do on CUDA; on the
-    CPU for the branch types that declare it (`channels_last_on_cpu`: large depthwise kernels, whose NCHW weight
-    gradient is ~3x slower on one thread and 10-100x slower with several threads on a busy machine,
-    bench/lk_speed.py), and in bf16, whose CPU kernels are blocked for NHWC (bench/cpu_throughput.py). Otherwise
-    float32 on the CPU stays NCHW: recipe 1's float32 training, bit for bit. Only activations: weights stay
-    contiguous so that the optimizer can view them as (M, -1)."""
-    if given is not None:
-        return given
+def use_channels_last(device: torch.device, spec, precision: str, layout: str = "auto") -> bool:
+    """Whether a pack's activations run channels_last: as `layout` says (`depthlab.choices.LAYOUTS`), or by
+    default (auto) where measured faster: on CUDA; on the CPU for the branch types that declare it
+    (`channels_last_on_cpu`: large depthwise kernels, whose NCHW weight gradient is ~3x slower on one thread and
+    10-100x slower with several threads on a busy machine, bench/lk_speed.py), and in bf16, whose CPU kernels are
+    blocked for NHWC (bench/cpu_throughput.py). Float32 on the CPU stays NCHW by default, although channels_last
+    trains 1.1-1.4x faster at the demo's shapes and 2-3x at the study's (`bench/cpu_throughput.py`): NCHW's
+    float32 weights are the same bit for bit on one intra-op thread or two, so a run learns the same alone or
+    beside another pack, and recipe 1's float32 training is kept bit for bit. channels_last's weight gradients are
+    summed in an order that follows the threads (round-off only). Only activations: weights stay contiguous so
+    that the optimizer can view them as (M, -1)."""
+    check("layout", layout, LAYOUTS)
+    if layout != "auto":
+        return layout == "channels_last"
     return device.type == "cuda" or branch_type(spec.branch).channels_last_on_cpu or precision == "bf16"
 
 
@@ -454,7 +463,7 @@ def _forward_backward(forward, xb, yb, alive, precision: str, device: torch.devi
 
 
 def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", precision: str = "fp32",
-                        channels_last: bool | None = None, steps: int = 4, warmup: int = 2, interrupt=None) -> float:
+                        layout: str = "auto", steps: int = 4, warmup: int = 2, interrupt=None) -> float:
     """Model-samples per second of the engine's training step (forward, backward, optimizer) on a pack of
     `configs` (one pack key) from their initial weights, timed over `steps` steps after `warmup` untimed ones
     (allocator, kernel caches). What pack sizes are calibrated by (`depthlab.train.packs`). `interrupt()` is
@@ -462,7 +471,7 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
     device = torch.device(device)
     precision = precisions.resolve(precision, device)
     net = pack(_starting_models(configs, dataset, None)).to(device).train()
-    net.channels_last = use_channels_last(device, net.spec, precision, channels_last)
+    net.channels_last = use_channels_last(device, net.spec, precision, layout)
     optimizer, batches = _optimizer(configs, net, recipe.TABLE), _batches(configs, dataset, recipe.TABLE)
     alive = torch.ones(len(configs), dtype=torch.bool, device=device)
     stream = itertools.chain.from_iterable(batches.epoch(epoch) for epoch in itertools.count())

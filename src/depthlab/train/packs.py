@@ -120,18 +120,21 @@ def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
     return min(CPU_DEFAULT_PACK[precision], cap) if device.type == "cpu" else cap
 
 
-def calibration_key(config: RunConfig, device: torch.device, precision: str, threads: int | None = None) -> str:
-    """What a calibrated pack size depends on: the shape and training step, the precision, and the machine with
-    the intra-op threads a pack trains on (`threads`, default torch's now)."""
+def calibration_key(config: RunConfig, device: torch.device, precision: str, threads: int | None = None,
+                    layout: str = "auto") -> str:
+    """What a calibrated pack size depends on: the shape and training step, the precision and the activations'
+    layout, and the machine with the intra-op threads a pack trains on (`threads`, default torch's now). The
+    default layout is left out of the key, which stores calibrated before layouts were a choice still match."""
     step = [list(kv) for kv in config.pack_key() if kv[0] not in SPEED_NEUTRAL]
     threads = torch.get_num_threads() if threads is None else threads
-    return canonical_json({"pack_key": step, "precision": precision,
+    chosen = {} if layout == "auto" else {"layout": layout}
+    return canonical_json({"pack_key": step, "precision": precision, **chosen,
                            "device": describe_device(device), "threads": threads,
                            "torch": torch.__version__, "cpus": os.cpu_count()})
 
 
 def calibrate(config: RunConfig, dataset, device: torch.device, precision: str, cap: int,
-              interrupt=None) -> tuple[int, dict]:
+              interrupt=None, layout: str = "auto") -> tuple[int, dict]:
     """The pack size of `config`'s shape that trains fastest on `device`, and {size: model-samples/s} of the
     sizes tried. Sizes double from 1 up to `cap`; the search stops once a size is clearly slower than the
     fastest so far (a larger pack will not win either). `interrupt()` is called before every step."""
@@ -139,7 +142,7 @@ def calibrate(config: RunConfig, dataset, device: torch.device, precision: str, 
     for size in calibration_sizes(cap):
         # copies of the first config with other seeds: only the shape and the loop matter to the speed
         copies = [config.replace(seed=config.seed + i, init_from=None) for i in range(size)]
-        rates[size] = training_throughput(copies, dataset, device=device, precision=precision,
+        rates[size] = training_throughput(copies, dataset, device=device, precision=precision, layout=layout,
                                           steps=CALIBRATION_STEPS, warmup=CALIBRATION_WARMUP, interrupt=interrupt)
         if rates[size] < (1 - CALIBRATION_GIVE_UP) * max(rates.values()):
             break
