@@ -80,3 +80,10 @@ def test_the_suite_runs_auto_as_each_kind_of_cpu(cpu_kind):
         code = "from depthlab import precision; print(precision.resolve('auto', 'cpu'))"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert out.stdout.split() == ["fp32"], out.stderr
+
+
+def test_a_study_evaluates_in_float32_on_a_cpu_and_in_the_training_precision_elsewhere():
+    from depthlab.precision import for_inference
+
+    assert [for_inference(p, "cpu") for p in ("auto", "fp32", "bf16")] == ["fp32"] * 3
+    assert for_inference("bf16", "cuda") == "bf16" and for_inference("fp32", "cuda") == "fp32"

@@ -49,6 +49,18 @@ def autocast(precision: str, device: torch.device | str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve(precision, device) == "bf16")
 
 
+def for_inference(precision: str, device: torch.device | str) -> str:
+    """The precision a study evaluates trained networks in, a batch of 1 to 256 at a time (its latencies, its
+    robustness lever's streams of 1 and 64): float32 on a CPU, else `precision` resolved. On a CPU bf16 autocast
+    casts every weight again at every forward, which such batches do not repay even where bf16 is native: the
+    robustness lever's batch-1 streams took 1.3-2x as long in bf16 (MNIST, 4 blocks at 20k parameters, 2
+    corruptions of 256 examples: TENT 2.35 against 1.78 s, alpha-BN 0.68 against 0.39, source 0.49 against
+    0.24), and a merged network's forward at batch 1 likewise (`depthlab.study.cost`)."""
+    import torch
+
+    return "fp32" if torch.device(device).type == "cpu" else resolve(precision, device)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 natively (not emulated)."""
     import torch

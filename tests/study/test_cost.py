@@ -66,6 +66,12 @@ def test_the_training_step_is_measured_in_the_layout_asked():
     assert cost.measure(_config(), "cpu", "fp32", layout="channels_last", **QUICK)["channels_last"] is True
 
 
+def test_latencies_are_measured_in_float32_on_a_cpu_whatever_the_training_precision():
+    got = cost.measure(_config(), "cpu", "bf16", **QUICK)  # bf16 is emulated where it is not native: still valid
+    assert got["precision"] == "bf16" and got["latency_precision"] == "fp32"
+    assert cost.cost_key(_config(), "cpu", "bf16", 2) != cost.cost_key(_config(), "cpu", "fp32", 2)
+
+
 def test_auto_precision_is_recorded_resolved():
     got = cost.measure(_config(blocks=2), "cpu", "auto", **QUICK)
     assert got["precision"] in ("fp32", "bf16")

@@ -122,3 +122,14 @@ def test_the_answer_fits_the_terminal_with_accuracy_beside_every_verdict(width):
     assert text.index("recommended: d2") < text.index("levers")
     verdict_lines = [line for line in text.splitlines() if line.lstrip().startswith(("depth ", "wiring "))]
     assert len(verdict_lines) == 2 and all(" 0.8" in line or " 0.9" in line for line in verdict_lines)
+
+
+def test_the_header_says_how_the_study_computed_where_it_is_not_the_training_precision():
+    from depthlab.study.text import format_study
+
+    res = result(records({"d1": 0.80, "d2": 0.95, "d2-parallel": 0.85}))
+    head = lambda **env: format_study({**res, "device": "cpu", **env}, width=300).splitlines()[0]  # noqa: E731
+    assert "cpu in bf16 (channels_last; latencies in fp32)," in head(precision="bf16", layout="channels_last",
+                                                                      inference_precision="fp32")
+    assert "cpu in fp32 (channels_last)," in head(precision="fp32", layout="channels_last", inference_precision="fp32")
+    assert "cpu in fp32," in head(precision="fp32")  # a result from before layouts were recorded

@@ -83,12 +83,13 @@ def cost_key(config: RunConfig, device: torch.device | str, precision: str, thre
              layout: str = "auto") -> str:
     """The key a cost is stored under: what it depends on, as canonical JSON. The network's shape and batch
     (`shape_fields`: model fields, dataset, batch_size, the pruning fields of a crop), the device
-    (`device_name`), the precision (`auto` resolved on the device), the training layout where one is chosen,
-    torch's intra-op threads, and the torch and depthlab versions. Two configs that differ only in how they train
+    (`device_name`), the precision (`auto` resolved on the device) and the one latencies are measured in, the
+    training layout where one is chosen, torch's intra-op threads, and the torch and depthlab versions. Two configs that differ only in how they train
     (seed, lr, ...) share a key."""
     return canonical_json({
         "shape": shape_fields(config), "device": device_name(device),
-        "precision": precisions.resolve(precision, device), **({} if layout == "auto" else {"layout": layout}),
+        "precision": precisions.resolve(precision, device), "latency": precisions.for_inference(precision, device),
+        **({} if layout == "auto" else {"layout": layout}),
         "threads": int(threads), "torch": torch.__version__, "depthlab": depthlab.__version__,
     })
 
@@ -176,8 +177,9 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
       precision's autocast, in the layout the engine trains in at `layout`: batch_size over the median of `steps` step
       times after `warmup` untimed steps. This is how "the shallow form trains faster" is measured;
     - `latency_b1_ms`, `latency_b256_ms`: the median time of one forward of the merged, eval-mode network at
-      batch 1 and 256 (under `torch.inference_mode` and the precision's autocast), over `repeats` = (batch 1,
-      batch 256) forwards after `warmup` untimed ones;
+      batch 1 and 256 under `torch.inference_mode`, over `repeats` = (batch 1, batch 256) forwards after `warmup`
+      untimed ones, in `latency_precision` (`depthlab.precision.for_inference`: float32 on a CPU, where bf16
+      autocast re-casts every weight at every forward, the training precision elsewhere);
     - `threads` (torch's intra-op threads it ran with: `threads`, else the current count), `device`
       (`device_name`), `precision` (resolved) and `channels_last` (the training step's layout).
 
@@ -208,10 +210,10 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
         y = torch.randint(spec.num_classes, (config.batch_size,), generator=g).to(device)
         step_times = _train_step_times(net, x, y, precision, device, steps, warmup)
 
-        latency = {}
+        latency, inference = {}, precisions.for_inference(precision, device)
         for batch, count in zip(LATENCY_BATCHES, repeats):
             xb = torch.randn(batch, *shape, generator=g).to(device)
-            latency[batch] = _median_ms(_forward_times(fused, xb, precision, device, count, warmup))
+            latency[batch] = _median_ms(_forward_times(fused, xb, inference, device, count, warmup))
     return {
         "params": spec_params(spec, merged=True),
         "flops": count_flops(spec, merged=True),
@@ -221,6 +223,7 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
         "threads": threads,
         "device": device_name(device),
         "precision": precision,
+        "latency_precision": inference,
         "channels_last": net.channels_last,
     }
 

@@ -34,6 +34,7 @@ from depthlab.outputs import replaced
 from depthlab.report import plots
 from depthlab.report.html import CSS as REPORT_CSS
 from depthlab.report.plots import METRIC_LABELS, TOPOLOGY_COLORS, NoData, finite
+from depthlab.study.text import how_measured
 
 DASH = "–"  # any value not measured (None, NaN) or not given
 TEMPLATES = Path(__file__).parent / "templates"
@@ -452,7 +453,7 @@ def _header(result: dict) -> dict:
     parts = [f"{k} {seconds(v)}" for k, v in secs.items() if k != "total"]
     timing = "time " + seconds(secs.get("total")) + (f" ({', '.join(parts)})" if parts else "")
     threads = result.get("threads")
-    machine = f"{text(result.get('device'))} · {text(result.get('precision'))}" + (
+    machine = f"{text(result.get('device'))} · {text(result.get('precision'))}{how_measured(result)}" + (
         f" · {threads} threads" if threads is not None else "")
     better = "higher" if _better(result) else "lower"
     stats = (f"metric {text(result.get('metric'))} ({better} is better) · margin {num(result.get('margin'))} · "

@@ -22,15 +22,6 @@ from depthlab.study.design import StudySpec, designs as make_designs, lever_desi
 SHIFT_ALPHAS = (0.1,)  # alpha-BN's weight on the batch statistics ((1 - α) source + α batch): the paper's default
 
 
-def shift_precision(device, precision: str) -> str:
-    """The precision the robustness lever measures in: float32 on a CPU, else the training one. Its streams are
-    batches of 1 and 64, where bf16 gains nothing on a CPU while autocast casts every weight again at every batch:
-    its batch-1 streams took 1.3-2x as long in bf16 (MNIST, 4 blocks at 20k parameters, 2 corruptions of 256
-    examples: TENT 2.35 against 1.78 s, alpha-BN 0.68 against 0.39, source 0.49 against 0.24). Each row records
-    the precision it was measured in."""
-    return "fp32" if device.type == "cpu" else precision
-
-
 def skipped_levers(spec: StudySpec) -> dict[str, str]:
     """{lever: why it is not studied} for levers the dataset or the spec rule out."""
     from depthlab.data import registry
@@ -109,7 +100,8 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
         records = store.records(sweep=spec.sweep)
         shift_rows = store.shift_rows([r.run_id for r in records]) if "shift" in spec.levers else []
     seconds["total"] = time.perf_counter() - started
-    env = dict(device=str(cost_device), precision=resolved, layout=layout, seconds={k: round(v, 1) for k, v in seconds.items()})
+    env = dict(device=str(cost_device), precision=resolved, layout=layout,
+               inference_precision=precisions.for_inference(precision, cost_device), seconds={k: round(v, 1) for k, v in seconds.items()})
     return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env)
 
 
@@ -190,7 +182,9 @@ def shift_corruptions(spec: StudySpec) -> tuple[str, list[str], object]:
 
 
 def _shift(spec: StudySpec, designs, store, store_path, device, precision: str, data_root, progress, log) -> None:
-    """The robustness lever: every done run of the frontier's designs on the chosen corruptions."""
+    """The robustness lever: every done run of the frontier's designs on the chosen corruptions, in the precision
+    the study evaluates in (`depthlab.precision.for_inference`: float32 on a CPU; each row records its own)."""
+    from depthlab import precision as precisions
     from depthlab.shift.runner import run_shift
 
     frontier = {d.key for b in spec.budgets for d in lever_designs(designs, "depth", b)}
@@ -199,6 +193,6 @@ def _shift(spec: StudySpec, designs, store, store_path, device, precision: str, 
         return
     _, names, severities = shift_corruptions(spec)
     run_shift(store_path, device=device, data_root=data_root, examples=spec.shift_examples, progress=progress,
-              log=log, precision=shift_precision(device, precision), runs=runs, corruptions=names,
+              log=log, precision=precisions.for_inference(precision, device), runs=runs, corruptions=names,
               severities=severities, methods=spec.shift_methods, batch_sizes=spec.shift_batch_sizes,
               alphas=SHIFT_ALPHAS)

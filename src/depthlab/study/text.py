@@ -23,13 +23,23 @@ def _cost(row: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def how_measured(result: dict) -> str:
+    """The header's " (channels_last; latencies in fp32)": the training layout, and the precision latencies and the
+    robustness lever were measured in where it is not the training one."""
+    parts = [result["layout"]] if result.get("layout") else []
+    inference = result.get("inference_precision")
+    if inference and inference != result.get("precision"):
+        parts.append(f"latencies in {inference}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def format_study(result: dict, width: int = 100) -> str:
     """The terminal's view of `decide.study_result`, lines at most `width` characters wide."""
     seconds = result.get("seconds") or {}
     lines = [f"study {result['study']}: {result['dataset']}, level {result['level']}, metric {result['metric']} "
              f"(margin {result['margin']:g}; each of {result['looks']} looks at alpha "
              f"{result['alpha_per_look']:.3g}); {result.get('device', '?')} in {result.get('precision', '?')}"
-             f"{f' ({layout})' if (layout := result.get('layout')) else ''}, "
+             f"{how_measured(result)}, "
              f"{_num(seconds.get('total'), '.0f')} s ({_num(seconds.get('training'), '.0f')} s training)"]
     for budget in result["budgets"]:
         lines += [""] + _budget_lines(result, budget)
