@@ -16,6 +16,9 @@ Runs a study (default: the quick level on MNIST at its default budget) into a fr
     python bench/study_quick.py --spec study.yaml        # any study spec (depthlab study --write-spec)
 
 Give the machine with every figure: the script prints the CPU's flags, the precision `auto` chose and the threads.
+To measure a CPU with native bf16 as an AVX2-only one, hold all three libraries to AVX2:
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` (MKL computes the ceiling's matrix
+product and dispatches on its own: held by the first two alone it measured 1.7x AVX2's ceiling).
 """
 
 from __future__ import annotations
