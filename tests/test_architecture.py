@@ -95,10 +95,11 @@ FOLDER_RULES = {
     "models": {"errors", "choices", "records"},
     "data": {"errors", "outputs"},  # datasets and their registry (outputs: atomic cache files)
     "spec": {"errors", "choices", "records", "models", "data", "prune"},  # a run and a grid of them
-    # packs and the one trainer (depthlab: its version, recorded with every run)
-    "train": {"depthlab", "errors", "records", "precision", "models", "data", "measure", "prune", "spec"},
+    # packs and the one trainer (depthlab: its version, recorded with every run; choices: the layouts it trains in)
+    "train": {"depthlab", "errors", "choices", "records", "precision", "models", "data", "measure", "prune", "spec"},
     "results": {"errors", "outputs", "records", "models", "spec"},  # the store knows nothing of training
-    "run": {"depthlab", "errors", "stopping", "records", "precision", "models", "data", "spec", "train", "results"},
+    "run": {"depthlab", "errors", "choices", "stopping", "records", "precision", "models", "data", "spec", "train",
+            "results"},
 }
 
 
