@@ -361,8 +361,10 @@ def test_the_merged_model_equals_the_training_form_in_eval_mode(case, norm, topo
     FLOPs where the type re-parameterises."""
     spec = make_spec(case, norm=norm, topology=topology, hidden=widths(case, norm))
     model = randomise(build(spec, seed=1).double(), seed=2).eval()
-    merged = fuse_for_inference(model)
     x = torch.randn(3, 1, 10, 10, dtype=torch.float64)
+    rng = torch.random.get_rng_state()
+    merged = fuse_for_inference(model)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # nothing drawn: a caller may hold the RNG seeded
     with torch.no_grad():
         assert rel_err(merged(x), model(x)) < 1e-10
     assert not any(isinstance(m, nn.BatchNorm2d) for m in merged.modules())

@@ -140,8 +140,10 @@ def _fold(conv_weight, conv_bias, bn: nn.BatchNorm2d):
 
 
 def _conv_like(weight: torch.Tensor, bias: torch.Tensor | None, *, groups: int, padding: int) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], weight.shape[-1], padding=padding, groups=groups,
-                     bias=bias is not None).to(weight)
+    # skip_init: no initial weights drawn (from the global RNG, which a caller may hold seeded) to be overwritten
+    conv = nn.utils.skip_init(nn.Conv2d, weight.shape[1] * groups, weight.shape[0], weight.shape[-1],
+                              padding=padding, groups=groups, bias=bias is not None, device=weight.device,
+                              dtype=weight.dtype)
     with torch.no_grad():
         conv.weight.copy_(weight)
         if bias is not None:

@@ -29,7 +29,6 @@ from depthlab import precision as precisions
 from depthlab.data import registry
 from depthlab.models import flops as count_flops
 from depthlab.models import fuse_for_inference, spec_params
-from depthlab.models.rng import global_rng
 from depthlab.records import canonical_config, canonical_json, config_id
 from depthlab.run.workers import intra_op_threads
 from depthlab.spec.config import RunConfig
@@ -107,10 +106,7 @@ def initial_network(config: RunConfig, dataset=None):
             raise ValueError(f"the crop of prune {config.prune} depends on the training data: pass its dataset")
         data = registry.entry(config.dataset)
         dataset = SimpleNamespace(in_channels=data.channels, input_size=data.size, num_classes=data.num_classes)
-    models = engine._starting_models([config], dataset, None)
-    if config.cropped:
-        models, _ = engine._cropped([config], models, dataset)
-    return models[0]
+    return engine.starting_model(config, dataset)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -124,9 +120,9 @@ def _median_ms(times: list[float]) -> float:
 
 def _train_step_times(net, x, y, precision: str, device: torch.device, steps: int, warmup: int) -> list[float]:
     """Seconds of each of `steps` training steps after `warmup` untimed ones (allocator, kernel caches), on the
-    batch (x, y): the engine's own step (`_forward_backward`, then the optimizer's step as `training_throughput`
+    batch (x, y): the engine's own step (`forward_backward`, then the optimizer's step as `training_throughput`
     takes it), with AdamW whatever optimizer the config names (the key leaves the optimizer out)."""
-    from depthlab.train.engine import _forward_backward
+    from depthlab.train.engine import forward_backward
     from depthlab.train.optim import PackedOptimizer
     from depthlab.train.recipe import TABLE
 
@@ -138,7 +134,7 @@ def _train_step_times(net, x, y, precision: str, device: torch.device, steps: in
     for step in range(warmup + steps):
         _synchronize(device)
         start = time.perf_counter()
-        _forward_backward(net, xb, yb, alive, precision, device)
+        forward_backward(net, xb, yb, alive, precision, device)
         optimizer.step(1.0, active=alive)
         optimizer.zero_grad()
         _synchronize(device)
@@ -199,10 +195,7 @@ def measure(config: RunConfig, device: torch.device | str, precision: str = "fp3
         spec = net.spec
         net.channels_last = use_channels_last(device, spec, precision, layout)  # as the engine trains it
         net = net.to(device).train()
-        # an eval-mode copy, BN folded and kernels merged; its new convolutions are constructed (drawing initial
-        # weights from the global RNG before they are overwritten), so the RNG is held and restored around it
-        with global_rng():
-            fused = fuse_for_inference(net)
+        fused = fuse_for_inference(net)  # an eval-mode copy, BN folded and kernels merged
 
         g = torch.Generator().manual_seed(0)
         shape = (spec.in_channels, spec.input_size, spec.input_size)

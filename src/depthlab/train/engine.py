@@ -249,7 +249,7 @@ class _Steps:
         for xb, yb, _ in batches:
             if self.interrupt is not None:
                 self.interrupt()
-            losses, out = _forward_backward(self.forward, xb, yb, alive, self.precision, self.device)
+            losses, out = forward_backward(self.forward, xb, yb, alive, self.precision, self.device)
             self.optimizer.step(self.lr_factor(self.done / self.total), active=alive)
             if self.masks is not None:  # pruned weights stay exactly zero: AdamW's update and decay moved them
                 prune.apply_masks(self.net, self.masks)
@@ -448,7 +448,7 @@ def _batches(configs, dataset, table):
                          drop_last=table.drop_last)
 
 
-def _forward_backward(forward, xb, yb, alive, precision: str, device: torch.device):
+def forward_backward(forward, xb, yb, alive, precision: str, device: torch.device):
     """A training step up to the optimizer: per-model mean losses (M,) and logits; `alive` (M,) loses the models
     whose loss is not finite, and their losses are kept out of the backward pass."""
     models, b = yb.shape
@@ -482,7 +482,7 @@ def training_throughput(configs: list[RunConfig], dataset, *, device="cpu", prec
         if step == warmup:
             synchronize(device)
             samples, started = 0, time.perf_counter()
-        _forward_backward(net, xb, yb, alive, precision, device)
+        forward_backward(net, xb, yb, alive, precision, device)
         optimizer.step(1.0, active=alive)
         optimizer.zero_grad()
         samples += yb.numel()
@@ -534,6 +534,15 @@ def _cropped(configs, models, dataset) -> tuple[list, dict]:
               "realised_density": sum(sizes.values()) / sizes_dense, "pruned_params": sum(sizes.values()),
               "pruned_flops": sum(prune.layer_flops(model).values())}
     return [model], {0: record}
+
+
+def starting_model(config: RunConfig, dataset):
+    """The one-model network `config` starts training from, as `train_pack` builds it: from its seed, and for a
+    crop design the narrower network PreCropping makes of it (a mask design keeps its dense shape). `dataset`
+    needs the shape fields (in_channels, input_size, num_classes), and the training examples where the crop's
+    mask reads them (snip, grasp). What `depthlab.study.cost` measures."""
+    models = _starting_models([config], dataset, None)
+    return _cropped([config], models, dataset)[0][0] if config.cropped else models[0]
 
 
 def _starting_models(configs: list[RunConfig], dataset, initial) -> list:
