@@ -142,7 +142,8 @@ def test_epochs_and_data_subsets_share_a_calibration_shapes_do_not():
         assert packs.calibration_key(other, cpu, "bf16") != packs.calibration_key(base, cpu, "bf16")
     assert packs.calibration_key(base, cpu, "fp32") != packs.calibration_key(base, cpu, "bf16")
     # a chosen layout is measured apart from the default's (whose key is the one stores had before layouts)
-    keys = {layout: packs.calibration_key(base, cpu, "fp32", 1, layout) for layout in ("auto", "channels_last", "nchw")}
+    keys = {layout: packs.calibration_key(base, cpu, "fp32", 1, layout)
+            for layout in ("auto", "channels_last", "nchw")}
     assert len(set(keys.values())) == 3 and keys["auto"] == packs.calibration_key(base, cpu, "fp32", 1)
 
 

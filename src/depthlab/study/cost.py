@@ -83,8 +83,8 @@ def cost_key(config: RunConfig, device: torch.device | str, precision: str, thre
     """The key a cost is stored under: what it depends on, as canonical JSON. The network's shape and batch
     (`shape_fields`: model fields, dataset, batch_size, the pruning fields of a crop), the device
     (`device_name`), the precision (`auto` resolved on the device) and the one latencies are measured in, the
-    training layout where one is chosen, torch's intra-op threads, and the torch and depthlab versions. Two configs that differ only in how they train
-    (seed, lr, ...) share a key."""
+    training layout where one is chosen, torch's intra-op threads, and the torch and depthlab versions. Two
+    configs that differ only in how they train (seed, lr, ...) share a key."""
     return canonical_json({
         "shape": shape_fields(config), "device": device_name(device),
         "precision": precisions.resolve(precision, device), "latency": precisions.for_inference(precision, device),

@@ -101,7 +101,8 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
         shift_rows = store.shift_rows([r.run_id for r in records]) if "shift" in spec.levers else []
     seconds["total"] = time.perf_counter() - started
     env = dict(device=str(cost_device), precision=resolved, layout=layout,
-               inference_precision=precisions.for_inference(precision, cost_device), seconds={k: round(v, 1) for k, v in seconds.items()})
+               inference_precision=precisions.for_inference(precision, cost_device),
+               seconds={k: round(v, 1) for k, v in seconds.items()})
     return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env)
 
 
