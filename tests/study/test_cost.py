@@ -2,6 +2,7 @@
 
 Values are checked in fp32 only: the suite runs on CPUs with and without native bf16."""
 
+import json
 import math
 
 import pytest
@@ -61,15 +62,18 @@ def test_threads_are_set_for_the_measurement_and_restored():
     assert torch.get_num_threads() == before
 
 
-def test_the_training_step_is_measured_in_the_layout_asked():
-    assert cost.measure(_config(), "cpu", "fp32", **QUICK)["channels_last"] is False  # the engine's default
-    assert cost.measure(_config(), "cpu", "fp32", layout="channels_last", **QUICK)["channels_last"] is True
+def test_the_training_step_is_measured_in_the_layout_asked_and_latency_in_the_networks_own():
+    plain = cost.measure(_config(), "cpu", "fp32", **QUICK)
+    assert plain["channels_last"] is False and plain["latency_channels_last"] is False  # the engine's default
+    fast = cost.measure(_config(), "cpu", "fp32", layout="channels_last", **QUICK)
+    assert fast["channels_last"] is True and fast["latency_channels_last"] is False  # not the training's
+    lk = cost.measure(_config(branch="lk", kernel=5), "cpu", "fp32", layout="nchw", **QUICK)
+    assert lk["channels_last"] is False and lk["latency_channels_last"] is True  # lk's own default
 
 
 def test_latencies_are_measured_in_float32_on_a_cpu_whatever_the_training_precision():
     got = cost.measure(_config(), "cpu", "bf16", **QUICK)  # bf16 is emulated where it is not native: still valid
     assert got["precision"] == "bf16" and got["latency_precision"] == "fp32"
-    assert cost.cost_key(_config(), "cpu", "bf16", 2) != cost.cost_key(_config(), "cpu", "fp32", 2)
 
 
 def test_auto_precision_is_recorded_resolved():
@@ -100,8 +104,12 @@ def test_cost_key_names_what_the_cost_depends_on():
                          "cpu", "fp32", 2) == key
     assert cost.cost_key(base, "cpu", "bf16", 2) != key
     assert cost.cost_key(base, "cpu", "fp32", 1) != key
-    assert cost.cost_key(base, "cpu", "fp32", 2, "channels_last") != key
-    assert cost.cost_key(base, "cpu", "fp32", 2, "auto") == key
+    # the fields a float32 CPU cost was keyed by before latencies and layouts were a choice: it keeps its key
+    assert set(json.loads(key)) == {"shape", "device", "precision", "threads", "torch", "depthlab"}
+    assert json.loads(cost.cost_key(base, "cpu", "bf16", 2))["latency"] == "fp32"  # bf16 training, fp32 latency
+    assert json.loads(cost.cost_key(base, "cpu", "fp32", 2, "channels_last"))["channels_last"] is True
+    assert cost.cost_key(base, "cpu", "fp32", 2, "nchw") == key  # what auto computes in: the same measurement
+    assert cost.cost_key(base, "cpu", "bf16", 2, "channels_last") == cost.cost_key(base, "cpu", "bf16", 2)
     for changed in (base.replace(batch_size=64), base.replace(dataset="cifar10"), base.replace(width=16),
                     base.replace(topology="parallel")):
         assert cost.cost_key(changed, "cpu", "fp32", 2) != key

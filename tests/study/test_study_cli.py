@@ -121,5 +121,9 @@ def test_rounds_decide_with_the_costs_the_answer_uses(tmp_path, monkeypatch):
                                                                                                         result))
     spec = StudySpec(name="costs", dataset="synthetic", budgets=(6000,), depths=(1, 2), levers=("depth",), seeds=3,
                      max_seeds=3, epochs=1)
-    run_study(spec, tmp_path / "s.sqlite", progress=False, log=lambda msg: None, precision="fp32")
+    run_study(spec, tmp_path / "s.sqlite", progress=False, log=lambda msg: None, precision="fp32", layout="nchw")
     assert seen and all(d["latency_b1_ms"] for r in seen for d in r["budgets"][0]["designs"])
+    # answered from the store alone, without a layout: the study's recorded one, whose costs the store holds
+    again = run_study(spec, tmp_path / "s.sqlite", progress=False, log=lambda msg: None, precision="fp32",
+                      train=False)
+    assert again["layout"] == "nchw" and all(d["latency_b1_ms"] for d in again["budgets"][0]["designs"])

@@ -43,8 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default="local", choices=choices.BACKENDS, help="local, or ray: packs as Ray tasks")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (backend ray)")
     add_precision(p, help="what the runs train in (auto: bf16 where the device computes it natively)")
-    add_layout(p, default=LAYOUT, why=". The study's default is channels_last: its float32 runs train 2-3x faster "
-               "on a CPU so")
+    add_layout(p, default=None, why=f". Default: the layout the study was run in, else {LAYOUT}, for speed")
     p.add_argument("--data-root", default=None, help="dataset directory (default: $DEPTHLAB_DATA or "
                    "~/.cache/depthlab)")
     p.add_argument("--write-spec", default=None, metavar="FILE",

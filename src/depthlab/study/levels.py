@@ -72,8 +72,8 @@ SETTINGS: dict = {
 
 # How the study's runs are computed (not what they are: no run field, so a run another sweep trained is not trained
 # again): channels_last activations, where `depthlab run` keeps float32 on a CPU in NCHW. The study asks for speed,
-# as it does in bf16 (channels_last already): at its sizes channels_last trains float32 2-3x faster on a CPU (AVX-512
-# and AVX2 alike), for weights that differ by round-off with the intra-op thread count (depthlab.train.engine).
+# as it does in bf16 (channels_last already): at its sizes channels_last trains float32 several times faster on a
+# CPU, for weights that differ by round-off with the intra-op thread count (engine.use_channels_last measured it).
 LAYOUT = "channels_last"
 
 # The study's metric and its margin: validation accuracy, one percentage point (compare's accuracy default).

@@ -40,7 +40,7 @@ def check_recorded(store, spec: StudySpec, store_path) -> dict:
     design differs (its runs would be read as this design's)."""
     recorded = store.study(spec.name)
     if recorded is None:
-        return {"round": 0, "seeds": {}}
+        return {"round": 0, "seeds": {}, "layout": None}
     before = _as_read(recorded["spec"])
     if before != spec.to_dict():
         changed = sorted(k for k in set(before) | set(spec.to_dict()) if before.get(k) != spec.to_dict().get(k))
@@ -48,7 +48,8 @@ def check_recorded(store, spec: StudySpec, store_path) -> dict:
                             f"{', '.join(changed)}); give this one another name (--name), or write the recorded "
                             f"design with `depthlab study --store {store_path} --name {spec.name} --write-spec "
                             "FILE` and run that file")
-    return {"round": recorded["round"], "seeds": dict(recorded["state"].get("seeds", {}))}
+    return {"round": recorded["round"], "seeds": dict(recorded["state"].get("seeds", {})),
+            "layout": recorded["state"].get("layout")}
 
 
 def _as_read(recorded: dict) -> dict:
@@ -62,17 +63,19 @@ def _as_read(recorded: dict) -> dict:
 
 def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "local", ray_address=None,
               precision: str = "auto", data_root=None, progress: bool = True, log=None,
-              train: bool = True, layout: str = LAYOUT) -> dict:
+              train: bool = True, layout: str | None = None) -> dict:
     """Run (or resume) the study into the store at `store_path` and return its result (`decide.study_result`).
     `train=False` reads what the store holds and trains nothing (`depthlab study --no-train`). Its runs train,
-    and their cost is measured, in the activations' `layout` (`depthlab.study.levels.LAYOUT` by default)."""
+    and their cost is measured, in the activations' `layout` (None: the one the study was run in, recorded with
+    it, else `depthlab.study.levels.LAYOUT`); the result names the layouts its runs trained in."""
     from depthlab import precision as precisions
     from depthlab.results.store import Store, check_store_path
     from depthlab.run.runner import resolve_device
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     check_store_path(store_path)
-    check("layout", layout, LAYOUTS)
+    if layout is not None:
+        check("layout", layout, LAYOUTS)
     started = time.perf_counter()
     designs = make_designs(spec)  # refuses a budget no design of a lever can meet, before anything runs
     skipped = skipped_levers(spec)
@@ -80,6 +83,7 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
     seconds = {"training": 0.0, "cost": 0.0, "shift": 0.0}
     with Store(store_path) as store:
         state = check_recorded(store, spec, store_path)
+        layout = state["layout"] = layout or state["layout"] or LAYOUT
         cost_device = local if local is not None else resolve_device("cpu")
         resolved = precisions.resolve(precision, cost_device)
         seeds = state["seeds"]
@@ -94,16 +98,24 @@ def run_study(spec: StudySpec, store_path, *, device="auto", backend: str = "loc
                 clock = time.perf_counter()
                 _shift(spec, designs, store, store_path, cost_device, resolved, data_root, progress, log)
                 seconds["shift"] = time.perf_counter() - clock
-            store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "done"})
+            store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "done",
+                                                                          "layout": layout})
         else:
             costs = {d.key: store.cost(_cost_key(d, cost_device, resolved, layout)) for d in designs}
         records = store.records(sweep=spec.sweep)
         shift_rows = store.shift_rows([r.run_id for r in records]) if "shift" in spec.levers else []
     seconds["total"] = time.perf_counter() - started
-    env = dict(device=str(cost_device), precision=resolved, layout=layout,
+    env = dict(device=str(cost_device), precision=resolved, layout=_layouts(records),
                inference_precision=precisions.for_inference(precision, cost_device),
                seconds={k: round(v, 1) for k, v in seconds.items()})
     return decide.study_result(spec, designs, records, costs, shift_rows, skipped=skipped, env=env)
+
+
+def _layouts(records) -> str | None:
+    """The layouts the study's runs trained in ("channels_last", "nchw", or both, comma-separated), as recorded
+    with each run; None before any run recorded one."""
+    flags = {(r.env or {}).get("channels_last") for r in records} - {None}
+    return ", ".join(sorted("channels_last" if flag else "nchw" for flag in flags)) or None
 
 
 def _cost_key(d, device, precision: str, layout: str) -> str:
@@ -129,7 +141,8 @@ def _rounds(spec: StudySpec, designs, costs: dict, store, store_path, state: dic
     recorded before it trains, so that a killed round is resumed, not re-decided."""
     seeds = state["seeds"]
     while True:
-        store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "training"})
+        store.save_study(spec.name, spec.to_dict(), state["round"], {"seeds": seeds, "phase": "training",
+                                                                      "layout": state["layout"]})
         sweep = study_sweep(spec, seeds, costs)
         how["log"](f"study {spec.name}: round {state['round'] + 1}, {len(sweep.configs())} runs of "
                    f"{len({d.key for d in designs})} designs")

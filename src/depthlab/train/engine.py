@@ -416,6 +416,14 @@ def use_channels_last(device: torch.device, spec, precision: str, layout: str = 
     return device.type == "cuda" or branch_type(spec.branch).channels_last_on_cpu or precision == "bf16"
 
 
+def layout_key(device: torch.device, spec, precision: str, layout: str) -> dict:
+    """What a stored measurement's key (a calibrated pack size, a study's cost) says of `layout`: nothing where
+    it computes as the default does, so that keys from before layouts were a choice still match and a layout
+    that `auto` would choose anyway shares their measurement; else {"channels_last": bool}."""
+    chosen = use_channels_last(device, spec, precision, layout)
+    return {} if chosen == use_channels_last(device, spec, precision) else {"channels_last": chosen}
+
+
 def check_eval_every(eval_every) -> None:
     """Refuse an `eval_every` that is not a positive integer (the sweep runners call it before a store is
     touched)."""

@@ -34,7 +34,7 @@ import torch
 from depthlab.data import registry
 from depthlab.records import canonical_json
 from depthlab.spec.config import RunConfig
-from depthlab.train.engine import bytes_per_model, describe_device, training_throughput
+from depthlab.train.engine import bytes_per_model, describe_device, layout_key, training_throughput
 
 CPU_MAX_PACK = 8         # the largest pack a CPU is calibrated for: beyond it progress and memory get lumpy
 CPU_DEFAULT_PACK = {"fp32": 2, "bf16": 4}  # a CPU's pack size where none was measured (bench/cpu_throughput.py)
@@ -123,12 +123,11 @@ def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
 def calibration_key(config: RunConfig, device: torch.device, precision: str, threads: int | None = None,
                     layout: str = "auto") -> str:
     """What a calibrated pack size depends on: the shape and training step, the precision and the activations'
-    layout, and the machine with the intra-op threads a pack trains on (`threads`, default torch's now). The
-    default layout is left out of the key, which stores calibrated before layouts were a choice still match."""
+    layout (where it is not the default's: `engine.layout_key`), and the machine with the intra-op threads a pack
+    trains on (`threads`, default torch's now)."""
     step = [list(kv) for kv in config.pack_key() if kv[0] not in SPEED_NEUTRAL]
     threads = torch.get_num_threads() if threads is None else threads
-    chosen = {} if layout == "auto" else {"layout": layout}
-    return canonical_json({"pack_key": step, "precision": precision, **chosen,
+    return canonical_json({"pack_key": step, "precision": precision, **layout_key(device, config, precision, layout),
                            "device": describe_device(device), "threads": threads,
                            "torch": torch.__version__, "cpus": os.cpu_count()})
 
