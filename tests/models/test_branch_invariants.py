@@ -36,7 +36,6 @@ class SeparableBranch:
     name = "separable"
     reparams = ("none",)
     channels_last_on_cpu = True
-    packs_on_cpu = True
     float32_depthwise_on_cpu = False
 
     @staticmethod

@@ -158,15 +158,3 @@ def test_the_gpu_memory_estimate_follows_the_precision():
     config = RunConfig(width=32, blocks=4, batch_size=128)
     fp32, bf16 = (bytes_per_model(config, 1, 28, p) for p in ("fp32", "bf16"))
     assert 1.9 * bf16 < fp32 < 2 * bf16  # activations dominate; parameters and optimizer state stay float32
-
-
-def test_a_branch_type_that_packing_does_not_speed_trains_alone_by_default_on_a_cpu():
-    import torch
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    conv, lk = RunConfig(dataset="synthetic", width=4), RunConfig(dataset="synthetic", width=4, branch="lk", kernel=5)
-    for precision in ("fp32", "bf16"):
-        assert packs.default_pack_size(conv, cpu, precision, 8) == packs.CPU_DEFAULT_PACK[precision]
-        assert packs.default_pack_size(lk, cpu, precision, 8) == 1  # LargeKernelBranch.packs_on_cpu is False
-        assert packs.default_pack_size(lk, cuda, precision, 8) == 8  # a GPU packs to the cap
-    assert [len(p) for p in packs.make_packs([lk.replace(seed=s) for s in range(3)], cpu, defaults=True)] == [1, 1, 1]

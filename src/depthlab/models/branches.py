@@ -13,7 +13,7 @@ It also declares what the rest of depthlab would otherwise decide by its name (`
 re-params it takes (`reparams`, which spec validation and the CLI read), its width rule (`roles`, the axis roles
 of each view that PreCropping crops along, and `equal_widths`, whether the branches of one layer must share a
 hidden width), whether its activations run channels_last on a CPU (`channels_last_on_cpu`, the engine's layout)
-and whether packing models together speeds its training there (`packs_on_cpu`, the default pack size), and which of its parts compute in float32 under bf16 autocast there (`float32_depthwise_on_cpu`),
+and which of its parts compute in float32 under bf16 autocast there (`float32_depthwise_on_cpu`),
 the activations autograd keeps per block (`activations`, the engine's memory estimate for pack sizes), and which
 of its tensors weight decay and pruning act on (`decays`, `prunable`; the network gathers them into its
 `parameter_groups`, as nanoGPT's model declares its optimizer groups). A new branch type is a new class here,
@@ -161,7 +161,6 @@ class BranchType(Protocol):
     name: str
     reparams: tuple[str, ...]      # the re-params it takes ("none" first; ("none",) for a type without any)
     channels_last_on_cpu: bool     # whether its activations run channels_last on a CPU in float32
-    packs_on_cpu: bool             # whether models packed into one module train faster per model on a CPU
     float32_depthwise_on_cpu: bool  # whether its depthwise convs compute in float32 under CPU bf16 autocast
 
     def last_kernel(self, kernel: int) -> int: ...  # the kernel of the layer's last (linear) conv
@@ -201,7 +200,6 @@ class ConvBranch:
     name = "conv"
     reparams = ("none",)
     channels_last_on_cpu = False  # recipe 1's float32 CPU training is NCHW, bit for bit
-    packs_on_cpu = True  # its grouped convs gain from more models at once (bench/cpu_throughput.py)
     float32_depthwise_on_cpu = False  # it has no depthwise conv
 
     @staticmethod
@@ -313,10 +311,6 @@ class LargeKernelBranch:
     # the depthwise weight gradient is ~3x slower in NCHW on one thread, 10-100x with several on a busy machine
     # (bench/lk_speed.py)
     channels_last_on_cpu = True
-    # a pack gains nothing: the study's lk 7 design trains 910, 834 and 826 model-samples/s in packs of 1, 2 and 3
-    # (bf16, native) and 672, 571 and 470 (float32 channels_last, held to AVX2), one thread each; its depthwise
-    # convs are already one group per channel, and a pack only makes them larger
-    packs_on_cpu = False
     # under bf16 autocast on a CPU the depthwise convs and their norms compute in float32: oneDNN's bf16 depthwise
     # weight gradient is 3-15x slower than float32's, where every other convolution gains from bf16
     # (bench/lk_speed.py, "bf16 depthwise")

@@ -156,7 +156,7 @@ def pack_size(members: list[RunConfig], the_plan: SweepPlan, store: Store, datas
     run waiting, measured now and saved when the runs are work enough to repay it, or the default size when they
     are not (depthlab.train.packs); else (a GPU) the cap."""
     cap = max_pack_size(members[0], device, max_pack, the_plan.precision)
-    default = default_pack_size(members[0], device, the_plan.precision, cap)
+    default = default_pack_size(device, the_plan.precision, cap)
     key = members[0].pack_key()
     if key in the_plan.sizes:
         return min(the_plan.sizes[key], cap)

@@ -32,7 +32,6 @@ import os
 import torch
 
 from depthlab.data import registry
-from depthlab.models.branches import branch_type
 from depthlab.records import canonical_json
 from depthlab.spec.config import RunConfig
 from depthlab.train.engine import bytes_per_model, describe_device, layout_key, training_throughput
@@ -105,7 +104,7 @@ def make_packs(configs: list[RunConfig], device: torch.device | str = "cpu", max
         if measured:
             size = min(measured, cap)
         else:
-            size = default_pack_size(members[0], device, precision, cap) if defaults else cap
+            size = default_pack_size(device, precision, cap) if defaults else cap
         packs.extend(split(members, size, spread(shapes, workers)))
     return packs
 
@@ -116,12 +115,9 @@ def spread(shapes: list[list[RunConfig]], workers: int) -> int:
     return workers if len(shapes) == 1 else 1
 
 
-def default_pack_size(config: RunConfig, device: torch.device, precision: str, cap: int) -> int:
-    """The pack size where none was measured: on a CPU CPU_DEFAULT_PACK of the precision, or 1 for a branch type
-    that packing does not speed up there (`packs_on_cpu`); elsewhere the cap."""
-    if device.type != "cpu":
-        return cap
-    return min(CPU_DEFAULT_PACK[precision] if branch_type(config.branch).packs_on_cpu else 1, cap)
+def default_pack_size(device: torch.device, precision: str, cap: int) -> int:
+    """The pack size where none was measured: on a CPU CPU_DEFAULT_PACK of the precision, elsewhere the cap."""
+    return min(CPU_DEFAULT_PACK[precision], cap) if device.type == "cpu" else cap
 
 
 def calibration_key(config: RunConfig, device: torch.device, precision: str, threads: int | None = None,
